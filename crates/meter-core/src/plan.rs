@@ -1,0 +1,240 @@
+//! The plan catalog: what each plan gives and costs, read from a TOML file.
+//!
+//! Every amount of money is an integer number of micro-units of the
+//! catalog's currency (1 USD = 1,000,000), never a float.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::Deserialize;
+
+use crate::{CreditPeriod, MAX_CREDITS};
+
+/// The plan an account is on when it has none.
+pub const DEFAULT_PLAN: &str = "free";
+
+/// How often a plan is billed; credits may still reset more often.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BillingInterval {
+    /// Billed every month.
+    Month,
+    /// Billed every year.
+    Year,
+}
+
+/// A plan's allowance for one usage metric (`api_request`, `email_sent`, …).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricLimit {
+    /// Units included per month; `None` means unlimited.
+    pub included: Option<i64>,
+    /// Price of each unit beyond `included`, in micro-units; 0 means the limit is hard.
+    #[serde(default)]
+    pub overage_micros: i64,
+}
+
+/// One plan of the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The plan's name, e.g. `pro`.
+    pub name: String,
+    /// Credits granted each credit period.
+    pub credits: i64,
+    /// How often credits reset.
+    pub credit_period: CreditPeriod,
+    /// How often the plan is billed.
+    pub billing_interval: BillingInterval,
+    /// Price per billing interval, in micro-units.
+    pub price_micros: i64,
+    /// Per-metric usage allowances, by metric name.
+    pub usage: BTreeMap<String, MetricLimit>,
+}
+
+/// Every plan, by name; always holds [`DEFAULT_PLAN`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanCatalog {
+    plans: BTreeMap<String, Plan>,
+}
+
+/// Why a catalog file was refused: the file, and toml's line, column and problem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogError {
+    /// The file (or other source) the catalog came from.
+    pub origin: String,
+    /// What is wrong, with the line and column where toml knows them.
+    pub message: String,
+}
+
+impl fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "plan catalog {}: {}", self.origin, self.message.trim_end())
+    }
+}
+
+impl std::error::Error for CatalogError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    plans: BTreeMap<String, PlanFields>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawPlanFields")]
+struct PlanFields {
+    credits: i64,
+    credit_period: CreditPeriod,
+    billing_interval: BillingInterval,
+    price_micros: i64,
+    usage: BTreeMap<String, MetricLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlanFields {
+    credits: i64,
+    #[serde(default = "default_credit_period")]
+    credit_period: String,
+    billing_interval: BillingInterval,
+    price_micros: i64,
+    #[serde(default)]
+    usage: BTreeMap<String, MetricLimit>,
+}
+
+fn default_credit_period() -> String {
+    CreditPeriod::Month.as_str().to_owned()
+}
+
+impl TryFrom<RawPlanFields> for PlanFields {
+    type Error = String;
+
+    // Checked while toml still knows where the table is, so the error carries its line.
+    fn try_from(raw: RawPlanFields) -> Result<Self, String> {
+        if !(0..=MAX_CREDITS).contains(&raw.credits) {
+            return Err(format!("credits = {} is outside 0..={MAX_CREDITS}", raw.credits));
+        }
+        if raw.price_micros < 0 {
+            return Err(format!("price_micros = {} must not be negative", raw.price_micros));
+        }
+        for (metric, limit) in &raw.usage {
+            check_name("metric", metric)?;
+            if limit.included.is_some_and(|n| n < 0) || limit.overage_micros < 0 {
+                return Err(format!("usage.{metric}: included and overage_micros must not be negative"));
+            }
+        }
+        Ok(Self {
+            credits: raw.credits,
+            credit_period: raw.credit_period.parse()?,
+            billing_interval: raw.billing_interval,
+            price_micros: raw.price_micros,
+            usage: raw.usage,
+        })
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} name {name:?} must be 1-64 characters of a-z0-9_-"))
+    }
+}
+
+impl PlanCatalog {
+    /// Parses a catalog; `origin` (usually the file path) is named in errors.
+    pub fn from_toml(origin: &str, text: &str) -> Result<Self, CatalogError> {
+        let error = |message: String| CatalogError {
+            origin: origin.to_owned(),
+            message,
+        };
+        let file: CatalogFile = toml::from_str(text).map_err(|e| error(e.to_string()))?;
+        let mut plans = BTreeMap::new();
+        for (name, fields) in file.plans {
+            check_name("plan", &name).map_err(error)?;
+            let plan = Plan {
+                name: name.clone(),
+                credits: fields.credits,
+                credit_period: fields.credit_period,
+                billing_interval: fields.billing_interval,
+                price_micros: fields.price_micros,
+                usage: fields.usage,
+            };
+            plans.insert(name, plan);
+        }
+        if !plans.contains_key(DEFAULT_PLAN) {
+            return Err(error(format!(
+                "has no [plans.{DEFAULT_PLAN}]; it is required, as the plan of accounts that have none"
+            )));
+        }
+        Ok(Self { plans })
+    }
+
+    /// The plan called `name`, if the catalog has it.
+    pub fn get(&self, name: &str) -> Option<&Plan> {
+        self.plans.get(name)
+    }
+
+    /// The plan of accounts that have none.
+    pub fn default_plan(&self) -> &Plan {
+        // from_toml refuses a catalog without it.
+        self.plans
+            .get(DEFAULT_PLAN)
+            .or_else(|| self.plans.values().next())
+            .expect("a PlanCatalog always holds the default plan")
+    }
+
+    /// Every plan, by name.
+    pub fn plans(&self) -> impl Iterator<Item = &Plan> {
+        self.plans.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../deploy/plans.toml");
+
+    #[test]
+    fn the_shipped_example_catalog_holds_the_tiers_found_in_practice() {
+        let catalog = PlanCatalog::from_toml("deploy/plans.toml", EXAMPLE).expect("example parses");
+        let credits = |name: &str| catalog.get(name).map(|p| p.credits);
+        assert_eq!(credits("free"), Some(100));
+        assert_eq!(credits("pro"), Some(1_000));
+        assert_eq!(credits("enterprise"), Some(10_000));
+        assert!(catalog.get("standard").is_some());
+        assert_eq!(catalog.default_plan().name, "free");
+        let yearly = catalog.plans().find(|p| p.billing_interval == BillingInterval::Year).expect("a yearly plan");
+        assert_eq!(yearly.credit_period, CreditPeriod::Month, "yearly plans reset credits monthly");
+        let pro = catalog.get("pro").expect("pro");
+        assert!(pro.usage.get("api_request").is_some_and(|l| l.overage_micros > 0));
+    }
+
+    #[test]
+    fn a_malformed_catalog_names_the_file_line_and_problem() {
+        let text = "[plans.free]\ncredits = 100\nbilling_interval = \"month\"\nprice_micros = 0\n\n[plans.pro]\ncredits = -5\nbilling_interval = \"month\"\nprice_micros = 1\n";
+        let err = PlanCatalog::from_toml("plans.toml", text).expect_err("negative credits");
+        let shown = err.to_string();
+        assert!(shown.starts_with("plan catalog plans.toml: "), "{shown}");
+        assert!(shown.contains("line 6"), "{shown}");
+        assert!(shown.contains("credits = -5"), "{shown}");
+    }
+
+    #[test]
+    fn unknown_fields_bad_periods_and_a_missing_free_plan_are_refused() {
+        let base = "billing_interval = \"month\"\nprice_micros = 0\n";
+        let typo = format!("[plans.free]\ncredit = 100\n{base}");
+        assert!(PlanCatalog::from_toml("f", &typo).expect_err("typo").message.contains("credit"));
+        let period = format!("[plans.free]\ncredits = 1\ncredit_period = \"fortnight\"\n{base}");
+        assert!(PlanCatalog::from_toml("f", &period).expect_err("period").message.contains("fortnight"));
+        let no_free = format!("[plans.pro]\ncredits = 1\n{base}");
+        assert!(PlanCatalog::from_toml("f", &no_free).expect_err("no free").message.contains("plans.free"));
+        let float = "[plans.free]\ncredits = 1\nbilling_interval = \"month\"\nprice_micros = 0.5\n";
+        assert!(PlanCatalog::from_toml("f", float).is_err(), "money is never a float");
+    }
+}

@@ -1,0 +1,84 @@
+//! Instants as the stores keep them: UTC, whole milliseconds.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+
+/// A UTC instant with millisecond precision, the resolution every store keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+/// Earliest instant a store accepts: 1970-01-01T00:00:00.000Z.
+const MIN_MILLIS: i64 = 0;
+/// Latest instant a store accepts: 9999-12-31T23:59:59.999Z, so every
+/// timestamp prints as a fixed-width ISO 8601 string.
+const MAX_MILLIS: i64 = 253_402_300_799_999;
+
+impl Timestamp {
+    /// 1970-01-01T00:00:00.000Z.
+    pub const EPOCH: Self = Self(MIN_MILLIS);
+
+    /// The instant `millis` milliseconds after the Unix epoch, if within 1970..=9999.
+    pub fn from_millis(millis: i64) -> Option<Self> {
+        (MIN_MILLIS..=MAX_MILLIS).contains(&millis).then_some(Self(millis))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// The instant as a chrono UTC date-time.
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        // In range by construction.
+        Utc.timestamp_millis_opt(self.0)
+            .single()
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+    }
+
+    /// The instant of `datetime`, truncated to the millisecond, if within 1970..=9999.
+    pub fn from_datetime(datetime: DateTime<Utc>) -> Option<Self> {
+        Self::from_millis(datetime.timestamp_millis())
+    }
+
+    /// Parses the stored form, `YYYY-MM-DDTHH:MM:SS.mmmZ` (any RFC 3339 is accepted).
+    pub fn parse(text: &str) -> Option<Self> {
+        let parsed = DateTime::parse_from_rfc3339(text).ok()?;
+        Self::from_datetime(parsed.with_timezone(&Utc))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// Writes the stored form, e.g. `2026-02-28T10:00:00.000Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            &self
+                .to_datetime()
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_and_parse_round_trip_at_the_edges() {
+        for millis in [0, 1, 1_767_225_600_123, MAX_MILLIS] {
+            let ts = Timestamp::from_millis(millis).expect("in range");
+            assert_eq!(Timestamp::parse(&ts.to_string()), Some(ts));
+        }
+        assert_eq!(
+            Timestamp::from_millis(1_000).map(|t| t.to_string()),
+            Some("1970-01-01T00:00:01.000Z".to_owned())
+        );
+    }
+
+    #[test]
+    fn out_of_range_instants_are_refused() {
+        assert_eq!(Timestamp::from_millis(-1), None);
+        assert_eq!(Timestamp::from_millis(MAX_MILLIS + 1), None);
+        assert_eq!(Timestamp::parse("not a date"), None);
+    }
+}
