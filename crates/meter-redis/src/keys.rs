@@ -1,0 +1,36 @@
+//! Every Redis key `meter` writes, built in one place.
+//!
+//! Keys of one account share the hash tag `{<account_id>}`: Redis Cluster
+//! hashes only the part between the first `{` and `}`, so all of an
+//! account's keys live in one slot and a script may touch several of them
+//! atomically. Account ids cannot contain `{`, `}` or `:` (see
+//! `meter_core::AccountId`), so a tag always ends where it should and no
+//! account's keys can collide with another's.
+
+use meter_core::{AccountId, IdempotencyKey};
+
+/// The account's credit balance: a hash of `total`, `used`, `resetDate`,
+/// `resetAnchor`, `resetPeriod`, `lastUpdate`, `isTrialCredits`.
+pub fn credits(account: &AccountId) -> String {
+    format!("user:{{{account}}}:credits")
+}
+
+/// The remembered outcome of one idempotent credits call (a JSON string with a TTL).
+pub fn credits_idempotency(account: &AccountId, key: &IdempotencyKey) -> String {
+    format!("user:{{{account}}}:idem:credits:{}", key.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_account_share_its_hash_tag() {
+        let account = AccountId::parse("account_id", "org_42").expect("valid");
+        let key = IdempotencyKey::parse_optional("idempotency_key", "evt_1")
+            .expect("valid")
+            .expect("present");
+        assert_eq!(credits(&account), "user:{org_42}:credits");
+        assert_eq!(credits_idempotency(&account, &key), "user:{org_42}:idem:credits:evt_1");
+    }
+}

@@ -1,0 +1,199 @@
+//! [`CreditLedger`] on Redis: one script per mutation, one HMGET per read.
+
+use std::time::Duration;
+
+use meter_core::{
+    AccountId, CreditBalance, CreditError, CreditLedger, CreditPeriod, DeductCredits,
+    DeductOutcome, GrantCredits, Idempotency, Recorded, ResetCredits, ResetSchedule, StoreError,
+    Timestamp, credits::total_overflow,
+};
+use redis::Script;
+
+use crate::{LUA_PRELUDE, RedisStore, keys};
+
+/// The fields of a credits hash, in the order scripts reply them and reads ask for them.
+const BALANCE_FIELDS: [&str; 7] = [
+    "total",
+    "used",
+    "resetDate",
+    "resetAnchor",
+    "resetPeriod",
+    "lastUpdate",
+    "isTrialCredits",
+];
+
+/// The credit ledger on Redis.
+#[derive(Clone, Debug)]
+pub struct RedisCreditLedger {
+    store: RedisStore,
+    idempotency_window_ms: u64,
+    deduct: Script,
+    grant: Script,
+    reset: Script,
+}
+
+impl RedisCreditLedger {
+    /// A ledger on `store` that remembers idempotency keys for `idempotency_window`.
+    pub fn new(store: RedisStore, idempotency_window: Duration) -> Self {
+        let script = |body: &str| Script::new(&format!("{LUA_PRELUDE}\n{body}"));
+        Self {
+            store,
+            idempotency_window_ms: u64::try_from(idempotency_window.as_millis()).unwrap_or(u64::MAX).max(1),
+            deduct: script(include_str!("scripts/deduct.lua")),
+            grant: script(include_str!("scripts/grant.lua")),
+            reset: script(include_str!("scripts/reset.lua")),
+        }
+    }
+
+    /// Runs `script` on the account's keys; `args` follow `now` and precede
+    /// the fingerprint and window, as every credits script expects.
+    async fn run(
+        &self,
+        script: &Script,
+        account: &AccountId,
+        idempotency: Option<&Idempotency>,
+        now: Timestamp,
+        args: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut invocation = script.key(keys::credits(account));
+        if let Some(idem) = idempotency {
+            invocation.key(keys::credits_idempotency(account, &idem.key));
+        }
+        invocation.arg(now.as_millis());
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        invocation
+            .arg(idempotency.map_or("", |i| i.fingerprint.as_str()))
+            .arg(self.idempotency_window_ms);
+        let mut lease = self.store.lease().await?;
+        // invoke_async sends EVALSHA and, if Redis answers NOSCRIPT (after a
+        // restart or SCRIPT FLUSH), loads the script and sends it again.
+        invocation
+            .invoke_async(&mut lease.connection)
+            .await
+            .map_err(|e| lease.sort(e))
+    }
+
+    /// Interprets a script reply: a balance, an idempotency conflict or an overflow.
+    fn outcome(
+        account: &AccountId,
+        idempotency: Option<&Idempotency>,
+        amount: i64,
+        reply: &[String],
+    ) -> Result<Recorded<(bool, CreditBalance)>, CreditError> {
+        match reply.first().map(String::as_str) {
+            Some("ok") if reply.len() == 10 => {
+                let key = keys::credits(account);
+                let fields: Vec<Option<&str>> = reply[2..9].iter().map(|f| Some(f.as_str()).filter(|f| !f.is_empty())).collect();
+                let balance = parse_balance(&key, &fields)?.unwrap_or_default();
+                Ok(Recorded {
+                    outcome: (reply[1] == "1", balance),
+                    replayed: reply[9] == "1",
+                })
+            }
+            Some("conflict") => Err(CreditError::IdempotencyConflict {
+                key: idempotency.map(|i| i.key.as_str().to_owned()).unwrap_or_default(),
+            }),
+            Some("overflow") => {
+                let total = reply.get(1).and_then(|t| t.parse().ok()).unwrap_or_default();
+                Err(total_overflow(total, amount).into())
+            }
+            _ => Err(StoreError::Protocol(format!("unexpected credits script reply {reply:?}")).into()),
+        }
+    }
+}
+
+/// Builds a balance from the seven [`BALANCE_FIELDS`] values of the hash at `key`;
+/// `Ok(None)` when the account has no `total` (it does not exist).
+fn parse_balance(key: &str, fields: &[Option<&str>]) -> Result<Option<CreditBalance>, StoreError> {
+    let corrupt = |field: &str, value: Option<&str>| StoreError::Corrupt {
+        key: key.to_owned(),
+        detail: format!("field {field} holds {value:?}"),
+    };
+    let [total, used, reset, anchor, period, last, trial] = fields else {
+        return Err(StoreError::Protocol(format!("expected 7 balance fields, got {}", fields.len())));
+    };
+    let Some(total_text) = total else {
+        return Ok(None);
+    };
+    let number = |field: &str, value: Option<&str>| {
+        value
+            .unwrap_or("0")
+            .parse::<i64>()
+            .map_err(|_| corrupt(field, value))
+    };
+    let time = |field: &str, value: Option<&str>| value.map(|v| Timestamp::parse(v).ok_or_else(|| corrupt(field, Some(v)))).transpose();
+    let schedule = match time("resetDate", *reset)? {
+        None => None,
+        Some(next_reset) => Some(ResetSchedule {
+            anchor: time("resetAnchor", *anchor)?.ok_or_else(|| corrupt("resetAnchor", *anchor))?,
+            period: period
+                .and_then(|p| p.parse::<CreditPeriod>().ok())
+                .ok_or_else(|| corrupt("resetPeriod", *period))?,
+            next_reset,
+        }),
+    };
+    Ok(Some(CreditBalance {
+        total: number("total", Some(total_text))?,
+        used: number("used", *used)?,
+        schedule,
+        last_update: time("lastUpdate", *last)?,
+        trial: matches!(*trial, Some("true" | "1")),
+    }))
+}
+
+impl CreditLedger for RedisCreditLedger {
+    async fn balance(&self, account: &AccountId) -> Result<Option<CreditBalance>, StoreError> {
+        let key = keys::credits(account);
+        let mut lease = self.store.lease().await?;
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(&BALANCE_FIELDS[..])
+            .query_async(&mut lease.connection)
+            .await
+            .map_err(|e| lease.sort(e))?;
+        let fields: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
+        parse_balance(&key, &fields)
+    }
+
+    async fn deduct(&self, request: &DeductCredits, now: Timestamp) -> Result<Recorded<DeductOutcome>, CreditError> {
+        let idempotency = request.idempotency.as_ref();
+        let amount = request.amount.to_string();
+        let reply = self.run(&self.deduct, &request.account, idempotency, now, &[&amount]).await?;
+        let recorded = Self::outcome(&request.account, idempotency, request.amount, &reply)?;
+        let (applied, balance) = recorded.outcome;
+        Ok(Recorded {
+            outcome: DeductOutcome { applied, balance },
+            replayed: recorded.replayed,
+        })
+    }
+
+    async fn grant(&self, request: &GrantCredits, now: Timestamp) -> Result<Recorded<CreditBalance>, CreditError> {
+        let idempotency = request.idempotency.as_ref();
+        let amount = request.amount.to_string();
+        let trial = if request.trial { "true" } else { "false" };
+        let reply = self.run(&self.grant, &request.account, idempotency, now, &[&amount, trial]).await?;
+        let recorded = Self::outcome(&request.account, idempotency, request.amount, &reply)?;
+        Ok(Recorded {
+            outcome: recorded.outcome.1,
+            replayed: recorded.replayed,
+        })
+    }
+
+    async fn reset(&self, request: &ResetCredits, now: Timestamp) -> Result<Recorded<CreditBalance>, CreditError> {
+        let idempotency = request.idempotency.as_ref();
+        let total = request.total.to_string();
+        let args = [total.as_str(), request.period.as_str()];
+        let reply = self.run(&self.reset, &request.account, idempotency, now, &args).await?;
+        let recorded = Self::outcome(&request.account, idempotency, 0, &reply)?;
+        Ok(Recorded {
+            outcome: recorded.outcome.1,
+            replayed: recorded.replayed,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+}
