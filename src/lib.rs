@@ -4,7 +4,11 @@
 //! This crate holds no logic; it must not depend on any other `meter` crate.
 
 /// Messages and services of package `meter.v1`.
-#[allow(missing_docs, clippy::doc_lazy_continuation, clippy::large_enum_variant)]
+#[allow(
+    missing_docs,
+    clippy::doc_lazy_continuation,
+    clippy::large_enum_variant
+)]
 pub mod v1 {
     tonic::include_proto!("meter.v1");
 }

@@ -20,9 +20,13 @@ pub struct AccountId(String);
 impl AccountId {
     /// Validates `raw` as the request field `field`.
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, InvalidArgument> {
-        check_token(field, raw, MAX_ACCOUNT_ID_LEN, |c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '+' | '-')
-        }, "A-Za-z0-9._@+-")?;
+        check_token(
+            field,
+            raw,
+            MAX_ACCOUNT_ID_LEN,
+            |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '+' | '-'),
+            "A-Za-z0-9._@+-",
+        )?;
         Ok(Self(raw.to_owned()))
     }
 
@@ -49,9 +53,13 @@ impl IdempotencyKey {
         if raw.is_empty() {
             return Ok(None);
         }
-        check_token(field, raw, MAX_IDEMPOTENCY_KEY_LEN, |c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '+' | '-')
-        }, "A-Za-z0-9._:@+-")?;
+        check_token(
+            field,
+            raw,
+            MAX_IDEMPOTENCY_KEY_LEN,
+            |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '+' | '-'),
+            "A-Za-z0-9._:@+-",
+        )?;
         Ok(Some(Self(raw.to_owned())))
     }
 
@@ -71,11 +79,17 @@ impl Reason {
         if raw.len() > MAX_REASON_LEN {
             return Err(InvalidArgument::new(
                 field,
-                format!("is {} bytes long; at most {MAX_REASON_LEN} are accepted", raw.len()),
+                format!(
+                    "is {} bytes long; at most {MAX_REASON_LEN} are accepted",
+                    raw.len()
+                ),
             ));
         }
         if raw.chars().any(char::is_control) {
-            return Err(InvalidArgument::new(field, "must not contain control characters"));
+            return Err(InvalidArgument::new(
+                field,
+                "must not contain control characters",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -99,7 +113,10 @@ fn check_token(
     if raw.len() > max_len {
         return Err(InvalidArgument::new(
             field,
-            format!("is {} bytes long; at most {max_len} are accepted", raw.len()),
+            format!(
+                "is {} bytes long; at most {max_len} are accepted",
+                raw.len()
+            ),
         ));
     }
     if let Some(bad) = raw.chars().find(|&c| !allowed(c)) {
@@ -120,7 +137,10 @@ mod tests {
     #[test]
     fn account_ids_of_every_allowed_character_are_accepted() {
         for id in ["u1", "org_42", "a.b-c+d@example.com", &"x".repeat(128)] {
-            assert_eq!(AccountId::parse("account_id", id).map(|a| a.to_string()), Ok(id.to_owned()));
+            assert_eq!(
+                AccountId::parse("account_id", id).map(|a| a.to_string()),
+                Ok(id.to_owned())
+            );
         }
     }
 
@@ -143,9 +163,16 @@ mod tests {
 
     #[test]
     fn empty_idempotency_key_means_none_and_bad_ones_are_refused() {
-        assert_eq!(IdempotencyKey::parse_optional("idempotency_key", ""), Ok(None));
-        assert!(IdempotencyKey::parse_optional("idempotency_key", "evt_1:grant").is_ok_and(|k| k.is_some()));
-        let err = IdempotencyKey::parse_optional("idempotency_key", &"k".repeat(129)).expect_err("long");
+        assert_eq!(
+            IdempotencyKey::parse_optional("idempotency_key", ""),
+            Ok(None)
+        );
+        assert!(
+            IdempotencyKey::parse_optional("idempotency_key", "evt_1:grant")
+                .is_ok_and(|k| k.is_some())
+        );
+        let err =
+            IdempotencyKey::parse_optional("idempotency_key", &"k".repeat(129)).expect_err("long");
         assert_eq!(err.field, "idempotency_key");
         assert!(IdempotencyKey::parse_optional("idempotency_key", "a b").is_err());
     }
@@ -153,7 +180,10 @@ mod tests {
     #[test]
     fn reasons_are_bounded_and_printable() {
         assert!(Reason::parse("reason", "chat message: gpt-5 (1.2k tokens)").is_ok());
-        assert_eq!(Reason::parse("reason", &"r".repeat(257)).map_err(|e| e.field), Err("reason"));
+        assert_eq!(
+            Reason::parse("reason", &"r".repeat(257)).map_err(|e| e.field),
+            Err("reason")
+        );
         assert!(Reason::parse("reason", "line\nbreak").is_err());
     }
 

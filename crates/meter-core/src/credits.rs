@@ -77,7 +77,12 @@ impl CreditBalance {
     }
 
     /// Adds `amount` to the total, refusing a total above [`MAX_CREDITS`].
-    pub fn grant(&mut self, amount: i64, trial: bool, now: Timestamp) -> Result<(), InvalidArgument> {
+    pub fn grant(
+        &mut self,
+        amount: i64,
+        trial: bool,
+        now: Timestamp,
+    ) -> Result<(), InvalidArgument> {
         let total = self
             .total
             .checked_add(amount)
@@ -109,7 +114,9 @@ impl CreditBalance {
 pub fn total_overflow(total: i64, amount: i64) -> InvalidArgument {
     InvalidArgument::new(
         "amount",
-        format!("adding {amount} to the total of {total} would exceed the maximum balance of {MAX_CREDITS}"),
+        format!(
+            "adding {amount} to the total of {total} would exceed the maximum balance of {MAX_CREDITS}"
+        ),
     )
 }
 
@@ -190,7 +197,12 @@ impl GrantCredits {
         check_amount(amount)?;
         let idempotency = Idempotency::new(
             key,
-            &["grant", &amount.to_string(), reason.as_str(), if trial { "trial" } else { "paid" }],
+            &[
+                "grant",
+                &amount.to_string(),
+                reason.as_str(),
+                if trial { "trial" } else { "paid" },
+            ],
         );
         Ok(Self {
             account,
@@ -274,12 +286,18 @@ impl<L: CreditLedger, C: Clock> Credits<L, C> {
     }
 
     /// Takes credits if enough remain.
-    pub async fn deduct(&self, request: &DeductCredits) -> Result<Recorded<DeductOutcome>, CreditError> {
+    pub async fn deduct(
+        &self,
+        request: &DeductCredits,
+    ) -> Result<Recorded<DeductOutcome>, CreditError> {
         self.ledger.deduct(request, self.clock.now()).await
     }
 
     /// Adds credits.
-    pub async fn grant(&self, request: &GrantCredits) -> Result<Recorded<CreditBalance>, CreditError> {
+    pub async fn grant(
+        &self,
+        request: &GrantCredits,
+    ) -> Result<Recorded<CreditBalance>, CreditError> {
         self.ledger.grant(request, self.clock.now()).await
     }
 
@@ -293,7 +311,11 @@ impl<L: CreditLedger, C: Clock> Credits<L, C> {
         if let Some(total) = total
             && !(0..=MAX_CREDITS).contains(&total)
         {
-            return Err(InvalidArgument::new("total", format!("is {total}; it must be from 0 to {MAX_CREDITS}")).into());
+            return Err(InvalidArgument::new(
+                "total",
+                format!("is {total}; it must be from 0 to {MAX_CREDITS}"),
+            )
+            .into());
         }
         // Until SubscriptionService records plans, every account is on the default plan.
         let plan = self.catalog.default_plan();
@@ -327,10 +349,16 @@ mod tests {
         let after = balance.with_due_reset(later);
         assert_eq!(after.used, 0);
         assert_eq!(after.total, 100);
-        assert_eq!(after.schedule.map(|s| s.next_reset), Some(ts("2026-04-30T10:00:00.000Z")));
+        assert_eq!(
+            after.schedule.map(|s| s.next_reset),
+            Some(ts("2026-04-30T10:00:00.000Z"))
+        );
         assert_eq!(after.last_update, Some(ts("2026-03-31T10:00:00.000Z")));
         // Not yet due: nothing changes.
-        assert_eq!(balance.with_due_reset(ts("2026-02-28T09:59:59.999Z")), balance);
+        assert_eq!(
+            balance.with_due_reset(ts("2026-02-28T09:59:59.999Z")),
+            balance
+        );
     }
 
     #[test]
@@ -347,7 +375,10 @@ mod tests {
     #[test]
     fn grant_refuses_to_pass_the_maximum_balance() {
         let now = ts("2026-05-01T00:00:00.000Z");
-        let mut balance = CreditBalance { total: MAX_CREDITS - 1, ..CreditBalance::default() };
+        let mut balance = CreditBalance {
+            total: MAX_CREDITS - 1,
+            ..CreditBalance::default()
+        };
         assert!(balance.grant(1, false, now).is_ok());
         let err = balance.grant(1, false, now).expect_err("overflow");
         assert_eq!(err.field, "amount");
@@ -358,7 +389,8 @@ mod tests {
     fn amounts_outside_one_to_max_are_invalid_and_name_the_field() {
         let account = AccountId::parse("account_id", "u1").expect("valid");
         for amount in [0, -1, MAX_CREDITS + 1, i64::MAX, i64::MIN] {
-            let err = DeductCredits::new(account.clone(), amount, Reason::default(), None).expect_err("invalid");
+            let err = DeductCredits::new(account.clone(), amount, Reason::default(), None)
+                .expect_err("invalid");
             assert_eq!(err.field, "amount");
         }
     }
@@ -377,7 +409,8 @@ mod tests {
         assert_eq!(print(5, "a"), print(5, "a"));
         assert_ne!(print(5, "a"), print(6, "a"));
         assert_ne!(print(5, "a"), print(5, "b"));
-        let grant = GrantCredits::new(account.clone(), 5, reason("a"), false, key()).expect("valid");
+        let grant =
+            GrantCredits::new(account.clone(), 5, reason("a"), false, key()).expect("valid");
         assert_ne!(grant.idempotency.map(|i| i.fingerprint), print(5, "a"));
     }
 

@@ -51,7 +51,11 @@ impl CreditPeriod {
     /// The bounds of the period containing `now`: the last boundary at or
     /// before `now` and the first one after it. `None` if `now` is before the
     /// anchor or the next boundary is past year 9999.
-    pub fn period_containing(self, anchor: Timestamp, now: Timestamp) -> Option<(Timestamp, Timestamp)> {
+    pub fn period_containing(
+        self,
+        anchor: Timestamp,
+        now: Timestamp,
+    ) -> Option<(Timestamp, Timestamp)> {
         if now < anchor {
             return None;
         }
@@ -93,19 +97,27 @@ impl FromStr for CreditPeriod {
             "week" => Ok(Self::Week),
             "month" => Ok(Self::Month),
             "year" => Ok(Self::Year),
-            other => Err(format!("unknown credit period {other:?}; expected day, week, month or year")),
+            other => Err(format!(
+                "unknown credit period {other:?}; expected day, week, month or year"
+            )),
         }
     }
 }
 
 fn add_days(anchor: Timestamp, days: i64) -> Option<Timestamp> {
-    Timestamp::from_millis(anchor.as_millis().checked_add(days.checked_mul(MILLIS_PER_DAY)?)?)
+    Timestamp::from_millis(
+        anchor
+            .as_millis()
+            .checked_add(days.checked_mul(MILLIS_PER_DAY)?)?,
+    )
 }
 
 fn add_months(anchor: Timestamp, months: u32) -> Option<Timestamp> {
     // chrono's checked_add_months clamps the day to the target month's end,
     // which is the billing-anchor rule.
-    let datetime = anchor.to_datetime().checked_add_months(Months::new(months))?;
+    let datetime = anchor
+        .to_datetime()
+        .checked_add_months(Months::new(months))?;
     Timestamp::from_datetime(datetime)
 }
 
@@ -143,14 +155,21 @@ mod tests {
             "2026-05-31T10:00:00.000Z",
         ];
         for (k, want) in expected.iter().enumerate() {
-            assert_eq!(CreditPeriod::Month.boundary(anchor, k as u32), Some(ts(want)), "k = {k}");
+            assert_eq!(
+                CreditPeriod::Month.boundary(anchor, k as u32),
+                Some(ts(want)),
+                "k = {k}"
+            );
         }
     }
 
     #[test]
     fn february_has_29_days_in_leap_years() {
         let anchor = ts("2028-01-31T00:00:00.000Z");
-        assert_eq!(CreditPeriod::Month.boundary(anchor, 1), Some(ts("2028-02-29T00:00:00.000Z")));
+        assert_eq!(
+            CreditPeriod::Month.boundary(anchor, 1),
+            Some(ts("2028-02-29T00:00:00.000Z"))
+        );
         assert_eq!(
             CreditPeriod::Month.boundary(ts("2100-01-30T00:00:00.000Z"), 1),
             Some(ts("2100-02-28T00:00:00.000Z")),
@@ -170,7 +189,10 @@ mod tests {
         let now = ts("2026-07-15T00:00:00.000Z");
         assert_eq!(
             CreditPeriod::Month.period_containing(anchor, now),
-            Some((ts("2026-06-30T10:00:00.000Z"), ts("2026-07-31T10:00:00.000Z")))
+            Some((
+                ts("2026-06-30T10:00:00.000Z"),
+                ts("2026-07-31T10:00:00.000Z")
+            ))
         );
         // Exactly on a boundary, the new period has begun.
         let on = ts("2026-02-28T10:00:00.000Z");
@@ -178,7 +200,10 @@ mod tests {
             CreditPeriod::Month.period_containing(anchor, on),
             Some((on, ts("2026-03-31T10:00:00.000Z")))
         );
-        assert_eq!(CreditPeriod::Month.period_containing(anchor, ts("2026-01-01T00:00:00.000Z")), None);
+        assert_eq!(
+            CreditPeriod::Month.period_containing(anchor, ts("2026-01-01T00:00:00.000Z")),
+            None
+        );
     }
 
     #[test]
@@ -186,14 +211,25 @@ mod tests {
         let anchor = ts("2026-03-07T08:30:00.000Z");
         assert_eq!(
             CreditPeriod::Day.period_containing(anchor, ts("2026-03-09T08:29:59.999Z")),
-            Some((ts("2026-03-08T08:30:00.000Z"), ts("2026-03-09T08:30:00.000Z")))
+            Some((
+                ts("2026-03-08T08:30:00.000Z"),
+                ts("2026-03-09T08:30:00.000Z")
+            ))
         );
-        assert_eq!(CreditPeriod::Week.boundary(anchor, 2), Some(ts("2026-03-21T08:30:00.000Z")));
+        assert_eq!(
+            CreditPeriod::Week.boundary(anchor, 2),
+            Some(ts("2026-03-21T08:30:00.000Z"))
+        );
     }
 
     #[test]
     fn period_names_round_trip() {
-        for period in [CreditPeriod::Day, CreditPeriod::Week, CreditPeriod::Month, CreditPeriod::Year] {
+        for period in [
+            CreditPeriod::Day,
+            CreditPeriod::Week,
+            CreditPeriod::Month,
+            CreditPeriod::Year,
+        ] {
             assert_eq!(period.as_str().parse(), Ok(period));
         }
         assert!("fortnight".parse::<CreditPeriod>().is_err());

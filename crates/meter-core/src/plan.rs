@@ -67,7 +67,12 @@ pub struct CatalogError {
 
 impl fmt::Display for CatalogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "plan catalog {}: {}", self.origin, self.message.trim_end())
+        write!(
+            f,
+            "plan catalog {}: {}",
+            self.origin,
+            self.message.trim_end()
+        )
     }
 }
 
@@ -111,15 +116,23 @@ impl TryFrom<RawPlanFields> for PlanFields {
     // Checked while toml still knows where the table is, so the error carries its line.
     fn try_from(raw: RawPlanFields) -> Result<Self, String> {
         if !(0..=MAX_CREDITS).contains(&raw.credits) {
-            return Err(format!("credits = {} is outside 0..={MAX_CREDITS}", raw.credits));
+            return Err(format!(
+                "credits = {} is outside 0..={MAX_CREDITS}",
+                raw.credits
+            ));
         }
         if raw.price_micros < 0 {
-            return Err(format!("price_micros = {} must not be negative", raw.price_micros));
+            return Err(format!(
+                "price_micros = {} must not be negative",
+                raw.price_micros
+            ));
         }
         for (metric, limit) in &raw.usage {
             check_name("metric", metric)?;
             if limit.included.is_some_and(|n| n < 0) || limit.overage_micros < 0 {
-                return Err(format!("usage.{metric}: included and overage_micros must not be negative"));
+                return Err(format!(
+                    "usage.{metric}: included and overage_micros must not be negative"
+                ));
             }
         }
         Ok(Self {
@@ -141,7 +154,9 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{what} name {name:?} must be 1-64 characters of a-z0-9_-"))
+        Err(format!(
+            "{what} name {name:?} must be 1-64 characters of a-z0-9_-"
+        ))
     }
 }
 
@@ -209,10 +224,21 @@ mod tests {
         assert_eq!(credits("enterprise"), Some(10_000));
         assert!(catalog.get("standard").is_some());
         assert_eq!(catalog.default_plan().name, "free");
-        let yearly = catalog.plans().find(|p| p.billing_interval == BillingInterval::Year).expect("a yearly plan");
-        assert_eq!(yearly.credit_period, CreditPeriod::Month, "yearly plans reset credits monthly");
+        let yearly = catalog
+            .plans()
+            .find(|p| p.billing_interval == BillingInterval::Year)
+            .expect("a yearly plan");
+        assert_eq!(
+            yearly.credit_period,
+            CreditPeriod::Month,
+            "yearly plans reset credits monthly"
+        );
         let pro = catalog.get("pro").expect("pro");
-        assert!(pro.usage.get("api_request").is_some_and(|l| l.overage_micros > 0));
+        assert!(
+            pro.usage
+                .get("api_request")
+                .is_some_and(|l| l.overage_micros > 0)
+        );
     }
 
     #[test]
@@ -229,12 +255,30 @@ mod tests {
     fn unknown_fields_bad_periods_and_a_missing_free_plan_are_refused() {
         let base = "billing_interval = \"month\"\nprice_micros = 0\n";
         let typo = format!("[plans.free]\ncredit = 100\n{base}");
-        assert!(PlanCatalog::from_toml("f", &typo).expect_err("typo").message.contains("credit"));
+        assert!(
+            PlanCatalog::from_toml("f", &typo)
+                .expect_err("typo")
+                .message
+                .contains("credit")
+        );
         let period = format!("[plans.free]\ncredits = 1\ncredit_period = \"fortnight\"\n{base}");
-        assert!(PlanCatalog::from_toml("f", &period).expect_err("period").message.contains("fortnight"));
+        assert!(
+            PlanCatalog::from_toml("f", &period)
+                .expect_err("period")
+                .message
+                .contains("fortnight")
+        );
         let no_free = format!("[plans.pro]\ncredits = 1\n{base}");
-        assert!(PlanCatalog::from_toml("f", &no_free).expect_err("no free").message.contains("plans.free"));
+        assert!(
+            PlanCatalog::from_toml("f", &no_free)
+                .expect_err("no free")
+                .message
+                .contains("plans.free")
+        );
         let float = "[plans.free]\ncredits = 1\nbilling_interval = \"month\"\nprice_micros = 0.5\n";
-        assert!(PlanCatalog::from_toml("f", float).is_err(), "money is never a float");
+        assert!(
+            PlanCatalog::from_toml("f", float).is_err(),
+            "money is never a float"
+        );
     }
 }

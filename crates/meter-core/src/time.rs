@@ -20,7 +20,9 @@ impl Timestamp {
 
     /// The instant `millis` milliseconds after the Unix epoch, if within 1970..=9999.
     pub fn from_millis(millis: i64) -> Option<Self> {
-        (MIN_MILLIS..=MAX_MILLIS).contains(&millis).then_some(Self(millis))
+        (MIN_MILLIS..=MAX_MILLIS)
+            .contains(&millis)
+            .then_some(Self(millis))
     }
 
     /// Milliseconds since the Unix epoch.

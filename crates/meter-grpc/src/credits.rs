@@ -62,7 +62,10 @@ fn balance(account: &AccountId, balance: &CreditBalance) -> Balance {
 
 #[tonic::async_trait]
 impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
-    async fn get_balance(&self, request: Request<GetBalanceRequest>) -> Result<Response<GetBalanceResponse>, Status> {
+    async fn get_balance(
+        &self,
+        request: Request<GetBalanceRequest>,
+    ) -> Result<Response<GetBalanceResponse>, Status> {
         let request = request.into_inner();
         let account = account(&request.account_id)?;
         let current = self.credits.balance(&account).await.map_err(to_status)?;
@@ -71,7 +74,10 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
         }))
     }
 
-    async fn deduct(&self, request: Request<DeductRequest>) -> Result<Response<DeductResponse>, Status> {
+    async fn deduct(
+        &self,
+        request: Request<DeductRequest>,
+    ) -> Result<Response<DeductResponse>, Status> {
         let request = request.into_inner();
         let deduct = DeductCredits::new(
             account(&request.account_id)?,
@@ -88,7 +94,10 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
         }))
     }
 
-    async fn grant(&self, request: Request<GrantRequest>) -> Result<Response<GrantResponse>, Status> {
+    async fn grant(
+        &self,
+        request: Request<GrantRequest>,
+    ) -> Result<Response<GrantResponse>, Status> {
         let request = request.into_inner();
         let grant = GrantCredits::new(
             account(&request.account_id)?,
@@ -105,7 +114,10 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
         }))
     }
 
-    async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
+    async fn reset(
+        &self,
+        request: Request<ResetRequest>,
+    ) -> Result<Response<ResetResponse>, Status> {
         let request = request.into_inner();
         let account = account(&request.account_id)?;
         let key = idempotency_key(&request.idempotency_key)?;

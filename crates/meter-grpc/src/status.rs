@@ -19,7 +19,9 @@ pub fn to_status(error: CreditError) -> Status {
         }
         CreditError::Store(StoreError::Corrupt { key, detail }) => {
             tracing::error!(%key, %detail, "corrupt stored data");
-            Status::internal(format!("stored data at {key} is corrupt; an operator must repair it"))
+            Status::internal(format!(
+                "stored data at {key} is corrupt; an operator must repair it"
+            ))
         }
         CreditError::Store(StoreError::Protocol(detail)) => {
             tracing::error!(%detail, "unexpected store reply");
@@ -42,17 +44,44 @@ mod tests {
     #[test]
     fn each_error_gets_the_code_a_client_can_act_on() {
         let cases = [
-            (CreditError::InvalidArgument(InvalidArgument::new("amount", "is 0")), Code::InvalidArgument, "amount: is 0"),
-            (CreditError::IdempotencyConflict { key: "k".into() }, Code::FailedPrecondition, "\"k\""),
-            (StoreError::Unavailable("refused".into()).into(), Code::Unavailable, "retry"),
-            (StoreError::Corrupt { key: "user:{u}:credits".into(), detail: "x".into() }.into(), Code::Internal, "user:{u}:credits"),
-            (StoreError::Protocol("secret detail".into()).into(), Code::Internal, "meterd log"),
+            (
+                CreditError::InvalidArgument(InvalidArgument::new("amount", "is 0")),
+                Code::InvalidArgument,
+                "amount: is 0",
+            ),
+            (
+                CreditError::IdempotencyConflict { key: "k".into() },
+                Code::FailedPrecondition,
+                "\"k\"",
+            ),
+            (
+                StoreError::Unavailable("refused".into()).into(),
+                Code::Unavailable,
+                "retry",
+            ),
+            (
+                StoreError::Corrupt {
+                    key: "user:{u}:credits".into(),
+                    detail: "x".into(),
+                }
+                .into(),
+                Code::Internal,
+                "user:{u}:credits",
+            ),
+            (
+                StoreError::Protocol("secret detail".into()).into(),
+                Code::Internal,
+                "meterd log",
+            ),
         ];
         for (error, code, shown) in cases {
             let status = to_status(error);
             assert_eq!(status.code(), code);
             assert!(status.message().contains(shown), "{}", status.message());
-            assert!(!status.message().contains("secret"), "internal details stay in the log");
+            assert!(
+                !status.message().contains("secret"),
+                "internal details stay in the log"
+            );
         }
     }
 }

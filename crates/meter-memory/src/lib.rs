@@ -65,7 +65,9 @@ impl MemoryCreditLedger {
         let index = (self.hasher.hash_one(account) as usize) % SHARDS;
         // A panic while holding the lock cannot leave a half-applied change:
         // every mutation computes the new state first and stores it in one move.
-        self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `apply` on the account's balance atomically, with idempotency.
@@ -74,13 +76,17 @@ impl MemoryCreditLedger {
         account: &AccountId,
         idempotency: Option<&Idempotency>,
         now: Timestamp,
-        apply: impl FnOnce(Option<CreditBalance>) -> Result<(Option<CreditBalance>, Outcome), CreditError>,
+        apply: impl FnOnce(
+            Option<CreditBalance>,
+        ) -> Result<(Option<CreditBalance>, Outcome), CreditError>,
     ) -> Result<Recorded<Outcome>, CreditError> {
         let mut shard = self.shard(account);
         let wall_clock = Instant::now();
         shard.forget_expired(wall_clock);
         if let Some(idem) = idempotency
-            && let Some(prior) = shard.remembered.get(&(account.clone(), idem.key.as_str().to_owned()))
+            && let Some(prior) = shard
+                .remembered
+                .get(&(account.clone(), idem.key.as_str().to_owned()))
         {
             if prior.fingerprint != idem.fingerprint {
                 return Err(CreditError::IdempotencyConflict {
@@ -100,7 +106,9 @@ impl MemoryCreditLedger {
         if let Some(idem) = idempotency {
             let expires = wall_clock + self.idempotency_window;
             let key = idem.key.as_str().to_owned();
-            shard.expiries.push_back((expires, account.clone(), key.clone()));
+            shard
+                .expiries
+                .push_back((expires, account.clone(), key.clone()));
             shard.remembered.insert(
                 (account.clone(), key),
                 Remembered {
@@ -141,7 +149,9 @@ fn balance_of(recorded: Recorded<Outcome>) -> Result<Recorded<CreditBalance>, Cr
             replayed: recorded.replayed,
         }),
         // Fingerprints name the operation, so a deduct outcome never answers a grant.
-        Outcome::Deduct(_) => Err(StoreError::Protocol("idempotency record of another operation".into()).into()),
+        Outcome::Deduct(_) => {
+            Err(StoreError::Protocol("idempotency record of another operation".into()).into())
+        }
     }
 }
 
@@ -150,35 +160,61 @@ impl CreditLedger for MemoryCreditLedger {
         Ok(self.shard(account).balances.get(account).copied())
     }
 
-    async fn deduct(&self, request: &DeductCredits, now: Timestamp) -> Result<Recorded<DeductOutcome>, CreditError> {
-        let recorded = self.mutate(&request.account, request.idempotency.as_ref(), now, |current| {
-            let mut balance = current.unwrap_or_default();
-            let applied = balance.try_deduct(request.amount, now);
-            let outcome = DeductOutcome { applied, balance };
-            Ok((applied.then_some(balance), Outcome::Deduct(outcome)))
-        })?;
+    async fn deduct(
+        &self,
+        request: &DeductCredits,
+        now: Timestamp,
+    ) -> Result<Recorded<DeductOutcome>, CreditError> {
+        let recorded = self.mutate(
+            &request.account,
+            request.idempotency.as_ref(),
+            now,
+            |current| {
+                let mut balance = current.unwrap_or_default();
+                let applied = balance.try_deduct(request.amount, now);
+                let outcome = DeductOutcome { applied, balance };
+                Ok((applied.then_some(balance), Outcome::Deduct(outcome)))
+            },
+        )?;
         match recorded.outcome {
             Outcome::Deduct(outcome) => Ok(Recorded {
                 outcome,
                 replayed: recorded.replayed,
             }),
-            Outcome::Balance(_) => Err(StoreError::Protocol("idempotency record of another operation".into()).into()),
+            Outcome::Balance(_) => {
+                Err(StoreError::Protocol("idempotency record of another operation".into()).into())
+            }
         }
     }
 
-    async fn grant(&self, request: &GrantCredits, now: Timestamp) -> Result<Recorded<CreditBalance>, CreditError> {
-        balance_of(self.mutate(&request.account, request.idempotency.as_ref(), now, |current| {
-            let mut balance = current.unwrap_or_default();
-            balance.grant(request.amount, request.trial, now)?;
-            Ok((Some(balance), Outcome::Balance(balance)))
-        })?)
+    async fn grant(
+        &self,
+        request: &GrantCredits,
+        now: Timestamp,
+    ) -> Result<Recorded<CreditBalance>, CreditError> {
+        balance_of(self.mutate(
+            &request.account,
+            request.idempotency.as_ref(),
+            now,
+            |current| {
+                let mut balance = current.unwrap_or_default();
+                balance.grant(request.amount, request.trial, now)?;
+                Ok((Some(balance), Outcome::Balance(balance)))
+            },
+        )?)
     }
 
-    async fn reset(&self, request: &ResetCredits, now: Timestamp) -> Result<Recorded<CreditBalance>, CreditError> {
-        balance_of(self.mutate(&request.account, request.idempotency.as_ref(), now, |_| {
-            let balance = CreditBalance::fresh_period(request.total, request.period, now);
-            Ok((Some(balance), Outcome::Balance(balance)))
-        })?)
+    async fn reset(
+        &self,
+        request: &ResetCredits,
+        now: Timestamp,
+    ) -> Result<Recorded<CreditBalance>, CreditError> {
+        balance_of(
+            self.mutate(&request.account, request.idempotency.as_ref(), now, |_| {
+                let balance = CreditBalance::fresh_period(request.total, request.period, now);
+                Ok((Some(balance), Outcome::Balance(balance)))
+            })?,
+        )
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

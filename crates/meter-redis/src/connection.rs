@@ -76,7 +76,11 @@ pub(crate) struct Lease {
 impl Lease {
     /// Sorts `error`, flagging the connection for replacement when it is gone.
     pub(crate) fn sort(&self, error: RedisError) -> StoreError {
-        if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() || error.is_timeout() {
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_unrecoverable_error()
+            || error.is_timeout()
+        {
             self.broken.store(true, Ordering::Relaxed);
         }
         sort_error(error)
@@ -90,8 +94,9 @@ impl RedisStore {
         // Pick rustls's ring provider for rediss:// once, process-wide;
         // an error means one was installed already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let inner = RedisConnectionManager::new(config.url.as_str())
-            .map_err(|e| StoreError::Protocol(format!("REDIS_URL is not a valid Redis URL: {e}")))?;
+        let inner = RedisConnectionManager::new(config.url.as_str()).map_err(|e| {
+            StoreError::Protocol(format!("REDIS_URL is not a valid Redis URL: {e}"))
+        })?;
         let pool = bb8::Pool::builder()
             .max_size(config.connections.max(1))
             .min_idle(Some(1))
@@ -105,7 +110,9 @@ impl RedisStore {
     pub(crate) async fn lease(&self) -> Result<Lease, StoreError> {
         let pooled = self.pool.get().await.map_err(|e| match e {
             bb8::RunError::User(e) => sort_error(e),
-            bb8::RunError::TimedOut => StoreError::Unavailable("no Redis connection could be opened in time".into()),
+            bb8::RunError::TimedOut => {
+                StoreError::Unavailable("no Redis connection could be opened in time".into())
+            }
         })?;
         Ok(Lease {
             connection: pooled.connection.clone(),
@@ -138,13 +145,17 @@ pub(crate) fn sort_error(error: RedisError) -> StoreError {
         // Scripts report unparseable stored data as `CORRUPT <key> field …`.
         Some("CORRUPT") => {
             let detail = error.detail().unwrap_or_default().to_owned();
-            let key = detail.split_whitespace().next().unwrap_or_default().to_owned();
+            let key = detail
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             StoreError::Corrupt { key, detail }
         }
         // Passing states of the server: retrying later succeeds.
-        Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "OOM") => {
-            StoreError::Unavailable(error.to_string())
-        }
+        Some(
+            "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "OOM",
+        ) => StoreError::Unavailable(error.to_string()),
         _ => StoreError::Protocol(error.to_string()),
     }
 }

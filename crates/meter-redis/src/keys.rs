@@ -31,6 +31,9 @@ mod tests {
             .expect("valid")
             .expect("present");
         assert_eq!(credits(&account), "user:{org_42}:credits");
-        assert_eq!(credits_idempotency(&account, &key), "user:{org_42}:idem:credits:evt_1");
+        assert_eq!(
+            credits_idempotency(&account, &key),
+            "user:{org_42}:idem:credits:evt_1"
+        );
     }
 }

@@ -38,7 +38,9 @@ impl RedisCreditLedger {
         let script = |body: &str| Script::new(&format!("{LUA_PRELUDE}\n{body}"));
         Self {
             store,
-            idempotency_window_ms: u64::try_from(idempotency_window.as_millis()).unwrap_or(u64::MAX).max(1),
+            idempotency_window_ms: u64::try_from(idempotency_window.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
             deduct: script(include_str!("scripts/deduct.lua")),
             grant: script(include_str!("scripts/grant.lua")),
             reset: script(include_str!("scripts/reset.lua")),
@@ -85,7 +87,10 @@ impl RedisCreditLedger {
         match reply.first().map(String::as_str) {
             Some("ok") if reply.len() == 10 => {
                 let key = keys::credits(account);
-                let fields: Vec<Option<&str>> = reply[2..9].iter().map(|f| Some(f.as_str()).filter(|f| !f.is_empty())).collect();
+                let fields: Vec<Option<&str>> = reply[2..9]
+                    .iter()
+                    .map(|f| Some(f.as_str()).filter(|f| !f.is_empty()))
+                    .collect();
                 let balance = parse_balance(&key, &fields)?.unwrap_or_default();
                 Ok(Recorded {
                     outcome: (reply[1] == "1", balance),
@@ -93,13 +98,20 @@ impl RedisCreditLedger {
                 })
             }
             Some("conflict") => Err(CreditError::IdempotencyConflict {
-                key: idempotency.map(|i| i.key.as_str().to_owned()).unwrap_or_default(),
+                key: idempotency
+                    .map(|i| i.key.as_str().to_owned())
+                    .unwrap_or_default(),
             }),
             Some("overflow") => {
-                let total = reply.get(1).and_then(|t| t.parse().ok()).unwrap_or_default();
+                let total = reply
+                    .get(1)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or_default();
                 Err(total_overflow(total, amount).into())
             }
-            _ => Err(StoreError::Protocol(format!("unexpected credits script reply {reply:?}")).into()),
+            _ => Err(
+                StoreError::Protocol(format!("unexpected credits script reply {reply:?}")).into(),
+            ),
         }
     }
 }
@@ -112,7 +124,10 @@ fn parse_balance(key: &str, fields: &[Option<&str>]) -> Result<Option<CreditBala
         detail: format!("field {field} holds {value:?}"),
     };
     let [total, used, reset, anchor, period, last, trial] = fields else {
-        return Err(StoreError::Protocol(format!("expected 7 balance fields, got {}", fields.len())));
+        return Err(StoreError::Protocol(format!(
+            "expected 7 balance fields, got {}",
+            fields.len()
+        )));
     };
     let Some(total_text) = total else {
         return Ok(None);
@@ -123,7 +138,11 @@ fn parse_balance(key: &str, fields: &[Option<&str>]) -> Result<Option<CreditBala
             .parse::<i64>()
             .map_err(|_| corrupt(field, value))
     };
-    let time = |field: &str, value: Option<&str>| value.map(|v| Timestamp::parse(v).ok_or_else(|| corrupt(field, Some(v)))).transpose();
+    let time = |field: &str, value: Option<&str>| {
+        value
+            .map(|v| Timestamp::parse(v).ok_or_else(|| corrupt(field, Some(v))))
+            .transpose()
+    };
     let schedule = match time("resetDate", *reset)? {
         None => None,
         Some(next_reset) => Some(ResetSchedule {
@@ -157,10 +176,16 @@ impl CreditLedger for RedisCreditLedger {
         parse_balance(&key, &fields)
     }
 
-    async fn deduct(&self, request: &DeductCredits, now: Timestamp) -> Result<Recorded<DeductOutcome>, CreditError> {
+    async fn deduct(
+        &self,
+        request: &DeductCredits,
+        now: Timestamp,
+    ) -> Result<Recorded<DeductOutcome>, CreditError> {
         let idempotency = request.idempotency.as_ref();
         let amount = request.amount.to_string();
-        let reply = self.run(&self.deduct, &request.account, idempotency, now, &[&amount]).await?;
+        let reply = self
+            .run(&self.deduct, &request.account, idempotency, now, &[&amount])
+            .await?;
         let recorded = Self::outcome(&request.account, idempotency, request.amount, &reply)?;
         let (applied, balance) = recorded.outcome;
         Ok(Recorded {
@@ -169,11 +194,23 @@ impl CreditLedger for RedisCreditLedger {
         })
     }
 
-    async fn grant(&self, request: &GrantCredits, now: Timestamp) -> Result<Recorded<CreditBalance>, CreditError> {
+    async fn grant(
+        &self,
+        request: &GrantCredits,
+        now: Timestamp,
+    ) -> Result<Recorded<CreditBalance>, CreditError> {
         let idempotency = request.idempotency.as_ref();
         let amount = request.amount.to_string();
         let trial = if request.trial { "true" } else { "false" };
-        let reply = self.run(&self.grant, &request.account, idempotency, now, &[&amount, trial]).await?;
+        let reply = self
+            .run(
+                &self.grant,
+                &request.account,
+                idempotency,
+                now,
+                &[&amount, trial],
+            )
+            .await?;
         let recorded = Self::outcome(&request.account, idempotency, request.amount, &reply)?;
         Ok(Recorded {
             outcome: recorded.outcome.1,
@@ -181,11 +218,17 @@ impl CreditLedger for RedisCreditLedger {
         })
     }
 
-    async fn reset(&self, request: &ResetCredits, now: Timestamp) -> Result<Recorded<CreditBalance>, CreditError> {
+    async fn reset(
+        &self,
+        request: &ResetCredits,
+        now: Timestamp,
+    ) -> Result<Recorded<CreditBalance>, CreditError> {
         let idempotency = request.idempotency.as_ref();
         let total = request.total.to_string();
         let args = [total.as_str(), request.period.as_str()];
-        let reply = self.run(&self.reset, &request.account, idempotency, now, &args).await?;
+        let reply = self
+            .run(&self.reset, &request.account, idempotency, now, &args)
+            .await?;
         let recorded = Self::outcome(&request.account, idempotency, 0, &reply)?;
         Ok(Recorded {
             outcome: recorded.outcome.1,

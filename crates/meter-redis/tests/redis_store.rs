@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use meter_core::{
-    AccountId, CreditError, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, IdempotencyKey,
-    Reason, ResetCredits, StoreError, Timestamp,
+    AccountId, CreditError, CreditLedger, CreditPeriod, DeductCredits, GrantCredits,
+    IdempotencyKey, Reason, ResetCredits, StoreError, Timestamp,
 };
 use meter_redis::{LUA_PRELUDE, RedisConfig, RedisCreditLedger, RedisStore, keys};
 use meter_testkit::RedisServer;
@@ -18,7 +18,10 @@ fn ledger(server: &RedisServer) -> RedisCreditLedger {
         connections: 2,
         connect_timeout: Duration::from_millis(500),
     };
-    RedisCreditLedger::new(RedisStore::open(&config).expect("valid url"), Duration::from_secs(3600))
+    RedisCreditLedger::new(
+        RedisStore::open(&config).expect("valid url"),
+        Duration::from_secs(3600),
+    )
 }
 
 async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
@@ -48,11 +51,20 @@ async fn the_credits_hash_reads_as_documented_with_redis_cli() {
     let ledger = ledger(&server);
     let who = account("u1");
     let start = at("2026-01-31T10:00:00.000Z");
-    let request = ResetCredits { account: who.clone(), total: 1_000, period: CreditPeriod::Month, idempotency: None };
+    let request = ResetCredits {
+        account: who.clone(),
+        total: 1_000,
+        period: CreditPeriod::Month,
+        idempotency: None,
+    };
     ledger.reset(&request, start).await.expect("reset");
-    ledger.deduct(&deduct(&who, 30, ""), at("2026-02-01T00:00:00.000Z")).await.expect("deduct");
+    ledger
+        .deduct(&deduct(&who, 30, ""), at("2026-02-01T00:00:00.000Z"))
+        .await
+        .expect("deduct");
     let mut conn = raw(&server).await;
-    let fields: std::collections::BTreeMap<String, String> = conn.hgetall("user:{u1}:credits").await.expect("hgetall");
+    let fields: std::collections::BTreeMap<String, String> =
+        conn.hgetall("user:{u1}:credits").await.expect("hgetall");
     let expected = [
         ("isTrialCredits", "false"),
         ("lastUpdate", "2026-02-01T00:00:00.000Z"),
@@ -62,8 +74,10 @@ async fn the_credits_hash_reads_as_documented_with_redis_cli() {
         ("total", "1000"),
         ("used", "30"),
     ];
-    let expected: std::collections::BTreeMap<String, String> =
-        expected.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let expected: std::collections::BTreeMap<String, String> = expected
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     assert_eq!(fields, expected);
 }
 
@@ -75,7 +89,12 @@ async fn the_lua_period_math_agrees_with_the_domain() {
     let script = redis::Script::new(&format!(
         "{LUA_PRELUDE}\nlocal out = {{}}\nfor i = 1, #ARGV, 3 do\n  local s, e = period_containing(tonumber(ARGV[i+1]), ARGV[i], tonumber(ARGV[i+2]))\n  table.insert(out, format_time(s)); table.insert(out, format_time(e))\n  table.insert(out, format_time(parse_time(format_time(tonumber(ARGV[i+2])))))\nend\nreturn out"
     ));
-    let period = prop_oneof![Just(CreditPeriod::Day), Just(CreditPeriod::Week), Just(CreditPeriod::Month), Just(CreditPeriod::Year)];
+    let period = prop_oneof![
+        Just(CreditPeriod::Day),
+        Just(CreditPeriod::Week),
+        Just(CreditPeriod::Month),
+        Just(CreditPeriod::Year)
+    ];
     let case = (period, 0i64..4_000_000_000_000, 0i64..400_000_000_000);
     let cases = proptest::collection::vec(case, 500);
     let mut runner = TestRunner::deterministic();
@@ -83,14 +102,24 @@ async fn the_lua_period_math_agrees_with_the_domain() {
         let batch = cases.new_tree(&mut runner).expect("cases").current();
         let mut invocation = script.prepare_invoke();
         for (period, anchor, offset) in &batch {
-            invocation.arg(period.as_str()).arg(*anchor).arg(anchor + offset);
+            invocation
+                .arg(period.as_str())
+                .arg(*anchor)
+                .arg(anchor + offset);
         }
         let lua: Vec<String> = invocation.invoke_async(&mut conn).await.expect("eval");
         for (i, (period, anchor, offset)) in batch.iter().enumerate() {
-            let (anchor, now) = (Timestamp::from_millis(*anchor).expect("ms"), Timestamp::from_millis(anchor + offset).expect("ms"));
+            let (anchor, now) = (
+                Timestamp::from_millis(*anchor).expect("ms"),
+                Timestamp::from_millis(anchor + offset).expect("ms"),
+            );
             let (start, end) = period.period_containing(anchor, now).expect("in range");
             let rust = [start.to_string(), end.to_string(), now.to_string()];
-            assert_eq!(&lua[i * 3..i * 3 + 3], &rust, "{period} from {anchor} at {now}");
+            assert_eq!(
+                &lua[i * 3..i * 3 + 3],
+                &rust,
+                "{period} from {anchor} at {now}"
+            );
         }
     }
 }
@@ -101,10 +130,18 @@ async fn corrupt_stored_data_is_reported_with_its_key_and_left_alone() {
     let ledger = ledger(&server);
     let mut conn = raw(&server).await;
     let who = account("u-corrupt");
-    let _: () = conn.hset_multiple(keys::credits(&who), &[("total", "ten"), ("used", "0")]).await.expect("hset");
+    let _: () = conn
+        .hset_multiple(keys::credits(&who), &[("total", "ten"), ("used", "0")])
+        .await
+        .expect("hset");
     let read = ledger.balance(&who).await;
-    assert!(matches!(read, Err(StoreError::Corrupt { ref key, .. }) if key == "user:{u-corrupt}:credits"), "{read:?}");
-    let write = ledger.deduct(&deduct(&who, 1, ""), at("2026-01-01T00:00:00.000Z")).await;
+    assert!(
+        matches!(read, Err(StoreError::Corrupt { ref key, .. }) if key == "user:{u-corrupt}:credits"),
+        "{read:?}"
+    );
+    let write = ledger
+        .deduct(&deduct(&who, 1, ""), at("2026-01-01T00:00:00.000Z"))
+        .await;
     assert!(
         matches!(write, Err(CreditError::Store(StoreError::Corrupt { ref key, ref detail })) if key == "user:{u-corrupt}:credits" && detail.contains("total")),
         "{write:?}"
@@ -119,10 +156,20 @@ async fn scripts_are_reloaded_after_a_script_flush() {
     let ledger = ledger(&server);
     let who = account("u-flush");
     let grant = GrantCredits::new(who.clone(), 5, Reason::default(), false, None).expect("valid");
-    ledger.grant(&grant, at("2026-01-01T00:00:00.000Z")).await.expect("grant");
+    ledger
+        .grant(&grant, at("2026-01-01T00:00:00.000Z"))
+        .await
+        .expect("grant");
     let mut conn = raw(&server).await;
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.expect("flush");
-    let again = ledger.grant(&grant, at("2026-01-01T00:00:00.000Z")).await.expect("grant after NOSCRIPT");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let again = ledger
+        .grant(&grant, at("2026-01-01T00:00:00.000Z"))
+        .await
+        .expect("grant after NOSCRIPT");
     assert_eq!(again.outcome.total, 10);
 }
 
@@ -131,9 +178,15 @@ async fn idempotency_records_carry_the_window_as_ttl() {
     let server = RedisServer::start();
     let ledger = ledger(&server);
     let who = account("u-ttl");
-    ledger.deduct(&deduct(&who, 1, "k-1"), at("2026-01-01T00:00:00.000Z")).await.expect("deduct");
+    ledger
+        .deduct(&deduct(&who, 1, "k-1"), at("2026-01-01T00:00:00.000Z"))
+        .await
+        .expect("deduct");
     let mut conn = raw(&server).await;
-    let ttl: i64 = conn.pttl("user:{u-ttl}:idem:credits:k-1").await.expect("pttl");
+    let ttl: i64 = conn
+        .pttl("user:{u-ttl}:idem:credits:k-1")
+        .await
+        .expect("pttl");
     assert!((3_500_000..=3_600_000).contains(&ttl), "ttl {ttl} ms");
 }
 
@@ -148,8 +201,14 @@ async fn a_stopped_redis_is_unavailable_and_a_restarted_one_is_used_again() {
     server.stop();
     for _ in 0..3 {
         let down = ledger.deduct(&deduct(&who, 1, ""), now).await;
-        assert!(matches!(down, Err(CreditError::Store(StoreError::Unavailable(_)))), "{down:?}");
-        assert!(matches!(ledger.ping().await, Err(StoreError::Unavailable(_))));
+        assert!(
+            matches!(down, Err(CreditError::Store(StoreError::Unavailable(_)))),
+            "{down:?}"
+        );
+        assert!(matches!(
+            ledger.ping().await,
+            Err(StoreError::Unavailable(_))
+        ));
     }
     server.restart();
     // The dropped connections are replaced; the data is gone (persistence is off).

@@ -61,7 +61,8 @@ fn deduct(who: &AccountId, amount: i64, idem: &str) -> DeductCredits {
 }
 
 fn grant(who: &AccountId, amount: i64, trial: bool, idem: &str) -> GrantCredits {
-    GrantCredits::new(who.clone(), amount, Reason::default(), trial, key(idem)).expect("valid grant")
+    GrantCredits::new(who.clone(), amount, Reason::default(), trial, key(idem))
+        .expect("valid grant")
 }
 
 fn reset(who: &AccountId, total: i64, period: CreditPeriod) -> ResetCredits {
@@ -85,10 +86,17 @@ where
     let (ledger, _guard) = make(DAY).await;
     let who = account("nobody");
     assert_eq!(ledger.balance(&who).await, Ok(None));
-    let charged = ledger.deduct(&deduct(&who, 1, ""), at(NOW)).await.expect("deduct answers");
+    let charged = ledger
+        .deduct(&deduct(&who, 1, ""), at(NOW))
+        .await
+        .expect("deduct answers");
     assert!(!charged.outcome.applied);
     assert_eq!(charged.outcome.balance.remaining(), 0);
-    assert_eq!(ledger.balance(&who).await, Ok(None), "a declined deduct creates nothing");
+    assert_eq!(
+        ledger.balance(&who).await,
+        Ok(None),
+        "a declined deduct creates nothing"
+    );
 }
 
 /// Grants add to the total, deducts to used, and both stamp `last_update`.
@@ -100,19 +108,47 @@ where
 {
     let (ledger, _guard) = make(DAY).await;
     let who = account("u-grant");
-    let granted = ledger.grant(&grant(&who, 100, true, ""), at(NOW)).await.expect("grant");
-    assert_eq!((granted.outcome.total, granted.outcome.used, granted.outcome.trial), (100, 0, true));
-    assert_eq!(granted.outcome.schedule, None, "a grant alone sets no reset schedule");
+    let granted = ledger
+        .grant(&grant(&who, 100, true, ""), at(NOW))
+        .await
+        .expect("grant");
+    assert_eq!(
+        (
+            granted.outcome.total,
+            granted.outcome.used,
+            granted.outcome.trial
+        ),
+        (100, 0, true)
+    );
+    assert_eq!(
+        granted.outcome.schedule, None,
+        "a grant alone sets no reset schedule"
+    );
     let later = at("2026-03-10T12:00:01.500Z");
-    let charged = ledger.deduct(&deduct(&who, 30, ""), later).await.expect("deduct");
+    let charged = ledger
+        .deduct(&deduct(&who, 30, ""), later)
+        .await
+        .expect("deduct");
     assert!(charged.outcome.applied && !charged.replayed);
-    assert_eq!((charged.outcome.balance.used, charged.outcome.balance.remaining()), (30, 70));
-    let declined = ledger.deduct(&deduct(&who, 71, ""), later).await.expect("deduct");
+    assert_eq!(
+        (
+            charged.outcome.balance.used,
+            charged.outcome.balance.remaining()
+        ),
+        (30, 70)
+    );
+    let declined = ledger
+        .deduct(&deduct(&who, 71, ""), later)
+        .await
+        .expect("deduct");
     assert!(!declined.outcome.applied);
     let stored = ledger.balance(&who).await.expect("read").expect("exists");
     assert_eq!((stored.total, stored.used, stored.trial), (100, 30, true));
     assert_eq!(stored.last_update, Some(later));
-    let paid = ledger.grant(&grant(&who, 5, false, ""), later).await.expect("grant");
+    let paid = ledger
+        .grant(&grant(&who, 5, false, ""), later)
+        .await
+        .expect("grant");
     assert_eq!((paid.outcome.total, paid.outcome.trial), (105, false));
 }
 
@@ -126,14 +162,20 @@ where
     let (ledger, _guard) = make(DAY).await;
     let ledger = Arc::new(ledger);
     let who = account("u-hot");
-    ledger.reset(&reset(&who, 5_000, CreditPeriod::Month), at(NOW)).await.expect("reset");
+    ledger
+        .reset(&reset(&who, 5_000, CreditPeriod::Month), at(NOW))
+        .await
+        .expect("reset");
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let (ledger, who) = (Arc::clone(&ledger), who.clone());
             tokio::spawn(async move {
                 let mut applied = 0;
                 for _ in 0..100 {
-                    let outcome = ledger.deduct(&deduct(&who, 1, ""), at(NOW)).await.expect("deduct");
+                    let outcome = ledger
+                        .deduct(&deduct(&who, 1, ""), at(NOW))
+                        .await
+                        .expect("deduct");
                     assert!(outcome.outcome.balance.used <= 5_000);
                     applied += i64::from(outcome.outcome.applied);
                 }
@@ -159,8 +201,14 @@ where
 {
     let (ledger, _guard) = make(DAY).await;
     let who = account("u-idem");
-    let first = ledger.grant(&grant(&who, 50, false, "pack-1"), at(NOW)).await.expect("grant");
-    let again = ledger.grant(&grant(&who, 50, false, "pack-1"), at(NOW)).await.expect("grant");
+    let first = ledger
+        .grant(&grant(&who, 50, false, "pack-1"), at(NOW))
+        .await
+        .expect("grant");
+    let again = ledger
+        .grant(&grant(&who, 50, false, "pack-1"), at(NOW))
+        .await
+        .expect("grant");
     assert!(!first.replayed && again.replayed);
     assert_eq!(again.outcome, first.outcome);
     let charge = deduct(&who, 20, "msg-1");
@@ -168,10 +216,17 @@ where
     let later = at("2026-03-10T13:00:00.000Z");
     let again = ledger.deduct(&charge, later).await.expect("deduct");
     assert!(first.outcome.applied && again.replayed);
-    assert_eq!(again.outcome, first.outcome, "the replay answers the first outcome");
+    assert_eq!(
+        again.outcome, first.outcome,
+        "the replay answers the first outcome"
+    );
     let stored = ledger.balance(&who).await.expect("read").expect("exists");
     assert_eq!((stored.total, stored.used), (50, 20));
-    assert_eq!(stored.last_update, Some(at(NOW)), "the replay wrote nothing");
+    assert_eq!(
+        stored.last_update,
+        Some(at(NOW)),
+        "the replay wrote nothing"
+    );
 }
 
 /// A deduct declined for lack of credits is remembered as declined, even after a grant.
@@ -184,29 +239,58 @@ where
     let (ledger, _guard) = make(DAY).await;
     let who = account("u-declined");
     let charge = deduct(&who, 10, "msg-9");
-    assert!(!ledger.deduct(&charge, at(NOW)).await.expect("deduct").outcome.applied);
-    ledger.grant(&grant(&who, 100, false, ""), at(NOW)).await.expect("grant");
+    assert!(
+        !ledger
+            .deduct(&charge, at(NOW))
+            .await
+            .expect("deduct")
+            .outcome
+            .applied
+    );
+    ledger
+        .grant(&grant(&who, 100, false, ""), at(NOW))
+        .await
+        .expect("grant");
     let again = ledger.deduct(&charge, at(NOW)).await.expect("deduct");
     assert!(again.replayed && !again.outcome.applied);
-    assert_eq!(ledger.balance(&who).await.expect("read").map(|b| b.used), Some(0));
+    assert_eq!(
+        ledger.balance(&who).await.expect("read").map(|b| b.used),
+        Some(0)
+    );
 }
 
 /// A key reused with other arguments is refused, and nothing is written.
-pub async fn reusing_a_key_with_other_arguments_is_a_conflict_and_writes_nothing<L, G, F, Fut>(make: F)
-where
+pub async fn reusing_a_key_with_other_arguments_is_a_conflict_and_writes_nothing<L, G, F, Fut>(
+    make: F,
+) where
     L: CreditLedger,
     F: Fn(Duration) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
     let (ledger, _guard) = make(DAY).await;
     let who = account("u-conflict");
-    ledger.grant(&grant(&who, 100, false, ""), at(NOW)).await.expect("grant");
-    ledger.deduct(&deduct(&who, 5, "k"), at(NOW)).await.expect("deduct");
+    ledger
+        .grant(&grant(&who, 100, false, ""), at(NOW))
+        .await
+        .expect("grant");
+    ledger
+        .deduct(&deduct(&who, 5, "k"), at(NOW))
+        .await
+        .expect("deduct");
     let before = ledger.balance(&who).await.expect("read");
     let other_amount = ledger.deduct(&deduct(&who, 6, "k"), at(NOW)).await;
-    assert!(matches!(other_amount, Err(CreditError::IdempotencyConflict { ref key }) if key == "k"), "{other_amount:?}");
+    assert!(
+        matches!(other_amount, Err(CreditError::IdempotencyConflict { ref key }) if key == "k"),
+        "{other_amount:?}"
+    );
     let other_operation = ledger.grant(&grant(&who, 5, false, "k"), at(NOW)).await;
-    assert!(matches!(other_operation, Err(CreditError::IdempotencyConflict { .. })), "{other_operation:?}");
+    assert!(
+        matches!(
+            other_operation,
+            Err(CreditError::IdempotencyConflict { .. })
+        ),
+        "{other_operation:?}"
+    );
     assert_eq!(ledger.balance(&who).await.expect("read"), before);
 }
 
@@ -219,10 +303,19 @@ where
 {
     let (ledger, _guard) = make(DAY).await;
     let (a, b) = (account("u-a"), account("u-b"));
-    let on_a = ledger.grant(&grant(&a, 10, false, "same"), at(NOW)).await.expect("grant");
-    let on_b = ledger.grant(&grant(&b, 10, false, "same"), at(NOW)).await.expect("grant");
+    let on_a = ledger
+        .grant(&grant(&a, 10, false, "same"), at(NOW))
+        .await
+        .expect("grant");
+    let on_b = ledger
+        .grant(&grant(&b, 10, false, "same"), at(NOW))
+        .await
+        .expect("grant");
     assert!(!on_a.replayed && !on_b.replayed);
-    assert_eq!(ledger.balance(&b).await.expect("read").map(|b| b.total), Some(10));
+    assert_eq!(
+        ledger.balance(&b).await.expect("read").map(|b| b.total),
+        Some(10)
+    );
 }
 
 /// After the idempotency window, a key is a new request again.
@@ -235,11 +328,23 @@ where
     let window = Duration::from_millis(200);
     let (ledger, _guard) = make(window).await;
     let who = account("u-window");
-    ledger.grant(&grant(&who, 10, false, "g"), at(NOW)).await.expect("grant");
-    assert!(ledger.grant(&grant(&who, 10, false, "g"), at(NOW)).await.expect("grant").replayed);
+    ledger
+        .grant(&grant(&who, 10, false, "g"), at(NOW))
+        .await
+        .expect("grant");
+    assert!(
+        ledger
+            .grant(&grant(&who, 10, false, "g"), at(NOW))
+            .await
+            .expect("grant")
+            .replayed
+    );
     // The window is wall-clock time in every store (Redis expires keys by it).
     tokio::time::sleep(window * 2).await;
-    let after = ledger.grant(&grant(&who, 10, false, "g"), at(NOW)).await.expect("grant");
+    let after = ledger
+        .grant(&grant(&who, 10, false, "g"), at(NOW))
+        .await
+        .expect("grant");
     assert!(!after.replayed);
     assert_eq!(after.outcome.total, 20);
 }
@@ -254,18 +359,37 @@ where
     let (ledger, _guard) = make(DAY).await;
     let who = account("u-lazy");
     let start = at("2026-01-15T09:00:00.000Z");
-    ledger.reset(&reset(&who, 100, CreditPeriod::Month), start).await.expect("reset");
-    ledger.deduct(&deduct(&who, 90, ""), start).await.expect("deduct");
+    ledger
+        .reset(&reset(&who, 100, CreditPeriod::Month), start)
+        .await
+        .expect("reset");
+    ledger
+        .deduct(&deduct(&who, 90, ""), start)
+        .await
+        .expect("deduct");
     // Still in the first period: only 10 remain.
     let late_january = at("2026-02-15T08:59:59.999Z");
-    assert!(!ledger.deduct(&deduct(&who, 20, ""), late_january).await.expect("deduct").outcome.applied);
+    assert!(
+        !ledger
+            .deduct(&deduct(&who, 20, ""), late_january)
+            .await
+            .expect("deduct")
+            .outcome
+            .applied
+    );
     let february = at("2026-02-15T09:00:00.000Z");
-    let charged = ledger.deduct(&deduct(&who, 20, ""), february).await.expect("deduct");
+    let charged = ledger
+        .deduct(&deduct(&who, 20, ""), february)
+        .await
+        .expect("deduct");
     assert!(charged.outcome.applied);
     assert_eq!(charged.outcome.balance.used, 20);
     let stored = ledger.balance(&who).await.expect("read").expect("exists");
     assert_eq!(stored.used, 20);
-    assert_eq!(stored.schedule.map(|s| s.next_reset), Some(at("2026-03-15T09:00:00.000Z")));
+    assert_eq!(
+        stored.schedule.map(|s| s.next_reset),
+        Some(at("2026-03-15T09:00:00.000Z"))
+    );
     assert_eq!(stored.last_update, Some(february));
 }
 
@@ -278,18 +402,49 @@ where
 {
     let (ledger, _guard) = make(DAY).await;
     let who = account("u-anchor");
-    ledger.reset(&reset(&who, 100, CreditPeriod::Month), at("2028-01-31T10:00:00.000Z")).await.expect("reset");
+    ledger
+        .reset(
+            &reset(&who, 100, CreditPeriod::Month),
+            at("2028-01-31T10:00:00.000Z"),
+        )
+        .await
+        .expect("reset");
     let first = ledger.balance(&who).await.expect("read").expect("exists");
-    assert_eq!(first.schedule.map(|s| s.next_reset), Some(at("2028-02-29T10:00:00.000Z")), "leap year");
-    ledger.deduct(&deduct(&who, 40, ""), at("2028-02-01T00:00:00.000Z")).await.expect("deduct");
+    assert_eq!(
+        first.schedule.map(|s| s.next_reset),
+        Some(at("2028-02-29T10:00:00.000Z")),
+        "leap year"
+    );
+    ledger
+        .deduct(&deduct(&who, 40, ""), at("2028-02-01T00:00:00.000Z"))
+        .await
+        .expect("deduct");
     // A grant in mid-April applies the resets of Feb 29 and Mar 31 first.
-    let granted = ledger.grant(&grant(&who, 1, false, ""), at("2028-04-15T00:00:00.000Z")).await.expect("grant");
+    let granted = ledger
+        .grant(&grant(&who, 1, false, ""), at("2028-04-15T00:00:00.000Z"))
+        .await
+        .expect("grant");
     assert_eq!((granted.outcome.used, granted.outcome.total), (0, 101));
-    assert_eq!(granted.outcome.schedule.map(|s| s.next_reset), Some(at("2028-04-30T10:00:00.000Z")));
+    assert_eq!(
+        granted.outcome.schedule.map(|s| s.next_reset),
+        Some(at("2028-04-30T10:00:00.000Z"))
+    );
     let yearly = account("u-anchor-yearly");
-    ledger.reset(&reset(&yearly, 5, CreditPeriod::Year), at("2028-02-29T00:00:00.000Z")).await.expect("reset");
-    let charged = ledger.deduct(&deduct(&yearly, 5, ""), at("2030-03-01T00:00:00.000Z")).await.expect("deduct");
-    assert_eq!(charged.outcome.balance.schedule.map(|s| s.next_reset), Some(at("2031-02-28T00:00:00.000Z")));
+    ledger
+        .reset(
+            &reset(&yearly, 5, CreditPeriod::Year),
+            at("2028-02-29T00:00:00.000Z"),
+        )
+        .await
+        .expect("reset");
+    let charged = ledger
+        .deduct(&deduct(&yearly, 5, ""), at("2030-03-01T00:00:00.000Z"))
+        .await
+        .expect("deduct");
+    assert_eq!(
+        charged.outcome.balance.schedule.map(|s| s.next_reset),
+        Some(at("2031-02-28T00:00:00.000Z"))
+    );
 }
 
 /// Reset sets the total, zeroes used, schedules the next reset and clears the trial flag.
@@ -301,21 +456,41 @@ where
 {
     let (ledger, _guard) = make(DAY).await;
     let who = account("u-reset");
-    ledger.grant(&grant(&who, 100, true, ""), at(NOW)).await.expect("grant");
-    ledger.deduct(&deduct(&who, 60, ""), at(NOW)).await.expect("deduct");
+    ledger
+        .grant(&grant(&who, 100, true, ""), at(NOW))
+        .await
+        .expect("grant");
+    ledger
+        .deduct(&deduct(&who, 60, ""), at(NOW))
+        .await
+        .expect("deduct");
     let mut request = reset(&who, 1_000, CreditPeriod::Month);
     request.idempotency = Some(Idempotency {
         key: key("plan-change-1").expect("key"),
         fingerprint: "reset\u{1f}1000".into(),
     });
-    let fresh = ledger.reset(&request, at(NOW)).await.expect("reset").outcome;
+    let fresh = ledger
+        .reset(&request, at(NOW))
+        .await
+        .expect("reset")
+        .outcome;
     assert_eq!((fresh.total, fresh.used, fresh.trial), (1_000, 0, false));
     let schedule = fresh.schedule.expect("scheduled");
-    assert_eq!((schedule.anchor, schedule.next_reset), (at(NOW), at("2026-04-10T12:00:00.000Z")));
-    ledger.deduct(&deduct(&who, 7, ""), at(NOW)).await.expect("deduct");
+    assert_eq!(
+        (schedule.anchor, schedule.next_reset),
+        (at(NOW), at("2026-04-10T12:00:00.000Z"))
+    );
+    ledger
+        .deduct(&deduct(&who, 7, ""), at(NOW))
+        .await
+        .expect("deduct");
     let retried = ledger.reset(&request, at(NOW)).await.expect("reset");
     assert!(retried.replayed);
-    assert_eq!(ledger.balance(&who).await.expect("read").map(|b| b.used), Some(7), "a retried reset wipes nothing");
+    assert_eq!(
+        ledger.balance(&who).await.expect("read").map(|b| b.used),
+        Some(7),
+        "a retried reset wipes nothing"
+    );
 }
 
 /// A grant that would pass [`MAX_CREDITS`] is refused naming `amount`; nothing changes.
@@ -327,10 +502,25 @@ where
 {
     let (ledger, _guard) = make(DAY).await;
     let who = account("u-max");
-    ledger.grant(&grant(&who, MAX_CREDITS - 1, false, ""), at(NOW)).await.expect("grant");
-    let at_max = ledger.grant(&grant(&who, 1, false, ""), at(NOW)).await.expect("grant");
-    assert_eq!(at_max.outcome.total, MAX_CREDITS, "the maximum itself is exact");
+    ledger
+        .grant(&grant(&who, MAX_CREDITS - 1, false, ""), at(NOW))
+        .await
+        .expect("grant");
+    let at_max = ledger
+        .grant(&grant(&who, 1, false, ""), at(NOW))
+        .await
+        .expect("grant");
+    assert_eq!(
+        at_max.outcome.total, MAX_CREDITS,
+        "the maximum itself is exact"
+    );
     let refused = ledger.grant(&grant(&who, 1, false, "over"), at(NOW)).await;
-    assert!(matches!(refused, Err(CreditError::InvalidArgument(ref e)) if e.field == "amount"), "{refused:?}");
-    assert_eq!(ledger.balance(&who).await.expect("read").map(|b| b.total), Some(MAX_CREDITS));
+    assert!(
+        matches!(refused, Err(CreditError::InvalidArgument(ref e)) if e.field == "amount"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        ledger.balance(&who).await.expect("read").map(|b| b.total),
+        Some(MAX_CREDITS)
+    );
 }

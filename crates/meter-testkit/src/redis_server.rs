@@ -33,7 +33,11 @@ impl RedisServer {
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for redis-server: {e}"));
         let port = free_port();
-        let mut server = Self { child: None, port, dir };
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+        };
         server.launch();
         server
     }
@@ -63,7 +67,8 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
-        let binary = env::var_os("REDIS_SERVER").map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
+        let binary = env::var_os("REDIS_SERVER")
+            .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
         let child = Command::new(&binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -92,9 +97,16 @@ impl RedisServer {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("redis-server on port {} exited at start with {status}", self.port);
+                panic!(
+                    "redis-server on port {} exited at start with {status}",
+                    self.port
+                );
             }
-            assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING within {READY_WITHIN:?}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within {READY_WITHIN:?}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -119,5 +131,7 @@ fn answers_ping(port: u16) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
 }

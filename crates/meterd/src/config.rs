@@ -155,10 +155,11 @@ impl Cli {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let catalog = match &self.service.plans {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadPlans {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadPlans {
+                        path: path.clone(),
+                        source,
+                    })?;
                 PlanCatalog::from_toml(&path.display().to_string(), &text)?
             }
             None => PlanCatalog::from_toml("(built-in deploy/plans.toml)", EXAMPLE_PLANS)?,
@@ -183,7 +184,9 @@ impl Cli {
 
 /// Parses `500ms`, `30s`, `15m`, `24h` or `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let value: u64 = digits
         .parse()
@@ -208,7 +211,11 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
             let user = credentials.split(':').next().unwrap_or_default();
-            let shown = if credentials.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+            let shown = if credentials.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
             format!("{}{shown}{}", &url[..scheme_end + 3], &url[at..])
         }
         _ => url.to_owned(),
@@ -231,9 +238,18 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_the_log() {
-        assert_eq!(redact_url("redis://default:hunter2@cache:6379/0"), "redis://default:***@cache:6379/0");
-        assert_eq!(redact_url("rediss://hunter2@cache:6380"), "rediss://***@cache:6380");
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact_url("redis://default:hunter2@cache:6379/0"),
+            "redis://default:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://hunter2@cache:6380"),
+            "rediss://***@cache:6380"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
         assert_eq!(format!("{:?}", Secret::from("hunter2".to_owned())), "***");
     }
 
@@ -249,7 +265,8 @@ mod tests {
 
     #[test]
     fn a_missing_plan_file_is_named() {
-        let cli = Cli::try_parse_from(["meterd", "--plans", "/nonexistent/plans.toml"]).expect("parses");
+        let cli =
+            Cli::try_parse_from(["meterd", "--plans", "/nonexistent/plans.toml"]).expect("parses");
         let err = cli.into_config().expect_err("missing file").to_string();
         assert!(err.contains("/nonexistent/plans.toml"), "{err}");
     }

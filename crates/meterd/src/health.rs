@@ -25,7 +25,11 @@ pub(crate) async fn watch_store<L: CreditLedger, C: Clock>(
             _ = ticker.tick() => {}
         }
         // A store that hangs rather than refusing counts as down after one interval.
-        let check = tokio::time::timeout(interval.max(Duration::from_millis(100)), credits.ledger().ping()).await;
+        let check = tokio::time::timeout(
+            interval.max(Duration::from_millis(100)),
+            credits.ledger().ping(),
+        )
+        .await;
         let status = match check {
             Ok(Ok(())) => ServingStatus::Serving,
             Ok(Err(error)) => {

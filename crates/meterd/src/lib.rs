@@ -21,9 +21,9 @@ use tonic::transport::{Server, server::TcpIncoming};
 pub use config::{Cli, Config, StoreConfig};
 
 /// Every gRPC service meterd serves with health reporting, by its full name.
-pub const SERVICE_NAMES: &[&str] = &[
-    <CreditsServiceServer<CreditsGrpc<MemoryCreditLedger, SystemClock>> as tonic::server::NamedService>::NAME,
-];
+pub const SERVICE_NAMES: &[&str] = &[<CreditsServiceServer<
+    CreditsGrpc<MemoryCreditLedger, SystemClock>,
+> as tonic::server::NamedService>::NAME];
 
 /// Why meterd stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -48,12 +48,21 @@ pub async fn run(
 ) -> Result<(), RunError> {
     match &config.store {
         StoreConfig::Memory => {
-            tracing::warn!("no REDIS_URL: running on the embedded in-memory store; data is lost when meterd stops");
-            serve(MemoryCreditLedger::new(config.idempotency_window), &config, listener, shutdown).await
+            tracing::warn!(
+                "no REDIS_URL: running on the embedded in-memory store; data is lost when meterd stops"
+            );
+            serve(
+                MemoryCreditLedger::new(config.idempotency_window),
+                &config,
+                listener,
+                shutdown,
+            )
+            .await
         }
         StoreConfig::Redis(redis) => {
             tracing::info!(url = %config::redact_url(&redis.url), "using Redis");
-            let ledger = RedisCreditLedger::new(RedisStore::open(redis)?, config.idempotency_window);
+            let ledger =
+                RedisCreditLedger::new(RedisStore::open(redis)?, config.idempotency_window);
             serve(ledger, &config, listener, shutdown).await
         }
     }
@@ -65,7 +74,11 @@ async fn serve<L: CreditLedger>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let credits = Arc::new(Credits::new(ledger, Arc::clone(&config.catalog), SystemClock));
+    let credits = Arc::new(Credits::new(
+        ledger,
+        Arc::clone(&config.catalog),
+        SystemClock,
+    ));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let (stopping, stop) = watch::channel(false);
     let checker = tokio::spawn(health::watch_store(
@@ -82,7 +95,9 @@ async fn serve<L: CreditLedger>(
             .register_encoded_file_descriptor_set(meter_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -103,7 +118,9 @@ async fn serve<L: CreditLedger>(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CreditsServiceServer::from_arc(Arc::new(CreditsGrpc::new(credits))))
+        .add_service(CreditsServiceServer::from_arc(Arc::new(CreditsGrpc::new(
+            credits,
+        ))))
         .serve_with_incoming_shutdown(incoming, drain);
 
     let grace = config.shutdown_grace;

@@ -1,0 +1,35 @@
+# meter: make help lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+CARGO ?= cargo
+
+.PHONY: help run run-redis test test-deps lint fmt build bench docs-check
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+run: ## Run meterd on the embedded in-memory store at [::]:50051
+	$(CARGO) run --release -p meterd
+
+run-redis: ## Run meterd on the Redis at REDIS_URL (default redis://127.0.0.1:6379)
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379} $(CARGO) run --release -p meterd
+
+test: test-deps ## Run every test (installs redis-server first if it is missing)
+	$(CARGO) test --workspace --all-targets
+
+test-deps: ## Install what the tests need and a fresh machine lacks (redis-server)
+	@bash .ci/test-deps
+
+lint: ## Check formatting and clippy, warnings as errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+build: ## Build release binaries
+	$(CARGO) build --release --workspace
+
+docs-check: ## Run every grpcurl example of README.md against a fresh meterd
+	python3 .ci/check-readme

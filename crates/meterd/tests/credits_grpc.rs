@@ -1,0 +1,365 @@
+//! CreditsService end to end: a real redis-server, the real meterd, real gRPC.
+
+mod support;
+
+use std::time::Duration;
+
+use meter_api::v1::{
+    DeductRequest, GetBalanceRequest, GrantRequest, ResetRequest,
+    credits_service_client::CreditsServiceClient,
+};
+use meter_testkit::RedisServer;
+use redis::AsyncCommands;
+use support::Meterd;
+use tonic::{Code, transport::Channel};
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("valid url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis answers")
+}
+
+fn deduct(account: &str, amount: i64, key: &str) -> DeductRequest {
+    DeductRequest {
+        account_id: account.into(),
+        amount,
+        idempotency_key: key.into(),
+        reason: "test".into(),
+    }
+}
+
+async fn reset_to(client: &mut CreditsServiceClient<Channel>, account: &str, total: i64) {
+    client
+        .reset(ResetRequest {
+            account_id: account.into(),
+            total: Some(total),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("reset");
+}
+
+/// 64 concurrent callers × 100 deducts of 1 against 5,000 credits.
+async fn hammer(meterd: &Meterd, account: &str) -> i64 {
+    let mut client = meterd.credits();
+    reset_to(&mut client, account, 5_000).await;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let mut client = meterd.credits();
+            let account = account.to_owned();
+            tokio::spawn(async move {
+                let mut applied = 0;
+                for _ in 0..100 {
+                    let reply = client
+                        .deduct(deduct(&account, 1, ""))
+                        .await
+                        .expect("deduct")
+                        .into_inner();
+                    let balance = reply.balance.expect("balance");
+                    assert!(
+                        balance.remaining >= 0 && balance.used <= 5_000,
+                        "{balance:?}"
+                    );
+                    applied += i64::from(reply.applied);
+                }
+                applied
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for task in tasks {
+        applied += task.await.expect("task");
+    }
+    applied
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deducts_on_redis_end_exact_and_never_below_zero() {
+    let redis = RedisServer::start();
+    let meterd = Meterd::redis(redis.url()).await;
+    assert_eq!(hammer(&meterd, "hot-account").await, 5_000);
+    let balance = meterd
+        .credits()
+        .get_balance(GetBalanceRequest {
+            account_id: "hot-account".into(),
+        })
+        .await
+        .expect("balance")
+        .into_inner()
+        .balance
+        .expect("balance");
+    assert_eq!(
+        (balance.total, balance.used, balance.remaining),
+        (5_000, 5_000, 0)
+    );
+    let used: String = raw(&redis)
+        .await
+        .hget("user:{hot-account}:credits", "used")
+        .await
+        .expect("hget");
+    assert_eq!(used, "5000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deducts_on_the_embedded_store_end_exact() {
+    let meterd = Meterd::memory().await;
+    assert_eq!(hammer(&meterd, "hot-account").await, 5_000);
+}
+
+#[tokio::test]
+async fn an_idempotent_replay_applies_once() {
+    let redis = RedisServer::start();
+    let meterd = Meterd::redis(redis.url()).await;
+    let mut client = meterd.credits();
+    let grant = GrantRequest {
+        account_id: "org_7".into(),
+        amount: 1_000,
+        idempotency_key: "evt_1MqqbKLt4dXK03v5qaIbiNCC".into(),
+        reason: "invoice.paid".into(),
+        trial: false,
+    };
+    let first = client
+        .grant(grant.clone())
+        .await
+        .expect("grant")
+        .into_inner();
+    let again = client.grant(grant).await.expect("grant").into_inner();
+    assert!(!first.replayed && again.replayed);
+    assert_eq!(again.balance, first.balance);
+    let first = client
+        .deduct(deduct("org_7", 40, "chat-9"))
+        .await
+        .expect("deduct")
+        .into_inner();
+    let again = client
+        .deduct(deduct("org_7", 40, "chat-9"))
+        .await
+        .expect("deduct")
+        .into_inner();
+    assert!(first.applied && again.applied && again.replayed);
+    let balance = client
+        .get_balance(GetBalanceRequest {
+            account_id: "org_7".into(),
+        })
+        .await
+        .expect("balance")
+        .into_inner()
+        .balance
+        .expect("balance");
+    assert_eq!((balance.total, balance.used), (1_000, 40));
+
+    let conflict = client
+        .deduct(deduct("org_7", 41, "chat-9"))
+        .await
+        .expect_err("conflict");
+    assert_eq!(conflict.code(), Code::FailedPrecondition);
+    assert!(
+        conflict.message().contains("chat-9"),
+        "{}",
+        conflict.message()
+    );
+}
+
+#[tokio::test]
+async fn a_passed_reset_time_resets_lazily_on_the_next_call() {
+    let redis = RedisServer::start();
+    let mut conn = raw(&redis).await;
+    // Left over from before a long downtime: the period ended months ago.
+    let fields = [
+        ("total", "1000"),
+        ("used", "990"),
+        ("resetAnchor", "2025-01-31T10:00:00.000Z"),
+        ("resetPeriod", "month"),
+        ("resetDate", "2025-02-28T10:00:00.000Z"),
+        ("lastUpdate", "2025-02-01T00:00:00.000Z"),
+        ("isTrialCredits", "false"),
+    ];
+    let _: () = conn
+        .hset_multiple("user:{sleeper}:credits", &fields)
+        .await
+        .expect("hset");
+    let meterd = Meterd::redis(redis.url()).await;
+    let mut client = meterd.credits();
+    let read = client
+        .get_balance(GetBalanceRequest {
+            account_id: "sleeper".into(),
+        })
+        .await
+        .expect("balance")
+        .into_inner()
+        .balance
+        .expect("balance");
+    assert_eq!((read.used, read.remaining), (0, 1_000));
+    let next_reset = read.reset_time.expect("scheduled");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let now = i64::try_from(now).expect("fits");
+    assert!(
+        next_reset.seconds > now && next_reset.seconds <= now + 31 * 86_400,
+        "{next_reset:?}"
+    );
+    let untouched: String = conn
+        .hget("user:{sleeper}:credits", "used")
+        .await
+        .expect("hget");
+    assert_eq!(untouched, "990", "reads never write");
+
+    let charged = client
+        .deduct(deduct("sleeper", 10, ""))
+        .await
+        .expect("deduct")
+        .into_inner();
+    assert!(charged.applied);
+    assert_eq!(charged.balance.as_ref().map(|b| b.used), Some(10));
+    let stored: std::collections::HashMap<String, String> = conn
+        .hgetall("user:{sleeper}:credits")
+        .await
+        .expect("hgetall");
+    assert_eq!(stored["used"], "10");
+    assert!(
+        stored["resetDate"].ends_with("T10:00:00.000Z"),
+        "the anchor time of day is kept: {}",
+        stored["resetDate"]
+    );
+    assert_ne!(stored["resetDate"], "2025-02-28T10:00:00.000Z");
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
+    let redis = RedisServer::start();
+    let meterd = Meterd::redis(redis.url()).await;
+    let mut client = meterd.credits();
+    let long = "x".repeat(129);
+    let cases: Vec<(DeductRequest, &str)> = vec![
+        (deduct("", 1, ""), "account_id"),
+        (deduct("user:{1}", 1, ""), "account_id"),
+        (deduct(&long, 1, ""), "account_id"),
+        (deduct("u1", 0, ""), "amount"),
+        (deduct("u1", -5, ""), "amount"),
+        (deduct("u1", i64::MAX, ""), "amount"),
+        (deduct("u1", 1, &long), "idempotency_key"),
+        (deduct("u1", 1, "has space"), "idempotency_key"),
+        (
+            DeductRequest {
+                reason: "r".repeat(257),
+                ..deduct("u1", 1, "")
+            },
+            "reason",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = client.deduct(request.clone()).await.expect_err("invalid");
+        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
+        assert!(
+            status.message().starts_with(&format!("{field}: ")),
+            "{request:?}: {}",
+            status.message()
+        );
+    }
+    let grant = |amount| GrantRequest {
+        account_id: "u1".into(),
+        amount,
+        ..GrantRequest::default()
+    };
+    assert_eq!(
+        client.grant(grant(0)).await.expect_err("zero").code(),
+        Code::InvalidArgument
+    );
+    client
+        .grant(grant((1 << 53) - 1))
+        .await
+        .expect("the maximum balance");
+    let overflow = client.grant(grant(1)).await.expect_err("overflow");
+    assert_eq!(overflow.code(), Code::InvalidArgument);
+    assert!(
+        overflow.message().starts_with("amount: "),
+        "{}",
+        overflow.message()
+    );
+    let negative_total = ResetRequest {
+        account_id: "u2".into(),
+        total: Some(-1),
+        idempotency_key: String::new(),
+    };
+    let status = client
+        .reset(negative_total)
+        .await
+        .expect_err("negative total");
+    assert!(
+        status.message().starts_with("total: "),
+        "{}",
+        status.message()
+    );
+    let keys: Vec<String> = raw(&redis).await.keys("*").await.expect("keys");
+    assert_eq!(
+        keys,
+        vec!["user:{u1}:credits".to_owned()],
+        "only the valid grant wrote"
+    );
+}
+
+#[tokio::test]
+async fn reset_without_a_total_gives_the_free_plan_credits() {
+    let meterd = Meterd::memory().await;
+    let mut client = meterd.credits();
+    let balance = client
+        .reset(ResetRequest {
+            account_id: "new-user".into(),
+            total: None,
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("reset")
+        .into_inner()
+        .balance
+        .expect("balance");
+    assert_eq!(
+        (balance.total, balance.used, balance.trial),
+        (100, 0, false)
+    );
+    assert!(balance.reset_time.is_some());
+}
+
+#[tokio::test]
+async fn redis_down_is_unavailable_and_calls_recover_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let meterd = Meterd::redis(redis.url()).await;
+    let mut client = meterd.credits();
+    reset_to(&mut client, "u-down", 10).await;
+    redis.stop();
+    for _ in 0..3 {
+        let status = client
+            .deduct(deduct("u-down", 1, "k1"))
+            .await
+            .expect_err("redis is down");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let status = client
+            .get_balance(GetBalanceRequest {
+                account_id: "u-down".into(),
+            })
+            .await
+            .expect_err("down");
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    redis.restart();
+    support::eventually(
+        Duration::from_secs(5),
+        "calls succeed after Redis returns",
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get_balance(GetBalanceRequest {
+                        account_id: "u-down".into(),
+                    })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+}
