@@ -10,7 +10,7 @@ use std::{
 
 use bb8_redis::{RedisConnectionManager, bb8};
 use meter_core::StoreError;
-use redis::{RedisError, aio::MultiplexedConnection};
+use redis::{IntoConnectionInfo, RedisError, aio::MultiplexedConnection, io::tcp::TcpSettings};
 
 /// How to reach Redis.
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ use meter_core::{
 };
 use redis::Script;
 
-use crate::{LUA_PRELUDE, RedisStore, keys};
+use crate::{RedisStore, keys, scripts};
 
 /// The fields of a credits hash, in the order scripts reply them and reads ask for them.
 const BALANCE_FIELDS: [&str; 7] = [
@@ -35,15 +35,14 @@ pub struct RedisCreditLedger {
 impl RedisCreditLedger {
     /// A ledger on `store` that remembers idempotency keys for `idempotency_window`.
     pub fn new(store: RedisStore, idempotency_window: Duration) -> Self {
-        let script = |body: &str| Script::new(&format!("{LUA_PRELUDE}\n{body}"));
         Self {
             store,
             idempotency_window_ms: u64::try_from(idempotency_window.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1),
-            deduct: script(include_str!("scripts/deduct.lua")),
-            grant: script(include_str!("scripts/grant.lua")),
-            reset: script(include_str!("scripts/reset.lua")),
+            deduct: scripts::deduct(),
+            grant: scripts::grant(),
+            reset: scripts::reset(),
         }
     }
 

@@ -9,9 +9,8 @@
 mod connection;
 pub mod keys;
 mod ledger;
+pub mod scripts;
 
 pub use connection::{RedisConfig, RedisStore};
 pub use ledger::RedisCreditLedger;
-
-/// Lua source of the period math and helpers every credits script starts with.
-pub const LUA_PRELUDE: &str = include_str!("scripts/prelude.lua");
+pub use scripts::LUA_PRELUDE;

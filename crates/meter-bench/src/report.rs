@@ -1,0 +1,167 @@
+//! The results: a table for people, JSON for scripts, Markdown for BENCHMARKS.md.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::ceiling::Ceiling;
+
+/// One scenario on one store.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    /// `redis` or `memory`.
+    pub store: String,
+    /// The scenario's name.
+    pub scenario: String,
+    /// Requests answered while measuring.
+    pub requests: u64,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Requests per second.
+    pub rate: f64,
+    /// Latency percentiles, ms.
+    pub p50_ms: f64,
+    /// 90th percentile, ms.
+    pub p90_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// 99.9th percentile, ms.
+    pub p999_ms: f64,
+    /// Failed requests by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    /// redis-benchmark on the same Redis, same concurrency, no pipelining.
+    pub ceiling: Option<Ceiling>,
+    /// The same with 16 commands per round trip.
+    pub ceiling_pipelined: Option<Ceiling>,
+    /// rate / ceiling.rate.
+    pub ratio: Option<f64>,
+    /// Whether the end-state check passed.
+    pub check_ok: bool,
+    /// What the end-state check found.
+    pub check: String,
+}
+
+/// A whole run.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// UTC time of the run.
+    pub date: String,
+    /// CPU model and core count.
+    pub machine: String,
+    /// The command line.
+    pub command: String,
+    /// Concurrency, connections, durations.
+    pub settings: String,
+    /// Results.
+    pub rows: Vec<Row>,
+    /// meterd's peak RSS per store, bytes (when the bench started meterd).
+    pub peak_rss: BTreeMap<String, u64>,
+}
+
+fn ceiling_cell(ceiling: Option<&Ceiling>) -> String {
+    ceiling.map_or_else(|| "–".to_owned(), |c| format!("{} (p99 {:.2} ms)", thousands(c.rate), c.p99_ms))
+}
+
+fn errors_cell(errors: &BTreeMap<String, u64>) -> String {
+    if errors.is_empty() {
+        return "0".to_owned();
+    }
+    errors.iter().map(|(code, n)| format!("{code} {n}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `48123.4` as `48,123`.
+pub fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Report {
+    /// Markdown tables, ready for BENCHMARKS.md.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "Run {} on {}.\n\nCommand: `{}` ({})\n", self.date, self.machine, self.command, self.settings);
+        out.push_str("| store | scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | ceiling req/s (redis-benchmark -P 1) | ratio | ceiling -P 16 | end state |\n");
+        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
+        for row in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {}{} |",
+                row.store,
+                row.scenario,
+                thousands(row.rate),
+                row.p50_ms,
+                row.p90_ms,
+                row.p99_ms,
+                row.p999_ms,
+                errors_cell(&row.errors),
+                ceiling_cell(row.ceiling.as_ref()),
+                row.ratio.map_or_else(|| "–".to_owned(), |r| format!("**{r:.2}**")),
+                row.ceiling_pipelined.as_ref().map_or_else(|| "–".to_owned(), |c| thousands(c.rate)),
+                if row.check_ok { "ok: " } else { "FAILED: " },
+                row.check,
+            );
+        }
+        if !self.peak_rss.is_empty() {
+            let rss: Vec<String> = self
+                .peak_rss
+                .iter()
+                .map(|(store, bytes)| format!("{store} {:.1} MiB", *bytes as f64 / 1_048_576.0))
+                .collect();
+            let _ = writeln!(out, "\nmeterd peak RSS: {}.", rss.join(", "));
+        }
+        out
+    }
+
+    /// A plain-text table for a terminal.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "meter-bench  {}  {}\n{}\n", self.date, self.machine, self.settings);
+        let _ = writeln!(
+            out,
+            "{:<7} {:<14} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>28} {:>6}  end state",
+            "store", "scenario", "req/s", "p50ms", "p90ms", "p99ms", "p99.9ms", "errors", "ceiling (redis-benchmark)", "ratio"
+        );
+        for row in &self.rows {
+            let _ = writeln!(
+                out,
+                "{:<7} {:<14} {:>9} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>7} {:>28} {:>6}  {}{}",
+                row.store,
+                row.scenario,
+                thousands(row.rate),
+                row.p50_ms,
+                row.p90_ms,
+                row.p99_ms,
+                row.p999_ms,
+                errors_cell(&row.errors),
+                ceiling_cell(row.ceiling.as_ref()),
+                row.ratio.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}")),
+                if row.check_ok { "ok: " } else { "FAILED: " },
+                row.check,
+            );
+        }
+        for (store, bytes) in &self.peak_rss {
+            let _ = writeln!(out, "meterd peak RSS ({store}): {:.1} MiB", *bytes as f64 / 1_048_576.0);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(48_123.6), "48,124");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+    }
+}

@@ -1,0 +1,224 @@
+//! The scenarios: what one request is, how accounts are prepared, how the
+//! end state is checked, and which Redis commands give the ceiling.
+//!
+//! A new scenario is a variant here plus its arms in the `match`es below.
+
+use std::fmt;
+
+use meter_api::v1::{
+    DeductRequest, GetBalanceRequest, GrantRequest, ResetRequest, credits_service_client::CreditsServiceClient,
+};
+use tonic::{Status, transport::Channel};
+
+/// The credits client every scenario drives.
+pub type Client = CreditsServiceClient<Channel>;
+
+/// The largest balance meterd accepts: hot accounts start there, so deducts never run dry.
+const MAX_CREDITS: i64 = (1 << 53) - 1;
+/// Accounts of the scenarios that spread load.
+pub const SPREAD_ACCOUNTS: u64 = 1_000;
+/// Total of each mixed-traffic account: room for every deduct and grant.
+const MIXED_TOTAL: i64 = 1 << 40;
+/// Total of the account that get-balance reads.
+const READ_TOTAL: i64 = 1_000;
+
+/// One benchmark scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Deduct 1 credit from one hot account.
+    DeductHot,
+    /// Deduct 1 credit from one of 1,000 accounts.
+    DeductSpread,
+    /// Read one account's balance.
+    GetBalance,
+    /// Grant 1 credit, each caller to its own account.
+    Grant,
+    /// Real-looking traffic over 1,000 accounts: 70 % reads, 25 % deducts, 5 % grants.
+    Mixed,
+}
+
+/// What a request did, for the end-state check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A read, or a deduct that was declined.
+    Nothing,
+    /// One credit was deducted.
+    Deducted,
+    /// One credit was granted.
+    Granted,
+}
+
+/// A Redis command run by redis-benchmark as the ceiling of one request kind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CeilingCommand {
+    /// EVALSHA of the deduct script on one hot account.
+    DeductHot,
+    /// EVALSHA of the deduct script on one of 1,000 accounts.
+    DeductSpread,
+    /// The HMGET of a balance read.
+    ReadBalance,
+    /// EVALSHA of the grant script.
+    Grant,
+}
+
+impl Scenario {
+    /// Every scenario, in report order.
+    pub const ALL: [Self; 5] = [Self::DeductHot, Self::DeductSpread, Self::GetBalance, Self::Grant, Self::Mixed];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DeductHot => "deduct-hot",
+            Self::DeductSpread => "deduct-spread",
+            Self::GetBalance => "get-balance",
+            Self::Grant => "grant",
+            Self::Mixed => "mixed",
+        }
+    }
+
+    /// The scenario called `name`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|s| s.name()).collect();
+            format!("unknown scenario {name:?}; expected one of {}, or standard", names.join(", "))
+        })
+    }
+
+    /// The ceiling: Redis commands with their share of requests (weights sum to 1).
+    pub fn ceiling(self) -> Vec<(f64, CeilingCommand)> {
+        match self {
+            Self::DeductHot => vec![(1.0, CeilingCommand::DeductHot)],
+            Self::DeductSpread => vec![(1.0, CeilingCommand::DeductSpread)],
+            Self::GetBalance => vec![(1.0, CeilingCommand::ReadBalance)],
+            Self::Grant => vec![(1.0, CeilingCommand::Grant)],
+            Self::Mixed => vec![
+                (0.70, CeilingCommand::ReadBalance),
+                (0.25, CeilingCommand::DeductSpread),
+                (0.05, CeilingCommand::Grant),
+            ],
+        }
+    }
+
+    /// Sets up the accounts the scenario uses, all named under `run`.
+    pub async fn prepare(self, client: &mut Client, run: &str, workers: usize) -> Result<(), Status> {
+        let accounts: Vec<(String, i64)> = match self {
+            Self::DeductHot => vec![(hot(run), MAX_CREDITS)],
+            Self::DeductSpread => (0..SPREAD_ACCOUNTS).map(|i| (spread(run, "spread", i), MAX_CREDITS)).collect(),
+            Self::GetBalance => vec![(read(run), READ_TOTAL)],
+            Self::Grant => (0..workers).map(|w| (granted(run, w), 0)).collect(),
+            Self::Mixed => (0..SPREAD_ACCOUNTS).map(|i| (spread(run, "mixed", i), MIXED_TOTAL)).collect(),
+        };
+        for (account_id, total) in accounts {
+            client
+                .reset(ResetRequest { account_id, total: Some(total), idempotency_key: String::new() })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends request number `seq` of worker `worker`.
+    pub async fn call(self, client: &mut Client, run: &str, worker: usize, seq: u64) -> Result<Effect, Status> {
+        // Spread accounts are visited in a scrambled but even order.
+        let pick = (seq.wrapping_mul(7_919).wrapping_add(worker as u64 * 104_729)) % SPREAD_ACCOUNTS;
+        match self {
+            Self::DeductHot => deduct(client, hot(run)).await,
+            Self::DeductSpread => deduct(client, spread(run, "spread", pick)).await,
+            Self::GetBalance => {
+                let total = balance_total(client, read(run)).await?;
+                if total == READ_TOTAL {
+                    Ok(Effect::Nothing)
+                } else {
+                    Err(Status::data_loss(format!("read total {total}, expected {READ_TOTAL}")))
+                }
+            }
+            Self::Grant => grant(client, granted(run, worker)).await,
+            Self::Mixed => match seq % 20 {
+                0..14 => balance_total(client, spread(run, "mixed", pick)).await.map(|_| Effect::Nothing),
+                14..19 => deduct(client, spread(run, "mixed", pick)).await,
+                _ => grant(client, spread(run, "mixed", pick)).await,
+            },
+        }
+    }
+
+    /// Checks the stored end state against what the requests reported:
+    /// no update lost, none applied twice. Returns a line for the report.
+    pub async fn verify(
+        self,
+        client: &mut Client,
+        run: &str,
+        workers: usize,
+        deducted: u64,
+        granted_count: u64,
+    ) -> Result<String, String> {
+        let sum = |values: Vec<(i64, i64)>| values.iter().fold((0i64, 0i64), |(t, u), (a, b)| (t + a, u + b));
+        let (expected_total, accounts) = match self {
+            Self::DeductHot => (MAX_CREDITS, vec![hot(run)]),
+            Self::DeductSpread => (MAX_CREDITS * SPREAD_ACCOUNTS as i64, spread_names(run, "spread")),
+            Self::GetBalance => return Ok("every read saw the stored total".into()),
+            Self::Grant => (0, (0..workers).map(|w| granted(run, w)).collect()),
+            Self::Mixed => (MIXED_TOTAL * SPREAD_ACCOUNTS as i64, spread_names(run, "mixed")),
+        };
+        let mut balances = Vec::with_capacity(accounts.len());
+        for account in accounts {
+            balances.push(balance(client, account).await.map_err(|s| format!("reading the end state: {s}"))?);
+        }
+        if balances.iter().any(|(total, used)| used > total) {
+            return Err("an account went below zero".into());
+        }
+        let (total, used) = sum(balances);
+        let want = (expected_total + granted_count as i64, deducted as i64);
+        if (total, used) == want {
+            Ok(format!("stored used = {used} deducts, total = start + {granted_count} grants"))
+        } else {
+            Err(format!("stored (total, used) = ({total}, {used}), requests reported {want:?}"))
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn hot(run: &str) -> String {
+    format!("{run}-hot")
+}
+
+fn read(run: &str) -> String {
+    format!("{run}-read")
+}
+
+fn granted(run: &str, worker: usize) -> String {
+    format!("{run}-grant-{worker}")
+}
+
+fn spread(run: &str, kind: &str, i: u64) -> String {
+    format!("{run}-{kind}-{i}")
+}
+
+fn spread_names(run: &str, kind: &str) -> Vec<String> {
+    (0..SPREAD_ACCOUNTS).map(|i| spread(run, kind, i)).collect()
+}
+
+async fn deduct(client: &mut Client, account_id: String) -> Result<Effect, Status> {
+    let request = DeductRequest { account_id, amount: 1, idempotency_key: String::new(), reason: String::new() };
+    let applied = client.deduct(request).await?.into_inner().applied;
+    Ok(if applied { Effect::Deducted } else { Effect::Nothing })
+}
+
+async fn grant(client: &mut Client, account_id: String) -> Result<Effect, Status> {
+    let request = GrantRequest { account_id, amount: 1, ..GrantRequest::default() };
+    client.grant(request).await?;
+    Ok(Effect::Granted)
+}
+
+async fn balance(client: &mut Client, account_id: String) -> Result<(i64, i64), Status> {
+    let reply = client.get_balance(GetBalanceRequest { account_id }).await?.into_inner();
+    let balance = reply.balance.ok_or_else(|| Status::data_loss("no balance in reply"))?;
+    Ok((balance.total, balance.used))
+}
+
+async fn balance_total(client: &mut Client, account_id: String) -> Result<i64, Status> {
+    balance(client, account_id).await.map(|(total, _)| total)
+}
