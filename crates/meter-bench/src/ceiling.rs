@@ -2,7 +2,11 @@
 //! Redis, at the same concurrency, running the commands a scenario's
 //! requests cost meterd (EVALSHA of the very scripts meterd runs).
 
-use std::{collections::HashMap, process::Stdio, time::{SystemTime, UNIX_EPOCH}};
+use std::{
+    collections::HashMap,
+    process::Stdio,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use tokio::process::Command;
 
@@ -32,8 +36,15 @@ pub struct CeilingProbe {
 }
 
 const WINDOW_MS: &str = "86400000";
-const BALANCE_FIELDS: [&str; 7] =
-    ["total", "used", "resetDate", "resetAnchor", "resetPeriod", "lastUpdate", "isTrialCredits"];
+const BALANCE_FIELDS: [&str; 7] = [
+    "total",
+    "used",
+    "resetDate",
+    "resetAnchor",
+    "resetPeriod",
+    "lastUpdate",
+    "isTrialCredits",
+];
 
 impl CeilingProbe {
     /// Loads meterd's scripts into the Redis at `url` and funds the ceiling's accounts.
@@ -53,9 +64,15 @@ impl CeilingProbe {
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
-        let (deduct, grant) = (meter_redis::scripts::deduct(), meter_redis::scripts::grant());
+        let (deduct, grant) = (
+            meter_redis::scripts::deduct(),
+            meter_redis::scripts::grant(),
+        );
         for script in [&deduct, &grant] {
-            script.load_async(&mut conn).await.map_err(|e| format!("SCRIPT LOAD: {e}"))?;
+            script
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
         }
         let probe = Self {
             redis_benchmark,
@@ -75,6 +92,7 @@ impl CeilingProbe {
             let granted: Result<Vec<String>, _> = grant
                 .key(key)
                 .arg(now_ms())
+                .arg(now_text())
                 .arg((1i64 << 53) - 1)
                 .arg("false")
                 .arg("")
@@ -87,19 +105,34 @@ impl CeilingProbe {
     }
 
     /// The ceiling of `command` with `pipeline` commands per round trip.
-    pub async fn measure(&mut self, command: &CeilingCommand, pipeline: u32) -> Result<Ceiling, String> {
+    pub async fn measure(
+        &mut self,
+        command: &CeilingCommand,
+        pipeline: u32,
+    ) -> Result<Ceiling, String> {
         if let Some(found) = self.cache.get(&(command.clone(), pipeline)) {
             return Ok(*found);
         }
-        let now = now_ms().to_string();
+        let (now, text) = (now_ms().to_string(), now_text());
         let args: Vec<String> = match command {
-            CeilingCommand::DeductHot => vec!["EVALSHA".into(), self.deduct_sha.clone(), "1".into(), hot_key(), now, "1".into(), String::new(), WINDOW_MS.into()],
+            CeilingCommand::DeductHot => vec![
+                "EVALSHA".into(),
+                self.deduct_sha.clone(),
+                "1".into(),
+                hot_key(),
+                now,
+                text,
+                "1".into(),
+                String::new(),
+                WINDOW_MS.into(),
+            ],
             CeilingCommand::DeductSpread => vec![
                 "EVALSHA".into(),
                 self.deduct_sha.clone(),
                 "1".into(),
                 "user:{ceiling-__rand_int__}:credits".into(),
                 now,
+                text,
                 "1".into(),
                 String::new(),
                 WINDOW_MS.into(),
@@ -109,20 +142,57 @@ impl CeilingProbe {
                 args.extend(BALANCE_FIELDS.iter().map(|f| (*f).to_owned()));
                 args
             }
-            CeilingCommand::Grant => vec!["EVALSHA".into(), self.grant_sha.clone(), "1".into(), hot_key(), now, "1".into(), "false".into(), String::new(), WINDOW_MS.into()],
+            CeilingCommand::Grant => vec![
+                "EVALSHA".into(),
+                self.grant_sha.clone(),
+                "1".into(),
+                hot_key(),
+                now,
+                text,
+                "1".into(),
+                "false".into(),
+                String::new(),
+                WINDOW_MS.into(),
+            ],
         };
         let output = Command::new(&self.redis_benchmark)
-            .args(["-h", &self.host, "-p", &self.port.to_string(), "-c", &self.concurrency.to_string()])
-            .args(["-n", &(self.requests * u64::from(pipeline)).to_string(), "-P", &pipeline.to_string()])
-            .args(["-r", &SPREAD_ACCOUNTS.to_string(), "--csv", "--precision", "3"])
+            .args([
+                "-h",
+                &self.host,
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                &self.concurrency.to_string(),
+            ])
+            .args([
+                "-n",
+                &(self.requests * u64::from(pipeline)).to_string(),
+                "-P",
+                &pipeline.to_string(),
+            ])
+            .args([
+                "-r",
+                &SPREAD_ACCOUNTS.to_string(),
+                "--csv",
+                "--precision",
+                "3",
+            ])
             .args(&args)
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|e| format!("cannot run {}: {e} (install redis-tools)", self.redis_benchmark))?;
+            .map_err(|e| {
+                format!(
+                    "cannot run {}: {e} (install redis-tools)",
+                    self.redis_benchmark
+                )
+            })?;
         let text = String::from_utf8_lossy(&output.stdout);
         let ceiling = parse_csv(&text).ok_or_else(|| {
-            format!("unexpected redis-benchmark output: {text}{}", String::from_utf8_lossy(&output.stderr))
+            format!(
+                "unexpected redis-benchmark output: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
         })?;
         self.cache.insert((command.clone(), pipeline), ceiling);
         Ok(ceiling)
@@ -139,10 +209,20 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
 }
 
+/// The current instant as the scripts' stored text, as meterd passes it.
+fn now_text() -> String {
+    meter_core::Timestamp::from_millis(now_ms())
+        .unwrap_or(meter_core::Timestamp::EPOCH)
+        .to_string()
+}
+
 /// Reads the data line of `redis-benchmark --csv`:
 /// "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms".
 fn parse_csv(text: &str) -> Option<Ceiling> {
-    let line = text.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("\"test\""))?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("\"test\""))?;
     // The test name may contain commas; the last seven fields are numbers.
     let fields: Vec<f64> = line
         .rsplitn(8, ',')
@@ -151,7 +231,11 @@ fn parse_csv(text: &str) -> Option<Ceiling> {
         .collect::<Result<_, _>>()
         .ok()?;
     // rsplitn yields from the end: max, p99, p95, p50, min, avg, rps.
-    Some(Ceiling { rate: fields[6], p50_ms: fields[3], p99_ms: fields[1] })
+    Some(Ceiling {
+        rate: fields[6],
+        p50_ms: fields[3],
+        p99_ms: fields[1],
+    })
 }
 
 #[cfg(test)]
@@ -162,7 +246,10 @@ mod tests {
     fn the_csv_line_gives_rate_and_percentiles_even_with_commas_in_the_name() {
         let text = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\"EVALSHA abc,1 k\",\"48123.45\",\"1.2\",\"0.1\",\"1.1\",\"2.0\",\"2.3\",\"9.0\"\n";
         let ceiling = parse_csv(text).expect("parses");
-        assert_eq!((ceiling.rate, ceiling.p50_ms, ceiling.p99_ms), (48123.45, 1.1, 2.3));
+        assert_eq!(
+            (ceiling.rate, ceiling.p50_ms, ceiling.p99_ms),
+            (48123.45, 1.1, 2.3)
+        );
         assert!(parse_csv("garbage").is_none());
     }
 }

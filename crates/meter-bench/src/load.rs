@@ -81,7 +81,12 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// Runs `scenario` against the channels and measures it.
-pub async fn run(scenario: Scenario, channels: &[Channel], run_id: &str, shape: LoadShape) -> LoadResult {
+pub async fn run(
+    scenario: Scenario,
+    channels: &[Channel],
+    run_id: &str,
+    shape: LoadShape,
+) -> LoadResult {
     let shared = Arc::new(Shared {
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
@@ -137,8 +142,18 @@ pub async fn run(scenario: Scenario, channels: &[Channel], run_id: &str, shape: 
     result
 }
 
-async fn work(scenario: Scenario, mut client: Client, run_id: String, worker: usize, shared: Arc<Shared>) -> WorkerResult {
-    let mut result = WorkerResult { requests: 0, latency_us: histogram(), errors: BTreeMap::new() };
+async fn work(
+    scenario: Scenario,
+    mut client: Client,
+    run_id: String,
+    worker: usize,
+    shared: Arc<Shared>,
+) -> WorkerResult {
+    let mut result = WorkerResult {
+        requests: 0,
+        latency_us: histogram(),
+        errors: BTreeMap::new(),
+    };
     let mut seq = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         let measuring = shared.measuring.load(Ordering::Relaxed);
@@ -160,13 +175,18 @@ async fn work(scenario: Scenario, mut client: Client, run_id: String, worker: us
             }
             Ok(Effect::Nothing) => {}
             Err(ref status) if measuring => {
-                *result.errors.entry(format!("{:?}", status.code())).or_default() += 1;
+                *result
+                    .errors
+                    .entry(format!("{:?}", status.code()))
+                    .or_default() += 1;
             }
             Err(_) => {}
         }
         if measuring {
             result.requests += 1;
-            let _ = result.latency_us.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
+            let _ = result
+                .latency_us
+                .record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
         }
     }
     result

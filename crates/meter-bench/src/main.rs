@@ -134,8 +134,15 @@ async fn main() -> ExitCode {
                 eprintln!("cannot write {}: {e}", path.display());
                 return ExitCode::from(2);
             }
-            let failed = report.rows.iter().any(|r| !r.check_ok || !r.errors.is_empty());
-            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            let failed = report
+                .rows
+                .iter()
+                .any(|r| !r.check_ok || !r.errors.is_empty());
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("meter-bench: {e}");
@@ -145,19 +152,32 @@ async fn main() -> ExitCode {
 }
 
 async fn bench(args: &Args) -> Result<Report, String> {
-    let started = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?;
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
     let run_id = format!("bench-{}", started.as_secs());
     let shape = LoadShape {
         concurrency: args.concurrency.max(1),
         warmup: args.warmup,
-        length: args.requests.map_or(Length::Duration(args.duration), Length::Requests),
+        length: args
+            .requests
+            .map_or(Length::Duration(args.duration), Length::Requests),
     };
     let wants_redis = args.stores.contains(&Store::Redis);
     let own_redis = (wants_redis && args.redis_url.is_none()).then(RedisServer::start);
-    let redis_url = args.redis_url.clone().or_else(|| own_redis.as_ref().map(RedisServer::url));
+    let redis_url = args
+        .redis_url
+        .clone()
+        .or_else(|| own_redis.as_ref().map(RedisServer::url));
     let mut probe = match (&redis_url, wants_redis) {
         (Some(url), true) => Some(
-            CeilingProbe::prepare(args.redis_benchmark.clone(), url, shape.concurrency, args.ceiling_requests).await?,
+            CeilingProbe::prepare(
+                args.redis_benchmark.clone(),
+                url,
+                shape.concurrency,
+                args.ceiling_requests,
+            )
+            .await?,
         ),
         _ => None,
     };
@@ -169,11 +189,18 @@ async fn bench(args: &Args) -> Result<Report, String> {
         let process = match &args.target {
             Some(_) => None,
             None => {
-                let url = if store == Store::Redis { redis_url.as_deref() } else { None };
+                let url = if store == Store::Redis {
+                    redis_url.as_deref()
+                } else {
+                    None
+                };
                 Some(MeterdProcess::start(&args.meterd, url).await?)
             }
         };
-        let endpoint = args.target.clone().or_else(|| process.as_ref().map(|p| p.endpoint.clone()));
+        let endpoint = args
+            .target
+            .clone()
+            .or_else(|| process.as_ref().map(|p| p.endpoint.clone()));
         let endpoint = endpoint.ok_or("no meterd to drive")?;
         let channels = connect(&endpoint, args.connections.max(1)).await?;
         for scenario in scenarios {
@@ -185,7 +212,13 @@ async fn bench(args: &Args) -> Result<Report, String> {
                 .map_err(|s| format!("preparing {scenario}: {s}"))?;
             let result = load::run(scenario, &channels, &run_id, shape).await;
             let check = scenario
-                .verify(&mut client, &run_id, shape.concurrency, result.deducted, result.granted)
+                .verify(
+                    &mut client,
+                    &run_id,
+                    shape.concurrency,
+                    result.deducted,
+                    result.granted,
+                )
                 .await;
             let (ceiling, ceiling_pipelined) = match (&mut probe, store) {
                 (Some(probe), Store::Redis) => measure_ceiling(probe, scenario).await?,
@@ -225,7 +258,10 @@ async fn bench(args: &Args) -> Result<Report, String> {
             "concurrency {}, {} connections, {} per scenario after {:?} warm-up; meterd, Redis and this load generator share the machine",
             shape.concurrency,
             args.connections,
-            args.requests.map_or_else(|| format!("{:?}", args.duration), |n| format!("{n} requests")),
+            args.requests.map_or_else(
+                || format!("{:?}", args.duration),
+                |n| format!("{n} requests")
+            ),
             args.warmup
         ),
         rows,
@@ -259,7 +295,11 @@ async fn measure_ceiling(
         p50 += weight * measured.p50_ms;
         p99 = p99.max(measured.p99_ms);
     }
-    let ceiling = ceiling::Ceiling { rate: 1.0 / seconds_per_request, p50_ms: p50, p99_ms: p99 };
+    let ceiling = ceiling::Ceiling {
+        rate: 1.0 / seconds_per_request,
+        p50_ms: p50,
+        p99_ms: p99,
+    };
     let pipelined = match scenario {
         Scenario::DeductHot => Some(probe.measure(&CeilingCommand::DeductHot, 16).await?),
         _ => None,
@@ -284,7 +324,12 @@ async fn connect(endpoint: &str, connections: usize) -> Result<Vec<Channel>, Str
 
 fn utc_now(since_epoch: Duration) -> String {
     let output = std::process::Command::new("date")
-        .args(["-u", "-d", &format!("@{}", since_epoch.as_secs()), "+%Y-%m-%d %H:%M UTC"])
+        .args([
+            "-u",
+            "-d",
+            &format!("@{}", since_epoch.as_secs()),
+            "+%Y-%m-%d %H:%M UTC",
+        ])
         .output();
     output
         .ok()
@@ -296,7 +341,11 @@ fn utc_now(since_epoch: Duration) -> String {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}")

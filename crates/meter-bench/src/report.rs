@@ -59,14 +59,21 @@ pub struct Report {
 }
 
 fn ceiling_cell(ceiling: Option<&Ceiling>) -> String {
-    ceiling.map_or_else(|| "–".to_owned(), |c| format!("{} (p99 {:.2} ms)", thousands(c.rate), c.p99_ms))
+    ceiling.map_or_else(
+        || "–".to_owned(),
+        |c| format!("{} (p99 {:.2} ms)", thousands(c.rate), c.p99_ms),
+    )
 }
 
 fn errors_cell(errors: &BTreeMap<String, u64>) -> String {
     if errors.is_empty() {
         return "0".to_owned();
     }
-    errors.iter().map(|(code, n)| format!("{code} {n}")).collect::<Vec<_>>().join(", ")
+    errors
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `48123.4` as `48,123`.
@@ -86,7 +93,11 @@ impl Report {
     /// Markdown tables, ready for BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "Run {} on {}.\n\nCommand: `{}` ({})\n", self.date, self.machine, self.command, self.settings);
+        let _ = writeln!(
+            out,
+            "Run {} on {}.\n\nCommand: `{}` ({})\n",
+            self.date, self.machine, self.command, self.settings
+        );
         out.push_str("| store | scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | ceiling req/s (redis-benchmark -P 1) | ratio | ceiling -P 16 | end state |\n");
         out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
         for row in &self.rows {
@@ -102,8 +113,11 @@ impl Report {
                 row.p999_ms,
                 errors_cell(&row.errors),
                 ceiling_cell(row.ceiling.as_ref()),
-                row.ratio.map_or_else(|| "–".to_owned(), |r| format!("**{r:.2}**")),
-                row.ceiling_pipelined.as_ref().map_or_else(|| "–".to_owned(), |c| thousands(c.rate)),
+                row.ratio
+                    .map_or_else(|| "–".to_owned(), |r| format!("**{r:.2}**")),
+                row.ceiling_pipelined
+                    .as_ref()
+                    .map_or_else(|| "–".to_owned(), |c| thousands(c.rate)),
                 if row.check_ok { "ok: " } else { "FAILED: " },
                 row.check,
             );
@@ -122,11 +136,24 @@ impl Report {
     /// A plain-text table for a terminal.
     pub fn text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "meter-bench  {}  {}\n{}\n", self.date, self.machine, self.settings);
+        let _ = writeln!(
+            out,
+            "meter-bench  {}  {}\n{}\n",
+            self.date, self.machine, self.settings
+        );
         let _ = writeln!(
             out,
             "{:<7} {:<14} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>28} {:>6}  end state",
-            "store", "scenario", "req/s", "p50ms", "p90ms", "p99ms", "p99.9ms", "errors", "ceiling (redis-benchmark)", "ratio"
+            "store",
+            "scenario",
+            "req/s",
+            "p50ms",
+            "p90ms",
+            "p99ms",
+            "p99.9ms",
+            "errors",
+            "ceiling (redis-benchmark)",
+            "ratio"
         );
         for row in &self.rows {
             let _ = writeln!(
@@ -141,13 +168,18 @@ impl Report {
                 row.p999_ms,
                 errors_cell(&row.errors),
                 ceiling_cell(row.ceiling.as_ref()),
-                row.ratio.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}")),
+                row.ratio
+                    .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}")),
                 if row.check_ok { "ok: " } else { "FAILED: " },
                 row.check,
             );
         }
         for (store, bytes) in &self.peak_rss {
-            let _ = writeln!(out, "meterd peak RSS ({store}): {:.1} MiB", *bytes as f64 / 1_048_576.0);
+            let _ = writeln!(
+                out,
+                "meterd peak RSS ({store}): {:.1} MiB",
+                *bytes as f64 / 1_048_576.0
+            );
         }
         out
     }

@@ -6,7 +6,8 @@
 use std::fmt;
 
 use meter_api::v1::{
-    DeductRequest, GetBalanceRequest, GrantRequest, ResetRequest, credits_service_client::CreditsServiceClient,
+    DeductRequest, GetBalanceRequest, GrantRequest, ResetRequest,
+    credits_service_client::CreditsServiceClient,
 };
 use tonic::{Status, transport::Channel};
 
@@ -63,7 +64,13 @@ pub enum CeilingCommand {
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Self; 5] = [Self::DeductHot, Self::DeductSpread, Self::GetBalance, Self::Grant, Self::Mixed];
+    pub const ALL: [Self; 5] = [
+        Self::DeductHot,
+        Self::DeductSpread,
+        Self::GetBalance,
+        Self::Grant,
+        Self::Mixed,
+    ];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -78,10 +85,16 @@ impl Scenario {
 
     /// The scenario called `name`.
     pub fn parse(name: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
-            let names: Vec<_> = Self::ALL.iter().map(|s| s.name()).collect();
-            format!("unknown scenario {name:?}; expected one of {}, or standard", names.join(", "))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|s| s.name()).collect();
+                format!(
+                    "unknown scenario {name:?}; expected one of {}, or standard",
+                    names.join(", ")
+                )
+            })
     }
 
     /// The ceiling: Redis commands with their share of requests (weights sum to 1).
@@ -100,26 +113,48 @@ impl Scenario {
     }
 
     /// Sets up the accounts the scenario uses, all named under `run`.
-    pub async fn prepare(self, client: &mut Client, run: &str, workers: usize) -> Result<(), Status> {
+    pub async fn prepare(
+        self,
+        client: &mut Client,
+        run: &str,
+        workers: usize,
+    ) -> Result<(), Status> {
         let accounts: Vec<(String, i64)> = match self {
             Self::DeductHot => vec![(hot(run), MAX_CREDITS)],
-            Self::DeductSpread => (0..SPREAD_ACCOUNTS).map(|i| (spread(run, "spread", i), MAX_CREDITS)).collect(),
+            Self::DeductSpread => (0..SPREAD_ACCOUNTS)
+                .map(|i| (spread(run, "spread", i), MAX_CREDITS))
+                .collect(),
             Self::GetBalance => vec![(read(run), READ_TOTAL)],
             Self::Grant => (0..workers).map(|w| (granted(run, w), 0)).collect(),
-            Self::Mixed => (0..SPREAD_ACCOUNTS).map(|i| (spread(run, "mixed", i), MIXED_TOTAL)).collect(),
+            Self::Mixed => (0..SPREAD_ACCOUNTS)
+                .map(|i| (spread(run, "mixed", i), MIXED_TOTAL))
+                .collect(),
         };
         for (account_id, total) in accounts {
             client
-                .reset(ResetRequest { account_id, total: Some(total), idempotency_key: String::new() })
+                .reset(ResetRequest {
+                    account_id,
+                    total: Some(total),
+                    idempotency_key: String::new(),
+                })
                 .await?;
         }
         Ok(())
     }
 
     /// Sends request number `seq` of worker `worker`.
-    pub async fn call(self, client: &mut Client, run: &str, worker: usize, seq: u64) -> Result<Effect, Status> {
+    pub async fn call(
+        self,
+        client: &mut Client,
+        run: &str,
+        worker: usize,
+        seq: u64,
+    ) -> Result<Effect, Status> {
         // Spread accounts are visited in a scrambled but even order.
-        let pick = (seq.wrapping_mul(7_919).wrapping_add(worker as u64 * 104_729)) % SPREAD_ACCOUNTS;
+        let pick = (seq
+            .wrapping_mul(7_919)
+            .wrapping_add(worker as u64 * 104_729))
+            % SPREAD_ACCOUNTS;
         match self {
             Self::DeductHot => deduct(client, hot(run)).await,
             Self::DeductSpread => deduct(client, spread(run, "spread", pick)).await,
@@ -128,12 +163,16 @@ impl Scenario {
                 if total == READ_TOTAL {
                     Ok(Effect::Nothing)
                 } else {
-                    Err(Status::data_loss(format!("read total {total}, expected {READ_TOTAL}")))
+                    Err(Status::data_loss(format!(
+                        "read total {total}, expected {READ_TOTAL}"
+                    )))
                 }
             }
             Self::Grant => grant(client, granted(run, worker)).await,
             Self::Mixed => match seq % 20 {
-                0..14 => balance_total(client, spread(run, "mixed", pick)).await.map(|_| Effect::Nothing),
+                0..14 => balance_total(client, spread(run, "mixed", pick))
+                    .await
+                    .map(|_| Effect::Nothing),
                 14..19 => deduct(client, spread(run, "mixed", pick)).await,
                 _ => grant(client, spread(run, "mixed", pick)).await,
             },
@@ -150,17 +189,31 @@ impl Scenario {
         deducted: u64,
         granted_count: u64,
     ) -> Result<String, String> {
-        let sum = |values: Vec<(i64, i64)>| values.iter().fold((0i64, 0i64), |(t, u), (a, b)| (t + a, u + b));
+        let sum = |values: Vec<(i64, i64)>| {
+            values
+                .iter()
+                .fold((0i64, 0i64), |(t, u), (a, b)| (t + a, u + b))
+        };
         let (expected_total, accounts) = match self {
             Self::DeductHot => (MAX_CREDITS, vec![hot(run)]),
-            Self::DeductSpread => (MAX_CREDITS * SPREAD_ACCOUNTS as i64, spread_names(run, "spread")),
+            Self::DeductSpread => (
+                MAX_CREDITS * SPREAD_ACCOUNTS as i64,
+                spread_names(run, "spread"),
+            ),
             Self::GetBalance => return Ok("every read saw the stored total".into()),
             Self::Grant => (0, (0..workers).map(|w| granted(run, w)).collect()),
-            Self::Mixed => (MIXED_TOTAL * SPREAD_ACCOUNTS as i64, spread_names(run, "mixed")),
+            Self::Mixed => (
+                MIXED_TOTAL * SPREAD_ACCOUNTS as i64,
+                spread_names(run, "mixed"),
+            ),
         };
         let mut balances = Vec::with_capacity(accounts.len());
         for account in accounts {
-            balances.push(balance(client, account).await.map_err(|s| format!("reading the end state: {s}"))?);
+            balances.push(
+                balance(client, account)
+                    .await
+                    .map_err(|s| format!("reading the end state: {s}"))?,
+            );
         }
         if balances.iter().any(|(total, used)| used > total) {
             return Err("an account went below zero".into());
@@ -168,9 +221,13 @@ impl Scenario {
         let (total, used) = sum(balances);
         let want = (expected_total + granted_count as i64, deducted as i64);
         if (total, used) == want {
-            Ok(format!("stored used = {used} deducts, total = start + {granted_count} grants"))
+            Ok(format!(
+                "stored used = {used} deducts, total = start + {granted_count} grants"
+            ))
         } else {
-            Err(format!("stored (total, used) = ({total}, {used}), requests reported {want:?}"))
+            Err(format!(
+                "stored (total, used) = ({total}, {used}), requests reported {want:?}"
+            ))
         }
     }
 }
@@ -202,20 +259,38 @@ fn spread_names(run: &str, kind: &str) -> Vec<String> {
 }
 
 async fn deduct(client: &mut Client, account_id: String) -> Result<Effect, Status> {
-    let request = DeductRequest { account_id, amount: 1, idempotency_key: String::new(), reason: String::new() };
+    let request = DeductRequest {
+        account_id,
+        amount: 1,
+        idempotency_key: String::new(),
+        reason: String::new(),
+    };
     let applied = client.deduct(request).await?.into_inner().applied;
-    Ok(if applied { Effect::Deducted } else { Effect::Nothing })
+    Ok(if applied {
+        Effect::Deducted
+    } else {
+        Effect::Nothing
+    })
 }
 
 async fn grant(client: &mut Client, account_id: String) -> Result<Effect, Status> {
-    let request = GrantRequest { account_id, amount: 1, ..GrantRequest::default() };
+    let request = GrantRequest {
+        account_id,
+        amount: 1,
+        ..GrantRequest::default()
+    };
     client.grant(request).await?;
     Ok(Effect::Granted)
 }
 
 async fn balance(client: &mut Client, account_id: String) -> Result<(i64, i64), Status> {
-    let reply = client.get_balance(GetBalanceRequest { account_id }).await?.into_inner();
-    let balance = reply.balance.ok_or_else(|| Status::data_loss("no balance in reply"))?;
+    let reply = client
+        .get_balance(GetBalanceRequest { account_id })
+        .await?
+        .into_inner();
+    let balance = reply
+        .balance
+        .ok_or_else(|| Status::data_loss("no balance in reply"))?;
     Ok((balance.total, balance.used))
 }
 

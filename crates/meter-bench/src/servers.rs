@@ -28,7 +28,12 @@ impl MeterdProcess {
             .port();
         let mut command = Command::new(binary);
         command
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--log-filter", "warn"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--log-filter",
+                "warn",
+            ])
             .env_remove("REDIS_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -37,9 +42,15 @@ impl MeterdProcess {
             command.env("REDIS_URL", url);
         }
         let child = command.spawn().map_err(|e| {
-            format!("cannot start {}: {e} (build it with `cargo build --release -p meterd`)", binary.display())
+            format!(
+                "cannot start {}: {e} (build it with `cargo build --release -p meterd`)",
+                binary.display()
+            )
         })?;
-        let process = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let process = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
         process.wait_ready().await?;
         Ok(process)
     }
@@ -47,14 +58,27 @@ impl MeterdProcess {
     async fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(channel) = Channel::from_shared(self.endpoint.clone()).map_err(|e| e.to_string())?.connect().await {
+            if let Ok(channel) = Channel::from_shared(self.endpoint.clone())
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+            {
                 let mut client = CreditsServiceClient::new(channel);
-                if client.get_balance(GetBalanceRequest { account_id: "ready".into() }).await.is_ok() {
+                if client
+                    .get_balance(GetBalanceRequest {
+                        account_id: "ready".into(),
+                    })
+                    .await
+                    .is_ok()
+                {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("meterd at {} did not answer within 30 s", self.endpoint));
+                return Err(format!(
+                    "meterd at {} did not answer within 30 s",
+                    self.endpoint
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -71,7 +95,10 @@ impl MeterdProcess {
     /// Stops it with SIGTERM, as Kubernetes would, and waits for it.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }

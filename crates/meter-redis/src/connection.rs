@@ -94,9 +94,18 @@ impl RedisStore {
         // Pick rustls's ring provider for rediss:// once, process-wide;
         // an error means one was installed already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let inner = RedisConnectionManager::new(config.url.as_str()).map_err(|e| {
+        let invalid = |e: RedisError| {
             StoreError::Protocol(format!("REDIS_URL is not a valid Redis URL: {e}"))
-        })?;
+        };
+        let info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(invalid)?
+            // Without TCP_NODELAY, Nagle's algorithm holds small commands back
+            // until the previous reply's ACK: tens of ms per call at low load.
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let inner = RedisConnectionManager::new(info).map_err(invalid)?;
         let pool = bb8::Pool::builder()
             .max_size(config.connections.max(1))
             .min_idle(Some(1))

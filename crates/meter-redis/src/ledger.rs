@@ -46,8 +46,9 @@ impl RedisCreditLedger {
         }
     }
 
-    /// Runs `script` on the account's keys; `args` follow `now` and precede
-    /// the fingerprint and window, as every credits script expects.
+    /// Runs `script` on the account's keys; `args` follow `now` (as ms and as
+    /// stored text) and precede the fingerprint and window, as every credits
+    /// script expects.
     async fn run(
         &self,
         script: &Script,
@@ -60,7 +61,7 @@ impl RedisCreditLedger {
         if let Some(idem) = idempotency {
             invocation.key(keys::credits_idempotency(account, &idem.key));
         }
-        invocation.arg(now.as_millis());
+        invocation.arg(now.as_millis()).arg(now.to_string());
         for arg in args {
             invocation.arg(*arg);
         }
@@ -224,7 +225,17 @@ impl CreditLedger for RedisCreditLedger {
     ) -> Result<Recorded<CreditBalance>, CreditError> {
         let idempotency = request.idempotency.as_ref();
         let total = request.total.to_string();
-        let args = [total.as_str(), request.period.as_str()];
+        let next_reset = request
+            .period
+            .boundary(now, 1)
+            .ok_or_else(|| {
+                StoreError::Protocol(format!(
+                    "no {} period ends before the year 10000",
+                    request.period
+                ))
+            })?
+            .to_string();
+        let args = [total.as_str(), request.period.as_str(), next_reset.as_str()];
         let reply = self
             .run(&self.reset, &request.account, idempotency, now, &args)
             .await?;

@@ -10,17 +10,18 @@ fn with_prelude(body: &str) -> Script {
     Script::new(&format!("{LUA_PRELUDE}\n{body}"))
 }
 
-/// `deduct.lua`: KEYS credits[, idempotency]; ARGV now_ms, amount, fingerprint, window_ms.
+/// `deduct.lua`: KEYS credits[, idempotency]; ARGV now_ms, now_text, amount, fingerprint, window_ms.
 pub fn deduct() -> Script {
     with_prelude(include_str!("scripts/deduct.lua"))
 }
 
-/// `grant.lua`: KEYS credits[, idempotency]; ARGV now_ms, amount, trial, fingerprint, window_ms.
+/// `grant.lua`: KEYS credits[, idempotency]; ARGV now_ms, now_text, amount, trial, fingerprint, window_ms.
 pub fn grant() -> Script {
     with_prelude(include_str!("scripts/grant.lua"))
 }
 
-/// `reset.lua`: KEYS credits[, idempotency]; ARGV now_ms, total, period, fingerprint, window_ms.
+/// `reset.lua`: KEYS credits[, idempotency]; ARGV now_ms, now_text, total, period, next_reset_text,
+/// fingerprint, window_ms.
 pub fn reset() -> Script {
     with_prelude(include_str!("scripts/reset.lua"))
 }

@@ -87,7 +87,7 @@ async fn the_lua_period_math_agrees_with_the_domain() {
     let mut conn = raw(&server).await;
     // One EVAL answers a whole batch of random cases: ARGV is (period, anchor_ms, now_ms)*.
     let script = redis::Script::new(&format!(
-        "{LUA_PRELUDE}\nlocal out = {{}}\nfor i = 1, #ARGV, 3 do\n  local s, e = period_containing(tonumber(ARGV[i+1]), ARGV[i], tonumber(ARGV[i+2]))\n  table.insert(out, format_time(s)); table.insert(out, format_time(e))\n  table.insert(out, format_time(parse_time(format_time(tonumber(ARGV[i+2])))))\nend\nreturn out"
+        "{LUA_PRELUDE}\nlocal t = period_math()\nlocal out = {{}}\nfor i = 1, #ARGV, 3 do\n  local s, e = t.period_containing(tonumber(ARGV[i+1]), ARGV[i], tonumber(ARGV[i+2]))\n  table.insert(out, t.format_time(s)); table.insert(out, t.format_time(e))\n  table.insert(out, t.format_time(t.parse_time(t.format_time(tonumber(ARGV[i+2])))))\nend\nreturn out"
     ));
     let period = prop_oneof![
         Just(CreditPeriod::Day),

@@ -8,6 +8,7 @@ use meterd::{Cli, logging};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let shutdown = shutdown_signal();
     logging::init(&cli.log);
     let listen = cli.grpc.listen;
     let config = match cli.into_config() {
@@ -25,7 +26,7 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(%listen, plans = config.catalog.plans().count(), "meterd serving gRPC");
-    match meterd::run(config, listener, shutdown_signal()).await {
+    match meterd::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -34,27 +35,35 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(e) => {
-                    tracing::error!(
-                        "cannot listen for SIGTERM: {e}; only SIGINT stops meterd gracefully"
-                    );
-                    let _ = interrupt.await;
-                    return;
+/// Registers for SIGTERM (Kubernetes) and SIGINT (Ctrl-C) now, so that a
+/// signal arriving during start-up is not lost, and resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(
+                    "cannot listen for SIGTERM/SIGINT: {e}; meterd stops only when killed"
+                );
+                std::future::pending::<()>().await;
+            }
         }
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
