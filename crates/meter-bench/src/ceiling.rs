@@ -3,7 +3,6 @@
 //! requests cost meterd (EVALSHA of the very scripts meterd runs).
 
 use std::{
-    collections::HashMap,
     process::Stdio,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -23,7 +22,7 @@ pub struct Ceiling {
     pub p99_ms: f64,
 }
 
-/// Runs redis-benchmark on one Redis with fixed settings, caching results per command.
+/// Runs redis-benchmark on one Redis with fixed settings.
 pub struct CeilingProbe {
     redis_benchmark: String,
     host: String,
@@ -32,7 +31,6 @@ pub struct CeilingProbe {
     requests: u64,
     deduct_sha: String,
     grant_sha: String,
-    cache: HashMap<(CeilingCommand, u32), Ceiling>,
 }
 
 const WINDOW_MS: &str = "86400000";
@@ -82,7 +80,6 @@ impl CeilingProbe {
             requests,
             deduct_sha: deduct.get_hash().to_owned(),
             grant_sha: grant.get_hash().to_owned(),
-            cache: HashMap::new(),
         };
         // Fund the accounts the deduct commands hit, so every deduct applies
         // (and writes) just as meterd's do.
@@ -104,15 +101,14 @@ impl CeilingProbe {
         Ok(probe)
     }
 
-    /// The ceiling of `command` with `pipeline` commands per round trip.
+    /// The ceiling of `command` with `pipeline` commands per round trip,
+    /// measured now: not cached, since the machine's speed drifts, so each
+    /// scenario's ceiling is taken right after its own load.
     pub async fn measure(
-        &mut self,
+        &self,
         command: &CeilingCommand,
         pipeline: u32,
     ) -> Result<Ceiling, String> {
-        if let Some(found) = self.cache.get(&(command.clone(), pipeline)) {
-            return Ok(*found);
-        }
         let (now, text) = (now_ms().to_string(), now_text());
         let args: Vec<String> = match command {
             CeilingCommand::DeductHot => vec![
@@ -194,7 +190,6 @@ impl CeilingProbe {
                 String::from_utf8_lossy(&output.stderr)
             )
         })?;
-        self.cache.insert((command.clone(), pipeline), ceiling);
         Ok(ceiling)
     }
 }

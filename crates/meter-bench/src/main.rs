@@ -30,6 +30,11 @@ use crate::{
     servers::MeterdProcess,
 };
 
+// The load generator shares the machine with meterd and Redis: the less it
+// spends per request, the more of the machine is left for what it measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load benchmark of meterd, with the Redis ceiling measured in the same run.
 #[derive(Debug, Parser)]
 #[command(name = "meter-bench", version)]
@@ -169,7 +174,7 @@ async fn bench(args: &Args) -> Result<Report, String> {
         .redis_url
         .clone()
         .or_else(|| own_redis.as_ref().map(RedisServer::url));
-    let mut probe = match (&redis_url, wants_redis) {
+    let probe = match (&redis_url, wants_redis) {
         (Some(url), true) => Some(
             CeilingProbe::prepare(
                 args.redis_benchmark.clone(),
@@ -220,7 +225,7 @@ async fn bench(args: &Args) -> Result<Report, String> {
                     result.granted,
                 )
                 .await;
-            let (ceiling, ceiling_pipelined) = match (&mut probe, store) {
+            let (ceiling, ceiling_pipelined) = match (&probe, store) {
                 (Some(probe), Store::Redis) => measure_ceiling(probe, scenario).await?,
                 _ => (None, None),
             };
@@ -284,7 +289,7 @@ fn scenarios_for(names: &[String], store: Store) -> Result<Vec<Scenario>, String
 /// The ceiling of a scenario: its commands' redis-benchmark rates, weighted
 /// by their share of requests (a harmonic mean), and deduct-hot's pipelined one.
 async fn measure_ceiling(
-    probe: &mut CeilingProbe,
+    probe: &CeilingProbe,
     scenario: Scenario,
 ) -> Result<(Option<ceiling::Ceiling>, Option<ceiling::Ceiling>), String> {
     let mut seconds_per_request = 0.0;

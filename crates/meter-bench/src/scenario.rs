@@ -50,7 +50,7 @@ pub enum Effect {
 }
 
 /// A Redis command run by redis-benchmark as the ceiling of one request kind.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CeilingCommand {
     /// EVALSHA of the deduct script on one hot account.
     DeductHot,

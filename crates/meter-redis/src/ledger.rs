@@ -7,9 +7,15 @@ use meter_core::{
     DeductOutcome, GrantCredits, Idempotency, Recorded, ResetCredits, ResetSchedule, StoreError,
     Timestamp, credits::total_overflow,
 };
-use redis::Script;
+use redis::{ErrorKind, Script, ServerErrorKind};
 
-use crate::{RedisStore, keys, scripts};
+use crate::{
+    RedisStore,
+    connection::sort_error,
+    keys,
+    pipeliner::{Pipeliner, server_error},
+    scripts,
+};
 
 /// The fields of a credits hash, in the order scripts reply them and reads ask for them.
 const BALANCE_FIELDS: [&str; 7] = [
@@ -26,6 +32,7 @@ const BALANCE_FIELDS: [&str; 7] = [
 #[derive(Clone, Debug)]
 pub struct RedisCreditLedger {
     store: RedisStore,
+    pipeliner: Pipeliner,
     idempotency_window_ms: u64,
     deduct: Script,
     grant: Script,
@@ -34,8 +41,12 @@ pub struct RedisCreditLedger {
 
 impl RedisCreditLedger {
     /// A ledger on `store` that remembers idempotency keys for `idempotency_window`.
+    ///
+    /// Must be called within a Tokio runtime: it starts the task that
+    /// pipelines the ledger's commands.
     pub fn new(store: RedisStore, idempotency_window: Duration) -> Self {
         Self {
+            pipeliner: Pipeliner::start(store.clone()),
             store,
             idempotency_window_ms: u64::try_from(idempotency_window.as_millis())
                 .unwrap_or(u64::MAX)
@@ -57,24 +68,37 @@ impl RedisCreditLedger {
         now: Timestamp,
         args: &[&str],
     ) -> Result<Vec<String>, StoreError> {
-        let mut invocation = script.key(keys::credits(account));
-        if let Some(idem) = idempotency {
-            invocation.key(keys::credits_idempotency(account, &idem.key));
-        }
-        invocation.arg(now.as_millis()).arg(now.to_string());
+        let mut command = redis::cmd("EVALSHA");
+        command.arg(script.get_hash());
+        match idempotency {
+            Some(idem) => command
+                .arg(2)
+                .arg(keys::credits(account))
+                .arg(keys::credits_idempotency(account, &idem.key)),
+            None => command.arg(1).arg(keys::credits(account)),
+        };
+        command.arg(now.as_millis()).arg(now.to_string());
         for arg in args {
-            invocation.arg(*arg);
+            command.arg(*arg);
         }
-        invocation
+        command
             .arg(idempotency.map_or("", |i| i.fingerprint.as_str()))
             .arg(self.idempotency_window_ms);
-        let mut lease = self.store.lease().await?;
-        // invoke_async sends EVALSHA and, if Redis answers NOSCRIPT (after a
-        // restart or SCRIPT FLUSH), loads the script and sends it again.
-        invocation
-            .invoke_async(&mut lease.connection)
-            .await
-            .map_err(|e| lease.sort(e))
+        let reply = match server_error(self.pipeliner.send(command.clone()).await?) {
+            // Redis restarted or SCRIPT FLUSH ran: load the script and send again.
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                let mut lease = self.store.lease().await?;
+                script
+                    .load_async(&mut lease.connection)
+                    .await
+                    .map_err(|e| lease.sort(e))?;
+                server_error(self.pipeliner.send(command).await?)
+            }
+            other => other,
+        };
+        let value = reply.map_err(sort_error)?;
+        redis::from_redis_value(value)
+            .map_err(|e| StoreError::Protocol(format!("credits script reply: {e}")))
     }
 
     /// Interprets a script reply: a balance, an idempotency conflict or an overflow.
@@ -165,13 +189,11 @@ fn parse_balance(key: &str, fields: &[Option<&str>]) -> Result<Option<CreditBala
 impl CreditLedger for RedisCreditLedger {
     async fn balance(&self, account: &AccountId) -> Result<Option<CreditBalance>, StoreError> {
         let key = keys::credits(account);
-        let mut lease = self.store.lease().await?;
-        let values: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(&key)
-            .arg(&BALANCE_FIELDS[..])
-            .query_async(&mut lease.connection)
-            .await
-            .map_err(|e| lease.sort(e))?;
+        let mut command = redis::cmd("HMGET");
+        command.arg(&key).arg(&BALANCE_FIELDS[..]);
+        let reply = server_error(self.pipeliner.send(command).await?).map_err(sort_error)?;
+        let values: Vec<Option<String>> = redis::from_redis_value(reply)
+            .map_err(|e| StoreError::Protocol(format!("HMGET reply: {e}")))?;
         let fields: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
         parse_balance(&key, &fields)
     }

@@ -9,6 +9,7 @@
 mod connection;
 pub mod keys;
 mod ledger;
+mod pipeliner;
 pub mod scripts;
 
 pub use connection::{RedisConfig, RedisStore};
