@@ -63,8 +63,8 @@ impl CeilingProbe {
             .await
             .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
         let (deduct, grant) = (
-            meter_redis::scripts::deduct(),
-            meter_redis::scripts::grant(),
+            meter_redis::scripts::deduct().script().clone(),
+            meter_redis::scripts::grant().script().clone(),
         );
         for script in [&deduct, &grant] {
             script
@@ -162,7 +162,7 @@ impl CeilingProbe {
             ])
             .args([
                 "-n",
-                &(self.requests * u64::from(pipeline)).to_string(),
+                &self.requests.to_string(),
                 "-P",
                 &pipeline.to_string(),
             ])

@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// HTTP/2 connections the requests are spread over.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     connections: usize,
     /// Measured time per scenario, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = parse_seconds)]

@@ -7,14 +7,14 @@ use meter_core::{
     DeductOutcome, GrantCredits, Idempotency, Recorded, ResetCredits, ResetSchedule, StoreError,
     Timestamp, credits::total_overflow,
 };
-use redis::{ErrorKind, Script, ServerErrorKind};
+use redis::{ErrorKind, ServerErrorKind};
 
 use crate::{
     RedisStore,
     connection::sort_error,
     keys,
     pipeliner::{Pipeliner, server_error},
-    scripts,
+    scripts::{self, LuaScript},
 };
 
 /// The fields of a credits hash, in the order scripts reply them and reads ask for them.
@@ -34,9 +34,9 @@ pub struct RedisCreditLedger {
     store: RedisStore,
     pipeliner: Pipeliner,
     idempotency_window_ms: u64,
-    deduct: Script,
-    grant: Script,
-    reset: Script,
+    deduct: LuaScript,
+    grant: LuaScript,
+    reset: LuaScript,
 }
 
 impl RedisCreditLedger {
@@ -62,14 +62,14 @@ impl RedisCreditLedger {
     /// script expects.
     async fn run(
         &self,
-        script: &Script,
+        script: &LuaScript,
         account: &AccountId,
         idempotency: Option<&Idempotency>,
         now: Timestamp,
         args: &[&str],
     ) -> Result<Vec<String>, StoreError> {
         let mut command = redis::cmd("EVALSHA");
-        command.arg(script.get_hash());
+        command.arg(script.hash());
         match idempotency {
             Some(idem) => command
                 .arg(2)
@@ -85,13 +85,12 @@ impl RedisCreditLedger {
             .arg(idempotency.map_or("", |i| i.fingerprint.as_str()))
             .arg(self.idempotency_window_ms);
         let reply = match server_error(self.pipeliner.send(command.clone()).await?) {
-            // Redis restarted or SCRIPT FLUSH ran: load the script and send again.
+            // Redis restarted or SCRIPT FLUSH ran: load the script and send
+            // again. Both go through the pipeline, so a burst of calls that
+            // all met NOSCRIPT reloads in one round trip, not one each.
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                let mut lease = self.store.lease().await?;
-                script
-                    .load_async(&mut lease.connection)
-                    .await
-                    .map_err(|e| lease.sort(e))?;
+                server_error(self.pipeliner.send(script.load_command()).await?)
+                    .map_err(sort_error)?;
                 server_error(self.pipeliner.send(command).await?)
             }
             other => other,

@@ -223,3 +223,61 @@ async fn a_stopped_redis_is_unavailable_and_a_restarted_one_is_used_again() {
     assert_eq!(recovered, Some(None), "reads work again after the restart");
     assert!(ledger.ping().await.is_ok());
 }
+
+async fn stat(conn: &mut redis::aio::MultiplexedConnection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in INFO stats"))
+}
+
+// One scheduler thread makes the timing exact: all 256 calls queue their
+// scripts in one tick, before the pipeline's driver takes a batch.
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_calls_share_round_trips() {
+    let server = RedisServer::start();
+    let ledger = std::sync::Arc::new(ledger(&server));
+    let who = account("u-pipelined");
+    let now = at("2026-01-01T00:00:00.000Z");
+    let grant =
+        GrantCredits::new(who.clone(), 10_000, Reason::default(), false, None).expect("valid");
+    ledger.grant(&grant, now).await.expect("grant");
+    ledger
+        .deduct(&deduct(&who, 1, ""), now)
+        .await
+        .expect("loads the deduct script");
+    let mut conn = raw(&server).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .expect("resetstat");
+    let calls: Vec<_> = (0..256)
+        .map(|_| {
+            let (ledger, who) = (std::sync::Arc::clone(&ledger), who.clone());
+            tokio::spawn(async move { ledger.deduct(&deduct(&who, 1, ""), now).await })
+        })
+        .collect();
+    for call in calls {
+        assert!(call.await.expect("task").expect("deduct").outcome.applied);
+    }
+    // Unpipelined, Redis would read each of the 256 scripts on its own; in
+    // one pipeline they arrive in a few reads of its 16 KiB input buffer.
+    let reads = stat(&mut conn, "total_reads_processed").await;
+    assert!(
+        reads <= 16,
+        "256 concurrent deducts took {reads} reads: not pipelined"
+    );
+    let stored = ledger.balance(&who).await.expect("read").expect("exists");
+    assert_eq!(stored.used, 257);
+}
