@@ -80,12 +80,14 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Runs `scenario` against the channels and measures it.
+/// Runs `scenario` against the channels and measures it; `on_measure` is
+/// called as measuring starts and as it stops (to sample CPU time).
 pub async fn run(
     scenario: Scenario,
     channels: &[Channel],
     run_id: &str,
     shape: LoadShape,
+    mut on_measure: impl FnMut(),
 ) -> LoadResult {
     let shared = Arc::new(Shared {
         measuring: AtomicBool::new(false),
@@ -105,12 +107,14 @@ pub async fn run(
         })
         .collect();
     tokio::time::sleep(shape.warmup).await;
+    on_measure();
     shared.measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
     match shape.length {
         Length::Duration(d) => {
             tokio::time::sleep(d).await;
             shared.stop.store(true, Ordering::SeqCst);
+            on_measure();
         }
         Length::Requests(_) => {}
     }
@@ -132,6 +136,9 @@ pub async fn run(
         for (code, n) in done.errors {
             *result.errors.entry(code).or_default() += n;
         }
+    }
+    if let Length::Requests(_) = shape.length {
+        on_measure();
     }
     result.elapsed = match shape.length {
         Length::Duration(d) => d,

@@ -215,7 +215,32 @@ async fn bench(args: &Args) -> Result<Report, String> {
                 .prepare(&mut client, &run_id, shape.concurrency)
                 .await
                 .map_err(|s| format!("preparing {scenario}: {s}"))?;
-            let result = load::run(scenario, &channels, &run_id, shape).await;
+            // CPU time of meterd and Redis across the measured part: the
+            // cost per request, steadier than rates on a shared machine.
+            let pids = [
+                process.as_ref().and_then(MeterdProcess::pid),
+                own_redis.as_ref().and_then(RedisServer::pid),
+            ];
+            let mut samples: Vec<[Option<Duration>; 2]> = Vec::new();
+            let result = load::run(scenario, &channels, &run_id, shape, || {
+                samples.push(pids.map(|pid| pid.and_then(servers::cpu_time)));
+            })
+            .await;
+            let cpu_us_per_request = |i: usize| match (samples.first(), samples.last()) {
+                (Some(start), Some(end)) if result.requests > 0 => {
+                    let spent = end[i]?.checked_sub(start[i]?)?;
+                    Some(spent.as_secs_f64() * 1e6 / result.requests as f64)
+                }
+                _ => None,
+            };
+            let (meterd_cpu_us, redis_cpu_us) = (
+                cpu_us_per_request(0),
+                if store == Store::Redis {
+                    cpu_us_per_request(1)
+                } else {
+                    None
+                },
+            );
             let check = scenario
                 .verify(
                     &mut client,
@@ -244,6 +269,8 @@ async fn bench(args: &Args) -> Result<Report, String> {
                 ratio: ceiling.map(|c| result.rate() / c.rate),
                 ceiling,
                 ceiling_pipelined,
+                meterd_cpu_us,
+                redis_cpu_us,
                 check_ok: check.is_ok(),
                 check: check.unwrap_or_else(|e| e),
             });

@@ -35,6 +35,10 @@ pub struct Row {
     pub ceiling_pipelined: Option<Ceiling>,
     /// rate / ceiling.rate.
     pub ratio: Option<f64>,
+    /// meterd's CPU time per request while measuring, µs (when the bench started it).
+    pub meterd_cpu_us: Option<f64>,
+    /// redis-server's CPU time per request while measuring, µs (when the bench started it).
+    pub redis_cpu_us: Option<f64>,
     /// Whether the end-state check passed.
     pub check_ok: bool,
     /// What the end-state check found.
@@ -63,6 +67,10 @@ fn ceiling_cell(ceiling: Option<&Ceiling>) -> String {
         || "–".to_owned(),
         |c| format!("{} (p99 {:.2} ms)", thousands(c.rate), c.p99_ms),
     )
+}
+
+fn cpu_cell(us: Option<f64>) -> String {
+    us.map_or_else(|| "–".to_owned(), |us| format!("{us:.1}"))
 }
 
 fn errors_cell(errors: &BTreeMap<String, u64>) -> String {
@@ -98,12 +106,12 @@ impl Report {
             "Run {} on {}.\n\nCommand: `{}` ({})\n",
             self.date, self.machine, self.command, self.settings
         );
-        out.push_str("| store | scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | ceiling req/s (redis-benchmark -P 1) | ratio | ceiling -P 16 | end state |\n");
-        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
+        out.push_str("| store | scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | ceiling req/s (redis-benchmark -P 1) | ratio | ceiling -P 16 | meterd CPU µs/req | Redis CPU µs/req | end state |\n");
+        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
         for row in &self.rows {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {}{} |",
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {}{} |",
                 row.store,
                 row.scenario,
                 thousands(row.rate),
@@ -118,6 +126,8 @@ impl Report {
                 row.ceiling_pipelined
                     .as_ref()
                     .map_or_else(|| "–".to_owned(), |c| thousands(c.rate)),
+                cpu_cell(row.meterd_cpu_us),
+                cpu_cell(row.redis_cpu_us),
                 if row.check_ok { "ok: " } else { "FAILED: " },
                 row.check,
             );
@@ -143,7 +153,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<7} {:<14} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>28} {:>6}  end state",
+            "{:<7} {:<14} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>28} {:>6} {:>8} {:>8}  end state",
             "store",
             "scenario",
             "req/s",
@@ -153,12 +163,14 @@ impl Report {
             "p99.9ms",
             "errors",
             "ceiling (redis-benchmark)",
-            "ratio"
+            "ratio",
+            "meterd",
+            "redis"
         );
         for row in &self.rows {
             let _ = writeln!(
                 out,
-                "{:<7} {:<14} {:>9} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>7} {:>28} {:>6}  {}{}",
+                "{:<7} {:<14} {:>9} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>7} {:>28} {:>6} {:>8} {:>8}  {}{}",
                 row.store,
                 row.scenario,
                 thousands(row.rate),
@@ -170,10 +182,13 @@ impl Report {
                 ceiling_cell(row.ceiling.as_ref()),
                 row.ratio
                     .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}")),
+                cpu_cell(row.meterd_cpu_us),
+                cpu_cell(row.redis_cpu_us),
                 if row.check_ok { "ok: " } else { "FAILED: " },
                 row.check,
             );
         }
+        out.push_str("meterd, redis: CPU µs per request while measuring\n");
         for (store, bytes) in &self.peak_rss {
             let _ = writeln!(
                 out,

@@ -23,6 +23,13 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
 }
 
+/// The Redis URL does not parse; the message says why (never the password).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "REDIS_URL is not a valid Redis URL ({0}); expected redis://[user:password@]host:port[/db] or rediss://…"
+)]
+pub struct InvalidRedisUrl(String);
+
 /// A pool of multiplexed Redis connections.
 #[derive(Clone, Debug)]
 pub struct RedisStore {
@@ -90,13 +97,11 @@ impl Lease {
 impl RedisStore {
     /// Opens the pool. Fails only on a malformed URL: an unreachable Redis is
     /// retried in the background and reported by [`RedisStore::ping`].
-    pub fn open(config: &RedisConfig) -> Result<Self, StoreError> {
+    pub fn open(config: &RedisConfig) -> Result<Self, InvalidRedisUrl> {
         // Pick rustls's ring provider for rediss:// once, process-wide;
         // an error means one was installed already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let invalid = |e: RedisError| {
-            StoreError::Protocol(format!("REDIS_URL is not a valid Redis URL: {e}"))
-        };
+        let invalid = |e: RedisError| InvalidRedisUrl(e.to_string());
         let info = config
             .url
             .as_str()

@@ -12,6 +12,6 @@ mod ledger;
 mod pipeliner;
 pub mod scripts;
 
-pub use connection::{RedisConfig, RedisStore};
+pub use connection::{InvalidRedisUrl, RedisConfig, RedisStore};
 pub use ledger::RedisCreditLedger;
 pub use scripts::LUA_PRELUDE;

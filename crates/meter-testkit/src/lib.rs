@@ -1,7 +1,8 @@
 //! Test helpers shared by every `meter` crate: a redis-server launcher and the
 //! store contract suite that every storage adapter must pass.
 //!
-//! A dev-dependency only; it must never be a dependency of a shipped crate.
+//! A dev-dependency, and a dependency of the benchmark; never of `meterd`
+//! or any other crate that ships.
 
 pub mod credits_contract;
 mod redis_server;

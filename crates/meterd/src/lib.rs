@@ -29,8 +29,8 @@ pub const SERVICE_NAMES: &[&str] = &[<CreditsServiceServer<
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The Redis URL is unusable.
-    #[error("{0}")]
-    Store(#[from] meter_core::StoreError),
+    #[error(transparent)]
+    RedisUrl(#[from] meter_redis::InvalidRedisUrl),
     /// Reflection could not be built from the descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
