@@ -34,15 +34,6 @@ pub struct CeilingProbe {
 }
 
 const WINDOW_MS: &str = "86400000";
-const BALANCE_FIELDS: [&str; 7] = [
-    "total",
-    "used",
-    "resetDate",
-    "resetAnchor",
-    "resetPeriod",
-    "lastUpdate",
-    "isTrialCredits",
-];
 
 impl CeilingProbe {
     /// Loads meterd's scripts into the Redis at `url` and funds the ceiling's accounts.
@@ -135,7 +126,11 @@ impl CeilingProbe {
             ],
             CeilingCommand::ReadBalance => {
                 let mut args = vec!["HMGET".to_owned(), hot_key()];
-                args.extend(BALANCE_FIELDS.iter().map(|f| (*f).to_owned()));
+                args.extend(
+                    meter_redis::keys::CREDITS_FIELDS
+                        .iter()
+                        .map(|f| (*f).to_owned()),
+                );
                 args
             }
             CeilingCommand::Grant => vec![

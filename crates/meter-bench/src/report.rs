@@ -97,6 +97,51 @@ pub fn thousands(value: f64) -> String {
     out
 }
 
+/// The table's columns: header, and width in the plain-text table.
+const COLUMNS: [(&str, usize); 14] = [
+    ("store", 7),
+    ("scenario", 14),
+    ("req/s", 9),
+    ("p50 ms", 7),
+    ("p90 ms", 7),
+    ("p99 ms", 7),
+    ("p99.9 ms", 8),
+    ("errors", 7),
+    ("ceiling req/s (redis-benchmark -P 1)", 36),
+    ("ratio", 6),
+    ("ceiling -P 16", 13),
+    ("meterd CPU µs/req", 17),
+    ("Redis CPU µs/req", 16),
+    ("end state", 0),
+];
+
+/// One row's cells, in [`COLUMNS`] order.
+fn cells(row: &Row) -> [String; 14] {
+    [
+        row.store.clone(),
+        row.scenario.clone(),
+        thousands(row.rate),
+        format!("{:.2}", row.p50_ms),
+        format!("{:.2}", row.p90_ms),
+        format!("{:.2}", row.p99_ms),
+        format!("{:.2}", row.p999_ms),
+        errors_cell(&row.errors),
+        ceiling_cell(row.ceiling.as_ref()),
+        row.ratio
+            .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}")),
+        row.ceiling_pipelined
+            .as_ref()
+            .map_or_else(|| "–".to_owned(), |c| thousands(c.rate)),
+        cpu_cell(row.meterd_cpu_us),
+        cpu_cell(row.redis_cpu_us),
+        format!(
+            "{}{}",
+            if row.check_ok { "ok: " } else { "FAILED: " },
+            row.check
+        ),
+    ]
+}
+
 impl Report {
     /// Markdown tables, ready for BENCHMARKS.md.
     pub fn markdown(&self) -> String {
@@ -106,31 +151,22 @@ impl Report {
             "Run {} on {}.\n\nCommand: `{}` ({})\n",
             self.date, self.machine, self.command, self.settings
         );
-        out.push_str("| store | scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | ceiling req/s (redis-benchmark -P 1) | ratio | ceiling -P 16 | meterd CPU µs/req | Redis CPU µs/req | end state |\n");
-        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
+        let headers: Vec<&str> = COLUMNS.iter().map(|(header, _)| *header).collect();
+        let _ = writeln!(out, "| {} |", headers.join(" | "));
+        let rules: Vec<&str> = COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                if i < 2 || i == COLUMNS.len() - 1 {
+                    "---"
+                } else {
+                    "--:"
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "|{}|", rules.join("|"));
         for row in &self.rows {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {}{} |",
-                row.store,
-                row.scenario,
-                thousands(row.rate),
-                row.p50_ms,
-                row.p90_ms,
-                row.p99_ms,
-                row.p999_ms,
-                errors_cell(&row.errors),
-                ceiling_cell(row.ceiling.as_ref()),
-                row.ratio
-                    .map_or_else(|| "–".to_owned(), |r| format!("**{r:.2}**")),
-                row.ceiling_pipelined
-                    .as_ref()
-                    .map_or_else(|| "–".to_owned(), |c| thousands(c.rate)),
-                cpu_cell(row.meterd_cpu_us),
-                cpu_cell(row.redis_cpu_us),
-                if row.check_ok { "ok: " } else { "FAILED: " },
-                row.check,
-            );
+            let _ = writeln!(out, "| {} |", cells(row).join(" | "));
         }
         if !self.peak_rss.is_empty() {
             let rss: Vec<String> = self
@@ -151,44 +187,29 @@ impl Report {
             "meter-bench  {}  {}\n{}\n",
             self.date, self.machine, self.settings
         );
-        let _ = writeln!(
-            out,
-            "{:<7} {:<14} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>28} {:>6} {:>8} {:>8}  end state",
-            "store",
-            "scenario",
-            "req/s",
-            "p50ms",
-            "p90ms",
-            "p99ms",
-            "p99.9ms",
-            "errors",
-            "ceiling (redis-benchmark)",
-            "ratio",
-            "meterd",
-            "redis"
-        );
+        let line = |cells: &[String]| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(COLUMNS)
+                .enumerate()
+                .map(|(i, (cell, (_, width)))| {
+                    if i < 2 {
+                        format!("{cell:<width$}")
+                    } else {
+                        format!("{cell:>width$}")
+                    }
+                })
+                .collect();
+            padded.join("  ")
+        };
+        let headers: Vec<String> = COLUMNS
+            .iter()
+            .map(|(header, _)| (*header).to_owned())
+            .collect();
+        let _ = writeln!(out, "{}", line(&headers));
         for row in &self.rows {
-            let _ = writeln!(
-                out,
-                "{:<7} {:<14} {:>9} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>7} {:>28} {:>6} {:>8} {:>8}  {}{}",
-                row.store,
-                row.scenario,
-                thousands(row.rate),
-                row.p50_ms,
-                row.p90_ms,
-                row.p99_ms,
-                row.p999_ms,
-                errors_cell(&row.errors),
-                ceiling_cell(row.ceiling.as_ref()),
-                row.ratio
-                    .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}")),
-                cpu_cell(row.meterd_cpu_us),
-                cpu_cell(row.redis_cpu_us),
-                if row.check_ok { "ok: " } else { "FAILED: " },
-                row.check,
-            );
+            let _ = writeln!(out, "{}", line(&cells(row)));
         }
-        out.push_str("meterd, redis: CPU µs per request while measuring\n");
         for (store, bytes) in &self.peak_rss {
             let _ = writeln!(
                 out,

@@ -15,6 +15,17 @@ pub fn credits(account: &AccountId) -> String {
     format!("user:{{{account}}}:credits")
 }
 
+/// The fields of a credits hash, in the order scripts reply them and reads ask for them.
+pub const CREDITS_FIELDS: [&str; 7] = [
+    "total",
+    "used",
+    "resetDate",
+    "resetAnchor",
+    "resetPeriod",
+    "lastUpdate",
+    "isTrialCredits",
+];
+
 /// The remembered outcome of one idempotent credits call (a JSON string with a TTL).
 pub fn credits_idempotency(account: &AccountId, key: &IdempotencyKey) -> String {
     format!("user:{{{account}}}:idem:credits:{}", key.as_str())

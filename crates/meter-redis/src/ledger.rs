@@ -17,17 +17,6 @@ use crate::{
     scripts::{self, LuaScript},
 };
 
-/// The fields of a credits hash, in the order scripts reply them and reads ask for them.
-const BALANCE_FIELDS: [&str; 7] = [
-    "total",
-    "used",
-    "resetDate",
-    "resetAnchor",
-    "resetPeriod",
-    "lastUpdate",
-    "isTrialCredits",
-];
-
 /// The credit ledger on Redis.
 #[derive(Clone, Debug)]
 pub struct RedisCreditLedger {
@@ -139,7 +128,7 @@ impl RedisCreditLedger {
     }
 }
 
-/// Builds a balance from the seven [`BALANCE_FIELDS`] values of the hash at `key`;
+/// Builds a balance from the seven [`keys::CREDITS_FIELDS`] values of the hash at `key`;
 /// `Ok(None)` when the account has no `total` (it does not exist).
 fn parse_balance(key: &str, fields: &[Option<&str>]) -> Result<Option<CreditBalance>, StoreError> {
     let corrupt = |field: &str, value: Option<&str>| StoreError::Corrupt {
@@ -189,7 +178,7 @@ impl CreditLedger for RedisCreditLedger {
     async fn balance(&self, account: &AccountId) -> Result<Option<CreditBalance>, StoreError> {
         let key = keys::credits(account);
         let mut command = redis::cmd("HMGET");
-        command.arg(&key).arg(&BALANCE_FIELDS[..]);
+        command.arg(&key).arg(&keys::CREDITS_FIELDS[..]);
         let reply = server_error(self.pipeliner.send(command).await?).map_err(sort_error)?;
         let values: Vec<Option<String>> = redis::from_redis_value(reply)
             .map_err(|e| StoreError::Protocol(format!("HMGET reply: {e}")))?;
