@@ -101,7 +101,12 @@ impl MemoryCreditLedger {
         let current = shard.balances.get(account).map(|b| b.with_due_reset(now));
         let (next, outcome) = apply(current)?;
         if let Some(next) = next {
-            shard.balances.insert(account.clone(), next);
+            match shard.balances.get_mut(account) {
+                Some(stored) => *stored = next,
+                None => {
+                    shard.balances.insert(account.clone(), next);
+                }
+            }
         }
         if let Some(idem) = idempotency {
             let expires = wall_clock + self.idempotency_window;

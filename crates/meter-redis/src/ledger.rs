@@ -57,30 +57,33 @@ impl RedisCreditLedger {
         now: Timestamp,
         args: &[&str],
     ) -> Result<Vec<String>, StoreError> {
-        let mut command = redis::cmd("EVALSHA");
-        command.arg(script.hash());
-        match idempotency {
-            Some(idem) => command
-                .arg(2)
-                .arg(keys::credits(account))
-                .arg(keys::credits_idempotency(account, &idem.key)),
-            None => command.arg(1).arg(keys::credits(account)),
+        let command = || {
+            let mut command = redis::cmd("EVALSHA");
+            command.arg(script.hash());
+            match idempotency {
+                Some(idem) => command
+                    .arg(2)
+                    .arg(keys::credits(account))
+                    .arg(keys::credits_idempotency(account, &idem.key)),
+                None => command.arg(1).arg(keys::credits(account)),
+            };
+            command.arg(now.as_millis()).arg(now.to_string());
+            for arg in args {
+                command.arg(*arg);
+            }
+            command
+                .arg(idempotency.map_or("", |i| i.fingerprint.as_str()))
+                .arg(self.idempotency_window_ms);
+            command
         };
-        command.arg(now.as_millis()).arg(now.to_string());
-        for arg in args {
-            command.arg(*arg);
-        }
-        command
-            .arg(idempotency.map_or("", |i| i.fingerprint.as_str()))
-            .arg(self.idempotency_window_ms);
-        let reply = match server_error(self.pipeliner.send(command.clone()).await?) {
+        let reply = match server_error(self.pipeliner.send(command()).await?) {
             // Redis restarted or SCRIPT FLUSH ran: load the script and send
             // again. Both go through the pipeline, so a burst of calls that
             // all met NOSCRIPT reloads in one round trip, not one each.
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 server_error(self.pipeliner.send(script.load_command()).await?)
                     .map_err(sort_error)?;
-                server_error(self.pipeliner.send(command).await?)
+                server_error(self.pipeliner.send(command()).await?)
             }
             other => other,
         };
