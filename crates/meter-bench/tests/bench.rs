@@ -1,0 +1,123 @@
+//! The benchmark against a real meterd: every scenario runs, and its
+//! end-state check passes; on Redis, the ceiling comes from redis-benchmark.
+
+use std::{sync::Arc, time::Duration};
+
+use clap::Parser;
+use meter_bench::{Args, bench, report::Report};
+use meter_core::PlanCatalog;
+use meter_redis::RedisConfig;
+use meter_testkit::RedisServer;
+use meterd::{Config, StoreConfig, config::EXAMPLE_PLANS};
+use tokio::{net::TcpListener, sync::oneshot};
+
+/// Starts meterd in-process; returns its endpoint and the handle that stops it.
+async fn meterd(store: StoreConfig) -> (String, oneshot::Sender<()>) {
+    let config = Config {
+        store,
+        catalog: Arc::new(PlanCatalog::from_toml("example", EXAMPLE_PLANS).expect("catalog")),
+        idempotency_window: Duration::from_secs(3600),
+        health_interval: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(meterd::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    (endpoint, stop)
+}
+
+fn assert_clean(report: &Report, scenarios: usize) {
+    assert_eq!(report.rows.len(), scenarios);
+    for row in &report.rows {
+        assert!(row.check_ok, "{}: {}", row.scenario, row.check);
+        assert!(row.errors.is_empty(), "{}: {:?}", row.scenario, row.errors);
+        assert!(
+            row.requests >= 2_000 && row.rate > 0.0,
+            "{}: {} requests",
+            row.scenario,
+            row.requests
+        );
+        assert!(
+            row.p50_ms > 0.0 && row.p50_ms <= row.p99_ms,
+            "{}: percentiles",
+            row.scenario
+        );
+    }
+    assert!(report.markdown().contains("| memory |") || report.markdown().contains("| redis |"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_and_checks_its_end_state_on_the_embedded_store() {
+    let (endpoint, _stop) = meterd(StoreConfig::Memory).await;
+    let args = Args::try_parse_from([
+        "meter-bench",
+        "--target",
+        &endpoint,
+        "--stores",
+        "memory",
+        "--scenarios",
+        "deduct-hot,deduct-spread,get-balance,grant,mixed",
+        "--requests",
+        "2000",
+        "--warmup",
+        "0.2s",
+        "--concurrency",
+        "16",
+    ])
+    .expect("flags");
+    let report = bench(&args).await.expect("bench runs");
+    assert_clean(&report, 5);
+    assert!(
+        report.rows.iter().all(|r| r.ceiling.is_none()),
+        "no ceiling without Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_each_scenario_gets_a_redis_benchmark_ceiling() {
+    let redis = RedisServer::start();
+    let (endpoint, _stop) = meterd(StoreConfig::Redis(RedisConfig {
+        url: redis.url(),
+        connections: 2,
+        connect_timeout: Duration::from_secs(2),
+    }))
+    .await;
+    let args = Args::try_parse_from([
+        "meter-bench",
+        "--target",
+        &endpoint,
+        "--stores",
+        "redis",
+        "--redis-url",
+        &redis.url(),
+        "--scenarios",
+        "deduct-hot,mixed",
+        "--requests",
+        "2000",
+        "--warmup",
+        "0.2s",
+        "--concurrency",
+        "16",
+        "--ceiling-requests",
+        "2000",
+    ])
+    .expect("flags");
+    let report = bench(&args).await.expect("bench runs");
+    assert_clean(&report, 2);
+    for row in &report.rows {
+        let ceiling = row.ceiling.expect("a ceiling on Redis");
+        assert!(
+            ceiling.rate > 0.0 && ceiling.p99_ms > 0.0,
+            "{}: {ceiling:?}",
+            row.scenario
+        );
+        assert!(row.ratio.is_some_and(|r| r > 0.0));
+    }
+    assert!(
+        report.rows[0].ceiling_pipelined.is_some(),
+        "deduct-hot also measures -P 16"
+    );
+}
