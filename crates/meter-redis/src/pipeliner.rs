@@ -9,8 +9,11 @@
 //! on its own. Several batches may be in flight at once.
 //!
 //! Without this, the multiplexed connection's writer runs right after each
-//! call that wakes it and sends one command per write system call, which is
-//! most of meterd's cost per request under load.
+//! call that wakes it and sends one command per write system call: under
+//! load, a large part of meterd's and Redis's cost per request (BENCHMARKS.md).
+//!
+//! The queue is unbounded; what bounds it is the number of calls in flight,
+//! which HTTP/2's stream limits and the callers' concurrency bound.
 
 use meter_core::StoreError;
 use redis::{Cmd, Pipeline, RedisError, Value, aio::ConnectionLike};
