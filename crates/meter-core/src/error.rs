@@ -26,7 +26,8 @@ impl InvalidArgument {
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum StoreError {
     /// The store cannot be reached (refused, timed out, dropped, pool exhausted).
-    /// Nothing was applied; the call may be retried.
+    /// A refused call applied nothing; a timed-out one may have: retry with
+    /// the same idempotency key.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// Stored data does not parse; `key` names what to inspect.

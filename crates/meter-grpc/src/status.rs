@@ -11,11 +11,14 @@ pub fn to_status(error: CreditError) -> Status {
         // own; it conflicts with what this key already did. Retrying it as is
         // fails again; the caller needs a new key.
         CreditError::IdempotencyConflict { .. } => Status::failed_precondition(error.to_string()),
-        // UNAVAILABLE, not INTERNAL: nothing was applied and the condition is
-        // transient, which is what gRPC clients and retry policies retry on.
+        // UNAVAILABLE, not INTERNAL: the condition is transient, and it is the
+        // code gRPC clients and retry policies retry on. A retry is safe with
+        // the same idempotency key even if a timed-out call did apply.
         CreditError::Store(StoreError::Unavailable(detail)) => {
             tracing::warn!(%detail, "store unavailable");
-            Status::unavailable("the store is unavailable; nothing was applied, retry with backoff")
+            Status::unavailable(
+                "the store is unavailable; retry with backoff and the same idempotency_key",
+            )
         }
         CreditError::Store(StoreError::Corrupt { key, detail }) => {
             tracing::error!(%key, %detail, "corrupt stored data");
