@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: help run run-redis test test-deps lint fmt build bench docs-check
+.PHONY: help run run-redis test test-deps lint lint-proto fmt build bench docs-check
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,10 @@ test-deps: ## Install what the tests need and a fresh machine lacks (redis-serve
 lint: ## Check formatting and clippy, warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+lint-proto: ## Lint proto/ with buf (installs it with npm if missing)
+	@command -v buf >/dev/null || npm install -g @bufbuild/buf
+	cd proto && buf lint
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
