@@ -54,6 +54,8 @@ pub struct Plan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanCatalog {
     plans: BTreeMap<String, Plan>,
+    /// A copy of `plans[DEFAULT_PLAN]`, so that looking it up cannot fail.
+    default_plan: Plan,
 }
 
 /// Why a catalog file was refused: the file, and toml's line, column and problem.
@@ -181,12 +183,15 @@ impl PlanCatalog {
             };
             plans.insert(name, plan);
         }
-        if !plans.contains_key(DEFAULT_PLAN) {
+        let Some(default_plan) = plans.get(DEFAULT_PLAN).cloned() else {
             return Err(error(format!(
                 "has no [plans.{DEFAULT_PLAN}]; it is required, as the plan of accounts that have none"
             )));
-        }
-        Ok(Self { plans })
+        };
+        Ok(Self {
+            plans,
+            default_plan,
+        })
     }
 
     /// The plan called `name`, if the catalog has it.
@@ -196,11 +201,7 @@ impl PlanCatalog {
 
     /// The plan of accounts that have none.
     pub fn default_plan(&self) -> &Plan {
-        // from_toml refuses a catalog without it.
-        self.plans
-            .get(DEFAULT_PLAN)
-            .or_else(|| self.plans.values().next())
-            .expect("a PlanCatalog always holds the default plan")
+        &self.default_plan
     }
 
     /// Every plan, by name.
