@@ -24,14 +24,6 @@ fn ledger(server: &RedisServer) -> RedisCreditLedger {
     )
 }
 
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("valid url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis answers")
-}
-
 fn account(name: &str) -> AccountId {
     AccountId::parse("account_id", name).expect("valid")
 }
@@ -62,7 +54,7 @@ async fn the_credits_hash_reads_as_documented_with_redis_cli() {
         .deduct(&deduct(&who, 30, ""), at("2026-02-01T00:00:00.000Z"))
         .await
         .expect("deduct");
-    let mut conn = raw(&server).await;
+    let mut conn = server.connection().await;
     let fields: std::collections::BTreeMap<String, String> =
         conn.hgetall("user:{u1}:credits").await.expect("hgetall");
     let expected = [
@@ -84,7 +76,7 @@ async fn the_credits_hash_reads_as_documented_with_redis_cli() {
 #[tokio::test]
 async fn the_lua_period_math_agrees_with_the_domain() {
     let server = RedisServer::start();
-    let mut conn = raw(&server).await;
+    let mut conn = server.connection().await;
     // One EVAL answers a whole batch of random cases: ARGV is (period, anchor_ms, now_ms)*.
     let script = redis::Script::new(&format!(
         "{LUA_PRELUDE}\nlocal t = period_math()\nlocal out = {{}}\nfor i = 1, #ARGV, 3 do\n  local s, e = t.period_containing(tonumber(ARGV[i+1]), ARGV[i], tonumber(ARGV[i+2]))\n  table.insert(out, t.format_time(s)); table.insert(out, t.format_time(e))\n  table.insert(out, t.format_time(t.parse_time(t.format_time(tonumber(ARGV[i+2])))))\nend\nreturn out"
@@ -128,7 +120,7 @@ async fn the_lua_period_math_agrees_with_the_domain() {
 async fn corrupt_stored_data_is_reported_with_its_key_and_left_alone() {
     let server = RedisServer::start();
     let ledger = ledger(&server);
-    let mut conn = raw(&server).await;
+    let mut conn = server.connection().await;
     let who = account("u-corrupt");
     let _: () = conn
         .hset_multiple(keys::credits(&who), &[("total", "ten"), ("used", "0")])
@@ -160,7 +152,7 @@ async fn scripts_are_reloaded_after_a_script_flush() {
         .grant(&grant, at("2026-01-01T00:00:00.000Z"))
         .await
         .expect("grant");
-    let mut conn = raw(&server).await;
+    let mut conn = server.connection().await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut conn)
@@ -182,7 +174,7 @@ async fn idempotency_records_carry_the_window_as_ttl() {
         .deduct(&deduct(&who, 1, "k-1"), at("2026-01-01T00:00:00.000Z"))
         .await
         .expect("deduct");
-    let mut conn = raw(&server).await;
+    let mut conn = server.connection().await;
     let ttl: i64 = conn
         .pttl("user:{u-ttl}:idem:credits:k-1")
         .await
@@ -256,7 +248,7 @@ async fn concurrent_calls_share_round_trips() {
         .deduct(&deduct(&who, 1, ""), now)
         .await
         .expect("loads the deduct script");
-    let mut conn = raw(&server).await;
+    let mut conn = server.connection().await;
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(&mut conn)

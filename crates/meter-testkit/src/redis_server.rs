@@ -52,6 +52,15 @@ impl RedisServer {
         self.port
     }
 
+    /// A connection of its own, for a test to read or write keys directly.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap_or_else(|e| panic!("bad redis-server URL {}: {e}", self.url()))
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("redis-server on port {} does not answer: {e}", self.port))
+    }
+
     /// The process id of the running server.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -13,14 +13,6 @@ use redis::AsyncCommands;
 use support::Meterd;
 use tonic::{Code, transport::Channel};
 
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("valid url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis answers")
-}
-
 fn deduct(account: &str, amount: i64, key: &str) -> DeductRequest {
     DeductRequest {
         account_id: account.into(),
@@ -94,7 +86,8 @@ async fn concurrent_deducts_on_redis_end_exact_and_never_below_zero() {
         (balance.total, balance.used, balance.remaining),
         (5_000, 5_000, 0)
     );
-    let used: String = raw(&redis)
+    let used: String = redis
+        .connection()
         .await
         .hget("user:{hot-account}:credits", "used")
         .await
@@ -165,7 +158,7 @@ async fn an_idempotent_replay_applies_once() {
 #[tokio::test]
 async fn a_passed_reset_time_resets_lazily_on_the_next_call() {
     let redis = RedisServer::start();
-    let mut conn = raw(&redis).await;
+    let mut conn = redis.connection().await;
     // Left over from before a long downtime: the period ended months ago.
     let fields = [
         ("total", "1000"),
@@ -294,7 +287,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
         "{}",
         status.message()
     );
-    let keys: Vec<String> = raw(&redis).await.keys("*").await.expect("keys");
+    let keys: Vec<String> = redis.connection().await.keys("*").await.expect("keys");
     assert_eq!(
         keys,
         vec!["user:{u1}:credits".to_owned()],
