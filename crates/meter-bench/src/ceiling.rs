@@ -7,6 +7,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use meter_redis::{credits::CreditsHash, script::Layout};
 use tokio::process::Command;
 
 use crate::scenario::{CeilingCommand, SPREAD_ACCOUNTS};
@@ -54,12 +55,13 @@ impl CeilingProbe {
             .await
             .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
         let (deduct, grant) = (
-            meter_redis::scripts::deduct().script().clone(),
-            meter_redis::scripts::grant().script().clone(),
+            meter_redis::credits::deduct_script(),
+            meter_redis::credits::grant_script(),
         );
-        for script in [&deduct, &grant] {
-            script
-                .load_async(&mut conn)
+        for script in [deduct, grant] {
+            let _: String = script
+                .load_command()
+                .query_async(&mut conn)
                 .await
                 .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
         }
@@ -69,39 +71,46 @@ impl CeilingProbe {
             port,
             concurrency,
             requests,
-            deduct_sha: deduct.get_hash().to_owned(),
-            grant_sha: grant.get_hash().to_owned(),
+            deduct_sha: deduct.hash().to_owned(),
+            grant_sha: grant.hash().to_owned(),
         };
         // Fund the accounts the deduct commands hit, so every deduct applies
         // (and writes) just as meterd's do.
         let mut keys = vec![hot_key()];
         keys.extend((0..SPREAD_ACCOUNTS).map(|i| format!("user:{{ceiling-{i:012}}}:credits")));
         for key in keys {
-            let granted: Result<Vec<String>, _> = grant
-                .key(key)
+            // ARGV as meterd sends it: the mutation head, then amount and trial.
+            let granted: Result<Vec<Option<String>>, _> = redis::cmd("EVALSHA")
+                .arg(grant.hash())
+                .arg(1)
+                .arg(key)
                 .arg(now_ms())
                 .arg(now_text())
-                .arg((1i64 << 53) - 1)
-                .arg("false")
                 .arg("")
                 .arg(WINDOW_MS)
-                .invoke_async(&mut conn)
+                .arg((1i64 << 53) - 1)
+                .arg("false")
+                .query_async(&mut conn)
                 .await;
             granted.map_err(|e| format!("funding the ceiling accounts: {e}"))?;
         }
         Ok(probe)
     }
 
-    /// The ceiling of `command` with `pipeline` commands per round trip,
-    /// measured now: not cached, since the machine's speed drifts, so each
-    /// scenario's ceiling is taken right after its own load.
+    /// The ceiling of `command` with `pipeline` commands per round trip and
+    /// `concurrency` clients (the probe's own when `None`), measured now: not
+    /// cached, since the machine's speed drifts, so each scenario's ceiling
+    /// is taken right after its own load.
     pub async fn measure(
         &self,
         command: &CeilingCommand,
         pipeline: u32,
+        concurrency: Option<usize>,
     ) -> Result<Ceiling, String> {
         let (now, text) = (now_ms().to_string(), now_text());
         let args: Vec<String> = match command {
+            // ARGV as meterd sends it: now_ms, now_text, fingerprint,
+            // window_ms, then the script's own arguments.
             CeilingCommand::DeductHot => vec![
                 "EVALSHA".into(),
                 self.deduct_sha.clone(),
@@ -109,9 +118,9 @@ impl CeilingProbe {
                 hot_key(),
                 now,
                 text,
-                "1".into(),
                 String::new(),
                 WINDOW_MS.into(),
+                "1".into(),
             ],
             CeilingCommand::DeductSpread => vec![
                 "EVALSHA".into(),
@@ -120,17 +129,13 @@ impl CeilingProbe {
                 "user:{ceiling-__rand_int__}:credits".into(),
                 now,
                 text,
-                "1".into(),
                 String::new(),
                 WINDOW_MS.into(),
+                "1".into(),
             ],
             CeilingCommand::ReadBalance => {
                 let mut args = vec!["HMGET".to_owned(), hot_key()];
-                args.extend(
-                    meter_redis::keys::CREDITS_FIELDS
-                        .iter()
-                        .map(|f| (*f).to_owned()),
-                );
+                args.extend(CreditsHash::NAMES.iter().map(|f| (*f).to_owned()));
                 args
             }
             CeilingCommand::Grant => vec![
@@ -140,10 +145,10 @@ impl CeilingProbe {
                 hot_key(),
                 now,
                 text,
-                "1".into(),
-                "false".into(),
                 String::new(),
                 WINDOW_MS.into(),
+                "1".into(),
+                "false".into(),
             ],
         };
         let output = Command::new(&self.redis_benchmark)
@@ -153,7 +158,7 @@ impl CeilingProbe {
                 "-p",
                 &self.port.to_string(),
                 "-c",
-                &self.concurrency.to_string(),
+                &concurrency.unwrap_or(self.concurrency).to_string(),
             ])
             .args([
                 "-n",

@@ -25,7 +25,7 @@ use crate::{
     ceiling::CeilingProbe,
     load::{Length, LoadShape},
     report::{Report, Row},
-    scenario::{CeilingCommand, Scenario},
+    scenario::{CeilingCommand, Scenario, Shape},
     servers::MeterdProcess,
 };
 
@@ -33,17 +33,20 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "meter-bench", version)]
 pub struct Args {
-    /// Scenarios, comma-separated: deduct-hot, deduct-spread, get-balance, grant, mixed;
-    /// or `standard` (all of them on Redis; deduct-hot, get-balance and mixed on the embedded store).
+    /// Scenarios, comma-separated: deduct-hot, deduct-hot-many, deduct-spread, get-balance,
+    /// grant, mixed; or `standard` (all of them on Redis; deduct-hot, deduct-hot-many,
+    /// get-balance and mixed on the embedded store).
     #[arg(long, value_delimiter = ',', default_value = "standard")]
     pub scenarios: Vec<String>,
     /// Stores to run on, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "redis,memory")]
     pub stores: Vec<Store>,
-    /// Requests in flight at once (and redis-benchmark's -c).
+    /// Requests in flight at once (and redis-benchmark's -c), for scenarios
+    /// without a shape of their own.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// HTTP/2 connections the requests are spread over.
+    /// HTTP/2 connections the requests are spread over, for scenarios without
+    /// a shape of their own.
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
     /// Measured time per scenario, e.g. 10s.
@@ -99,7 +102,12 @@ impl Store {
     fn standard(self) -> Vec<Scenario> {
         match self {
             Self::Redis => Scenario::ALL.to_vec(),
-            Self::Memory => vec![Scenario::DeductHot, Scenario::GetBalance, Scenario::Mixed],
+            Self::Memory => vec![
+                Scenario::DeductHot,
+                Scenario::DeductHotMany,
+                Scenario::GetBalance,
+                Scenario::Mixed,
+            ],
         }
     }
 }
@@ -120,13 +128,13 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?;
     let run_id = format!("bench-{}", started.as_secs());
-    let shape = LoadShape {
-        concurrency: args.concurrency.max(1),
-        warmup: args.warmup,
-        length: args
-            .requests
-            .map_or(Length::Duration(args.duration), Length::Requests),
+    let default_shape = Shape {
+        connections: args.connections.max(1),
+        in_flight: args.concurrency.max(1),
     };
+    let length = args
+        .requests
+        .map_or(Length::Duration(args.duration), Length::Requests);
     let wants_redis = args.stores.contains(&Store::Redis);
     let own_redis = (wants_redis && args.redis_url.is_none()).then(RedisServer::start);
     let redis_url = args
@@ -138,7 +146,7 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
             CeilingProbe::prepare(
                 args.redis_benchmark.clone(),
                 url,
-                shape.concurrency,
+                default_shape.in_flight,
                 args.ceiling_requests,
             )
             .await?,
@@ -166,12 +174,18 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
             .clone()
             .or_else(|| process.as_ref().map(|p| p.endpoint.clone()));
         let endpoint = endpoint.ok_or("no meterd to drive")?;
-        let channels = connect(&endpoint, args.connections.max(1)).await?;
         for scenario in scenarios {
-            eprintln!("running {scenario} on {} ...", store.name());
+            let shape = scenario.shape().unwrap_or(default_shape);
+            eprintln!("running {scenario} ({shape}) on {} ...", store.name());
+            let channels = connect(&endpoint, shape.connections).await?;
+            let load_shape = LoadShape {
+                concurrency: shape.in_flight,
+                warmup: args.warmup,
+                length,
+            };
             let mut client = scenario::Client::new(channels[0].clone());
             scenario
-                .prepare(&mut client, &run_id, shape.concurrency)
+                .prepare(&mut client, &run_id, shape.in_flight)
                 .await
                 .map_err(|s| format!("preparing {scenario}: {s}"))?;
             // CPU time of meterd and Redis across the measured part: the
@@ -181,7 +195,7 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
                 own_redis.as_ref().and_then(RedisServer::pid),
             ];
             let mut samples: Vec<[Option<Duration>; 2]> = Vec::new();
-            let result = load::run(scenario, &channels, &run_id, shape, || {
+            let result = load::run(scenario, &channels, &run_id, load_shape, || {
                 samples.push(pids.map(|pid| pid.and_then(servers::cpu_time)));
             })
             .await;
@@ -204,19 +218,20 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
                 .verify(
                     &mut client,
                     &run_id,
-                    shape.concurrency,
+                    shape.in_flight,
                     result.deducted,
                     result.granted,
                 )
                 .await;
             let (ceiling, ceiling_pipelined) = match (&probe, store) {
-                (Some(probe), Store::Redis) => measure_ceiling(probe, scenario).await?,
+                (Some(probe), Store::Redis) => measure_ceiling(probe, scenario, shape).await?,
                 _ => (None, None),
             };
             let ms = |q: f64| result.latency_us.value_at_quantile(q) as f64 / 1_000.0;
             rows.push(Row {
                 store: store.name().to_owned(),
                 scenario: scenario.name().to_owned(),
+                shape: shape.to_string(),
                 requests: result.requests,
                 seconds: result.elapsed.as_secs_f64(),
                 rate: result.rate(),
@@ -246,9 +261,9 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
         machine: machine(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         settings: format!(
-            "concurrency {}, {} connections, {} per scenario after {:?} warm-up; meterd, Redis and this load generator share the machine",
-            shape.concurrency,
-            args.connections,
+            "concurrency {}, {} connections unless the scenario has its own shape, {} per scenario after {:?} warm-up; meterd, Redis and this load generator share the machine",
+            default_shape.in_flight,
+            default_shape.connections,
             args.requests.map_or_else(
                 || format!("{:?}", args.duration),
                 |n| format!("{n} requests")
@@ -272,16 +287,18 @@ fn scenarios_for(names: &[String], store: Store) -> Result<Vec<Scenario>, String
     Ok(scenarios)
 }
 
-/// The ceiling of a scenario: its commands' redis-benchmark rates, weighted
-/// by their share of requests (a harmonic mean), and deduct-hot's pipelined one.
+/// The ceiling of a scenario: its commands' redis-benchmark rates at the
+/// scenario's concurrency, weighted by their share of requests (a harmonic
+/// mean), and deduct-hot's pipelined one.
 async fn measure_ceiling(
     probe: &CeilingProbe,
     scenario: Scenario,
+    shape: Shape,
 ) -> Result<(Option<ceiling::Ceiling>, Option<ceiling::Ceiling>), String> {
     let mut seconds_per_request = 0.0;
     let (mut p50, mut p99) = (0.0f64, 0.0f64);
     for (weight, command) in scenario.ceiling() {
-        let measured = probe.measure(&command, 1).await?;
+        let measured = probe.measure(&command, 1, Some(shape.in_flight)).await?;
         seconds_per_request += weight / measured.rate;
         p50 += weight * measured.p50_ms;
         p99 = p99.max(measured.p99_ms);
@@ -292,7 +309,11 @@ async fn measure_ceiling(
         p99_ms: p99,
     };
     let pipelined = match scenario {
-        Scenario::DeductHot => Some(probe.measure(&CeilingCommand::DeductHot, 16).await?),
+        Scenario::DeductHot => Some(
+            probe
+                .measure(&CeilingCommand::DeductHot, 16, Some(shape.in_flight))
+                .await?,
+        ),
         _ => None,
     };
     Ok((Some(ceiling), pipelined))

@@ -13,6 +13,8 @@ pub struct Row {
     pub store: String,
     /// The scenario's name.
     pub scenario: String,
+    /// Connections × requests in flight on each, e.g. `2×32`.
+    pub shape: String,
     /// Requests answered while measuring.
     pub requests: u64,
     /// Measured seconds.
@@ -98,9 +100,10 @@ pub fn thousands(value: f64) -> String {
 }
 
 /// The table's columns: header, and width in the plain-text table.
-const COLUMNS: [(&str, usize); 14] = [
+const COLUMNS: [(&str, usize); 15] = [
     ("store", 7),
-    ("scenario", 14),
+    ("scenario", 15),
+    ("connections × in flight", 23),
     ("req/s", 9),
     ("p50 ms", 7),
     ("p90 ms", 7),
@@ -116,10 +119,11 @@ const COLUMNS: [(&str, usize); 14] = [
 ];
 
 /// One row's cells, in [`COLUMNS`] order.
-fn cells(row: &Row) -> [String; 14] {
+fn cells(row: &Row) -> [String; 15] {
     [
         row.store.clone(),
         row.scenario.clone(),
+        row.shape.clone(),
         thousands(row.rate),
         format!("{:.2}", row.p50_ms),
         format!("{:.2}", row.p90_ms),
@@ -143,6 +147,35 @@ fn cells(row: &Row) -> [String; 14] {
 }
 
 impl Report {
+    /// Per store, the throughput and meterd CPU per request of the many-connections
+    /// shape (deduct-hot-many) against the few-connections one (deduct-hot).
+    pub fn shape_comparison(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for few in self.rows.iter().filter(|r| r.scenario == "deduct-hot") {
+            let Some(many) = self
+                .rows
+                .iter()
+                .find(|r| r.scenario == "deduct-hot-many" && r.store == few.store)
+            else {
+                continue;
+            };
+            let cpu = match (many.meterd_cpu_us, few.meterd_cpu_us) {
+                (Some(m), Some(f)) => format!("; meterd CPU {m:.1} vs {f:.1} µs/req"),
+                _ => String::new(),
+            };
+            lines.push(format!(
+                "{}: deduct {} connections at {} req/s = {:.2} of {} connections at {} req/s{cpu}",
+                few.store,
+                many.shape,
+                thousands(many.rate),
+                many.rate / few.rate.max(1e-9),
+                few.shape,
+                thousands(few.rate),
+            ));
+        }
+        lines
+    }
+
     /// Markdown tables, ready for BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -157,7 +190,7 @@ impl Report {
             .iter()
             .enumerate()
             .map(|(i, _)| {
-                if i < 2 || i == COLUMNS.len() - 1 {
+                if i < 3 || i == COLUMNS.len() - 1 {
                     "---"
                 } else {
                     "--:"
@@ -176,6 +209,9 @@ impl Report {
                 .collect();
             let _ = writeln!(out, "\nmeterd peak RSS: {}.", rss.join(", "));
         }
+        for line in self.shape_comparison() {
+            let _ = writeln!(out, "\n{line}.");
+        }
         out
     }
 
@@ -193,7 +229,7 @@ impl Report {
                 .zip(COLUMNS)
                 .enumerate()
                 .map(|(i, (cell, (_, width)))| {
-                    if i < 2 {
+                    if i < 3 {
                         format!("{cell:<width$}")
                     } else {
                         format!("{cell:>width$}")
@@ -216,6 +252,9 @@ impl Report {
                 "meterd peak RSS ({store}): {:.1} MiB",
                 *bytes as f64 / 1_048_576.0
             );
+        }
+        for line in self.shape_comparison() {
+            let _ = writeln!(out, "{line}");
         }
         out
     }

@@ -23,11 +23,30 @@ const MIXED_TOTAL: i64 = 1 << 40;
 /// Total of the account that get-balance reads.
 const READ_TOTAL: i64 = 1_000;
 
+/// How requests reach meterd: HTTP/2 connections, and requests in flight over all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// HTTP/2 connections.
+    pub connections: usize,
+    /// Requests in flight at once, spread evenly over the connections.
+    pub in_flight: usize,
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per_connection = self.in_flight.div_ceil(self.connections.max(1));
+        write!(f, "{}×{per_connection}", self.connections)
+    }
+}
+
 /// One benchmark scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
     /// Deduct 1 credit from one hot account.
     DeductHot,
+    /// The same over 50 connections with 1 request in flight each: many
+    /// client pods, each with its own channel.
+    DeductHotMany,
     /// Deduct 1 credit from one of 1,000 accounts.
     DeductSpread,
     /// Read one account's balance.
@@ -64,8 +83,9 @@ pub enum CeilingCommand {
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::DeductHot,
+        Self::DeductHotMany,
         Self::DeductSpread,
         Self::GetBalance,
         Self::Grant,
@@ -76,6 +96,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Self::DeductHot => "deduct-hot",
+            Self::DeductHotMany => "deduct-hot-many",
             Self::DeductSpread => "deduct-spread",
             Self::GetBalance => "get-balance",
             Self::Grant => "grant",
@@ -97,10 +118,22 @@ impl Scenario {
             })
     }
 
+    /// The shape this scenario always runs in; `None` for the run's own
+    /// (`--connections`, `--concurrency`).
+    pub fn shape(self) -> Option<Shape> {
+        match self {
+            Self::DeductHotMany => Some(Shape {
+                connections: 50,
+                in_flight: 50,
+            }),
+            _ => None,
+        }
+    }
+
     /// The ceiling: Redis commands with their share of requests (weights sum to 1).
     pub fn ceiling(self) -> Vec<(f64, CeilingCommand)> {
         match self {
-            Self::DeductHot => vec![(1.0, CeilingCommand::DeductHot)],
+            Self::DeductHot | Self::DeductHotMany => vec![(1.0, CeilingCommand::DeductHot)],
             Self::DeductSpread => vec![(1.0, CeilingCommand::DeductSpread)],
             Self::GetBalance => vec![(1.0, CeilingCommand::ReadBalance)],
             Self::Grant => vec![(1.0, CeilingCommand::Grant)],
@@ -120,7 +153,7 @@ impl Scenario {
         workers: usize,
     ) -> Result<(), Status> {
         let accounts: Vec<(String, i64)> = match self {
-            Self::DeductHot => vec![(hot(run), MAX_CREDITS)],
+            Self::DeductHot | Self::DeductHotMany => vec![(hot(run, self), MAX_CREDITS)],
             Self::DeductSpread => (0..SPREAD_ACCOUNTS)
                 .map(|i| (spread(run, "spread", i), MAX_CREDITS))
                 .collect(),
@@ -156,7 +189,7 @@ impl Scenario {
             .wrapping_add(worker as u64 * 104_729))
             % SPREAD_ACCOUNTS;
         match self {
-            Self::DeductHot => deduct(client, hot(run)).await,
+            Self::DeductHot | Self::DeductHotMany => deduct(client, hot(run, self)).await,
             Self::DeductSpread => deduct(client, spread(run, "spread", pick)).await,
             Self::GetBalance => {
                 let total = balance_total(client, read(run)).await?;
@@ -195,7 +228,7 @@ impl Scenario {
                 .fold((0i64, 0i64), |(t, u), (a, b)| (t + a, u + b))
         };
         let (expected_total, accounts) = match self {
-            Self::DeductHot => (MAX_CREDITS, vec![hot(run)]),
+            Self::DeductHot | Self::DeductHotMany => (MAX_CREDITS, vec![hot(run, self)]),
             Self::DeductSpread => (
                 MAX_CREDITS * SPREAD_ACCOUNTS as i64,
                 spread_names(run, "spread"),
@@ -238,8 +271,8 @@ impl fmt::Display for Scenario {
     }
 }
 
-fn hot(run: &str) -> String {
-    format!("{run}-hot")
+fn hot(run: &str, scenario: Scenario) -> String {
+    format!("{run}-{scenario}")
 }
 
 fn read(run: &str) -> String {

@@ -1,30 +1,22 @@
 //! The benchmark against a real meterd: every scenario runs, and its
 //! end-state check passes; on Redis, the ceiling comes from redis-benchmark.
 
-use std::{sync::Arc, time::Duration};
-
 use clap::Parser;
 use meter_bench::{Args, bench, report::Report};
-use meter_core::PlanCatalog;
 use meter_redis::RedisConfig;
 use meter_testkit::RedisServer;
-use meterd::{Config, StoreConfig, config::EXAMPLE_PLANS};
+use meterd::{Config, Stop, StoreConfig};
 use tokio::{net::TcpListener, sync::oneshot};
 
 /// Starts meterd in-process; returns its endpoint and the handle that stops it.
 async fn meterd(store: StoreConfig) -> (String, oneshot::Sender<()>) {
-    let config = Config {
-        store,
-        catalog: Arc::new(PlanCatalog::from_toml("example", EXAMPLE_PLANS).expect("catalog")),
-        idempotency_window: Duration::from_secs(3600),
-        health_interval: Duration::from_secs(1),
-        shutdown_grace: Duration::from_secs(5),
-    };
+    let config = Config::new(store).expect("defaults");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(meterd::run(config, listener, async {
         let _ = stopped.await;
+        Stop::Interrupt
     }));
     (endpoint, stop)
 }
@@ -59,7 +51,7 @@ async fn every_scenario_runs_and_checks_its_end_state_on_the_embedded_store() {
         "--stores",
         "memory",
         "--scenarios",
-        "deduct-hot,deduct-spread,get-balance,grant,mixed",
+        "deduct-hot,deduct-hot-many,deduct-spread,get-balance,grant,mixed",
         "--requests",
         "2000",
         "--warmup",
@@ -69,7 +61,22 @@ async fn every_scenario_runs_and_checks_its_end_state_on_the_embedded_store() {
     ])
     .expect("flags");
     let report = bench(&args).await.expect("bench runs");
-    assert_clean(&report, 5);
+    assert_clean(&report, 6);
+    let many = report
+        .rows
+        .iter()
+        .find(|r| r.scenario == "deduct-hot-many")
+        .expect("the many-connections scenario");
+    assert_eq!(
+        many.shape, "50×1",
+        "its own shape, whatever --connections says"
+    );
+    assert_eq!(
+        report.shape_comparison().len(),
+        1,
+        "{:?}",
+        report.shape_comparison()
+    );
     assert!(
         report.rows.iter().all(|r| r.ceiling.is_none()),
         "no ceiling without Redis"
@@ -80,9 +87,8 @@ async fn every_scenario_runs_and_checks_its_end_state_on_the_embedded_store() {
 async fn on_redis_each_scenario_gets_a_redis_benchmark_ceiling() {
     let redis = RedisServer::start();
     let (endpoint, _stop) = meterd(StoreConfig::Redis(RedisConfig {
-        url: redis.url(),
         connections: 2,
-        connect_timeout: Duration::from_secs(2),
+        ..RedisConfig::new(redis.url())
     }))
     .await;
     let args = Args::try_parse_from([
@@ -94,7 +100,7 @@ async fn on_redis_each_scenario_gets_a_redis_benchmark_ceiling() {
         "--redis-url",
         &redis.url(),
         "--scenarios",
-        "deduct-hot,mixed",
+        "deduct-hot,deduct-hot-many,mixed",
         "--requests",
         "2000",
         "--warmup",
@@ -106,7 +112,7 @@ async fn on_redis_each_scenario_gets_a_redis_benchmark_ceiling() {
     ])
     .expect("flags");
     let report = bench(&args).await.expect("bench runs");
-    assert_clean(&report, 2);
+    assert_clean(&report, 3);
     for row in &report.rows {
         let ceiling = row.ceiling.expect("a ceiling on Redis");
         assert!(

@@ -1,4 +1,4 @@
-//! Validated names: accounts, idempotency keys, reasons.
+//! Who an account is, and the token rule that every validated name shares.
 
 use std::fmt;
 
@@ -6,10 +6,6 @@ use crate::InvalidArgument;
 
 /// Longest accepted account id, in bytes (all accepted characters are ASCII).
 pub const MAX_ACCOUNT_ID_LEN: usize = 128;
-/// Longest accepted idempotency key, in bytes.
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
-/// Longest accepted reason, in bytes.
-pub const MAX_REASON_LEN: usize = 256;
 
 /// A user or an organisation: 1–128 characters of `A-Za-z0-9._@+-`.
 ///
@@ -42,65 +38,8 @@ impl fmt::Display for AccountId {
     }
 }
 
-/// A caller-chosen key that makes a mutation safe to retry: 1–128 characters
-/// of `A-Za-z0-9._:@+-`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    /// Validates `raw`; an empty string means no key (`Ok(None)`).
-    pub fn parse_optional(field: &'static str, raw: &str) -> Result<Option<Self>, InvalidArgument> {
-        if raw.is_empty() {
-            return Ok(None);
-        }
-        check_token(
-            field,
-            raw,
-            MAX_IDEMPOTENCY_KEY_LEN,
-            |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '+' | '-'),
-            "A-Za-z0-9._:@+-",
-        )?;
-        Ok(Some(Self(raw.to_owned())))
-    }
-
-    /// The key as sent.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// Free text saying why credits changed, for logs: at most 256 bytes, no control characters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Reason(String);
-
-impl Reason {
-    /// Validates `raw` as the request field `field`; empty is allowed.
-    pub fn parse(field: &'static str, raw: &str) -> Result<Self, InvalidArgument> {
-        if raw.len() > MAX_REASON_LEN {
-            return Err(InvalidArgument::new(
-                field,
-                format!(
-                    "is {} bytes long; at most {MAX_REASON_LEN} are accepted",
-                    raw.len()
-                ),
-            ));
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(InvalidArgument::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    /// The reason as sent.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-fn check_token(
+/// Checks that `raw` is 1 to `max_len` ASCII characters, each `allowed`.
+pub(crate) fn check_token(
     field: &'static str,
     raw: &str,
     max_len: usize,
@@ -110,19 +49,20 @@ fn check_token(
     if raw.is_empty() {
         return Err(InvalidArgument::new(field, "is required"));
     }
-    if raw.len() > max_len {
-        return Err(InvalidArgument::new(
-            field,
-            format!(
-                "is {} bytes long; at most {max_len} are accepted",
-                raw.len()
-            ),
-        ));
-    }
     if let Some(bad) = raw.chars().find(|&c| !allowed(c)) {
         return Err(InvalidArgument::new(
             field,
             format!("contains {bad:?}; only the characters {alphabet} are accepted"),
+        ));
+    }
+    // Every allowed character is ASCII, so bytes are characters here.
+    if raw.len() > max_len {
+        return Err(InvalidArgument::new(
+            field,
+            format!(
+                "is {} characters long; at most {max_len} are accepted",
+                raw.len()
+            ),
         ));
     }
     Ok(())
@@ -159,32 +99,6 @@ mod tests {
         }
         let long = AccountId::parse("account_id", &"x".repeat(129)).expect_err("too long");
         assert!(long.problem.contains("at most 128"), "{}", long.problem);
-    }
-
-    #[test]
-    fn empty_idempotency_key_means_none_and_bad_ones_are_refused() {
-        assert_eq!(
-            IdempotencyKey::parse_optional("idempotency_key", ""),
-            Ok(None)
-        );
-        assert!(
-            IdempotencyKey::parse_optional("idempotency_key", "evt_1:grant")
-                .is_ok_and(|k| k.is_some())
-        );
-        let err =
-            IdempotencyKey::parse_optional("idempotency_key", &"k".repeat(129)).expect_err("long");
-        assert_eq!(err.field, "idempotency_key");
-        assert!(IdempotencyKey::parse_optional("idempotency_key", "a b").is_err());
-    }
-
-    #[test]
-    fn reasons_are_bounded_and_printable() {
-        assert!(Reason::parse("reason", "chat message: gpt-5 (1.2k tokens)").is_ok());
-        assert_eq!(
-            Reason::parse("reason", &"r".repeat(257)).map_err(|e| e.field),
-            Err("reason")
-        );
-        assert!(Reason::parse("reason", "line\nbreak").is_err());
     }
 
     proptest! {

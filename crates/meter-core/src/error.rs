@@ -1,4 +1,7 @@
 //! What can go wrong, sorted by what the caller should do about it.
+//!
+//! Every context reports [`MeterError`], so the transport keeps one
+//! exhaustive mapping from errors to status codes.
 
 use thiserror::Error;
 
@@ -23,17 +26,30 @@ impl InvalidArgument {
 }
 
 /// A failure of a storage adapter, sorted once so that the transport can map it.
+///
+/// The first three say whether the change may have been made, since that is
+/// what a caller must know to retry safely.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum StoreError {
-    /// The store cannot be reached (refused, timed out, dropped, pool exhausted).
-    /// A refused call applied nothing; a timed-out one may have: retry with
-    /// the same idempotency key.
+    /// The store could not be reached (refused, no connection in time, closed):
+    /// the call was never sent, so nothing was applied.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// Stored data does not parse; `key` names what to inspect.
+    /// The call was sent but no answer came in time, or the connection
+    /// dropped: it may or may not have been applied. A retry with the same
+    /// idempotency key applies it once or returns what it did.
+    #[error("no answer from the store: {0}")]
+    OutcomeUnknown(String),
+    /// Too much work is already waiting for the store; the call was refused
+    /// at once and nothing was applied.
+    #[error("store overloaded: {0}")]
+    Overloaded(String),
+    /// Stored data does not parse; nothing was read from it or written to it.
     #[error("corrupt data at {key}: {detail}")]
     Corrupt {
-        /// The storage key holding the bad data.
+        /// What the data is, for the caller: `credits of account user_42`.
+        what: String,
+        /// The storage key holding the bad data, for the operator's log.
         key: String,
         /// What is wrong with it.
         detail: String,
@@ -43,10 +59,10 @@ pub enum StoreError {
     Protocol(String),
 }
 
-/// Why a credits call did not complete.
+/// Why a call of any context did not complete.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum CreditError {
-    /// The request is malformed, or would overflow the balance; nothing was written.
+pub enum MeterError {
+    /// The request is malformed, or would overflow a balance; nothing was written.
     #[error(transparent)]
     InvalidArgument(#[from] InvalidArgument),
     /// The idempotency key was already used on this account for a different request.

@@ -1,6 +1,12 @@
-//! The `meter` domain: who an account is, how credits may change, how billing
-//! periods advance, what the plan catalog holds, and the storage ports that
-//! adapters implement.
+//! The `meter` domain: one module per bounded context over a small shared
+//! kernel, with the storage port of each context beside it.
+//!
+//! - Kernel: [`account`] (who), [`idempotency`] (retries that apply once),
+//!   [`time`], [`clock`] and [`period`] (when), [`plan`] (the catalog),
+//!   [`error`] (one error type every context reports), [`secret`].
+//! - Contexts: [`credits`]; subscriptions, stats and usage follow the same
+//!   shape (rules, commands, a port, a use-case service). Rate limiting shares
+//!   nothing with accounts or plans and gets a crate of its own.
 //!
 //! This crate does no I/O: it must not depend on tokio, tonic or redis. Time
 //! comes in through [`Clock`], so every rule is testable without sleeping.
@@ -9,19 +15,21 @@ pub mod account;
 pub mod clock;
 pub mod credits;
 pub mod error;
+pub mod idempotency;
 pub mod period;
 pub mod plan;
-pub mod ports;
+pub mod secret;
 pub mod time;
 
-pub use account::{AccountId, IdempotencyKey, Reason};
+pub use account::AccountId;
 pub use clock::{Clock, SystemClock};
 pub use credits::{
-    CreditBalance, Credits, DeductCredits, DeductOutcome, GrantCredits, Idempotency, MAX_CREDITS,
-    Recorded, ResetCredits, ResetSchedule,
+    CreditBalance, CreditLedger, Credits, DeductCredits, DeductOutcome, GrantCredits, MAX_CREDITS,
+    Reason, ResetCredits, ResetSchedule,
 };
-pub use error::{CreditError, InvalidArgument, StoreError};
+pub use error::{InvalidArgument, MeterError, StoreError};
+pub use idempotency::{Idempotency, IdempotencyKey, IdempotencyWindow, Recorded};
 pub use period::CreditPeriod;
 pub use plan::{BillingInterval, CatalogError, MetricLimit, Plan, PlanCatalog};
-pub use ports::CreditLedger;
+pub use secret::Secret;
 pub use time::Timestamp;

@@ -3,7 +3,7 @@
 //! Months are counted from the anchor, never from the previous boundary, so
 //! the anchor's day survives short months: an anchor of Jan 31 gives Feb 28
 //! (29 in leap years), then Mar 31. The Redis scripts implement the same
-//! rules in Lua (`meter-redis/src/scripts/prelude.lua`); a test checks the two agree.
+//! rules in Lua (`meter-redis/src/lua/lib/period.lua`); a test checks the two agree.
 
 use std::{fmt, str::FromStr};
 

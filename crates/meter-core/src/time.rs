@@ -17,6 +17,8 @@ const MAX_MILLIS: i64 = 253_402_300_799_999;
 impl Timestamp {
     /// 1970-01-01T00:00:00.000Z.
     pub const EPOCH: Self = Self(MIN_MILLIS);
+    /// 9999-12-31T23:59:59.999Z, the latest instant a store keeps.
+    pub const MAX: Self = Self(MAX_MILLIS);
 
     /// The instant `millis` milliseconds after the Unix epoch, if within 1970..=9999.
     pub fn from_millis(millis: i64) -> Option<Self> {

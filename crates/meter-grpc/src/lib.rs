@@ -1,10 +1,14 @@
 //! The gRPC transport: one module per `meter.v1` service, each a thin layer
-//! that turns requests into domain calls and domain errors into statuses.
+//! that turns requests into domain calls and domain errors into statuses
+//! (one mapping, [`to_status`]), and the bounds every call runs within.
 //!
 //! It must not import any storage crate: `meterd` plugs a store in.
 
+mod bounds;
 mod credits;
 mod status;
+mod throttle;
 
+pub use bounds::{Bounded, BoundedCall, InFlight, Slot};
 pub use credits::CreditsGrpc;
 pub use status::to_status;

@@ -1,125 +1,163 @@
 //! The embedded store: every port of `meter-core` kept in process memory.
 //!
-//! It applies the domain's reference rules under one lock per shard, so each
-//! call is atomic exactly as a Redis script is. Nothing survives a restart;
-//! `meterd` says so in its log when it runs on this store.
+//! One [`MemoryStore`] holds every account's records; each port is a handle
+//! on it ([`MemoryStore::credits`]). A call locks the account's shard, works
+//! on a copy of the account's record, and stores the copy and its
+//! idempotency record in one move, so each call is atomic exactly as a Redis
+//! script is, and a refused call changes nothing. Nothing survives a
+//! restart; `meterd` says so in its log when it runs on this store.
 //!
 //! Must not import tokio, tonic or redis: it is plain data behind a mutex.
 
+mod credits;
+
 use std::{
+    any::Any,
     collections::{HashMap, VecDeque},
     hash::{BuildHasher, RandomState},
-    sync::{Mutex, MutexGuard},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use meter_core::{
-    AccountId, CreditBalance, CreditError, CreditLedger, DeductCredits, DeductOutcome,
-    GrantCredits, Idempotency, Recorded, ResetCredits, StoreError, Timestamp,
+    AccountId, CreditBalance, Idempotency, IdempotencyWindow, MeterError, Recorded, StoreError,
+    Timestamp,
 };
+
+pub use credits::MemoryCreditLedger;
 
 /// Lock shards: enough that concurrent calls on different accounts rarely wait.
 const SHARDS: usize = 16;
 
-/// The in-memory credit ledger.
+/// The embedded store; clones share the same data.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
 #[derive(Debug)]
-pub struct MemoryCreditLedger {
+struct Inner {
     shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
-    idempotency_window: Duration,
+    idempotency_window: IdempotencyWindow,
 }
+
+/// Everything the store keeps about one account, one field per context.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct AccountRecord {
+    credits: Option<CreditBalance>,
+}
+
+impl AccountRecord {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Where an idempotency key lives: the account, the context, the key.
+type RecordId = (AccountId, &'static str, String);
 
 #[derive(Debug, Default)]
 struct Shard {
-    balances: HashMap<AccountId, CreditBalance>,
-    remembered: HashMap<(AccountId, String), Remembered>,
-    /// Idempotency records in the order they expire, to forget them cheaply.
-    expiries: VecDeque<(Instant, AccountId, String)>,
+    accounts: HashMap<AccountId, AccountRecord>,
+    remembered: HashMap<RecordId, Remembered>,
+    /// Idempotency records in the order they were made, to forget them cheaply.
+    expiries: VecDeque<(Timestamp, RecordId)>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Remembered {
     fingerprint: String,
-    /// Wall-clock expiry, as Redis keeps a key's TTL, so both stores agree.
-    expires: Instant,
-    outcome: Outcome,
+    expires: Timestamp,
+    outcome: Box<dyn Any + Send>,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Outcome {
-    Deduct(DeductOutcome),
-    Balance(CreditBalance),
-}
-
-impl MemoryCreditLedger {
-    /// An empty ledger that remembers idempotency keys for `idempotency_window`.
-    pub fn new(idempotency_window: Duration) -> Self {
+impl MemoryStore {
+    /// An empty store that remembers idempotency keys for `idempotency_window`.
+    pub fn new(idempotency_window: IdempotencyWindow) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
-            idempotency_window,
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                hasher: RandomState::new(),
+                idempotency_window,
+            }),
         }
     }
 
+    /// The credits port on this store.
+    pub fn credits(&self) -> MemoryCreditLedger {
+        MemoryCreditLedger::new(self.clone())
+    }
+
     fn shard(&self, account: &AccountId) -> MutexGuard<'_, Shard> {
-        let index = (self.hasher.hash_one(account) as usize) % SHARDS;
+        let index = (self.inner.hasher.hash_one(account) as usize) % SHARDS;
         // A panic while holding the lock cannot leave a half-applied change:
-        // every mutation computes the new state first and stores it in one move.
-        self.shards[index]
+        // every mutation works on a copy and stores it in one move.
+        self.inner.shards[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `apply` on the account's balance atomically, with idempotency.
-    fn mutate(
+    /// Reads the account's record (a copy); the default for an unknown account.
+    fn read<T>(&self, account: &AccountId, read: impl FnOnce(&AccountRecord) -> T) -> T {
+        let shard = self.shard(account);
+        match shard.accounts.get(account) {
+            Some(record) => read(record),
+            None => read(&AccountRecord::default()),
+        }
+    }
+
+    /// Runs `apply` on a copy of the account's record and, when it succeeds,
+    /// stores the copy and remembers the outcome under the idempotency key of
+    /// `context`, all under the shard's lock. A remembered key answers with
+    /// its outcome (or a conflict) without running `apply`.
+    fn mutate<T: Clone + Send + 'static>(
         &self,
         account: &AccountId,
+        context: &'static str,
         idempotency: Option<&Idempotency>,
         now: Timestamp,
-        apply: impl FnOnce(
-            Option<CreditBalance>,
-        ) -> Result<(Option<CreditBalance>, Outcome), CreditError>,
-    ) -> Result<Recorded<Outcome>, CreditError> {
+        apply: impl FnOnce(&mut AccountRecord) -> Result<T, MeterError>,
+    ) -> Result<Recorded<T>, MeterError> {
         let mut shard = self.shard(account);
-        let wall_clock = Instant::now();
-        shard.forget_expired(wall_clock);
-        if let Some(idem) = idempotency
-            && let Some(prior) = shard
-                .remembered
-                .get(&(account.clone(), idem.key.as_str().to_owned()))
+        shard.forget_expired(now);
+        let record_id =
+            idempotency.map(|idem| (account.clone(), context, idem.key.as_str().to_owned()));
+        if let (Some(idem), Some(id)) = (idempotency, &record_id)
+            && let Some(prior) = shard.remembered.get(id)
+            && prior.expires > now
         {
             if prior.fingerprint != idem.fingerprint {
-                return Err(CreditError::IdempotencyConflict {
+                return Err(MeterError::IdempotencyConflict {
                     key: idem.key.as_str().to_owned(),
                 });
             }
+            // Fingerprints name the operation, so the outcome has this type.
+            let outcome = prior.outcome.downcast_ref::<T>().cloned().ok_or_else(|| {
+                StoreError::Protocol("idempotency record of another operation".into())
+            })?;
             return Ok(Recorded {
-                outcome: prior.outcome,
+                outcome,
                 replayed: true,
             });
         }
-        let current = shard.balances.get(account).map(|b| b.with_due_reset(now));
-        let (next, outcome) = apply(current)?;
-        if let Some(next) = next {
-            match shard.balances.get_mut(account) {
-                Some(stored) => *stored = next,
-                None => {
-                    shard.balances.insert(account.clone(), next);
-                }
+        let mut record = shard.accounts.get(account).cloned().unwrap_or_default();
+        let outcome = apply(&mut record)?;
+        match shard.accounts.get_mut(account) {
+            Some(stored) => *stored = record,
+            None if !record.is_empty() => {
+                shard.accounts.insert(account.clone(), record);
             }
+            None => {}
         }
-        if let Some(idem) = idempotency {
-            let expires = wall_clock + self.idempotency_window;
-            let key = idem.key.as_str().to_owned();
-            shard
-                .expiries
-                .push_back((expires, account.clone(), key.clone()));
+        if let (Some(idem), Some(id)) = (idempotency, record_id) {
+            let expires = self.inner.idempotency_window.expiry(now);
+            shard.expiries.push_back((expires, id.clone()));
             shard.remembered.insert(
-                (account.clone(), key),
+                id,
                 Remembered {
                     fingerprint: idem.fingerprint.clone(),
                     expires,
-                    outcome,
+                    outcome: Box::new(outcome.clone()),
                 },
             );
         }
@@ -131,105 +169,18 @@ impl MemoryCreditLedger {
 }
 
 impl Shard {
-    fn forget_expired(&mut self, now: Instant) {
-        while let Some((expires, _, _)) = self.expiries.front() {
+    /// Drops idempotency records whose window has passed by `now`.
+    fn forget_expired(&mut self, now: Timestamp) {
+        while let Some((expires, _)) = self.expiries.front() {
             if *expires > now {
                 break;
             }
-            if let Some((_, account, key)) = self.expiries.pop_front() {
-                let id = (account, key);
-                // A key may have been re-remembered after expiring; drop only the stale record.
+            if let Some((_, id)) = self.expiries.pop_front() {
+                // A key may have been remembered again since; drop only a stale record.
                 if self.remembered.get(&id).is_some_and(|r| r.expires <= now) {
                     self.remembered.remove(&id);
                 }
             }
         }
     }
-}
-
-fn balance_of(recorded: Recorded<Outcome>) -> Result<Recorded<CreditBalance>, CreditError> {
-    match recorded.outcome {
-        Outcome::Balance(balance) => Ok(Recorded {
-            outcome: balance,
-            replayed: recorded.replayed,
-        }),
-        // Fingerprints name the operation, so a deduct outcome never answers a grant.
-        Outcome::Deduct(_) => {
-            Err(StoreError::Protocol("idempotency record of another operation".into()).into())
-        }
-    }
-}
-
-impl CreditLedger for MemoryCreditLedger {
-    async fn balance(&self, account: &AccountId) -> Result<Option<CreditBalance>, StoreError> {
-        Ok(self.shard(account).balances.get(account).copied())
-    }
-
-    async fn deduct(
-        &self,
-        request: &DeductCredits,
-        now: Timestamp,
-    ) -> Result<Recorded<DeductOutcome>, CreditError> {
-        let recorded = self.mutate(
-            &request.account,
-            request.idempotency.as_ref(),
-            now,
-            |current| {
-                let mut balance = current.unwrap_or_default();
-                let applied = balance.try_deduct(request.amount, now);
-                let outcome = DeductOutcome { applied, balance };
-                Ok((applied.then_some(balance), Outcome::Deduct(outcome)))
-            },
-        )?;
-        match recorded.outcome {
-            Outcome::Deduct(outcome) => Ok(Recorded {
-                outcome,
-                replayed: recorded.replayed,
-            }),
-            Outcome::Balance(_) => {
-                Err(StoreError::Protocol("idempotency record of another operation".into()).into())
-            }
-        }
-    }
-
-    async fn grant(
-        &self,
-        request: &GrantCredits,
-        now: Timestamp,
-    ) -> Result<Recorded<CreditBalance>, CreditError> {
-        balance_of(self.mutate(
-            &request.account,
-            request.idempotency.as_ref(),
-            now,
-            |current| {
-                let mut balance = current.unwrap_or_default();
-                balance.grant(request.amount, request.trial, now)?;
-                Ok((Some(balance), Outcome::Balance(balance)))
-            },
-        )?)
-    }
-
-    async fn reset(
-        &self,
-        request: &ResetCredits,
-        now: Timestamp,
-    ) -> Result<Recorded<CreditBalance>, CreditError> {
-        balance_of(
-            self.mutate(&request.account, request.idempotency.as_ref(), now, |_| {
-                let balance = CreditBalance::fresh_period(request.total, request.period, now);
-                Ok((Some(balance), Outcome::Balance(balance)))
-            })?,
-        )
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::MemoryCreditLedger;
-
-    meter_testkit::credit_ledger_contract!(window => async move { (MemoryCreditLedger::new(window), ()) });
 }

@@ -1,88 +1,53 @@
-//! The connection pool, and the one place Redis errors are sorted.
+//! Connections to one Redis node: the pool, the settings check on every new
+//! connection, and the one place Redis errors are sorted.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
-use bb8_redis::{RedisConnectionManager, bb8};
+use bb8::{ManageConnection, Pool, RunError};
 use meter_core::StoreError;
-use redis::{IntoConnectionInfo, RedisError, aio::MultiplexedConnection, io::tcp::TcpSettings};
+use redis::{
+    AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError, aio::MultiplexedConnection,
+    io::tcp::TcpSettings,
+};
 
-/// How to reach Redis.
+use crate::{InvalidRedisUrl, RedisConfig};
+
+/// A pool of multiplexed connections to one Redis node.
 #[derive(Clone, Debug)]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
-    pub url: String,
-    /// Multiplexed connections kept open; each carries many calls at once.
-    pub connections: u32,
-    /// How long a call waits for a connection before it fails `Unavailable`.
-    pub connect_timeout: Duration,
+pub(crate) struct NodePool {
+    pool: Pool<NodeManager>,
+    size: u32,
 }
 
-/// The Redis URL does not parse; the message says why (never the password).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "REDIS_URL is not a valid Redis URL ({0}); expected redis://[user:password@]host:port[/db] or rediss://…"
-)]
-pub struct InvalidRedisUrl(String);
-
-/// A pool of multiplexed Redis connections.
-#[derive(Clone, Debug)]
-pub struct RedisStore {
-    pool: bb8::Pool<FlaggingManager>,
-}
-
-/// bb8-redis's manager, plus a flag a call sets when its connection dropped,
-/// so the pool replaces it instead of handing it out again.
-///
-/// Calls clone the multiplexed connection out of the pool and give the slot
-/// back at once, so many calls share (and pipeline on) one socket; bb8 then
-/// never sees the errors, hence the flag. Testing each connection on
-/// check-out instead would cost a PING round trip per call.
+/// Opens connections with the configured timeouts and checks each new one's settings.
 #[derive(Debug)]
-struct FlaggingManager {
-    inner: RedisConnectionManager,
+struct NodeManager {
+    client: Client,
+    config: AsyncConnectionConfig,
 }
 
+/// A multiplexed connection and the flag that retires it.
+///
+/// Calls clone the connection out of the pool and give the slot back at
+/// once, so many calls share (and pipeline on) one socket; bb8 then never
+/// sees their errors, hence the flag. A call whose connection failed sets
+/// it; the pool drops a flagged connection the next time it would lend it
+/// (see [`NodePool::lease`]) instead of handing it out again.
 #[derive(Clone)]
-struct FlaggedConnection {
-    connection: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
-}
-
-impl bb8::ManageConnection for FlaggingManager {
-    type Connection = FlaggedConnection;
-    type Error = RedisError;
-
-    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        Ok(FlaggedConnection {
-            connection: self.inner.connect().await?,
-            broken: Arc::default(),
-        })
-    }
-
-    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        self.inner.is_valid(&mut conn.connection).await
-    }
-
-    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        conn.broken.load(Ordering::Relaxed)
-    }
-}
-
-/// A connection lent to one call; reports a dropped socket back to the pool.
-pub(crate) struct Lease {
+pub(crate) struct NodeConnection {
     pub(crate) connection: MultiplexedConnection,
     broken: Arc<AtomicBool>,
 }
 
-impl Lease {
-    /// Sorts `error`, flagging the connection for replacement when it is gone.
-    pub(crate) fn sort(&self, error: RedisError) -> StoreError {
+impl NodeConnection {
+    /// Flags the connection for replacement when `error` means it is unusable.
+    pub(crate) fn retire_on(&self, error: &RedisError) {
         if error.is_io_error()
             || error.is_connection_dropped()
             || error.is_unrecoverable_error()
@@ -90,73 +55,148 @@ impl Lease {
         {
             self.broken.store(true, Ordering::Relaxed);
         }
-        sort_error(error)
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
     }
 }
 
-impl RedisStore {
+impl ManageConnection for NodeManager {
+    type Connection = NodeConnection;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        report_eviction_policy(&mut connection).await;
+        Ok(NodeConnection {
+            connection,
+            broken: Arc::default(),
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn.connection)
+            .await
+    }
+
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        conn.is_broken()
+    }
+}
+
+impl NodePool {
     /// Opens the pool. Fails only on a malformed URL: an unreachable Redis is
-    /// retried in the background and reported by [`RedisStore::ping`].
-    pub fn open(config: &RedisConfig) -> Result<Self, InvalidRedisUrl> {
+    /// retried in the background and reported by calls and pings.
+    pub(crate) fn open(config: &RedisConfig) -> Result<Self, InvalidRedisUrl> {
         // Pick rustls's ring provider for rediss:// once, process-wide;
         // an error means one was installed already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let invalid = |e: RedisError| InvalidRedisUrl(e.to_string());
         let info = config
             .url
-            .as_str()
+            .expose()
             .into_connection_info()
             .map_err(invalid)?
             // Without TCP_NODELAY, Nagle's algorithm holds small commands back
             // until the previous reply's ACK: tens of ms per call at low load.
             .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let inner = RedisConnectionManager::new(info).map_err(invalid)?;
-        let pool = bb8::Pool::builder()
-            .max_size(config.connections.max(1))
+        let client = Client::open(info).map_err(invalid)?;
+        // Chosen here, not inherited: redis-rs would otherwise time every
+        // request (a whole pipelined batch) out after its own 500 ms.
+        let connection_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout));
+        let size = config.connections.max(1);
+        let pool = Pool::builder()
+            .max_size(size)
             .min_idle(Some(1))
             .connection_timeout(config.connect_timeout)
             .test_on_check_out(false)
-            .build_unchecked(FlaggingManager { inner });
-        Ok(Self { pool })
+            .build_unchecked(NodeManager {
+                client,
+                config: connection_config,
+            });
+        Ok(Self { pool, size })
     }
 
-    /// Lends a connection; fails `Unavailable` when none can be had in time.
-    pub(crate) async fn lease(&self) -> Result<Lease, StoreError> {
-        let pooled = self.pool.get().await.map_err(|e| match e {
-            bb8::RunError::User(e) => sort_error(e),
-            bb8::RunError::TimedOut => {
-                StoreError::Unavailable("no Redis connection could be opened in time".into())
+    /// Lends a connection not known to be broken; `Unavailable` when none
+    /// can be had within the connect timeout (nothing was sent then).
+    pub(crate) async fn lease(&self) -> Result<NodeConnection, StoreError> {
+        // Each broken connection met here is dropped by the pool as it
+        // returns (has_broken), so this ends within size + 1 rounds.
+        for _ in 0..=self.size {
+            let pooled = self.pool.get().await.map_err(|e| match e {
+                RunError::User(e) => StoreError::Unavailable(format!("cannot connect: {e}")),
+                RunError::TimedOut => {
+                    StoreError::Unavailable("no Redis connection could be opened in time".into())
+                }
+            })?;
+            if !pooled.is_broken() {
+                return Ok(pooled.clone());
             }
-        })?;
-        Ok(Lease {
-            connection: pooled.connection.clone(),
-            broken: Arc::clone(&pooled.broken),
-        })
-    }
-
-    /// Round-trips a PING; `Unavailable` when Redis does not answer.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut lease = self.lease().await?;
-        let pong: Result<String, _> = redis::cmd("PING").query_async(&mut lease.connection).await;
-        match pong {
-            Ok(_) => Ok(()),
-            Err(e) => Err(lease.sort(e)),
         }
+        Err(StoreError::Unavailable(
+            "every Redis connection was broken; new ones are being opened".into(),
+        ))
     }
 }
 
-/// Sorts a Redis error into the store errors the domain knows.
-pub(crate) fn sort_error(error: RedisError) -> StoreError {
-    if error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_unrecoverable_error()
+/// Logs an error when Redis may evict keys: an evicted idempotency record
+/// turns a retry into a second charge, an evicted balance loses credits.
+async fn report_eviction_policy(connection: &mut MultiplexedConnection) {
+    let reply: Result<HashMap<String, String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(connection)
+        .await;
+    match reply
+        .as_ref()
+        .map(|settings| settings.get("maxmemory-policy"))
     {
-        return StoreError::Unavailable(error.to_string());
+        Ok(Some(policy)) if policy == "noeviction" => {
+            tracing::debug!(%policy, "Redis maxmemory-policy is noeviction");
+        }
+        Ok(Some(policy)) => tracing::error!(
+            %policy,
+            "Redis maxmemory-policy is {policy}, not noeviction: under memory pressure Redis may \
+             evict idempotency records (a retried call would then apply twice) and balances \
+             (credits would vanish). Set maxmemory-policy noeviction"
+        ),
+        Ok(None) => tracing::warn!(
+            "Redis did not report its maxmemory-policy; make sure it is noeviction, or evicted \
+             idempotency records and balances lose money"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            "cannot read Redis maxmemory-policy (CONFIG may be disabled); make sure it is \
+             noeviction, or evicted idempotency records and balances lose money"
+        ),
     }
+}
+
+/// Sorts the error of a request that was sent, or may have been: whether it
+/// ran is unknown unless the connection was refused.
+pub(crate) fn sort_request_error(error: &RedisError) -> StoreError {
+    if error.is_connection_refusal() {
+        StoreError::Unavailable(error.to_string())
+    } else if error.is_timeout() {
+        StoreError::OutcomeUnknown(format!("Redis did not answer in time: {error}"))
+    } else {
+        StoreError::OutcomeUnknown(error.to_string())
+    }
+}
+
+/// Sorts the error reply of one command. Redis refuses a command in a
+/// passing state without running it, so those are `Unavailable`.
+pub(crate) fn sort_command_error(error: &RedisError) -> StoreError {
     match error.code() {
-        // Scripts report unparseable stored data as `CORRUPT <key> field …`.
+        // Scripts report unparseable stored data as `CORRUPT <key> field …`,
+        // before they write anything.
         Some("CORRUPT") => {
             let detail = error.detail().unwrap_or_default().to_owned();
             let key = detail
@@ -164,12 +204,16 @@ pub(crate) fn sort_error(error: RedisError) -> StoreError {
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            StoreError::Corrupt { key, detail }
+            StoreError::Corrupt {
+                what: String::new(),
+                key,
+                detail,
+            }
         }
-        // Passing states of the server: retrying later succeeds.
         Some(
-            "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "OOM",
-        ) => StoreError::Unavailable(error.to_string()),
+            "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "OOM"
+            | "NOSCRIPT",
+        ) => StoreError::Unavailable(format!("Redis refused the command: {error}")),
         _ => StoreError::Protocol(error.to_string()),
     }
 }

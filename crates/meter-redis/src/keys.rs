@@ -9,22 +9,11 @@
 
 use meter_core::{AccountId, IdempotencyKey};
 
-/// The account's credit balance: a hash of `total`, `used`, `resetDate`,
-/// `resetAnchor`, `resetPeriod`, `lastUpdate`, `isTrialCredits`.
+/// The account's credit balance: a hash with the fields of
+/// [`CreditsHash`](crate::credits::CreditsHash).
 pub fn credits(account: &AccountId) -> String {
     format!("user:{{{account}}}:credits")
 }
-
-/// The fields of a credits hash, in the order scripts reply them and reads ask for them.
-pub const CREDITS_FIELDS: [&str; 7] = [
-    "total",
-    "used",
-    "resetDate",
-    "resetAnchor",
-    "resetPeriod",
-    "lastUpdate",
-    "isTrialCredits",
-];
 
 /// The remembered outcome of one idempotent credits call (a JSON string with a TTL).
 pub fn credits_idempotency(account: &AccountId, key: &IdempotencyKey) -> String {

@@ -1,17 +1,22 @@
 //! The Redis store: the system of record of `meter` in production.
 //!
-//! Each mutation is one Lua script run with `EVALSHA` (one round trip,
-//! atomic on the server); reads are one `HMGET`. Connections are multiplexed
-//! and pooled with bb8, so concurrent calls pipeline on a few sockets.
+//! One [`RedisStore`] owns the connection pool, the auto-pipeline in front
+//! of it and the health ping; every adapter ([`RedisCreditLedger`] now,
+//! subscriptions, stats and usage later) borrows it. Each mutation is one
+//! Lua script run with `EVALSHA` (one round trip, atomic on the server);
+//! reads are one `HMGET`. Scripts are built from small Lua libraries
+//! ([`script`]), and what they read and reply is named by [`layout!`]s.
 //!
 //! This is the only crate that knows Redis. It must not import tonic.
 
+mod config;
 mod connection;
+pub mod credits;
 pub mod keys;
-mod ledger;
 mod pipeliner;
-pub mod scripts;
+pub mod script;
+mod store;
 
-pub use connection::{InvalidRedisUrl, RedisConfig, RedisStore};
-pub use ledger::RedisCreditLedger;
-pub use scripts::LUA_PRELUDE;
+pub use config::{InvalidRedisUrl, RedisConfig};
+pub use credits::RedisCreditLedger;
+pub use store::RedisStore;

@@ -1,61 +1,83 @@
 //! What only the Redis store can show: its stored layout, its Lua period math
 //! against the domain's, and its behaviour when Redis misbehaves or goes away.
 
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use meter_core::{
-    AccountId, CreditError, CreditLedger, CreditPeriod, DeductCredits, GrantCredits,
-    IdempotencyKey, Reason, ResetCredits, StoreError, Timestamp,
+    AccountId, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, IdempotencyKey,
+    IdempotencyWindow, MeterError, Reason, ResetCredits, StoreError, Timestamp,
 };
-use meter_redis::{LUA_PRELUDE, RedisConfig, RedisCreditLedger, RedisStore, keys};
-use meter_testkit::RedisServer;
+use meter_redis::{RedisConfig, RedisCreditLedger, RedisStore, keys, script::lib};
+use meter_testkit::{RedisServer, timestamp as at};
 use proptest::{prelude::*, strategy::ValueTree, test_runner::TestRunner};
 use redis::AsyncCommands;
 
-fn ledger(server: &RedisServer) -> RedisCreditLedger {
-    let config = RedisConfig {
-        url: server.url(),
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn config(server: &RedisServer) -> RedisConfig {
+    RedisConfig {
         connections: 2,
         connect_timeout: Duration::from_millis(500),
-    };
-    RedisCreditLedger::new(
-        RedisStore::open(&config).expect("valid url"),
-        Duration::from_secs(3600),
-    )
+        ..RedisConfig::new(server.url())
+    }
+}
+
+fn ledger_on(config: &RedisConfig) -> (RedisStore, RedisCreditLedger) {
+    let store = RedisStore::open(config).expect("valid url");
+    let window = IdempotencyWindow::new(HOUR).expect("valid window");
+    (store.clone(), RedisCreditLedger::new(store, window))
+}
+
+fn ledger(server: &RedisServer) -> RedisCreditLedger {
+    ledger_on(&config(server)).1
 }
 
 fn account(name: &str) -> AccountId {
     AccountId::parse("account_id", name).expect("valid")
 }
 
-fn at(text: &str) -> Timestamp {
-    Timestamp::parse(text).expect("valid timestamp")
+fn key(text: &str) -> Option<IdempotencyKey> {
+    IdempotencyKey::parse_optional("idempotency_key", text).expect("valid")
 }
 
-fn deduct(who: &AccountId, amount: i64, key: &str) -> DeductCredits {
-    let key = IdempotencyKey::parse_optional("idempotency_key", key).expect("valid");
-    DeductCredits::new(who.clone(), amount, Reason::default(), key).expect("valid")
+fn deduct(who: &AccountId, amount: i64, idem: &str) -> DeductCredits {
+    DeductCredits::new(who.clone(), amount, Reason::default(), key(idem)).expect("valid")
 }
+
+fn grant(who: &AccountId, amount: i64, idem: &str) -> GrantCredits {
+    GrantCredits::new(who.clone(), amount, Reason::default(), false, key(idem)).expect("valid")
+}
+
+fn reset(who: &AccountId, total: i64) -> ResetCredits {
+    ResetCredits {
+        account: who.clone(),
+        total,
+        period: CreditPeriod::Month,
+        idempotency: None,
+    }
+}
+
+const NOW: &str = "2026-01-01T00:00:00.000Z";
 
 #[tokio::test]
 async fn the_credits_hash_reads_as_documented_with_redis_cli() {
     let server = RedisServer::start();
     let ledger = ledger(&server);
     let who = account("u1");
-    let start = at("2026-01-31T10:00:00.000Z");
-    let request = ResetCredits {
-        account: who.clone(),
-        total: 1_000,
-        period: CreditPeriod::Month,
-        idempotency: None,
-    };
-    ledger.reset(&request, start).await.expect("reset");
+    ledger
+        .reset(&reset(&who, 1_000), at("2026-01-31T10:00:00.000Z"))
+        .await
+        .expect("reset");
     ledger
         .deduct(&deduct(&who, 30, ""), at("2026-02-01T00:00:00.000Z"))
         .await
         .expect("deduct");
     let mut conn = server.connection().await;
-    let fields: std::collections::BTreeMap<String, String> =
+    let fields: BTreeMap<String, String> =
         conn.hgetall("user:{u1}:credits").await.expect("hgetall");
     let expected = [
         ("isTrialCredits", "false"),
@@ -66,7 +88,7 @@ async fn the_credits_hash_reads_as_documented_with_redis_cli() {
         ("total", "1000"),
         ("used", "30"),
     ];
-    let expected: std::collections::BTreeMap<String, String> = expected
+    let expected: BTreeMap<String, String> = expected
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
@@ -79,7 +101,8 @@ async fn the_lua_period_math_agrees_with_the_domain() {
     let mut conn = server.connection().await;
     // One EVAL answers a whole batch of random cases: ARGV is (period, anchor_ms, now_ms)*.
     let script = redis::Script::new(&format!(
-        "{LUA_PRELUDE}\nlocal t = period_math()\nlocal out = {{}}\nfor i = 1, #ARGV, 3 do\n  local s, e = t.period_containing(tonumber(ARGV[i+1]), ARGV[i], tonumber(ARGV[i+2]))\n  table.insert(out, t.format_time(s)); table.insert(out, t.format_time(e))\n  table.insert(out, t.format_time(t.parse_time(t.format_time(tonumber(ARGV[i+2])))))\nend\nreturn out"
+        "{}\nlocal t = period_math()\nlocal out = {{}}\nfor i = 1, #ARGV, 3 do\n  local s, e = t.period_containing(tonumber(ARGV[i+1]), ARGV[i], tonumber(ARGV[i+2]))\n  table.insert(out, t.format_time(s)); table.insert(out, t.format_time(e))\n  table.insert(out, t.format_time(t.parse_time(t.format_time(tonumber(ARGV[i+2])))))\nend\nreturn out",
+        lib::PERIOD.source
     ));
     let period = prop_oneof![
         Just(CreditPeriod::Day),
@@ -117,95 +140,179 @@ async fn the_lua_period_math_agrees_with_the_domain() {
 }
 
 #[tokio::test]
-async fn corrupt_stored_data_is_reported_with_its_key_and_left_alone() {
+async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_left_alone() {
     let server = RedisServer::start();
     let ledger = ledger(&server);
     let mut conn = server.connection().await;
-    let who = account("u-corrupt");
-    let _: () = conn
-        .hset_multiple(keys::credits(&who), &[("total", "ten"), ("used", "0")])
-        .await
-        .expect("hset");
-    let read = ledger.balance(&who).await;
-    assert!(
-        matches!(read, Err(StoreError::Corrupt { ref key, .. }) if key == "user:{u-corrupt}:credits"),
-        "{read:?}"
-    );
-    let write = ledger
-        .deduct(&deduct(&who, 1, ""), at("2026-01-01T00:00:00.000Z"))
-        .await;
-    assert!(
-        matches!(write, Err(CreditError::Store(StoreError::Corrupt { ref key, ref detail })) if key == "user:{u-corrupt}:credits" && detail.contains("total")),
-        "{write:?}"
-    );
-    let total: String = conn.hget(keys::credits(&who), "total").await.expect("hget");
-    assert_eq!(total, "ten");
+    let cases = [
+        ("total", "1.5"),
+        ("total", "1e3"),
+        ("total", "inf"),
+        ("total", "nan"),
+        ("total", "0x10"),
+        ("total", "007"),
+        ("total", "9007199254740992"),
+        ("used", "-1"),
+        ("used", " 7"),
+        ("resetDate", "2026-13-01T00:00:00.000Z"),
+        ("resetAnchor", "2026-02-30T10:00:00.000Z"),
+        ("resetPeriod", "fortnight"),
+        ("lastUpdate", "yesterday"),
+        ("isTrialCredits", "yes"),
+    ];
+    for (i, (field, bad)) in cases.iter().enumerate() {
+        let who = account(&format!("u-corrupt-{i}"));
+        let hash = keys::credits(&who);
+        ledger
+            .reset(&reset(&who, 100), at("2025-12-15T00:00:00.000Z"))
+            .await
+            .expect("reset");
+        let _: () = conn.hset(&hash, *field, *bad).await.expect("hset");
+        let before: BTreeMap<String, String> = conn.hgetall(&hash).await.expect("hgetall");
+
+        let is_corrupt = |e: &StoreError| {
+            matches!(e, StoreError::Corrupt { what, key, detail }
+                if *what == format!("credits of account {who}") && *key == hash && detail.contains(field))
+        };
+        let read = ledger.balance(&who).await;
+        assert!(
+            read.as_ref().is_err_and(is_corrupt),
+            "{field} = {bad:?}: read gave {read:?}"
+        );
+        let now = at(NOW);
+        let writes = [
+            ledger
+                .deduct(&deduct(&who, 1, "k-deduct"), now)
+                .await
+                .map(|_| ()),
+            ledger
+                .grant(&grant(&who, 1, "k-grant"), now)
+                .await
+                .map(|_| ()),
+            ledger.reset(&reset(&who, 5), now).await.map(|_| ()),
+        ];
+        for write in writes {
+            assert!(
+                matches!(write, Err(MeterError::Store(ref e)) if is_corrupt(e)),
+                "{field} = {bad:?}: write gave {write:?}"
+            );
+        }
+        let after: BTreeMap<String, String> = conn.hgetall(&hash).await.expect("hgetall");
+        assert_eq!(after, before, "{field} = {bad:?}: nothing was touched");
+        let remembered: bool = conn
+            .exists(format!("user:{{{who}}}:idem:credits:k-deduct"))
+            .await
+            .expect("exists");
+        assert!(!remembered, "no idempotency record for a refused call");
+    }
 }
 
-#[tokio::test]
-async fn scripts_are_reloaded_after_a_script_flush() {
-    let server = RedisServer::start();
-    let ledger = ledger(&server);
-    let who = account("u-flush");
-    let grant = GrantCredits::new(who.clone(), 5, Reason::default(), false, None).expect("valid");
-    ledger
-        .grant(&grant, at("2026-01-01T00:00:00.000Z"))
+async fn info_field(
+    conn: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    name: &str,
+) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
         .await
-        .expect("grant");
+        .expect("info");
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_scripts_are_loaded_once_per_batch_after_a_script_flush() {
+    let server = RedisServer::start();
+    let ledger = Arc::new(ledger(&server));
+    let who = account("u-flush");
+    let now = at(NOW);
+    ledger.grant(&grant(&who, 5, ""), now).await.expect("grant");
     let mut conn = server.connection().await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut conn)
         .await
         .expect("flush");
-    let again = ledger
-        .grant(&grant, at("2026-01-01T00:00:00.000Z"))
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
         .await
-        .expect("grant after NOSCRIPT");
-    assert_eq!(again.outcome.total, 10);
+        .expect("resetstat");
+    let calls: Vec<_> = (0..64)
+        .map(|_| {
+            let (ledger, who) = (Arc::clone(&ledger), who.clone());
+            tokio::spawn(async move { ledger.grant(&grant(&who, 1, ""), now).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.expect("task").expect("grant after NOSCRIPT");
+    }
+    assert_eq!(
+        ledger.balance(&who).await.expect("read").map(|b| b.total),
+        Some(69)
+    );
+    let loads = info_field(&mut conn, "commandstats", "cmdstat_script|load").await;
+    let calls: u64 = loads
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("calls="))
+        .and_then(|n| n.parse().ok())
+        .expect("SCRIPT LOAD was called");
+    assert!(
+        calls <= 8,
+        "64 calls after a flush loaded the script {calls} times"
+    );
 }
 
 #[tokio::test]
-async fn idempotency_records_carry_the_window_as_ttl() {
+async fn idempotency_records_name_their_expiry_and_carry_the_window_as_ttl() {
     let server = RedisServer::start();
     let ledger = ledger(&server);
     let who = account("u-ttl");
     ledger
-        .deduct(&deduct(&who, 1, "k-1"), at("2026-01-01T00:00:00.000Z"))
+        .deduct(&deduct(&who, 1, "k-1"), at(NOW))
         .await
         .expect("deduct");
     let mut conn = server.connection().await;
-    let ttl: i64 = conn
-        .pttl("user:{u-ttl}:idem:credits:k-1")
-        .await
-        .expect("pttl");
+    let record_key = "user:{u-ttl}:idem:credits:k-1";
+    let ttl: i64 = conn.pttl(record_key).await.expect("pttl");
     assert!((3_500_000..=3_600_000).contains(&ttl), "ttl {ttl} ms");
+    let record: String = conn.get(record_key).await.expect("get");
+    let expiry = at(NOW).as_millis() + 3_600_000;
+    assert!(
+        record.contains(&format!("\"exp\":\"{expiry}\"")),
+        "the record expires by the caller's clock: {record}"
+    );
+    assert!(record.contains("\"fp\":\"deduct"), "{record}");
 }
 
 #[tokio::test]
 async fn a_stopped_redis_is_unavailable_and_a_restarted_one_is_used_again() {
     let mut server = RedisServer::start();
-    let ledger = ledger(&server);
+    let (store, ledger) = ledger_on(&config(&server));
     let who = account("u-down");
-    let now = at("2026-01-01T00:00:00.000Z");
-    let grant = GrantCredits::new(who.clone(), 5, Reason::default(), false, None).expect("valid");
-    ledger.grant(&grant, now).await.expect("grant");
+    let now = at(NOW);
+    ledger.grant(&grant(&who, 5, ""), now).await.expect("grant");
     server.stop();
     for _ in 0..3 {
         let down = ledger.deduct(&deduct(&who, 1, ""), now).await;
         assert!(
-            matches!(down, Err(CreditError::Store(StoreError::Unavailable(_)))),
+            matches!(
+                down,
+                Err(MeterError::Store(
+                    StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_)
+                ))
+            ),
             "{down:?}"
         );
-        assert!(matches!(
-            ledger.ping().await,
-            Err(StoreError::Unavailable(_))
-        ));
+        assert!(store.ping().await.is_err());
     }
     server.restart();
     // The dropped connections are replaced; the data is gone (persistence is off).
     let mut recovered = None;
-    for _ in 0..50 {
+    for _ in 0..100 {
         if let Ok(balance) = ledger.balance(&who).await {
             recovered = Some(balance);
             break;
@@ -213,24 +320,7 @@ async fn a_stopped_redis_is_unavailable_and_a_restarted_one_is_used_again() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(recovered, Some(None), "reads work again after the restart");
-    assert!(ledger.ping().await.is_ok());
-}
-
-async fn stat(conn: &mut redis::aio::MultiplexedConnection, name: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(conn)
-        .await
-        .expect("info");
-    info.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(':')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {name} in INFO stats"))
+    assert!(store.ping().await.is_ok());
 }
 
 // One scheduler thread makes the timing exact: all 256 calls queue their
@@ -238,12 +328,13 @@ async fn stat(conn: &mut redis::aio::MultiplexedConnection, name: &str) -> u64 {
 #[tokio::test(flavor = "current_thread")]
 async fn concurrent_calls_share_round_trips() {
     let server = RedisServer::start();
-    let ledger = std::sync::Arc::new(ledger(&server));
+    let ledger = Arc::new(ledger(&server));
     let who = account("u-pipelined");
-    let now = at("2026-01-01T00:00:00.000Z");
-    let grant =
-        GrantCredits::new(who.clone(), 10_000, Reason::default(), false, None).expect("valid");
-    ledger.grant(&grant, now).await.expect("grant");
+    let now = at(NOW);
+    ledger
+        .grant(&grant(&who, 10_000, ""), now)
+        .await
+        .expect("grant");
     ledger
         .deduct(&deduct(&who, 1, ""), now)
         .await
@@ -256,7 +347,7 @@ async fn concurrent_calls_share_round_trips() {
         .expect("resetstat");
     let calls: Vec<_> = (0..256)
         .map(|_| {
-            let (ledger, who) = (std::sync::Arc::clone(&ledger), who.clone());
+            let (ledger, who) = (Arc::clone(&ledger), who.clone());
             tokio::spawn(async move { ledger.deduct(&deduct(&who, 1, ""), now).await })
         })
         .collect();
@@ -265,11 +356,189 @@ async fn concurrent_calls_share_round_trips() {
     }
     // Unpipelined, Redis would read each of the 256 scripts on its own; in
     // one pipeline they arrive in a few reads of its 16 KiB input buffer.
-    let reads = stat(&mut conn, "total_reads_processed").await;
+    let reads: u64 = info_field(&mut conn, "stats", "total_reads_processed")
+        .await
+        .parse()
+        .expect("a count");
     assert!(
         reads <= 16,
         "256 concurrent deducts took {reads} reads: not pipelined"
     );
     let stored = ledger.balance(&who).await.expect("read").expect("exists");
     assert_eq!(stored.used, 257);
+}
+
+#[tokio::test]
+async fn a_broken_connection_is_never_handed_out_again() {
+    let server = RedisServer::start();
+    let (_, ledger) = ledger_on(&RedisConfig {
+        connections: 1,
+        ..config(&server)
+    });
+    let who = account("u-killed");
+    ledger
+        .grant(&grant(&who, 100, ""), at(NOW))
+        .await
+        .expect("grant");
+    // Redis drops meterd's connection, as a failover or a proxy restart does.
+    let mut conn = server.connection().await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut conn)
+        .await
+        .expect("client kill");
+    assert_eq!(killed, 1, "the ledger's one connection");
+    // The first call may meet the dead socket; every later one gets a new connection.
+    let first = ledger.balance(&who).await;
+    for i in 0..5 {
+        let later = ledger.balance(&who).await;
+        assert!(
+            matches!(later, Ok(Some(ref b)) if b.total == 100),
+            "call {} after the kill (first gave {first:?}): {later:?}",
+            i + 2
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_timeout_is_the_configured_one_not_redis_rs_default() {
+    let server = RedisServer::start();
+    let (_, patient) = ledger_on(&RedisConfig {
+        response_timeout: Duration::from_millis(1_500),
+        ..config(&server)
+    });
+    let (_, hasty) = ledger_on(&RedisConfig {
+        response_timeout: Duration::from_millis(200),
+        ..config(&server)
+    });
+    let who = account("u-slow");
+    for ledger in [&patient, &hasty] {
+        ledger
+            .grant(&grant(&who, 10, ""), at(NOW))
+            .await
+            .expect("grant");
+    }
+    server.freeze();
+    let started = Instant::now();
+    let fast = hasty.deduct(&deduct(&who, 1, ""), at(NOW)).await;
+    let fast_took = started.elapsed();
+    let started = Instant::now();
+    let slow = patient.deduct(&deduct(&who, 1, ""), at(NOW)).await;
+    let slow_took = started.elapsed();
+    server.thaw();
+    for outcome in [&fast, &slow] {
+        assert!(
+            matches!(
+                outcome,
+                Err(MeterError::Store(StoreError::OutcomeUnknown(_)))
+            ),
+            "a call Redis did not answer may have been applied: {outcome:?}"
+        );
+    }
+    assert!(
+        fast_took < Duration::from_millis(1_200),
+        "200 ms timeout took {fast_took:?}"
+    );
+    assert!(
+        slow_took >= Duration::from_millis(1_400) && slow_took < Duration::from_secs(5),
+        "1.5 s timeout took {slow_took:?}"
+    );
+    // Once Redis answers again both ledgers work (the timed-out connections were replaced).
+    for ledger in [&patient, &hasty] {
+        let mut answered = false;
+        for _ in 0..100 {
+            if ledger.balance(&who).await.is_ok() {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(answered, "the ledger recovers after the thaw");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_fills_the_pending_bound_and_every_other_call_fails_at_once() {
+    let server = RedisServer::start();
+    let (_, ledger) = ledger_on(&RedisConfig {
+        max_pending: 16,
+        response_timeout: Duration::from_secs(4),
+        ..config(&server)
+    });
+    let ledger = Arc::new(ledger);
+    let who = account("u-frozen");
+    ledger
+        .grant(&grant(&who, 1_000, ""), at(NOW))
+        .await
+        .expect("grant");
+    server.freeze();
+    let started = Instant::now();
+    let calls: Vec<_> = (0..400)
+        .map(|i| {
+            let (ledger, who) = (Arc::clone(&ledger), who.clone());
+            tokio::spawn(async move {
+                let outcome = ledger
+                    .deduct(&deduct(&who, 1, &format!("k-{i}")), at(NOW))
+                    .await;
+                (outcome, started.elapsed())
+            })
+        })
+        .collect();
+    // Thaw only after the calls beyond the bound have had ample time to fail.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    server.thaw();
+    let mut overloaded = 0;
+    for call in calls {
+        let (outcome, took) = call.await.expect("task");
+        if let Err(MeterError::Store(StoreError::Overloaded(_))) = outcome {
+            overloaded += 1;
+            assert!(
+                took < Duration::from_millis(1_500),
+                "refused only after {took:?}"
+            );
+        }
+    }
+    assert!(
+        overloaded >= 400 - 16,
+        "only {overloaded} of 400 calls were refused at once past a bound of 16"
+    );
+    let after = ledger.deduct(&deduct(&who, 1, "after"), at(NOW)).await;
+    assert!(
+        after.is_ok_and(|r| r.outcome.applied),
+        "works again after the thaw"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn closing_the_store_finishes_queued_calls_and_refuses_new_ones() {
+    let server = RedisServer::start();
+    let (store, ledger) = ledger_on(&config(&server));
+    let who = account("u-close");
+    ledger
+        .grant(&grant(&who, 100, ""), at(NOW))
+        .await
+        .expect("grant");
+    let queued: Vec<_> = (0..20)
+        .map(|_| {
+            let (ledger, who) = (ledger.clone(), who.clone());
+            tokio::spawn(async move { ledger.deduct(&deduct(&who, 1, ""), at(NOW)).await })
+        })
+        .collect();
+    // Let every call queue its command before the store closes.
+    tokio::task::yield_now().await;
+    store.close().await;
+    for call in queued {
+        assert!(call.await.expect("task").is_ok_and(|r| r.outcome.applied));
+    }
+    let refused = ledger.balance(&who).await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(ref m)) if m.contains("closed")),
+        "{refused:?}"
+    );
+    store.close().await;
+    let mut conn = server.connection().await;
+    let used: String = conn.hget(keys::credits(&who), "used").await.expect("hget");
+    assert_eq!(used, "20");
 }

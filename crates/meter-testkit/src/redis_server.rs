@@ -20,6 +20,7 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -28,6 +29,12 @@ impl RedisServer {
     /// Panics, saying how to install it, when `redis-server` is not on PATH
     /// (or at `$REDIS_SERVER`): these tests never skip silently.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts one as [`RedisServer::start`] does, with extra settings such as
+    /// `["--maxmemory-policy", "allkeys-lru"]`.
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("meter-redis-")
             .tempdir()
@@ -37,6 +44,7 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.launch();
         server
@@ -66,6 +74,25 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Freezes the server with SIGSTOP: connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("redis-server is running").to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill {signal} {pid}: {e}"));
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     /// Kills the server (as a crash would) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -87,6 +114,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -128,6 +156,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // SIGKILL ends a frozen server too.
         self.stop();
     }
 }

@@ -1,17 +1,32 @@
 //! Command-line flags (with environment fallbacks), parsed into a typed [`Config`].
 
-use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
-use meter_core::PlanCatalog;
+use meter_core::{IdempotencyWindow, PlanCatalog, Secret, idempotency::WindowOutOfRange};
 use meter_redis::RedisConfig;
 
 /// The plan catalog used when `--plans` is not given: `deploy/plans.toml`.
 pub const EXAMPLE_PLANS: &str = include_str!("../../../deploy/plans.toml");
 
-/// `meterd`: metering of credits, subscriptions, stats and usage over gRPC.
+/// Defaults, shared by the flags and [`Config::new`].
+mod defaults {
+    pub const SHUTDOWN_GRACE: &str = "30s";
+    pub const SHUTDOWN_DELAY: &str = "5s";
+    pub const MAX_IN_FLIGHT: usize = 2048;
+    pub const REDIS_CONNECTIONS: u32 = 4;
+    pub const REDIS_CONNECT_TIMEOUT: &str = "2s";
+    pub const REDIS_TIMEOUT: &str = "1s";
+    pub const REDIS_MAX_PENDING: usize = 2048;
+    pub const IDEMPOTENCY_WINDOW: &str = "24h";
+    pub const HEALTH_INTERVAL: &str = "1s";
+}
+
+/// meterd keeps every account's credits exactly, over gRPC: deducts that
+/// never go below zero, grants and resets that apply once however often
+/// they are retried, on Redis or, without one, in memory.
 #[derive(Debug, Parser)]
-#[command(name = "meterd", version, about)]
+#[command(name = "meterd", version)]
 pub struct Cli {
     /// How meterd serves gRPC.
     #[command(flatten)]
@@ -33,24 +48,43 @@ pub struct GrpcArgs {
     /// Address to serve gRPC on.
     #[arg(long, env = "METERD_LISTEN", default_value = "[::]:50051")]
     pub listen: SocketAddr,
-    /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
-    #[arg(long, env = "METERD_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    /// On SIGTERM: how long meterd keeps serving after reporting NOT_SERVING,
+    /// so probes and load balancers stop sending before the listener closes.
+    /// Ctrl-C (SIGINT) skips it.
+    #[arg(long, env = "METERD_SHUTDOWN_DELAY", default_value = defaults::SHUTDOWN_DELAY, value_parser = parse_duration_or_zero)]
+    pub shutdown_delay: Duration,
+    /// Once the listener closes, how long in-flight calls may take to finish.
+    #[arg(long, env = "METERD_SHUTDOWN_GRACE", default_value = defaults::SHUTDOWN_GRACE, value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Most calls meterd works on at once; past it, calls are refused at once
+    /// with UNAVAILABLE (nothing applied) instead of queueing.
+    #[arg(long, env = "METERD_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
 }
 
 /// Redis settings; without a URL, meterd runs on the embedded in-memory store.
 #[derive(Debug, Args)]
 pub struct RedisArgs {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS). Absent: the
-    /// embedded in-memory store, which loses everything on exit.
-    #[arg(long, env = "REDIS_URL")]
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS). Absent
+    /// or empty: the embedded in-memory store, which loses everything on exit.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
     /// Multiplexed connections to Redis; each carries many concurrent calls.
-    #[arg(long, env = "METERD_REDIS_CONNECTIONS", default_value_t = 4)]
+    #[arg(long, env = "METERD_REDIS_CONNECTIONS", default_value_t = defaults::REDIS_CONNECTIONS)]
     pub redis_connections: u32,
-    /// How long a call waits for a Redis connection before failing UNAVAILABLE.
-    #[arg(long, env = "METERD_REDIS_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    /// How long a call waits for a Redis connection before failing UNAVAILABLE
+    /// (nothing applied).
+    #[arg(long, env = "METERD_REDIS_CONNECT_TIMEOUT", default_value = defaults::REDIS_CONNECT_TIMEOUT, value_parser = parse_duration)]
     pub redis_connect_timeout: Duration,
+    /// How long meterd waits for Redis to answer a call before failing it
+    /// UNAVAILABLE (it may have been applied). A caller's shorter gRPC
+    /// deadline ends the wait sooner.
+    #[arg(long, env = "METERD_REDIS_TIMEOUT", default_value = defaults::REDIS_TIMEOUT, value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+    /// Most Redis commands queued or awaiting a reply; past it, calls are
+    /// refused at once with UNAVAILABLE (nothing applied).
+    #[arg(long, env = "METERD_REDIS_MAX_PENDING", default_value_t = defaults::REDIS_MAX_PENDING)]
+    pub redis_max_pending: usize,
 }
 
 /// Service behaviour.
@@ -59,11 +93,11 @@ pub struct ServiceArgs {
     /// Plan catalog (TOML). Default: the example catalog built in (deploy/plans.toml).
     #[arg(long, env = "METERD_PLANS")]
     pub plans: Option<PathBuf>,
-    /// How long an idempotency key is remembered per account.
-    #[arg(long, env = "METERD_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    /// How long an idempotency key is remembered per account, at most 30d.
+    #[arg(long, env = "METERD_IDEMPOTENCY_WINDOW", default_value = defaults::IDEMPOTENCY_WINDOW, value_parser = parse_duration)]
     pub idempotency_window: Duration,
     /// How often the store is checked for the health service.
-    #[arg(long, env = "METERD_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "METERD_HEALTH_INTERVAL", default_value = defaults::HEALTH_INTERVAL, value_parser = parse_duration)]
     pub health_interval: Duration,
 }
 
@@ -87,29 +121,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// A value that must not reach logs: `Debug` prints `***`.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The value itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
-
 /// Where the data lives.
 #[derive(Debug)]
 pub enum StoreConfig {
@@ -127,11 +138,31 @@ pub struct Config {
     /// The plan catalog.
     pub catalog: Arc<PlanCatalog>,
     /// How long idempotency keys are remembered.
-    pub idempotency_window: Duration,
+    pub idempotency_window: IdempotencyWindow,
     /// How often store health is checked.
     pub health_interval: Duration,
-    /// How long in-flight calls may take after shutdown begins.
+    /// How long meterd keeps serving after reporting NOT_SERVING on SIGTERM.
+    pub shutdown_delay: Duration,
+    /// How long in-flight calls may take once the listener has closed.
     pub shutdown_grace: Duration,
+    /// Most calls at once.
+    pub max_in_flight: usize,
+}
+
+impl Config {
+    /// The defaults of the flags on `store`, with the example plan catalog.
+    pub fn new(store: StoreConfig) -> Result<Self, ConfigError> {
+        let duration = |text: &str| parse_duration(text).map_err(ConfigError::Default);
+        Ok(Self {
+            store,
+            catalog: Arc::new(example_catalog()?),
+            idempotency_window: IdempotencyWindow::new(duration(defaults::IDEMPOTENCY_WINDOW)?)?,
+            health_interval: duration(defaults::HEALTH_INTERVAL)?,
+            shutdown_delay: duration(defaults::SHUTDOWN_DELAY)?,
+            shutdown_grace: duration(defaults::SHUTDOWN_GRACE)?,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+        })
+    }
 }
 
 /// Why the configuration was refused.
@@ -148,6 +179,16 @@ pub enum ConfigError {
     /// The plan catalog does not parse.
     #[error(transparent)]
     Plans(#[from] meter_core::CatalogError),
+    /// The idempotency window is outside 1ms..=30d.
+    #[error("--idempotency-window / METERD_IDEMPOTENCY_WINDOW: {0}")]
+    IdempotencyWindow(#[from] WindowOutOfRange),
+    /// A built-in default does not parse (a bug).
+    #[error("a built-in default does not parse: {0}")]
+    Default(String),
+}
+
+fn example_catalog() -> Result<PlanCatalog, meter_core::CatalogError> {
+    PlanCatalog::from_toml("(built-in deploy/plans.toml)", EXAMPLE_PLANS)
 }
 
 impl Cli {
@@ -162,22 +203,27 @@ impl Cli {
                     })?;
                 PlanCatalog::from_toml(&path.display().to_string(), &text)?
             }
-            None => PlanCatalog::from_toml("(built-in deploy/plans.toml)", EXAMPLE_PLANS)?,
+            None => example_catalog()?,
         };
-        let store = match self.redis.redis_url {
+        // `REDIS_URL=` (set but empty, as templates often leave it) means not set.
+        let store = match self.redis.redis_url.filter(|url| !url.is_empty()) {
             None => StoreConfig::Memory,
             Some(url) => StoreConfig::Redis(RedisConfig {
-                url: url.expose().to_owned(),
+                url,
                 connections: self.redis.redis_connections,
                 connect_timeout: self.redis.redis_connect_timeout,
+                response_timeout: self.redis.redis_timeout,
+                max_pending: self.redis.redis_max_pending,
             }),
         };
         Ok(Config {
             store,
             catalog: Arc::new(catalog),
-            idempotency_window: self.service.idempotency_window,
+            idempotency_window: IdempotencyWindow::new(self.service.idempotency_window)?,
             health_interval: self.service.health_interval,
+            shutdown_delay: self.grpc.shutdown_delay,
             shutdown_grace: self.grpc.shutdown_grace,
+            max_in_flight: self.grpc.max_in_flight,
         })
     }
 }
@@ -203,6 +249,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .filter(|&ms| ms > 0)
         .map(Duration::from_millis)
         .ok_or_else(|| format!("{text:?} must be positive and at most a few million years"))
+}
+
+/// As [`parse_duration`], and `0` or `0s` for none.
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    if text.trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
 }
 
 /// The URL with any password replaced by `***`, for logs.
@@ -234,6 +288,9 @@ mod tests {
         for bad in ["", "10", "0s", "1.5s", "s", "10y"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("2s"), Ok(Duration::from_secs(2)));
     }
 
     #[test]
@@ -250,7 +307,11 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
-        assert_eq!(format!("{:?}", Secret::from("hunter2".to_owned())), "***");
+        let cli = Cli::try_parse_from(["meterd", "--redis-url", "redis://u:hunter2@cache:6379"])
+            .expect("parses");
+        let config = cli.into_config().expect("valid");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]
@@ -259,8 +320,36 @@ mod tests {
         assert_eq!(cli.grpc.listen, "[::]:50051".parse().expect("addr"));
         let config = cli.into_config().expect("valid");
         assert!(matches!(config.store, StoreConfig::Memory));
-        assert_eq!(config.idempotency_window, Duration::from_secs(86_400));
+        assert_eq!(
+            config.idempotency_window.length(),
+            Duration::from_secs(86_400)
+        );
         assert_eq!(config.catalog.get("pro").map(|p| p.credits), Some(1_000));
+        let built = Config::new(StoreConfig::Memory).expect("defaults");
+        assert_eq!(built.idempotency_window, config.idempotency_window);
+        assert_eq!(built.shutdown_delay, config.shutdown_delay);
+        assert_eq!(built.max_in_flight, config.max_in_flight);
+    }
+
+    #[test]
+    fn an_empty_redis_url_means_the_embedded_store() {
+        let cli = Cli::try_parse_from(["meterd", "--redis-url", ""]).expect("parses");
+        assert!(matches!(
+            cli.into_config().expect("valid").store,
+            StoreConfig::Memory
+        ));
+    }
+
+    #[test]
+    fn an_idempotency_window_past_thirty_days_is_refused_at_start() {
+        let cli = Cli::try_parse_from(["meterd", "--idempotency-window", "31d"]).expect("parses");
+        let err = cli.into_config().expect_err("too long").to_string();
+        assert!(
+            err.contains("--idempotency-window") && err.contains("30 days"),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from(["meterd", "--idempotency-window", "30d"]).expect("parses");
+        assert!(cli.into_config().is_ok());
     }
 
     #[test]

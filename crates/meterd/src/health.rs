@@ -1,56 +1,98 @@
-//! Store health for `grpc.health.v1.Health`: SERVING while the store answers.
+//! `grpc.health.v1.Health`: SERVING while the store answers.
+//!
+//! Every name (`""` and each service) starts NOT_SERVING and turns SERVING
+//! only once a store check has succeeded, so Kubernetes sends no traffic to
+//! a replica that cannot reach Redis. On shutdown every name goes
+//! NOT_SERVING first; once draining begins, open `Watch` streams end, so a
+//! watcher (a load balancer) never holds shutdown up.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use meter_core::{Clock, CreditLedger, Credits};
 use tokio::sync::watch;
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic::{Request, Response, Status, codegen::tokio_stream::Stream};
+use tonic_health::{
+    ServingStatus,
+    pb::{
+        HealthCheckRequest, HealthCheckResponse,
+        health_server::{Health, HealthServer},
+    },
+    server::{HealthReporter, HealthService},
+};
 
-use crate::SERVICE_NAMES;
+use crate::{SERVICE_NAMES, stores::Stores};
 
-/// Pings the store every `interval` and reports every service (and `""`)
-/// SERVING or NOT_SERVING; on `stop`, reports NOT_SERVING and returns.
-pub(crate) async fn watch_store<L: CreditLedger, C: Clock>(
-    credits: Arc<Credits<L, C>>,
+/// Where meterd is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Serving; health follows the store.
+    Serving,
+    /// Shutdown began: NOT_SERVING, still serving calls (the shutdown delay).
+    Stopping,
+    /// The listener is closed; in-flight calls finish; Watch streams end.
+    Draining,
+}
+
+/// The health service and its reporter, every name NOT_SERVING.
+pub(crate) async fn service(
+    phase: watch::Receiver<Phase>,
+) -> (HealthReporter, HealthServer<DrainingHealth>) {
+    let reporter = HealthReporter::new();
+    report(&reporter, ServingStatus::NotServing).await;
+    let inner = HealthService::from_health_reporter(reporter.clone());
+    (reporter, HealthServer::new(DrainingHealth { inner, phase }))
+}
+
+/// Checks the store every `interval` and reports every name SERVING or
+/// NOT_SERVING; once the phase leaves [`Phase::Serving`], reports
+/// NOT_SERVING and returns.
+pub(crate) async fn watch_store<S: Stores>(
+    stores: Arc<S>,
     reporter: HealthReporter,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
-    let mut current = None;
+    // Every name starts NOT_SERVING (see `service`); `checked` is what the
+    // last check found, for logging each change once.
+    let mut reported = ServingStatus::NotServing;
+    let mut checked = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|stopping| *stopping) => break,
+            _ = phase.wait_for(|p| *p != Phase::Serving) => break,
             _ = ticker.tick() => {}
         }
         // A store that hangs rather than refusing counts as down after one interval.
-        let check = tokio::time::timeout(
-            interval.max(Duration::from_millis(100)),
-            credits.ledger().ping(),
-        )
-        .await;
+        let check =
+            tokio::time::timeout(interval.max(Duration::from_millis(100)), stores.ping()).await;
         let status = match check {
             Ok(Ok(())) => ServingStatus::Serving,
             Ok(Err(error)) => {
-                if current != Some(ServingStatus::NotServing) {
+                if checked != Some(ServingStatus::NotServing) {
                     tracing::warn!(%error, "store check failed: NOT_SERVING");
                 }
                 ServingStatus::NotServing
             }
             Err(_) => {
-                if current != Some(ServingStatus::NotServing) {
+                if checked != Some(ServingStatus::NotServing) {
                     tracing::warn!(?interval, "store check timed out: NOT_SERVING");
                 }
                 ServingStatus::NotServing
             }
         };
-        if current != Some(status) {
+        checked = Some(status);
+        if reported != status {
             if status == ServingStatus::Serving {
                 tracing::info!("store answers: SERVING");
             }
             report(&reporter, status).await;
-            current = Some(status);
+            reported = status;
         }
     }
     report(&reporter, ServingStatus::NotServing).await;
@@ -60,5 +102,58 @@ async fn report(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
     for name in SERVICE_NAMES {
         reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// tonic-health's service, with `Watch` streams that end when draining begins.
+#[derive(Debug)]
+pub(crate) struct DrainingHealth {
+    inner: HealthService,
+    phase: watch::Receiver<Phase>,
+}
+
+#[tonic::async_trait]
+impl Health for DrainingHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = EndsOnDrain;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let statuses = self.inner.watch(request).await?.into_inner();
+        let mut phase = self.phase.clone();
+        let draining = Box::pin(async move {
+            let _ = phase.wait_for(|p| *p == Phase::Draining).await;
+        });
+        Ok(Response::new(EndsOnDrain { statuses, draining }))
+    }
+}
+
+/// A health `Watch` stream that ends once meterd starts draining.
+pub(crate) struct EndsOnDrain {
+    statuses: tonic_health::server::WatchStream,
+    draining: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Stream for EndsOnDrain {
+    type Item = Result<HealthCheckResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // A pending status first: NOT_SERVING is reported before draining
+        // begins, and every watcher must hear it before its stream ends.
+        if let Poll::Ready(status) = Pin::new(&mut self.statuses).poll_next(cx) {
+            return Poll::Ready(status);
+        }
+        match self.draining.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }

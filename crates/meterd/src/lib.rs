@@ -1,29 +1,41 @@
-//! `meterd`, the composition root: it picks a store, plugs it into the
-//! domain services, and serves them over gRPC with health and reflection.
+//! `meterd`, the composition root: it picks a store, plugs its ports into
+//! the domain services, and serves them over gRPC with health and reflection.
 //!
 //! [`run`] takes its listener and shutdown signal from the caller, so tests
-//! start the real server on port 0 and stop it when they like.
+//! start the real server on port 0 and stop it when they like;
+//! [`run_with_clock`] also takes the clock, so they can move time.
 
 pub mod config;
 mod health;
 pub mod logging;
+pub mod stores;
 
 use std::{future::Future, sync::Arc};
 
-use meter_api::v1::credits_service_server::CreditsServiceServer;
-use meter_core::{CreditLedger, Credits, SystemClock};
-use meter_grpc::CreditsGrpc;
-use meter_memory::MemoryCreditLedger;
-use meter_redis::{RedisCreditLedger, RedisStore};
+use meter_api::v1::credits_service_server::{self, CreditsServiceServer};
+use meter_core::{Clock, Credits, SystemClock};
+use meter_grpc::{CreditsGrpc, InFlight};
+use meter_redis::RedisStore;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
 
 pub use config::{Cli, Config, StoreConfig};
+use health::Phase;
+pub use stores::{MemoryStores, RedisStores, Stores};
 
-/// Every gRPC service meterd serves with health reporting, by its full name.
-pub const SERVICE_NAMES: &[&str] = &[<CreditsServiceServer<
-    CreditsGrpc<MemoryCreditLedger, SystemClock>,
-> as tonic::server::NamedService>::NAME];
+/// Every `meter.v1` service meterd serves, by its full name (health reports each).
+pub const SERVICE_NAMES: &[&str] = &[credits_service_server::SERVICE_NAME];
+
+/// How meterd was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM, from an orchestrator: report NOT_SERVING, keep serving for
+    /// the shutdown delay so probes and load balancers stop sending, then
+    /// close the listener and drain.
+    Terminate,
+    /// SIGINT (Ctrl-C at a terminal): report NOT_SERVING, close and drain at once.
+    Interrupt,
+}
 
 /// Why meterd stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -39,53 +51,59 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Serves until `shutdown` resolves, then reports NOT_SERVING, lets in-flight
-/// calls finish (up to the configured grace) and returns.
+/// Serves until `shutdown` resolves, then stops as [`Stop`] says: in-flight
+/// calls get the configured grace to finish.
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = Stop> + Send + 'static,
+) -> Result<(), RunError> {
+    run_with_clock(config, SystemClock, listener, shutdown).await
+}
+
+/// [`run`] with time from `clock` instead of the system's.
+pub async fn run_with_clock<C: Clock + Clone>(
+    config: Config,
+    clock: C,
+    listener: TcpListener,
+    shutdown: impl Future<Output = Stop> + Send + 'static,
 ) -> Result<(), RunError> {
     match &config.store {
         StoreConfig::Memory => {
             tracing::warn!(
                 "no REDIS_URL: running on the embedded in-memory store; data is lost when meterd stops"
             );
-            serve(
-                MemoryCreditLedger::new(config.idempotency_window),
-                &config,
-                listener,
-                shutdown,
-            )
-            .await
+            let stores = MemoryStores::new(config.idempotency_window);
+            serve(stores, clock, &config, listener, shutdown).await
         }
         StoreConfig::Redis(redis) => {
-            tracing::info!(url = %config::redact_url(&redis.url), "using Redis");
-            let ledger =
-                RedisCreditLedger::new(RedisStore::open(redis)?, config.idempotency_window);
-            serve(ledger, &config, listener, shutdown).await
+            tracing::info!(url = %config::redact_url(redis.url.expose()), "using Redis");
+            let stores = RedisStores::new(RedisStore::open(redis)?, config.idempotency_window);
+            serve(stores, clock, &config, listener, shutdown).await
         }
     }
 }
 
-async fn serve<L: CreditLedger>(
-    ledger: L,
+async fn serve<S: Stores, C: Clock + Clone>(
+    stores: S,
+    clock: C,
     config: &Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = Stop> + Send + 'static,
 ) -> Result<(), RunError> {
     let credits = Arc::new(Credits::new(
-        ledger,
+        stores.credits(),
         Arc::clone(&config.catalog),
-        SystemClock,
+        clock,
     ));
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    let (stopping, stop) = watch::channel(false);
+    let stores = Arc::new(stores);
+    let (phase_tx, phase) = watch::channel(Phase::Serving);
+    let (reporter, health_service) = health::service(phase.clone()).await;
     let checker = tokio::spawn(health::watch_store(
-        Arc::clone(&credits),
+        Arc::clone(&stores),
         reporter,
         config.health_interval,
-        stop.clone(),
+        phase.clone(),
     ));
     // v1 for current clients, v1alpha for older ones (grpcurl before 1.9);
     // each lists both, so every client sees the same services.
@@ -102,38 +120,56 @@ async fn serve<L: CreditLedger>(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    // Shutdown order: the health checker reports NOT_SERVING and exits, then
-    // the server stops accepting and drains in-flight calls.
+    // Shutdown order: every name NOT_SERVING; on SIGTERM, the delay, still
+    // serving; then the listener closes and in-flight calls drain (health
+    // Watch streams end here), within the grace.
+    let delay = config.shutdown_delay;
     let drain = async move {
-        shutdown.await;
-        tracing::info!("shutdown requested: reporting NOT_SERVING and finishing in-flight calls");
-        let _ = stopping.send(true);
-        match checker.await {
-            Ok(()) => {}
-            Err(e) => tracing::error!(error = %e, "health checker failed"),
+        let stop = shutdown.await;
+        tracing::info!(?stop, "shutdown requested: reporting NOT_SERVING");
+        let _ = phase_tx.send(Phase::Stopping);
+        if let Err(error) = checker.await {
+            tracing::error!(%error, "health checker failed");
         }
+        if stop == Stop::Terminate && !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "still serving while probes and load balancers notice NOT_SERVING"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!("closing the listener and finishing in-flight calls");
+        let _ = phase_tx.send(Phase::Draining);
     };
+    // Health and reflection stay outside the bound: probes must answer
+    // even while meterd refuses calls.
+    let in_flight = InFlight::new(config.max_in_flight);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(CreditsServiceServer::from_arc(Arc::new(CreditsGrpc::new(
-            credits,
-        ))))
-        .serve_with_incoming_shutdown(incoming, drain);
+    let server =
+        Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(in_flight.bound(CreditsServiceServer::from_arc(Arc::new(
+                CreditsGrpc::new(credits),
+            ))))
+            .serve_with_incoming_shutdown(incoming, drain);
 
     let grace = config.shutdown_grace;
-    let mut stop = stop;
+    let mut phase = phase;
     let deadline = async move {
-        // Starts counting only once shutdown has begun.
-        let _ = stop.wait_for(|stopping| *stopping).await;
+        // Starts counting only once draining has begun.
+        let _ = phase.wait_for(|p| *p == Phase::Draining).await;
         tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        served = server => served?,
-        () = deadline => tracing::warn!(?grace, "in-flight calls did not finish within the shutdown grace; stopping anyway"),
-    }
+    let served = tokio::select! {
+        served = server => served,
+        () = deadline => {
+            tracing::warn!(?grace, "in-flight calls did not finish within the shutdown grace; stopping anyway");
+            Ok(())
+        }
+    };
+    stores.close().await;
     tracing::info!("meterd stopped");
-    Ok(())
+    Ok(served?)
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use meterd::{Cli, logging};
+use meterd::{Cli, Stop, logging};
 
 // Every request allocates a little (HTTP/2 frames, protobuf, Redis replies);
 // mimalloc serves that from thread-local pages, cheaper than glibc's malloc.
@@ -30,6 +30,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The bound address, not the flag: `--listen 127.0.0.1:0` picks a port.
+    let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, plans = config.catalog.plans().count(), "meterd serving gRPC");
     match meterd::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -43,7 +45,7 @@ async fn main() -> ExitCode {
 /// Registers for SIGTERM (Kubernetes) and SIGINT (Ctrl-C) now, so that a
 /// signal arriving during start-up is not lost, and resolves on either.
 #[cfg(unix)]
-fn shutdown_signal() -> impl Future<Output = ()> {
+fn shutdown_signal() -> impl Future<Output = Stop> {
     use tokio::signal::unix::{SignalKind, signal};
     let terminate = signal(SignalKind::terminate());
     let interrupt = signal(SignalKind::interrupt());
@@ -51,15 +53,15 @@ fn shutdown_signal() -> impl Future<Output = ()> {
         match (terminate, interrupt) {
             (Ok(mut terminate), Ok(mut interrupt)) => {
                 tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => Stop::Terminate,
+                    _ = interrupt.recv() => Stop::Interrupt,
                 }
             }
             (Err(e), _) | (_, Err(e)) => {
                 tracing::error!(
                     "cannot listen for SIGTERM/SIGINT: {e}; meterd stops only when killed"
                 );
-                std::future::pending::<()>().await;
+                std::future::pending::<Stop>().await
             }
         }
     }
@@ -67,8 +69,9 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 
 /// Resolves on Ctrl-C.
 #[cfg(not(unix))]
-fn shutdown_signal() -> impl Future<Output = ()> {
+fn shutdown_signal() -> impl Future<Output = Stop> {
     async {
         let _ = tokio::signal::ctrl_c().await;
+        Stop::Interrupt
     }
 }

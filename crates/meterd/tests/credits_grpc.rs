@@ -2,15 +2,17 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use meter_api::v1::{
     DeductRequest, GetBalanceRequest, GrantRequest, ResetRequest,
     credits_service_client::CreditsServiceClient,
 };
-use meter_testkit::RedisServer;
+use meter_redis::RedisConfig;
+use meter_testkit::{FixedClock, RedisServer};
+use meterd::StoreConfig;
 use redis::AsyncCommands;
-use support::Meterd;
+use support::{Meterd, config};
 use tonic::{Code, transport::Channel};
 
 fn deduct(account: &str, amount: i64, key: &str) -> DeductRequest {
@@ -355,4 +357,220 @@ async fn redis_down_is_unavailable_and_calls_recover_when_it_returns() {
         },
     )
     .await;
+}
+
+/// A DeductRequest whose account_id is raw bytes, as a buggy client might send it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawDeductRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    account_id: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    amount: i64,
+}
+
+#[tokio::test]
+async fn a_request_that_does_not_decode_is_invalid_argument_naming_the_field() {
+    let meterd = Meterd::memory().await;
+    let mut grpc = tonic::client::Grpc::new(meterd.channel());
+    grpc.ready().await.expect("ready");
+    let codec =
+        tonic_prost::ProstCodec::<RawDeductRequest, meter_api::v1::DeductResponse>::default();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/meter.v1.CreditsService/Deduct");
+    let request = RawDeductRequest {
+        account_id: vec![b'u', 0xff, 0xfe],
+        amount: 1,
+    };
+    let status = grpc
+        .unary(tonic::Request::new(request), path, codec)
+        .await
+        .expect_err("invalid UTF-8");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("account_id: "),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_reason_is_limited_in_characters_not_bytes() {
+    let meterd = Meterd::memory().await;
+    let mut client = meterd.credits();
+    let grant = |reason: String| GrantRequest {
+        account_id: "u-accents".into(),
+        amount: 1,
+        reason,
+        ..GrantRequest::default()
+    };
+    client
+        .grant(grant("é".repeat(256)))
+        .await
+        .expect("256 characters (512 bytes) are accepted");
+    let refused = client
+        .grant(grant("é".repeat(257)))
+        .await
+        .expect_err("257 characters");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .starts_with("reason: is 257 characters long"),
+        "{}",
+        refused.message()
+    );
+}
+
+#[tokio::test]
+async fn corrupt_stored_credits_are_internal_naming_the_account_and_are_left_alone() {
+    let redis = RedisServer::start();
+    let meterd = Meterd::redis(redis.url()).await;
+    let mut conn = redis.connection().await;
+    let _: () = conn
+        .hset_multiple("user:{c-1}:credits", &[("total", "1e3"), ("used", "0")])
+        .await
+        .expect("hset");
+    let mut client = meterd.credits();
+    let read = client
+        .get_balance(GetBalanceRequest {
+            account_id: "c-1".into(),
+        })
+        .await
+        .expect_err("corrupt");
+    let write = client
+        .deduct(deduct("c-1", 1, "k"))
+        .await
+        .expect_err("corrupt");
+    for status in [read, write] {
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            status.message().contains("credits of account c-1")
+                && status.message().contains("corrupt"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains("user:{c-1}"),
+            "the key goes to the log only: {}",
+            status.message()
+        );
+    }
+    let total: String = conn
+        .hget("user:{c-1}:credits", "total")
+        .await
+        .expect("hget");
+    assert_eq!(total, "1e3", "left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_redis_does_not_answer_says_it_may_have_been_applied_and_respects_the_deadline() {
+    let redis = RedisServer::start();
+    let meterd = Meterd::start(config(StoreConfig::Redis(RedisConfig {
+        response_timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_millis(500),
+        ..RedisConfig::new(redis.url())
+    })))
+    .await;
+    let mut client = meterd.credits();
+    reset_to(&mut client, "u-frozen", 10).await;
+    redis.freeze();
+    let status = client
+        .deduct(deduct("u-frozen", 1, "k-frozen"))
+        .await
+        .expect_err("no answer");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("may or may not have been applied")
+            && status.message().contains("same idempotency_key"),
+        "{}",
+        status.message()
+    );
+    redis.thaw();
+
+    // A caller's deadline shorter than --redis-timeout ends the wait sooner.
+    let patient = Meterd::start(config(StoreConfig::Redis(RedisConfig {
+        response_timeout: Duration::from_secs(10),
+        ..RedisConfig::new(redis.url())
+    })))
+    .await;
+    let mut client = patient.credits();
+    reset_to(&mut client, "u-deadline", 10).await;
+    redis.freeze();
+    let mut request = tonic::Request::new(deduct("u-deadline", 1, "k-deadline"));
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = client.deduct(request).await.expect_err("deadline");
+    let took = started.elapsed();
+    redis.thaw();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("may or may not have been applied"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the 300 ms deadline took {took:?}"
+    );
+    // The retry with the same key applies the deduct once, whatever the first did.
+    let mut retried = None;
+    for _ in 0..100 {
+        if let Ok(reply) = client.deduct(deduct("u-deadline", 1, "k-deadline")).await {
+            retried = Some(reply.into_inner());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let retried = retried.expect("the retry succeeds once Redis answers");
+    assert_eq!(retried.balance.map(|b| b.used), Some(1));
+}
+
+#[tokio::test]
+async fn a_period_resets_when_the_clock_passes_it_without_anyone_waiting() {
+    let clock = FixedClock::at("2026-01-31T10:00:00.000Z");
+    let redis = RedisServer::start();
+    for meterd in [
+        Meterd::start_with_clock(config(StoreConfig::Memory), clock.clone()).await,
+        Meterd::start_with_clock(config(support::redis(redis.url())), clock.clone()).await,
+    ] {
+        clock.set("2026-01-31T10:00:00.000Z");
+        let mut client = meterd.credits();
+        reset_to(&mut client, "u-clock", 100).await;
+        let charged = client
+            .deduct(deduct("u-clock", 60, ""))
+            .await
+            .expect("deduct")
+            .into_inner();
+        assert!(charged.applied);
+        let balance = |client: &mut CreditsServiceClient<Channel>| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get_balance(GetBalanceRequest {
+                        account_id: "u-clock".into(),
+                    })
+                    .await
+                    .expect("balance")
+                    .into_inner()
+                    .balance
+                    .expect("balance")
+            }
+        };
+        clock.set("2026-02-28T09:59:59.999Z");
+        assert_eq!(balance(&mut client).await.used, 60, "a millisecond before");
+        clock.advance(Duration::from_millis(1));
+        let after = balance(&mut client).await;
+        assert_eq!(
+            (after.used, after.remaining),
+            (0, 100),
+            "Feb 28: the anchor day clamped"
+        );
+        let next = after.reset_time.expect("scheduled");
+        let march_31 = meter_testkit::timestamp("2026-03-31T10:00:00.000Z").as_millis() / 1000;
+        assert_eq!(next.seconds, march_31);
+    }
 }

@@ -2,53 +2,69 @@
 
 #![allow(dead_code, missing_docs)]
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io::Read,
+    net::SocketAddr,
+    process::{Child, ChildStderr, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use meter_api::v1::credits_service_client::CreditsServiceClient;
-use meter_core::PlanCatalog;
+use meter_core::{Clock, IdempotencyWindow, SystemClock};
 use meter_redis::RedisConfig;
-use meterd::{Config, StoreConfig, config::EXAMPLE_PLANS};
+use meterd::{Config, Stop, StoreConfig};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
 /// A running meterd; stopped (gracefully) when dropped or by [`Meterd::stop`].
 pub struct Meterd {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<oneshot::Sender<Stop>>,
     task: Option<JoinHandle<Result<(), meterd::RunError>>>,
+}
+
+/// The settings of most tests: short health interval, 1 h idempotency window.
+pub fn config(store: StoreConfig) -> Config {
+    Config {
+        idempotency_window: IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid"),
+        health_interval: Duration::from_millis(50),
+        shutdown_grace: Duration::from_secs(5),
+        ..Config::new(store).expect("defaults")
+    }
+}
+
+/// Redis settings of most tests.
+pub fn redis(url: String) -> StoreConfig {
+    StoreConfig::Redis(RedisConfig {
+        connect_timeout: Duration::from_millis(500),
+        ..RedisConfig::new(url)
+    })
 }
 
 impl Meterd {
     /// meterd on the embedded store.
     pub async fn memory() -> Self {
-        Self::start(StoreConfig::Memory).await
+        Self::start(config(StoreConfig::Memory)).await
     }
 
     /// meterd on the Redis at `url`.
     pub async fn redis(url: String) -> Self {
-        Self::start(StoreConfig::Redis(RedisConfig {
-            url,
-            connections: 4,
-            connect_timeout: Duration::from_millis(500),
-        }))
-        .await
+        Self::start(config(redis(url))).await
     }
 
-    async fn start(store: StoreConfig) -> Self {
-        let config = Config {
-            store,
-            catalog: Arc::new(
-                PlanCatalog::from_toml("example", EXAMPLE_PLANS).expect("example catalog"),
-            ),
-            idempotency_window: Duration::from_secs(3600),
-            health_interval: Duration::from_millis(50),
-            shutdown_grace: Duration::from_secs(5),
-        };
+    /// meterd with `config` and the system clock.
+    pub async fn start(config: Config) -> Self {
+        Self::start_with_clock(config, SystemClock).await
+    }
+
+    /// meterd with `config`, telling time by `clock`.
+    pub async fn start_with_clock<C: Clock + Clone>(config: Config, clock: C) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(meterd::run(config, listener, async {
-            let _ = stopped.await;
+        let task = tokio::spawn(meterd::run_with_clock(config, clock, listener, async {
+            stopped.await.unwrap_or(Stop::Interrupt)
         }));
         Self {
             addr,
@@ -69,10 +85,10 @@ impl Meterd {
         CreditsServiceClient::new(self.channel())
     }
 
-    /// Asks it to shut down and waits until it has.
-    pub async fn stop(mut self) -> Result<(), meterd::RunError> {
+    /// Asks it to stop as `how` says and waits until it has.
+    pub async fn stop_as(mut self, how: Stop) -> Result<(), meterd::RunError> {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(how);
         }
         self.task
             .take()
@@ -80,12 +96,17 @@ impl Meterd {
             .await
             .expect("meterd task")
     }
+
+    /// Asks it to stop as Ctrl-C does and waits until it has.
+    pub async fn stop(self) -> Result<(), meterd::RunError> {
+        self.stop_as(Stop::Interrupt).await
+    }
 }
 
 impl Drop for Meterd {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(Stop::Interrupt);
         }
     }
 }
@@ -103,5 +124,134 @@ where
             "not within {within:?}: {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The meterd binary as a child process, its JSON log read as it comes.
+///
+/// A thread drains stderr all the time, so meterd never blocks on its log.
+pub struct MeterdProcess {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MeterdProcess {
+    /// Starts the binary with `args` and `env` (REDIS_URL unset unless given),
+    /// logging JSON lines on stderr. `METERD_BIN` picks another build of it
+    /// (`target/release/meterd`).
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let binary =
+            std::env::var("METERD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_meterd").to_owned());
+        let mut command = Command::new(binary);
+        command
+            .args(["--log-format", "json"])
+            .args(args)
+            .env_remove("REDIS_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("meterd starts");
+        let mut stderr: ChildStderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        let reader = std::thread::spawn(move || {
+            let mut buffer = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buffer[..n]);
+                sink.lock().expect("log lock").push_str(&text);
+            }
+        });
+        Self {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Waits (up to 30 s) until the log contains `text`; panics if meterd exits first.
+    pub fn wait_for_log(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.log.lock().expect("log lock").contains(text) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Give the reader a moment to take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(
+                    self.log().contains(text),
+                    "meterd exited ({status}) before logging {text:?}: {}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "meterd did not log {text:?} within 30 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// The address it listens on, from its start-up log line.
+    pub fn addr(&mut self) -> SocketAddr {
+        self.wait_for_log("meterd serving gRPC");
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("meterd serving gRPC"))
+            .expect("the line");
+        let start = line.find("\"listen\":\"").expect("a listen field") + 10;
+        let end = line[start..].find('"').expect("end of the address") + start;
+        line[start..end].parse().expect("an address")
+    }
+
+    /// meterd's peak resident set size (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmHWM")
+    }
+
+    /// Waits for it to exit; returns how, and its whole log.
+    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().expect("exit");
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.log())
+    }
+}
+
+impl Drop for MeterdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,9 +1,9 @@
-//! Storage ports: what the domain needs from a store, implemented by adapters.
+//! The credits port: what the credits context needs from a store.
 
 use std::future::Future;
 
 use crate::{
-    AccountId, CreditBalance, CreditError, DeductCredits, DeductOutcome, GrantCredits, Recorded,
+    AccountId, CreditBalance, DeductCredits, DeductOutcome, GrantCredits, MeterError, Recorded,
     ResetCredits, StoreError, Timestamp,
 };
 
@@ -11,10 +11,14 @@ use crate::{
 ///
 /// Mutations first apply a reset that fell due by `now` (see
 /// [`CreditBalance::with_due_reset`]), then the change, then remember the
-/// outcome under the request's idempotency key, all atomically. A repeated
-/// key with the same fingerprint returns the remembered outcome with
-/// `replayed = true`; with another fingerprint, [`CreditError::IdempotencyConflict`].
-pub trait CreditLedger: Send + Sync + 'static {
+/// outcome under the request's idempotency key until the store's
+/// [`IdempotencyWindow`](crate::IdempotencyWindow) has passed by `now`, all
+/// atomically. A repeated key with the same fingerprint returns the
+/// remembered outcome with `replayed = true`; with another fingerprint,
+/// [`MeterError::IdempotencyConflict`] and nothing changes.
+///
+/// A ledger is a cheap handle: clones share the same store.
+pub trait CreditLedger: Clone + Send + Sync + 'static {
     /// The stored balance, without applying due resets; `Ok(None)` for an unknown account.
     fn balance(
         &self,
@@ -26,22 +30,19 @@ pub trait CreditLedger: Send + Sync + 'static {
         &self,
         request: &DeductCredits,
         now: Timestamp,
-    ) -> impl Future<Output = Result<Recorded<DeductOutcome>, CreditError>> + Send;
+    ) -> impl Future<Output = Result<Recorded<DeductOutcome>, MeterError>> + Send;
 
     /// Adds `request.amount` credits to the total.
     fn grant(
         &self,
         request: &GrantCredits,
         now: Timestamp,
-    ) -> impl Future<Output = Result<Recorded<CreditBalance>, CreditError>> + Send;
+    ) -> impl Future<Output = Result<Recorded<CreditBalance>, MeterError>> + Send;
 
     /// Starts a new period at `now` with `request.total` credits.
     fn reset(
         &self,
         request: &ResetCredits,
         now: Timestamp,
-    ) -> impl Future<Output = Result<Recorded<CreditBalance>, CreditError>> + Send;
-
-    /// Checks that the store answers; `Err(StoreError::Unavailable)` when it does not.
-    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Recorded<CreditBalance>, MeterError>> + Send;
 }

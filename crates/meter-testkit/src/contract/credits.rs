@@ -1,21 +1,24 @@
 //! The behaviour every [`CreditLedger`] must show, run against each store by
 //! [`credit_ledger_contract!`](crate::credit_ledger_contract).
-//!
-//! Each test takes a factory that builds a fresh ledger (and a guard that
-//! keeps its backing server alive) for a given idempotency window.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use meter_core::{
-    AccountId, CreditError, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, Idempotency,
-    IdempotencyKey, MAX_CREDITS, Reason, ResetCredits, Timestamp,
+    AccountId, Clock, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, Idempotency,
+    IdempotencyKey, IdempotencyWindow, MAX_CREDITS, MeterError, Reason, ResetCredits,
 };
+
+use crate::{FixedClock, timestamp as at};
 
 /// The idempotency window of most contract tests.
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
 
+fn window(length: Duration) -> IdempotencyWindow {
+    IdempotencyWindow::new(length).expect("a valid test window")
+}
+
 /// Runs every contract test against the ledger built by `$make`, an async
-/// block that may use the idempotency window `$window` and yields `(ledger, guard)`.
+/// block that may use the [`IdempotencyWindow`] `$window` and yields `(ledger, guard)`.
 #[macro_export]
 macro_rules! credit_ledger_contract {
     ($window:ident => $make:expr) => {
@@ -27,7 +30,7 @@ macro_rules! credit_ledger_contract {
             a_declined_deduct_is_replayed_as_declined,
             reusing_a_key_with_other_arguments_is_a_conflict_and_writes_nothing,
             idempotency_keys_belong_to_one_account,
-            idempotency_keys_are_forgotten_after_the_window,
+            idempotency_keys_are_forgotten_once_the_window_has_passed,
             a_due_reset_is_applied_by_the_next_mutation,
             resets_keep_the_billing_anchor_after_downtime,
             reset_starts_a_fresh_period_and_clears_the_trial_flag,
@@ -38,7 +41,7 @@ macro_rules! credit_ledger_contract {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                $crate::credits_contract::$name(|$window: ::std::time::Duration| $make).await;
+                $crate::contract::credits::$name(|$window: ::meter_core::IdempotencyWindow| $make).await;
             }
         )*
     };
@@ -46,10 +49,6 @@ macro_rules! credit_ledger_contract {
 
 fn account(name: &str) -> AccountId {
     AccountId::parse("account_id", name).expect("valid test account")
-}
-
-fn at(text: &str) -> Timestamp {
-    Timestamp::parse(text).unwrap_or_else(|| panic!("bad test timestamp {text}"))
 }
 
 fn key(text: &str) -> Option<IdempotencyKey> {
@@ -80,10 +79,10 @@ const NOW: &str = "2026-03-10T12:00:00.000Z";
 pub async fn an_unknown_account_has_no_balance_and_cannot_be_charged<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let who = account("nobody");
     assert_eq!(ledger.balance(&who).await, Ok(None));
     let charged = ledger
@@ -103,10 +102,10 @@ where
 pub async fn grant_then_deduct_moves_total_and_used<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let who = account("u-grant");
     let granted = ledger
         .grant(&grant(&who, 100, true, ""), at(NOW))
@@ -156,10 +155,10 @@ where
 pub async fn deduct_never_goes_below_zero_under_contention<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let ledger = Arc::new(ledger);
     let who = account("u-hot");
     ledger
@@ -196,10 +195,10 @@ where
 pub async fn an_idempotent_replay_applies_once<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let who = account("u-idem");
     let first = ledger
         .grant(&grant(&who, 50, false, "pack-1"), at(NOW))
@@ -233,10 +232,10 @@ where
 pub async fn a_declined_deduct_is_replayed_as_declined<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let who = account("u-declined");
     let charge = deduct(&who, 10, "msg-9");
     assert!(
@@ -264,10 +263,10 @@ pub async fn reusing_a_key_with_other_arguments_is_a_conflict_and_writes_nothing
     make: F,
 ) where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let who = account("u-conflict");
     ledger
         .grant(&grant(&who, 100, false, ""), at(NOW))
@@ -280,15 +279,12 @@ pub async fn reusing_a_key_with_other_arguments_is_a_conflict_and_writes_nothing
     let before = ledger.balance(&who).await.expect("read");
     let other_amount = ledger.deduct(&deduct(&who, 6, "k"), at(NOW)).await;
     assert!(
-        matches!(other_amount, Err(CreditError::IdempotencyConflict { ref key }) if key == "k"),
+        matches!(other_amount, Err(MeterError::IdempotencyConflict { ref key }) if key == "k"),
         "{other_amount:?}"
     );
     let other_operation = ledger.grant(&grant(&who, 5, false, "k"), at(NOW)).await;
     assert!(
-        matches!(
-            other_operation,
-            Err(CreditError::IdempotencyConflict { .. })
-        ),
+        matches!(other_operation, Err(MeterError::IdempotencyConflict { .. })),
         "{other_operation:?}"
     );
     assert_eq!(ledger.balance(&who).await.expect("read"), before);
@@ -298,10 +294,10 @@ pub async fn reusing_a_key_with_other_arguments_is_a_conflict_and_writes_nothing
 pub async fn idempotency_keys_belong_to_one_account<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let (a, b) = (account("u-a"), account("u-b"));
     let on_a = ledger
         .grant(&grant(&a, 10, false, "same"), at(NOW))
@@ -318,45 +314,56 @@ where
     );
 }
 
-/// After the idempotency window, a key is a new request again.
-pub async fn idempotency_keys_are_forgotten_after_the_window<L, G, F, Fut>(make: F)
+/// A key is remembered until the window has passed by the store's clock, then
+/// it is a new request again.
+pub async fn idempotency_keys_are_forgotten_once_the_window_has_passed<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let window = Duration::from_millis(200);
-    let (ledger, _guard) = make(window).await;
+    let hour = Duration::from_secs(3600);
+    let (ledger, _guard) = make(window(hour)).await;
+    let clock = FixedClock::at(NOW);
     let who = account("u-window");
     ledger
-        .grant(&grant(&who, 10, false, "g"), at(NOW))
+        .grant(&grant(&who, 10, false, "g"), clock.now())
+        .await
+        .expect("grant");
+    clock.advance(hour - Duration::from_millis(1));
+    let within = ledger
+        .grant(&grant(&who, 10, false, "g"), clock.now())
         .await
         .expect("grant");
     assert!(
-        ledger
-            .grant(&grant(&who, 10, false, "g"), at(NOW))
-            .await
-            .expect("grant")
-            .replayed
+        within.replayed,
+        "the last millisecond of the window replays"
     );
-    // The window is wall-clock time in every store (Redis expires keys by it).
-    tokio::time::sleep(window * 2).await;
+    clock.advance(Duration::from_millis(1));
     let after = ledger
-        .grant(&grant(&who, 10, false, "g"), at(NOW))
+        .grant(&grant(&who, 10, false, "g"), clock.now())
         .await
         .expect("grant");
-    assert!(!after.replayed);
+    assert!(!after.replayed, "once the window has passed the key is new");
     assert_eq!(after.outcome.total, 20);
+    let again = ledger
+        .grant(&grant(&who, 10, false, "g"), clock.now())
+        .await
+        .expect("grant");
+    assert!(
+        again.replayed && again.outcome.total == 20,
+        "and is remembered again"
+    );
 }
 
 /// Once `reset_time` has passed, the next mutation resets `used` before applying.
 pub async fn a_due_reset_is_applied_by_the_next_mutation<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let who = account("u-lazy");
     let start = at("2026-01-15T09:00:00.000Z");
     ledger
@@ -397,10 +404,10 @@ where
 pub async fn resets_keep_the_billing_anchor_after_downtime<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let who = account("u-anchor");
     ledger
         .reset(
@@ -451,10 +458,10 @@ where
 pub async fn reset_starts_a_fresh_period_and_clears_the_trial_flag<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let who = account("u-reset");
     ledger
         .grant(&grant(&who, 100, true, ""), at(NOW))
@@ -497,10 +504,10 @@ where
 pub async fn a_grant_past_the_maximum_balance_is_refused_and_writes_nothing<L, G, F, Fut>(make: F)
 where
     L: CreditLedger,
-    F: Fn(Duration) -> Fut,
+    F: Fn(IdempotencyWindow) -> Fut,
     Fut: Future<Output = (L, G)>,
 {
-    let (ledger, _guard) = make(DAY).await;
+    let (ledger, _guard) = make(window(DAY)).await;
     let who = account("u-max");
     ledger
         .grant(&grant(&who, MAX_CREDITS - 1, false, ""), at(NOW))
@@ -516,7 +523,7 @@ where
     );
     let refused = ledger.grant(&grant(&who, 1, false, "over"), at(NOW)).await;
     assert!(
-        matches!(refused, Err(CreditError::InvalidArgument(ref e)) if e.field == "amount"),
+        matches!(refused, Err(MeterError::InvalidArgument(ref e)) if e.field == "amount"),
         "{refused:?}"
     );
     assert_eq!(

@@ -1,0 +1,193 @@
+//! The requests that change credits, checked when they are made.
+
+use crate::{
+    AccountId, CreditBalance, CreditPeriod, Idempotency, IdempotencyKey, InvalidArgument,
+    MAX_CREDITS,
+};
+
+/// Longest accepted reason, in characters.
+pub const MAX_REASON_CHARS: usize = 256;
+
+/// Free text saying why credits changed, for logs: at most 256 characters
+/// (not bytes: `é` counts once), no control characters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Reason(String);
+
+impl Reason {
+    /// Validates `raw` as the request field `field`; empty is allowed.
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, InvalidArgument> {
+        let chars = raw.chars().count();
+        if chars > MAX_REASON_CHARS {
+            return Err(InvalidArgument::new(
+                field,
+                format!("is {chars} characters long; at most {MAX_REASON_CHARS} are accepted"),
+            ));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(InvalidArgument::new(
+                field,
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The reason as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A request to take credits from an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeductCredits {
+    /// The account to charge.
+    pub account: AccountId,
+    /// Credits to take, 1..=MAX_CREDITS.
+    pub amount: i64,
+    /// Why, for logs.
+    pub reason: Reason,
+    /// Present when the caller sent an idempotency key.
+    pub idempotency: Option<Idempotency>,
+}
+
+impl DeductCredits {
+    /// A checked deduct request.
+    pub fn new(
+        account: AccountId,
+        amount: i64,
+        reason: Reason,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Self, InvalidArgument> {
+        check_amount(amount)?;
+        let idempotency = Idempotency::new(key, &["deduct", &amount.to_string(), reason.as_str()]);
+        Ok(Self {
+            account,
+            amount,
+            reason,
+            idempotency,
+        })
+    }
+}
+
+/// A request to add credits to an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantCredits {
+    /// The account to credit.
+    pub account: AccountId,
+    /// Credits to add, 1..=MAX_CREDITS.
+    pub amount: i64,
+    /// Why, for logs.
+    pub reason: Reason,
+    /// Whether these are trial credits.
+    pub trial: bool,
+    /// Present when the caller sent an idempotency key.
+    pub idempotency: Option<Idempotency>,
+}
+
+impl GrantCredits {
+    /// A checked grant request.
+    pub fn new(
+        account: AccountId,
+        amount: i64,
+        reason: Reason,
+        trial: bool,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Self, InvalidArgument> {
+        check_amount(amount)?;
+        let idempotency = Idempotency::new(
+            key,
+            &[
+                "grant",
+                &amount.to_string(),
+                reason.as_str(),
+                if trial { "trial" } else { "paid" },
+            ],
+        );
+        Ok(Self {
+            account,
+            amount,
+            reason,
+            trial,
+            idempotency,
+        })
+    }
+}
+
+/// A request to start a new credit period, with its total already resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResetCredits {
+    /// The account to reset.
+    pub account: AccountId,
+    /// The new total.
+    pub total: i64,
+    /// The period until the next reset.
+    pub period: CreditPeriod,
+    /// Present when the caller sent an idempotency key.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// Whether a deduct was applied, and the balance after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeductOutcome {
+    /// False when the account had fewer credits than asked; nothing changed then.
+    pub applied: bool,
+    /// The balance after the call.
+    pub balance: CreditBalance,
+}
+
+fn check_amount(amount: i64) -> Result<(), InvalidArgument> {
+    if (1..=MAX_CREDITS).contains(&amount) {
+        Ok(())
+    } else {
+        Err(InvalidArgument::new(
+            "amount",
+            format!("is {amount}; it must be from 1 to {MAX_CREDITS}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_count_characters_not_bytes_and_stay_printable() {
+        assert!(Reason::parse("reason", "chat message: gpt-5 (1.2k tokens)").is_ok());
+        // 256 two-byte characters: 512 bytes, still 256 characters.
+        assert!(Reason::parse("reason", &"é".repeat(256)).is_ok());
+        let long = Reason::parse("reason", &"é".repeat(257)).expect_err("257 characters");
+        assert_eq!(long.field, "reason");
+        assert!(long.problem.contains("257 characters"), "{}", long.problem);
+        assert!(Reason::parse("reason", "line\nbreak").is_err());
+    }
+
+    #[test]
+    fn amounts_outside_one_to_max_are_invalid_and_name_the_field() {
+        let account = AccountId::parse("account_id", "u1").expect("valid");
+        for amount in [0, -1, MAX_CREDITS + 1, i64::MAX, i64::MIN] {
+            let err = DeductCredits::new(account.clone(), amount, Reason::default(), None)
+                .expect_err("invalid");
+            assert_eq!(err.field, "amount");
+        }
+    }
+
+    #[test]
+    fn fingerprints_differ_when_any_argument_differs() {
+        let account = AccountId::parse("account_id", "u1").expect("valid");
+        let key = || IdempotencyKey::parse_optional("idempotency_key", "k1").expect("valid");
+        let reason = |r: &str| Reason::parse("reason", r).expect("valid");
+        let print = |amount, r: &str| {
+            DeductCredits::new(account.clone(), amount, reason(r), key())
+                .expect("valid")
+                .idempotency
+                .map(|i| i.fingerprint)
+        };
+        assert_eq!(print(5, "a"), print(5, "a"));
+        assert_ne!(print(5, "a"), print(6, "a"));
+        assert_ne!(print(5, "a"), print(5, "b"));
+        let grant =
+            GrantCredits::new(account.clone(), 5, reason("a"), false, key()).expect("valid");
+        assert_ne!(grant.idempotency.map(|i| i.fingerprint), print(5, "a"));
+    }
+}

@@ -1,0 +1,81 @@
+//! The storage backends meterd can run on, each offering every port.
+//!
+//! [`Stores`] has one associated type per port, so the server is generic
+//! over one parameter: a new port is a line here and in each backend, not
+//! a new parameter on every function.
+
+use std::future::Future;
+
+use meter_core::{CreditLedger, IdempotencyWindow, StoreError};
+use meter_memory::{MemoryCreditLedger, MemoryStore};
+use meter_redis::{RedisCreditLedger, RedisStore};
+
+/// Every storage port meterd serves, from one backend.
+pub trait Stores: Send + Sync + 'static {
+    /// The credits port.
+    type Credits: CreditLedger;
+
+    /// The credits port on this backend.
+    fn credits(&self) -> Self::Credits;
+
+    /// Checks that the backend answers; `Err` while it does not.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Ends the backend's background work once the server has drained.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The embedded in-memory store.
+#[derive(Debug)]
+pub struct MemoryStores(MemoryStore);
+
+impl MemoryStores {
+    /// An empty store remembering idempotency keys for `window`.
+    pub fn new(window: IdempotencyWindow) -> Self {
+        Self(MemoryStore::new(window))
+    }
+}
+
+impl Stores for MemoryStores {
+    type Credits = MemoryCreditLedger;
+
+    fn credits(&self) -> Self::Credits {
+        self.0.credits()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn close(&self) {}
+}
+
+/// Redis: one shared store, one adapter per port.
+#[derive(Debug)]
+pub struct RedisStores {
+    store: RedisStore,
+    window: IdempotencyWindow,
+}
+
+impl RedisStores {
+    /// The ports on `store`, remembering idempotency keys for `window`.
+    pub fn new(store: RedisStore, window: IdempotencyWindow) -> Self {
+        Self { store, window }
+    }
+}
+
+impl Stores for RedisStores {
+    type Credits = RedisCreditLedger;
+
+    fn credits(&self) -> Self::Credits {
+        RedisCreditLedger::new(self.store.clone(), self.window)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    async fn close(&self) {
+        self.store.close().await;
+    }
+}
