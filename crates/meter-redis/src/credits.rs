@@ -10,7 +10,7 @@ use meter_core::{
 
 use crate::{
     RedisStore, keys, layout,
-    script::{Layout, Library, LuaScript, ScriptCall, lib},
+    script::{Library, LuaScript, ScriptCall, lib, names},
 };
 
 layout! {
@@ -69,17 +69,9 @@ const BALANCE: Library = Library {
 fn credits_script(name: &'static str, body: &str) -> LuaScript {
     LuaScript::new(
         name,
-        &[
-            lib::STORED,
-            lib::LAYOUT,
-            lib::MUTATION,
-            lib::PERIOD,
-            BALANCE,
-        ],
-        &[
-            (CreditsHash::LUA_NAME, CreditsHash::NAMES),
-            (CreditsReply::LUA_NAME, CreditsReply::NAMES),
-        ],
+        &[lib::STORED, lib::MUTATION, lib::PERIOD, BALANCE],
+        &[names::<CreditsHash>()],
+        &[names::<CreditsReply>()],
         body,
     )
 }
@@ -251,9 +243,20 @@ fn parse_count(text: &str) -> Option<i64> {
         .filter(|n| plain && *n <= MAX_CREDITS)
 }
 
-/// A stored time: exactly the form meterd writes, `2026-02-28T10:00:00.000Z`.
+/// A stored time: exactly the form meterd writes, `2026-02-28T10:00:00.000Z`
+/// (the rule of `lua/lib/stored.lua`). A text of that shape that parses as
+/// a real date round-trips, so checking the shape is checking canonical form.
 fn parse_time(text: &str) -> Option<Timestamp> {
-    Timestamp::parse(text).filter(|t| t.to_string() == text)
+    const SHAPE: &[u8; 24] = b"dddd-dd-ddTdd:dd:dd.dddZ";
+    let bytes = text.as_bytes();
+    let shaped = bytes.len() == 24
+        && bytes.iter().zip(SHAPE).all(|(b, s)| match s {
+            b'd' => b.is_ascii_digit(),
+            separator => b == separator,
+        })
+        // A leap second (`:60`) parses, but is not a time meterd writes.
+        && bytes[17] <= b'5';
+    shaped.then(|| Timestamp::parse(text)).flatten()
 }
 
 /// The balance the fields describe; `Ok(None)` when there is no `total` (an
@@ -404,6 +407,10 @@ mod tests {
             "2026-02-28T10:00:00.000+00:00",
             "2026-02-30T10:00:00.000Z",
             "2026-13-01T10:00:00.000Z",
+            "2026-06-30T23:59:60.000Z",
+            "2026-02-28t10:00:00.000Z",
+            "2026-02-28T10:00:00.000z",
+            "2026-02-28T10:00:00.0000",
         ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }

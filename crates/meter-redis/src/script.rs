@@ -1,13 +1,22 @@
 //! Lua scripts as small libraries, and layouts that name what they read and reply.
 //!
 //! A script is its body plus the libraries it includes (`lua/lib/`), in
-//! order, after a header that declares the constants and layouts it uses.
-//! A [`Layout`] is a flat list of names declared once with [`layout!`]: Rust
-//! decodes a reply or an `HMGET` into a struct of those names, and the
-//! script gets the same list as a Lua table (`CREDITS_REPLY`), so neither
-//! side counts positions.
+//! order, after a header generated from the [`Layout`]s it uses. A layout
+//! is a flat list of names declared once with [`layout!`]: Rust decodes a
+//! reply or an `HMGET` into a struct of those names, and the script refers
+//! to each name's position as `CREDITS_HASH_total` or `CREDITS_REPLY_used`,
+//! with `read_CREDITS_HASH(key)` (the fields, in order) for a hash and
+//! `new_CREDITS_REPLY()` (a reply of absent values) for a reply. Neither
+//! side counts positions by hand.
+//!
+//! Scripts run in full on every call, and every Lua helper call, table and
+//! captured local costs about as much as a check. So the generated code is
+//! positional (one array per hash read, one per reply), and the positions
+//! and `MAX_CREDITS` are written into the source as numbers when the script
+//! is assembled, not kept in locals. A misspelt name is an undefined
+//! global, which Redis refuses loudly.
 
-use std::fmt::Write as _;
+use std::{collections::HashMap, fmt::Write as _};
 
 use redis::{Cmd, ToRedisArgs};
 
@@ -29,13 +38,8 @@ pub mod lib {
         name: "lib/stored.lua",
         source: include_str!("lua/lib/stored.lua"),
     };
-    /// `read_hash` and `pack`: hashes and replies by layout.
-    pub const LAYOUT: Library = Library {
-        name: "lib/layout.lua",
-        source: include_str!("lua/lib/layout.lua"),
-    };
     /// The head of every mutation: the caller's clock and idempotency (`recall`, `remember`).
-    /// Needs [`STORED`] and [`LAYOUT`].
+    /// Needs [`STORED`].
     pub const MUTATION: Library = Library {
         name: "lib/mutation.lua",
         source: include_str!("lua/lib/mutation.lua"),
@@ -115,30 +119,56 @@ pub struct LuaScript {
     hash: String,
 }
 
-/// The layouts a script uses: each layout's Lua name and names.
+/// A layout as a script uses it: its Lua name and its names, from [`Layout`].
 pub type LayoutNames = (&'static str, &'static [&'static str]);
+
+/// The layouts of `L`, for [`LuaScript::new`].
+pub fn names<L: Layout>() -> LayoutNames {
+    (L::LUA_NAME, L::NAMES)
+}
 
 impl LuaScript {
     /// The script `name` (its file, for errors): a header declaring
-    /// `MAX_CREDITS` and each of `layouts`, then `libraries` in order, then `body`.
+    /// `MAX_CREDITS`, the positions and reader of each of `hashes`, the
+    /// positions and maker of each of `replies`, then `libraries` in order,
+    /// then `body`.
     pub fn new(
         name: &'static str,
         libraries: &[Library],
-        layouts: &[LayoutNames],
+        hashes: &[LayoutNames],
+        replies: &[LayoutNames],
         body: &str,
     ) -> Self {
-        let mut source = format!(
-            "-- meter: {name}\nlocal MAX_CREDITS = {}\n",
-            meter_core::MAX_CREDITS
-        );
-        for (lua_name, names) in layouts {
+        let mut constants = HashMap::from([(
+            "MAX_CREDITS".to_owned(),
+            meter_core::MAX_CREDITS.to_string(),
+        )]);
+        let mut source = format!("-- meter: {name}\n");
+        for (layout, names) in hashes.iter().chain(replies) {
+            for (i, field) in names.iter().enumerate() {
+                constants.insert(format!("{layout}_{field}"), (i + 1).to_string());
+            }
+        }
+        for (layout, names) in hashes {
             let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
-            let _ = writeln!(source, "local {lua_name} = {{ {} }}", quoted.join(", "));
+            let _ = writeln!(
+                source,
+                "local function read_{layout}(key) return redis.call('HMGET', key, {}) end",
+                quoted.join(", ")
+            );
+        }
+        for (layout, names) in replies {
+            let _ = writeln!(
+                source,
+                "local function new_{layout}() return {{ {} }} end",
+                vec!["false"; names.len()].join(", ")
+            );
         }
         for library in libraries {
             let _ = write!(source, "\n-- {}\n{}", library.name, library.source);
         }
         let _ = write!(source, "\n-- {name}\n{body}");
+        let source = substitute(&source, &constants);
         let hash = redis::Script::new(&source).get_hash().to_owned();
         Self { name, source, hash }
     }
@@ -176,6 +206,30 @@ impl LuaScript {
     }
 }
 
+/// `source` with every identifier that names a constant replaced by its value.
+fn substitute(source: &str, constants: &HashMap<String, String>) -> String {
+    let is_start = |c: char| c.is_ascii_alphabetic() || c == '_';
+    let is_part = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find(is_start) {
+        // An identifier starts here unless it continues one (`x1_NAME`).
+        let continues = rest[..start].ends_with(is_part);
+        out.push_str(&rest[..start]);
+        let word_len = rest[start..]
+            .find(|c| !is_part(c))
+            .unwrap_or(rest.len() - start);
+        let word = &rest[start..start + word_len];
+        match constants.get(word) {
+            Some(value) if !continues => out.push_str(value),
+            _ => out.push_str(word),
+        }
+        rest = &rest[start + word_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// One `EVALSHA` of a script, built key by key and argument by argument;
 /// [`RedisStore::run`](crate::RedisStore::run) sends it.
 #[derive(Debug)]
@@ -196,6 +250,15 @@ impl ScriptCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constants_are_replaced_as_whole_identifiers_only() {
+        let constants = HashMap::from([("A_x".to_owned(), "1".to_owned())]);
+        assert_eq!(
+            substitute("f[A_x] = A_xy .. B_A_x .. 'A_x'", &constants),
+            "f[1] = A_xy .. B_A_x .. '1'"
+        );
+    }
 
     layout! {
         /// A test layout.
@@ -221,14 +284,21 @@ mod tests {
         let script = LuaScript::new(
             "test.lua",
             &[lib::STORED],
-            &[(Pair::LUA_NAME, Pair::NAMES)],
-            "return 1",
+            &[names::<Pair>()],
+            &[names::<Pair>()],
+            "return PAIR_secondValue + MAX_CREDITS",
         );
         let source = script.source();
-        let layout = source.find("local PAIR = { 'first', 'secondValue' }");
+        let reader = source.find(
+            "local function read_PAIR(key) return redis.call('HMGET', key, 'first', 'secondValue') end\n",
+        );
+        let maker = source.find("local function new_PAIR() return { false, false } end\n");
         let library = source.find("-- lib/stored.lua");
-        let body = source.find("-- test.lua\nreturn 1");
-        assert!(layout < library && library < body, "{source}");
+        let body = source.find("-- test.lua\nreturn 2 + 9007199254740991");
+        assert!(
+            reader.is_some() && reader < maker && maker < library && library < body,
+            "{source}"
+        );
         assert_eq!(script.hash().len(), 40);
     }
 }

@@ -102,8 +102,22 @@ impl RedisStore {
 
 /// The reply `value` of `what` as layout `R`; an error reply sorted.
 fn decode<R: Layout>(value: Value, what: &str) -> Result<R, StoreError> {
-    let value = value.extract_error().map_err(|e| sort_command_error(&e))?;
-    let values: Vec<Option<String>> = redis::from_redis_value(value)
-        .map_err(|e| StoreError::Protocol(format!("{what} reply: {e}")))?;
+    let unexpected = |detail: String| StoreError::Protocol(format!("{what} reply: {detail}"));
+    let Value::Array(items) = value.extract_error().map_err(|e| sort_command_error(&e))? else {
+        return Err(unexpected("not an array".into()));
+    };
+    // Straight from the reply's buffers: a bulk string's bytes become the
+    // String without a copy.
+    let values = items
+        .into_iter()
+        .map(|item| match item {
+            Value::Nil => Ok(None),
+            Value::BulkString(bytes) => String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|e| unexpected(e.to_string())),
+            Value::SimpleString(text) => Ok(Some(text)),
+            other => Err(unexpected(format!("{other:?} in an array of strings"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     R::from_values(values).map_err(|e| StoreError::Protocol(format!("{what}: {e}")))
 }

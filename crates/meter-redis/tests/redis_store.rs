@@ -157,7 +157,6 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
         ("resetDate", "2026-13-01T00:00:00.000Z"),
         ("resetAnchor", "2026-02-30T10:00:00.000Z"),
         ("resetPeriod", "fortnight"),
-        ("lastUpdate", "yesterday"),
         ("isTrialCredits", "yes"),
     ];
     for (i, (field, bad)) in cases.iter().enumerate() {
@@ -205,6 +204,45 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
             .expect("exists");
         assert!(!remembered, "no idempotency record for a refused call");
     }
+}
+
+#[tokio::test]
+async fn a_corrupt_last_update_fails_reads_and_is_replaced_by_the_next_write() {
+    let server = RedisServer::start();
+    let ledger = ledger(&server);
+    let mut conn = server.connection().await;
+    let who = account("u-last-update");
+    ledger
+        .reset(&reset(&who, 100), at("2025-12-15T00:00:00.000Z"))
+        .await
+        .expect("reset");
+    let _: () = conn
+        .hset(keys::credits(&who), "lastUpdate", "yesterday")
+        .await
+        .expect("hset");
+    let read = ledger.balance(&who).await;
+    assert!(
+        matches!(read, Err(StoreError::Corrupt { ref detail, .. }) if detail.contains("lastUpdate")),
+        "{read:?}"
+    );
+    // A declined deduct writes nothing, and answers what it read: corrupt.
+    let declined = ledger.deduct(&deduct(&who, 1_000, ""), at(NOW)).await;
+    assert!(
+        matches!(declined, Err(MeterError::Store(StoreError::Corrupt { .. }))),
+        "{declined:?}"
+    );
+    let still: String = conn
+        .hget(keys::credits(&who), "lastUpdate")
+        .await
+        .expect("hget");
+    assert_eq!(still, "yesterday");
+    // Every write that applies sets lastUpdate, so it repairs the field.
+    let charged = ledger
+        .deduct(&deduct(&who, 1, ""), at(NOW))
+        .await
+        .expect("a deduct replaces lastUpdate");
+    assert_eq!(charged.outcome.balance.last_update, Some(at(NOW)));
+    assert!(ledger.balance(&who).await.is_ok());
 }
 
 async fn info_field(

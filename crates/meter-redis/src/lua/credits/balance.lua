@@ -1,32 +1,35 @@
--- balance.lua: the credits hash (fields CREDITS_HASH) as the credits scripts
--- read it, and their reply (CREDITS_REPLY).
+-- balance.lua: the credits hash (layout CREDITS_HASH) as the credits scripts
+-- read it, and their reply (layout CREDITS_REPLY).
 
 -- The balance at `key` with any reset due by now applied, or nil for an
--- unknown account. Every field is checked first (a corrupt one stops the
--- script before any write). b.due says a reset fell due: `used`, `resetDate`
--- and `lastUpdate` then differ from what is stored.
+-- unknown account. Every field a write keeps or computes from is checked
+-- first (a corrupt one stops the script before any write). `lastUpdate` is
+-- not: every write that applies replaces it, and meterd refuses a bad one
+-- when it reads the hash. b.due says a reset fell due: `used`, `reset` and
+-- `last` then differ from what is stored.
 local function load_balance(key)
-  local f = read_hash(key, CREDITS_HASH)
-  if not f.total then return nil end
+  local f = read_CREDITS_HASH(key)
+  local total, used, reset, trial = f[CREDITS_HASH_total], f[CREDITS_HASH_used], f[CREDITS_HASH_resetDate], f[CREDITS_HASH_isTrialCredits]
+  if not total then return nil end
+  if trial and trial ~= 'true' and trial ~= 'false' then corrupt(key, 'isTrialCredits', trial) end
   local b = {
-    total = stored_count(key, 'total', f.total),
-    used = f.used and stored_count(key, 'used', f.used) or 0,
-    last = f.lastUpdate and stored_time(key, 'lastUpdate', f.lastUpdate) or nil,
-    trial = f.isTrialCredits == 'true',
+    total = stored_count(key, 'total', total),
+    used = used and stored_count(key, 'used', used) or 0,
+    last = f[CREDITS_HASH_lastUpdate] or nil,
+    trial = trial == 'true',
+    reset = nil, anchor = nil, period = nil, due = false,
   }
-  if f.isTrialCredits and f.isTrialCredits ~= 'true' and f.isTrialCredits ~= 'false' then
-    corrupt(key, 'isTrialCredits', f.isTrialCredits)
-  end
-  if f.resetDate then
-    b.reset = stored_time(key, 'resetDate', f.resetDate)
-    b.anchor = stored_time(key, 'resetAnchor', f.resetAnchor or '')
-    b.period = f.resetPeriod
-    if b.period ~= 'day' and b.period ~= 'week' and b.period ~= 'month' and b.period ~= 'year' then
-      corrupt(key, 'resetPeriod', f.resetPeriod or '')
+  if reset then
+    local period = f[CREDITS_HASH_resetPeriod]
+    b.reset = stored_time(key, 'resetDate', reset)
+    b.anchor = stored_time(key, 'resetAnchor', f[CREDITS_HASH_resetAnchor] or '')
+    if period ~= 'day' and period ~= 'week' and period ~= 'month' and period ~= 'year' then
+      corrupt(key, 'resetPeriod', period or '')
     end
-    if NOW_TEXT >= b.reset then
+    b.period = period
+    if NOW_TEXT >= reset then
       local t = period_math()
-      local start, finish = t.period_containing(t.parse_time(b.anchor), b.period, NOW_MS)
+      local start, finish = t.period_containing(t.parse_time(b.anchor), period, NOW_MS)
       b.used = 0
       b.reset = t.format_time(finish)
       b.last = t.format_time(start)
@@ -38,13 +41,20 @@ end
 
 -- The reply of a credits script: `status`, whether it `applied`, and the balance `b`.
 local function balance_reply(status, applied, b)
-  local r = { status = status, applied = applied and '1' or '0', replayed = '0' }
+  local out = new_CREDITS_REPLY()
+  out[CREDITS_REPLY_status] = status
+  out[CREDITS_REPLY_applied] = applied and '1' or '0'
+  out[CREDITS_REPLY_replayed] = '0'
   if b then
-    r.total, r.used, r.last_update = int(b.total), int(b.used), b.last
-    r.trial = b.trial and '1' or '0'
+    out[CREDITS_REPLY_total] = int(b.total)
+    out[CREDITS_REPLY_used] = int(b.used)
+    out[CREDITS_REPLY_last_update] = b.last or false
+    out[CREDITS_REPLY_trial] = b.trial and '1' or '0'
     if b.reset then
-      r.reset_date, r.reset_anchor, r.reset_period = b.reset, b.anchor, b.period
+      out[CREDITS_REPLY_reset_date] = b.reset
+      out[CREDITS_REPLY_reset_anchor] = b.anchor
+      out[CREDITS_REPLY_reset_period] = b.period
     end
   end
-  return pack(CREDITS_REPLY, r)
+  return out
 end

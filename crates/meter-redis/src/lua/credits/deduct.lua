@@ -4,7 +4,7 @@
 -- MULTI/EXEC because the write depends on what was read (no WATCH retries).
 -- KEYS: credits hash[, idempotency record]
 -- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), amount
-local replay = recall(CREDITS_REPLY)
+local replay = recall(new_CREDITS_REPLY, CREDITS_REPLY_status, CREDITS_REPLY_replayed)
 if replay then return replay end
 local key, amount = KEYS[1], tonumber(ARGV[5])
 local b = load_balance(key)
@@ -15,12 +15,9 @@ if applied then
 end
 local out = balance_reply('ok', applied, b)
 remember(out)
-if applied or (b and b.due) then
-  local fields = { 'used', int(b.used), 'lastUpdate', b.last }
-  if b.due then
-    table.insert(fields, 'resetDate')
-    table.insert(fields, b.reset)
-  end
-  redis.call('HSET', key, unpack(fields))
+if b and b.due then
+  redis.call('HSET', key, 'used', int(b.used), 'lastUpdate', b.last, 'resetDate', b.reset)
+elseif applied then
+  redis.call('HSET', key, 'used', int(b.used), 'lastUpdate', b.last)
 end
 return out

@@ -5,7 +5,7 @@
 -- meterd computes the next reset (next_reset_text).
 -- KEYS: credits hash[, idempotency record]
 -- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), total, period, next_reset_text
-local replay = recall(CREDITS_REPLY)
+local replay = recall(new_CREDITS_REPLY, CREDITS_REPLY_status, CREDITS_REPLY_replayed)
 if replay then return replay end
 local key, total, period, next_reset = KEYS[1], ARGV[5], ARGV[6], ARGV[7]
 load_balance(key)

@@ -22,18 +22,23 @@ if ARGV[3] ~= '' then
   end
 end
 
--- The reply to give instead of running: the remembered one with `replayed`
--- set, a reply whose status is 'conflict' for a key reused with other
+-- The reply to give instead of running: the remembered one with its
+-- `replayed` value (at position `replayed_at`) set, a `new_reply()` whose
+-- status (at `status_at`) is 'conflict' for a key reused with other
 -- arguments, or nil to run.
-local function recall(layout)
+local function recall(new_reply, status_at, replayed_at)
   if not IDEMPOTENCY then return nil end
   local stored = redis.call('GET', IDEMPOTENCY.key)
   if not stored then return nil end
   local record = cjson.decode(stored)
   local expires = tonumber(record.exp)
   if expires and expires <= NOW_MS then return nil end
-  if record.fp ~= IDEMPOTENCY.fp then return pack(layout, { status = 'conflict' }) end
-  record.out[position(layout, 'replayed')] = '1'
+  if record.fp ~= IDEMPOTENCY.fp then
+    local conflict = new_reply()
+    conflict[status_at] = 'conflict'
+    return conflict
+  end
+  record.out[replayed_at] = '1'
   return record.out
 end
 
