@@ -3,12 +3,12 @@
 use meter_core::{InvalidArgument, MeterError, StoreError};
 use tonic::Status;
 
-use crate::throttle::Throttle;
+use crate::throttle::{KeyedThrottle, Throttle};
 
 static UNAVAILABLE: Throttle = Throttle::new();
 static NO_ANSWER: Throttle = Throttle::new();
 static OVERLOADED: Throttle = Throttle::new();
-static CORRUPT: Throttle = Throttle::new();
+static CORRUPT: KeyedThrottle = KeyedThrottle::new();
 static PROTOCOL: Throttle = Throttle::new();
 
 /// The status a client gets for `error`; internal details go to the log
@@ -57,7 +57,8 @@ pub fn to_status(error: MeterError) -> Status {
             )
         }
         MeterError::Store(StoreError::Corrupt { what, key, detail }) => {
-            if let Some(held_back) = CORRUPT.admit() {
+            // Throttled per key, so every corrupt key is named in the log.
+            if let Some(held_back) = CORRUPT.admit(&key) {
                 tracing::error!(%what, %key, %detail, held_back, "corrupt stored data");
             }
             Status::internal(format!(
@@ -65,11 +66,16 @@ pub fn to_status(error: MeterError) -> Status {
                  repair it (the meterd log names the key)"
             ))
         }
+        // INTERNAL: a retry as is would meet the same reply. It can come
+        // after the store ran the call, so the message says so.
         MeterError::Store(StoreError::Protocol(detail)) => {
             if let Some(held_back) = PROTOCOL.admit() {
                 tracing::error!(%detail, held_back, "unexpected store reply");
             }
-            Status::internal("unexpected reply from the store; see the meterd log")
+            Status::internal(
+                "unexpected reply from the store; the change may or may not have been applied: \
+                 once the cause is fixed (see the meterd log), retry with the same idempotency_key",
+            )
         }
     }
 }

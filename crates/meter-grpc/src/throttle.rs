@@ -3,8 +3,9 @@
 //! so an outage does not flood the log, or block on it, when it matters most.
 
 use std::{
+    collections::HashMap,
     sync::{
-        LazyLock,
+        LazyLock, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
@@ -54,6 +55,55 @@ impl Throttle {
     }
 }
 
+/// One kind of warning per key (a corrupt key), each let through at most
+/// once a second, so every key is named while none floods the log.
+#[derive(Debug)]
+pub(crate) struct KeyedThrottle {
+    /// The second each key was last let through, and those held back since.
+    keys: LazyLock<Mutex<HashMap<String, (u64, u64)>>>,
+}
+
+impl KeyedThrottle {
+    /// Most keys remembered; past it the memory starts afresh.
+    const KEYS: usize = 1024;
+
+    /// A throttle that has let nothing through yet.
+    pub(crate) const fn new() -> Self {
+        Self {
+            keys: LazyLock::new(Mutex::default),
+        }
+    }
+
+    /// As [`Throttle::admit`], for `key`.
+    pub(crate) fn admit(&self, key: &str) -> Option<u64> {
+        self.admit_at(key, EPOCH.elapsed().as_secs())
+    }
+
+    fn admit_at(&self, key: &str, now: u64) -> Option<u64> {
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match keys.get_mut(key) {
+            Some((last, held_back)) if *last == now => {
+                *held_back += 1;
+                None
+            }
+            Some((last, held_back)) => {
+                *last = now;
+                Some(std::mem::take(held_back))
+            }
+            None => {
+                if keys.len() >= Self::KEYS {
+                    keys.clear();
+                }
+                keys.insert(key.to_owned(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +121,18 @@ mod tests {
             "the next second, with the count held back"
         );
         assert_eq!(throttle.admit_at(8), None);
+    }
+
+    #[test]
+    fn each_key_gets_its_own_warning_a_second() {
+        let throttle = KeyedThrottle::new();
+        assert_eq!(throttle.admit_at("a", 3), Some(0));
+        assert_eq!(
+            throttle.admit_at("b", 3),
+            Some(0),
+            "another key is named too"
+        );
+        assert_eq!(throttle.admit_at("a", 3), None);
+        assert_eq!(throttle.admit_at("a", 4), Some(1));
     }
 }

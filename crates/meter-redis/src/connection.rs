@@ -210,9 +210,12 @@ pub(crate) fn sort_command_error(error: &RedisError) -> StoreError {
                 detail,
             }
         }
+        // Each refuses a command (a script: its first write) before it
+        // changes anything: a replica, a failover, too few replicas to write
+        // to, a failed snapshot, full memory, a script still loading.
         Some(
             "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "OOM"
-            | "NOSCRIPT",
+            | "NOREPLICAS" | "MISCONF" | "NOSCRIPT",
         ) => StoreError::Unavailable(format!("Redis refused the command: {error}")),
         _ => StoreError::Protocol(error.to_string()),
     }

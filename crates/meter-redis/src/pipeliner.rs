@@ -109,9 +109,11 @@ impl Pipeliner {
         self.queue
             .send(job)
             .map_err(|_| StoreError::Unavailable("the Redis store is closed".into()))?;
+        // The driver drops a call unanswered only if its batch task died,
+        // which may have been after the batch was sent.
         answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the Redis pipeline stopped before sending the call".into(),
+            Err(StoreError::OutcomeUnknown(
+                "the Redis pipeline dropped the call".into(),
             ))
         })
     }
@@ -174,7 +176,9 @@ async fn round_trip(
     if values.len() == count {
         Ok(values)
     } else {
-        Err(StoreError::Protocol(format!(
+        // The commands were sent: which ran cannot be told from a reply
+        // that does not line up with them.
+        Err(StoreError::OutcomeUnknown(format!(
             "{count} commands got {} replies",
             values.len()
         )))
@@ -253,14 +257,19 @@ async fn reload_unknown_scripts(
     match outcome {
         Ok(values) => {
             let (loads, resent) = values.split_at(scripts.len());
-            if let Some(failed) = loads.iter().find(|v| matches!(v, Value::ServerError(_))) {
-                for &i in &stale {
-                    replies[i] = Ok(failed.clone());
-                }
-                return;
-            }
             for (&i, value) in stale.iter().zip(resent) {
-                replies[i] = Ok(value.clone());
+                // A call whose own script failed to load did not run (its
+                // resend met NOSCRIPT again): it answers that failure. Every
+                // other call answers its own resent reply, whatever it says.
+                let load = jobs[i]
+                    .script
+                    .and_then(|script| scripts.iter().position(|s| s.hash() == script.hash()))
+                    .and_then(|position| loads.get(position))
+                    .filter(|load| matches!(load, Value::ServerError(_)));
+                replies[i] = Ok(match load {
+                    Some(failed) if is_noscript_value(value) => failed.clone(),
+                    _ => value.clone(),
+                });
             }
         }
         Err(error) => {
@@ -272,5 +281,9 @@ async fn reload_unknown_scripts(
 }
 
 fn is_noscript(reply: &Reply) -> bool {
-    matches!(reply, Ok(Value::ServerError(e)) if e.code() == "NOSCRIPT")
+    matches!(reply, Ok(value) if is_noscript_value(value))
+}
+
+fn is_noscript_value(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }

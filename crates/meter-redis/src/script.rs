@@ -13,8 +13,12 @@
 //! captured local costs about as much as a check. So the generated code is
 //! positional (one array per hash read, one per reply), and the positions
 //! and `MAX_CREDITS` are written into the source as numbers when the script
-//! is assembled, not kept in locals. A misspelt name is an undefined
-//! global, which Redis refuses loudly.
+//! is assembled, not kept in locals. A misspelt name is caught then too:
+//! assembly refuses any `<LAYOUT>_<name>` that the layout does not have.
+//!
+//! Absent reply values are `''`, the form every version of meter writes and
+//! reads, so replicas of two versions can replay each other's idempotency
+//! records during a rolling deploy.
 
 use std::{collections::HashMap, fmt::Write as _};
 
@@ -132,6 +136,10 @@ impl LuaScript {
     /// `MAX_CREDITS`, the positions and reader of each of `hashes`, the
     /// positions and maker of each of `replies`, then `libraries` in order,
     /// then `body`.
+    ///
+    /// Panics when the source names a layout position the layout does not
+    /// have: a mistake in the scripts, caught when they are first built
+    /// (every test that runs one).
     pub fn new(
         name: &'static str,
         libraries: &[Library],
@@ -161,14 +169,20 @@ impl LuaScript {
             let _ = writeln!(
                 source,
                 "local function new_{layout}() return {{ {} }} end",
-                vec!["false"; names.len()].join(", ")
+                vec!["''"; names.len()].join(", ")
             );
         }
         for library in libraries {
             let _ = write!(source, "\n-- {}\n{}", library.name, library.source);
         }
         let _ = write!(source, "\n-- {name}\n{body}");
-        let source = substitute(&source, &constants);
+        let layouts: Vec<String> = hashes
+            .iter()
+            .chain(replies)
+            .map(|(layout, _)| format!("{layout}_"))
+            .collect();
+        let source = substitute(&source, &constants, &layouts)
+            .unwrap_or_else(|unknown| panic!("{name}: no layout has a position named {unknown}"));
         let hash = redis::Script::new(&source).get_hash().to_owned();
         Self { name, source, hash }
     }
@@ -206,28 +220,63 @@ impl LuaScript {
     }
 }
 
-/// `source` with every identifier that names a constant replaced by its value.
-fn substitute(source: &str, constants: &HashMap<String, String>) -> String {
-    let is_start = |c: char| c.is_ascii_alphabetic() || c == '_';
-    let is_part = |c: char| c.is_ascii_alphanumeric() || c == '_';
+/// `source` with every identifier (outside comments and string literals)
+/// that names a constant replaced by its value; `Err` with the first one
+/// that starts like a layout position (`CREDITS_REPLY_`) but is not one.
+fn substitute(
+    source: &str,
+    constants: &HashMap<String, String>,
+    layouts: &[String],
+) -> Result<String, String> {
+    let is_part = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let bytes = source.as_bytes();
     let mut out = String::with_capacity(source.len());
-    let mut rest = source;
-    while let Some(start) = rest.find(is_start) {
-        // An identifier starts here unless it continues one (`x1_NAME`).
-        let continues = rest[..start].ends_with(is_part);
-        out.push_str(&rest[..start]);
-        let word_len = rest[start..]
-            .find(|c| !is_part(c))
-            .unwrap_or(rest.len() - start);
-        let word = &rest[start..start + word_len];
-        match constants.get(word) {
-            Some(value) if !continues => out.push_str(value),
-            _ => out.push_str(word),
-        }
-        rest = &rest[start + word_len..];
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &source[i..];
+        let end = match bytes[i] {
+            // A comment, to the end of the line.
+            b'-' if rest.starts_with("--") => rest.find('\n').map_or(source.len(), |n| i + n),
+            // A string literal, escapes included.
+            quote @ (b'\'' | b'"') => {
+                let mut j = i + 1;
+                while j < bytes.len() && bytes[j] != quote {
+                    j += if bytes[j] == b'\\' { 2 } else { 1 };
+                }
+                (j + 1).min(bytes.len())
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let end = rest
+                    .bytes()
+                    .position(|c| !is_part(c))
+                    .map_or(source.len(), |n| i + n);
+                let word = &source[i..end];
+                match constants.get(word) {
+                    Some(value) => {
+                        out.push_str(value);
+                        i = end;
+                        continue;
+                    }
+                    None if layouts
+                        .iter()
+                        .any(|prefix| word.starts_with(prefix.as_str())) =>
+                    {
+                        return Err(word.to_owned());
+                    }
+                    None => end,
+                }
+            }
+            // A number (`0x1F`, `1e3`) never holds an identifier.
+            c if c.is_ascii_digit() => rest
+                .bytes()
+                .position(|c| !is_part(c))
+                .map_or(source.len(), |n| i + n),
+            _ => i + rest.chars().next().map_or(1, char::len_utf8),
+        };
+        out.push_str(&source[i..end]);
+        i = end;
     }
-    out.push_str(rest);
-    out
+    Ok(out)
 }
 
 /// One `EVALSHA` of a script, built key by key and argument by argument;
@@ -252,11 +301,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn constants_are_replaced_as_whole_identifiers_only() {
+    fn constants_are_replaced_as_whole_identifiers_outside_strings_and_comments() {
         let constants = HashMap::from([("A_x".to_owned(), "1".to_owned())]);
+        let layouts = ["A_".to_owned()];
         assert_eq!(
-            substitute("f[A_x] = A_xy .. B_A_x .. 'A_x'", &constants),
-            "f[1] = A_xy .. B_A_x .. '1'"
+            substitute(
+                "f[A_x] = B_A_x .. 'A_x' .. \"A_x\" .. 'it\\'s A_x' -- A_x\nreturn A_x",
+                &constants,
+                &layouts
+            ),
+            Ok("f[1] = B_A_x .. 'A_x' .. \"A_x\" .. 'it\\'s A_x' -- A_x\nreturn 1".to_owned())
+        );
+        assert_eq!(
+            substitute("return f[A_y]", &constants, &layouts),
+            Err("A_y".to_owned()),
+            "a misspelt position is refused when the script is assembled"
         );
     }
 
@@ -292,7 +351,7 @@ mod tests {
         let reader = source.find(
             "local function read_PAIR(key) return redis.call('HMGET', key, 'first', 'secondValue') end\n",
         );
-        let maker = source.find("local function new_PAIR() return { false, false } end\n");
+        let maker = source.find("local function new_PAIR() return { '', '' } end\n");
         let library = source.find("-- lib/stored.lua");
         let body = source.find("-- test.lua\nreturn 2 + 9007199254740991");
         assert!(

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
+    sync::{Arc, LazyLock},
     time::{Duration, Instant},
 };
 
@@ -11,7 +11,10 @@ use meter_core::{
     AccountId, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, IdempotencyKey,
     IdempotencyWindow, MeterError, Reason, ResetCredits, StoreError, Timestamp,
 };
-use meter_redis::{RedisConfig, RedisCreditLedger, RedisStore, keys, script::lib};
+use meter_redis::{
+    RedisConfig, RedisCreditLedger, RedisStore, keys,
+    script::{LuaScript, lib, names},
+};
 use meter_testkit::{RedisServer, timestamp as at};
 use proptest::{prelude::*, strategy::ValueTree, test_runner::TestRunner};
 use redis::AsyncCommands;
@@ -157,6 +160,8 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
         ("resetDate", "2026-13-01T00:00:00.000Z"),
         ("resetAnchor", "2026-02-30T10:00:00.000Z"),
         ("resetPeriod", "fortnight"),
+        ("lastUpdate", "yesterday"),
+        ("lastUpdate", "2026-02-30T00:00:00.000Z"),
         ("isTrialCredits", "yes"),
     ];
     for (i, (field, bad)) in cases.iter().enumerate() {
@@ -204,45 +209,6 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
             .expect("exists");
         assert!(!remembered, "no idempotency record for a refused call");
     }
-}
-
-#[tokio::test]
-async fn a_corrupt_last_update_fails_reads_and_is_replaced_by_the_next_write() {
-    let server = RedisServer::start();
-    let ledger = ledger(&server);
-    let mut conn = server.connection().await;
-    let who = account("u-last-update");
-    ledger
-        .reset(&reset(&who, 100), at("2025-12-15T00:00:00.000Z"))
-        .await
-        .expect("reset");
-    let _: () = conn
-        .hset(keys::credits(&who), "lastUpdate", "yesterday")
-        .await
-        .expect("hset");
-    let read = ledger.balance(&who).await;
-    assert!(
-        matches!(read, Err(StoreError::Corrupt { ref detail, .. }) if detail.contains("lastUpdate")),
-        "{read:?}"
-    );
-    // A declined deduct writes nothing, and answers what it read: corrupt.
-    let declined = ledger.deduct(&deduct(&who, 1_000, ""), at(NOW)).await;
-    assert!(
-        matches!(declined, Err(MeterError::Store(StoreError::Corrupt { .. }))),
-        "{declined:?}"
-    );
-    let still: String = conn
-        .hget(keys::credits(&who), "lastUpdate")
-        .await
-        .expect("hget");
-    assert_eq!(still, "yesterday");
-    // Every write that applies sets lastUpdate, so it repairs the field.
-    let charged = ledger
-        .deduct(&deduct(&who, 1, ""), at(NOW))
-        .await
-        .expect("a deduct replaces lastUpdate");
-    assert_eq!(charged.outcome.balance.last_update, Some(at(NOW)));
-    assert!(ledger.balance(&who).await.is_ok());
 }
 
 async fn info_field(
@@ -302,6 +268,54 @@ async fn unknown_scripts_are_loaded_once_per_batch_after_a_script_flush() {
         calls <= 8,
         "64 calls after a flush loaded the script {calls} times"
     );
+}
+
+meter_redis::layout! {
+    /// The reply of the test scripts below.
+    struct Ran as "RAN" {
+        /// `yes` when the script ran.
+        ran = "ran",
+    }
+}
+
+static COUNTS: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "test/counts.lua",
+        &[],
+        &[],
+        &[names::<Ran>()],
+        "redis.call('INCR', KEYS[1])\nlocal out = new_RAN()\nout[RAN_ran] = 'yes'\nreturn out",
+    )
+});
+static DOES_NOT_COMPILE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("test/broken.lua", &[], &[], &[], "return ((("));
+
+// One scheduler thread: both calls leave in one batch, and both meet NOSCRIPT.
+#[tokio::test(flavor = "current_thread")]
+async fn a_script_that_fails_to_load_does_not_answer_for_one_that_ran() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&config(&server)).expect("valid url");
+    let counted = {
+        let store = store.clone();
+        tokio::spawn(async move { store.run::<Ran>(COUNTS.call(&["counter"])).await })
+    };
+    let broken = {
+        let store = store.clone();
+        tokio::spawn(async move { store.run::<Ran>(DOES_NOT_COMPILE.call(&["other"])).await })
+    };
+    let counted = counted.await.expect("task");
+    let broken = broken.await.expect("task");
+    assert_eq!(
+        counted.map(|r| r.ran),
+        Ok(Some("yes".into())),
+        "it ran: its own reply"
+    );
+    assert!(
+        matches!(broken, Err(StoreError::Protocol(ref e)) if e.contains("compil")),
+        "{broken:?}"
+    );
+    let count: i64 = server.connection().await.get("counter").await.expect("get");
+    assert_eq!(count, 1, "it ran once");
 }
 
 #[tokio::test]

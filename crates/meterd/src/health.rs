@@ -71,6 +71,10 @@ pub(crate) async fn watch_store<S: Stores>(
         // A store that hangs rather than refusing counts as down after one interval.
         let check =
             tokio::time::timeout(interval.max(Duration::from_millis(100)), stores.ping()).await;
+        // Shutdown may have begun during the check: never report SERVING after it.
+        if *phase.borrow() != Phase::Serving {
+            break;
+        }
         let status = match check {
             Ok(Ok(())) => ServingStatus::Serving,
             Ok(Err(error)) => {

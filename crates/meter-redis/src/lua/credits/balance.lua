@@ -2,20 +2,20 @@
 -- read it, and their reply (layout CREDITS_REPLY).
 
 -- The balance at `key` with any reset due by now applied, or nil for an
--- unknown account. Every field a write keeps or computes from is checked
--- first (a corrupt one stops the script before any write). `lastUpdate` is
--- not: every write that applies replaces it, and meterd refuses a bad one
--- when it reads the hash. b.due says a reset fell due: `used`, `reset` and
--- `last` then differ from what is stored.
+-- unknown account. Every field is checked first: a corrupt one stops the
+-- script before any write, including the idempotency record, since every
+-- reply (a declined deduct's too) carries the fields back. b.due says a
+-- reset fell due: `used`, `reset` and `last` then differ from what is stored.
 local function load_balance(key)
   local f = read_CREDITS_HASH(key)
   local total, used, reset, trial = f[CREDITS_HASH_total], f[CREDITS_HASH_used], f[CREDITS_HASH_resetDate], f[CREDITS_HASH_isTrialCredits]
   if not total then return nil end
   if trial and trial ~= 'true' and trial ~= 'false' then corrupt(key, 'isTrialCredits', trial) end
+  local last = f[CREDITS_HASH_lastUpdate]
   local b = {
     total = stored_count(key, 'total', total),
     used = used and stored_count(key, 'used', used) or 0,
-    last = f[CREDITS_HASH_lastUpdate] or nil,
+    last = last and stored_time(key, 'lastUpdate', last) or nil,
     trial = trial == 'true',
     reset = nil, anchor = nil, period = nil, due = false,
   }
@@ -48,7 +48,7 @@ local function balance_reply(status, applied, b)
   if b then
     out[CREDITS_REPLY_total] = int(b.total)
     out[CREDITS_REPLY_used] = int(b.used)
-    out[CREDITS_REPLY_last_update] = b.last or false
+    out[CREDITS_REPLY_last_update] = b.last or ''
     out[CREDITS_REPLY_trial] = b.trial and '1' or '0'
     if b.reset then
       out[CREDITS_REPLY_reset_date] = b.reset

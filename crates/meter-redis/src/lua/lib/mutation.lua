@@ -14,6 +14,11 @@
 local NOW_MS, NOW_TEXT = tonumber(ARGV[1]), ARGV[2]
 local IDEMPOTENCY = nil
 if ARGV[3] ~= '' then
+  -- The record is a key of its own, after the data keys: with a single key
+  -- the record would overwrite the data.
+  if #KEYS < 2 then
+    return redis.error_reply('ERR an idempotent call needs its record as the last of at least two keys')
+  end
   IDEMPOTENCY = { key = KEYS[#KEYS], fp = ARGV[3], window = tonumber(ARGV[4]) }
   -- meterd caps the window at 30 days; checked here too, before any write,
   -- because SET would refuse a bad one only after the other writes.
