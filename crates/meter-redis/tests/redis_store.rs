@@ -434,13 +434,7 @@ async fn a_broken_connection_is_never_handed_out_again() {
         .expect("grant");
     // Redis drops meterd's connection, as a failover or a proxy restart does.
     let mut conn = server.connection().await;
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .query_async(&mut conn)
-        .await
-        .expect("client kill");
+    let killed = server.drop_clients(&mut conn).await;
     assert_eq!(killed, 1, "the ledger's one connection");
     // The first call may meet the dead socket; every later one gets a new connection.
     let first = ledger.balance(&who).await;

@@ -74,6 +74,18 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Closes every client connection but the caller's (`CLIENT KILL TYPE
+    /// normal`), as a failover or a proxy restart does; returns how many.
+    pub async fn drop_clients(&self, conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(conn)
+            .await
+            .unwrap_or_else(|e| panic!("CLIENT KILL on port {}: {e}", self.port))
+    }
+
     /// Freezes the server with SIGSTOP: connections stay open, nothing answers.
     pub fn freeze(&self) {
         self.signal("-STOP");

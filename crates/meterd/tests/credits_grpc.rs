@@ -74,16 +74,7 @@ async fn concurrent_deducts_on_redis_end_exact_and_never_below_zero() {
     let redis = RedisServer::start();
     let meterd = Meterd::redis(redis.url()).await;
     assert_eq!(hammer(&meterd, "hot-account").await, 5_000);
-    let balance = meterd
-        .credits()
-        .get_balance(GetBalanceRequest {
-            account_id: "hot-account".into(),
-        })
-        .await
-        .expect("balance")
-        .into_inner()
-        .balance
-        .expect("balance");
+    let balance = support::balance(&mut meterd.credits(), "hot-account").await;
     assert_eq!(
         (balance.total, balance.used, balance.remaining),
         (5_000, 5_000, 0)
@@ -134,15 +125,7 @@ async fn an_idempotent_replay_applies_once() {
         .expect("deduct")
         .into_inner();
     assert!(first.applied && again.applied && again.replayed);
-    let balance = client
-        .get_balance(GetBalanceRequest {
-            account_id: "org_7".into(),
-        })
-        .await
-        .expect("balance")
-        .into_inner()
-        .balance
-        .expect("balance");
+    let balance = support::balance(&mut client, "org_7").await;
     assert_eq!((balance.total, balance.used), (1_000, 40));
 
     let conflict = client
@@ -177,15 +160,7 @@ async fn a_passed_reset_time_resets_lazily_on_the_next_call() {
         .expect("hset");
     let meterd = Meterd::redis(redis.url()).await;
     let mut client = meterd.credits();
-    let read = client
-        .get_balance(GetBalanceRequest {
-            account_id: "sleeper".into(),
-        })
-        .await
-        .expect("balance")
-        .into_inner()
-        .balance
-        .expect("balance");
+    let read = support::balance(&mut client, "sleeper").await;
     assert_eq!((read.used, read.remaining), (0, 1_000));
     let next_reset = read.reset_time.expect("scheduled");
     let now = std::time::SystemTime::now()
@@ -546,24 +521,14 @@ async fn a_period_resets_when_the_clock_passes_it_without_anyone_waiting() {
             .expect("deduct")
             .into_inner();
         assert!(charged.applied);
-        let balance = |client: &mut CreditsServiceClient<Channel>| {
-            let mut client = client.clone();
-            async move {
-                client
-                    .get_balance(GetBalanceRequest {
-                        account_id: "u-clock".into(),
-                    })
-                    .await
-                    .expect("balance")
-                    .into_inner()
-                    .balance
-                    .expect("balance")
-            }
-        };
         clock.set("2026-02-28T09:59:59.999Z");
-        assert_eq!(balance(&mut client).await.used, 60, "a millisecond before");
+        assert_eq!(
+            support::balance(&mut client, "u-clock").await.used,
+            60,
+            "a millisecond before"
+        );
         clock.advance(Duration::from_millis(1));
-        let after = balance(&mut client).await;
+        let after = support::balance(&mut client, "u-clock").await;
         assert_eq!(
             (after.used, after.remaining),
             (0, 100),

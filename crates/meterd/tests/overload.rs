@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use meter_api::v1::{DeductRequest, GetBalanceRequest, ResetRequest};
+use meter_api::v1::{DeductRequest, ResetRequest};
 use meter_testkit::RedisServer;
 use support::MeterdProcess;
 use tonic::{Code, transport::Channel};
@@ -139,15 +139,7 @@ async fn a_frozen_redis_under_ten_thousand_calls_keeps_memory_bounded_and_totals
         }
     }
     assert_eq!(retried, CALLS);
-    let balance = client(0)
-        .get_balance(GetBalanceRequest {
-            account_id: "u-overload".into(),
-        })
-        .await
-        .expect("balance")
-        .into_inner()
-        .balance
-        .expect("balance");
+    let balance = support::balance(&mut client(0), "u-overload").await;
     assert_eq!(
         balance.used, CALLS as i64,
         "every deduct applied exactly once"

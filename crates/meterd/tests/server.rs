@@ -397,13 +397,7 @@ async fn a_redis_that_may_evict_keys_is_reported_at_start_and_on_reconnect() {
         .query_async(&mut conn)
         .await
         .expect("config set");
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .query_async(&mut conn)
-        .await
-        .expect("client kill");
+    redis.drop_clients(&mut conn).await;
     // The health check meets the dead connection, and its replacement reports again.
     meterd.wait_for_log("volatile-ttl");
     let log = meterd.log();

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use meter_api::v1::credits_service_client::CreditsServiceClient;
+use meter_api::v1::{Balance, GetBalanceRequest, credits_service_client::CreditsServiceClient};
 use meter_core::{Clock, IdempotencyWindow, SystemClock};
 use meter_redis::RedisConfig;
 use meterd::{Config, Stop, StoreConfig};
@@ -109,6 +109,19 @@ impl Drop for Meterd {
             let _ = stop.send(Stop::Interrupt);
         }
     }
+}
+
+/// The balance of `account`, read over gRPC.
+pub async fn balance(client: &mut CreditsServiceClient<Channel>, account: &str) -> Balance {
+    client
+        .get_balance(GetBalanceRequest {
+            account_id: account.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("GetBalance of {account}: {s:?}"))
+        .into_inner()
+        .balance
+        .unwrap_or_else(|| panic!("GetBalance of {account} answered no balance"))
 }
 
 /// Polls `check` every 10 ms until it returns true, failing after `within`.
