@@ -1,5 +1,6 @@
 //! Connections to one Redis node: the pool, the settings check on every new
-//! connection, and the one place Redis errors are sorted.
+//! connection, and the one place Redis errors are sorted. A cluster has a
+//! pool per master ([`crate::cluster`]).
 
 use std::{
     collections::HashMap,
@@ -12,7 +13,7 @@ use std::{
 use bb8::{ManageConnection, Pool, RunError};
 use meter_core::StoreError;
 use redis::{
-    AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError, aio::MultiplexedConnection,
+    AsyncConnectionConfig, Client, ConnectionInfo, RedisError, aio::MultiplexedConnection,
     io::tcp::TcpSettings,
 };
 
@@ -23,6 +24,8 @@ use crate::{InvalidRedisUrl, RedisConfig};
 pub(crate) struct NodePool {
     pool: Pool<NodeManager>,
     size: u32,
+    /// `host:port`, for redirects and messages.
+    address: Arc<str>,
 }
 
 /// Opens connections with the configured timeouts and checks each new one's settings.
@@ -90,21 +93,18 @@ impl ManageConnection for NodeManager {
 }
 
 impl NodePool {
-    /// Opens the pool. Fails only on a malformed URL: an unreachable Redis is
-    /// retried in the background and reported by calls and pings.
-    pub(crate) fn open(config: &RedisConfig) -> Result<Self, InvalidRedisUrl> {
-        // Pick rustls's ring provider for rediss:// once, process-wide;
-        // an error means one was installed already, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    /// Opens a pool of connections to the node `info` names. Fails only on
+    /// settings the client refuses: an unreachable node is retried in the
+    /// background and reported by calls and pings.
+    pub(crate) fn open(
+        info: ConnectionInfo,
+        config: &RedisConfig,
+    ) -> Result<Self, InvalidRedisUrl> {
         let invalid = |e: RedisError| InvalidRedisUrl(e.to_string());
-        let info = config
-            .url
-            .expose()
-            .into_connection_info()
-            .map_err(invalid)?
-            // Without TCP_NODELAY, Nagle's algorithm holds small commands back
-            // until the previous reply's ACK: tens of ms per call at low load.
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        // Without TCP_NODELAY, Nagle's algorithm holds small commands back
+        // until the previous reply's ACK: tens of ms per call at low load.
+        let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let address = Arc::from(info.addr().to_string());
         let client = Client::open(info).map_err(invalid)?;
         // Chosen here, not inherited: redis-rs would otherwise time every
         // request (a whole pipelined batch) out after its own 500 ms.
@@ -121,7 +121,23 @@ impl NodePool {
                 client,
                 config: connection_config,
             });
-        Ok(Self { pool, size })
+        Ok(Self {
+            pool,
+            size,
+            address,
+        })
+    }
+
+    /// The node's host, as the URL or the cluster named it.
+    pub(crate) fn host(&self) -> &str {
+        self.address
+            .rsplit_once(':')
+            .map_or(&self.address, |(host, _)| host)
+    }
+
+    /// Whether both pools connect to the same `host:port`.
+    pub(crate) fn same_node(&self, other: &NodePool) -> bool {
+        self.address == other.address
     }
 
     /// Lends a connection not known to be broken; `Unavailable` when none
@@ -217,6 +233,13 @@ pub(crate) fn sort_command_error(error: &RedisError) -> StoreError {
             "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "OOM"
             | "NOREPLICAS" | "MISCONF" | "NOSCRIPT",
         ) => StoreError::Unavailable(format!("Redis refused the command: {error}")),
+        // A cluster node names the node that serves the key instead of
+        // running the command. The cluster path follows these; here, they
+        // mean a plain redis:// URL names one node of a cluster.
+        Some("MOVED" | "ASK") => StoreError::Unavailable(format!(
+            "Redis sent the command to another node ({error}); if REDIS_URL names a node of \
+             a Redis Cluster, use redis+cluster://host:port"
+        )),
         _ => StoreError::Protocol(error.to_string()),
     }
 }

@@ -9,12 +9,14 @@
 //!
 //! This is the only crate that knows Redis. It must not import tonic.
 
+mod cluster;
 mod config;
 mod connection;
 pub mod credits;
 pub mod keys;
 mod pipeliner;
 pub mod script;
+pub mod slot;
 mod store;
 
 pub use config::{InvalidRedisUrl, RedisConfig};

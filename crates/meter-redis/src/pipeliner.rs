@@ -19,8 +19,17 @@
 //! leaves is dropped unsent. A script that Redis no longer knows (`NOSCRIPT`,
 //! after a restart or `SCRIPT FLUSH`) is loaded and its calls resent in one
 //! more round trip per batch.
+//!
+//! On a Redis Cluster a batch is split by the master of each command's slot,
+//! one pipeline per master. A command answered `MOVED` or `ASK` was not run:
+//! it is sent again to the node named (after `ASKING` for `ASK`), and a
+//! `TRYAGAIN` (a slot half-way through a migration) after a short pause, at
+//! most [`MAX_REDIRECTS`] times.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use meter_core::StoreError;
 use redis::{Cmd, Pipeline, Value, aio::ConnectionLike};
@@ -30,6 +39,7 @@ use tokio::{
 };
 
 use crate::{
+    cluster::Cluster,
     connection::{NodePool, sort_request_error},
     script::LuaScript,
 };
@@ -37,13 +47,44 @@ use crate::{
 /// Most commands in one pipeline; a larger queue leaves in several.
 const MAX_BATCH: usize = 256;
 
+/// Most times one command follows `MOVED` or `ASK`.
+const MAX_REDIRECTS: u8 = 5;
+
+/// The first pause before a command answered `TRYAGAIN` is sent again;
+/// doubled each time up to [`TRY_AGAIN_AT_MOST`]. A command is tried again
+/// for as long as a reply may take ([`RedisConfig::response_timeout`]).
+///
+/// [`RedisConfig::response_timeout`]: crate::RedisConfig::response_timeout
+const TRY_AGAIN_AFTER: Duration = Duration::from_millis(5);
+const TRY_AGAIN_AT_MOST: Duration = Duration::from_millis(100);
+
+/// Where commands go: one node, or the master of each command's slot.
+#[derive(Clone, Debug)]
+pub(crate) enum Nodes {
+    /// One Redis node.
+    Single(NodePool),
+    /// A Redis Cluster.
+    Cluster(Arc<Cluster>),
+}
+
 /// A command's reply: a value (which may be an error reply), or why none came.
 pub(crate) type Reply = Result<Value, StoreError>;
 
 struct Job {
     command: Cmd,
+    call: Call,
+}
+
+/// A command's call, apart from the command itself.
+struct Call {
     /// The script an `EVALSHA` runs, to load it on `NOSCRIPT`.
     script: Option<&'static LuaScript>,
+    /// The cluster slot of the command's keys; `None` for a command without keys.
+    slot: Option<u16>,
+    /// How many `MOVED` and `ASK` redirects the command has followed.
+    redirects: u8,
+    /// When it was first answered `TRYAGAIN`, and the pause before its next try.
+    try_again: Option<(Instant, Duration)>,
     reply: oneshot::Sender<Reply>,
     /// Held until the reply is delivered: the bound on pending commands.
     _permit: OwnedSemaphorePermit,
@@ -57,11 +98,13 @@ pub(crate) struct Pipeliner {
     max_pending: usize,
 }
 
-/// What ends the driver task: the signal, and its handle to await.
+/// What ends the driver task: the signal, and its handle to await; and the
+/// cluster's slot-map task, if any, to abort.
 #[derive(Debug)]
 pub(crate) struct Driver {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    refresher: Option<JoinHandle<()>>,
 }
 
 impl Driver {
@@ -72,27 +115,48 @@ impl Driver {
         if let Err(error) = self.task.await {
             tracing::error!(%error, "the Redis pipeline task failed");
         }
+        if let Some(refresher) = self.refresher {
+            refresher.abort();
+        }
     }
 }
 
 impl Pipeliner {
-    /// Starts the driver task on the current Tokio runtime.
-    pub(crate) fn start(pool: NodePool, max_pending: usize) -> (Self, Driver) {
+    /// Starts the driver task on the current Tokio runtime; [`Driver::stop`]
+    /// also ends `refresher`.
+    pub(crate) fn start(
+        nodes: Nodes,
+        max_pending: usize,
+        refresher: Option<JoinHandle<()>>,
+    ) -> (Self, Driver) {
         let (queue, jobs) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(drive(pool, jobs, stopped));
+        let task = tokio::spawn(drive(nodes, jobs, stopped));
         let max_pending = max_pending.max(1);
         let pipeliner = Self {
             queue,
             permits: Arc::new(Semaphore::new(max_pending)),
             max_pending,
         };
-        (pipeliner, Driver { stop, task })
+        (
+            pipeliner,
+            Driver {
+                stop,
+                task,
+                refresher,
+            },
+        )
     }
 
-    /// Sends `command` in the next batch and waits for its reply. A server
-    /// error reply comes back as `Ok(Value::ServerError)`.
-    pub(crate) async fn send(&self, command: Cmd, script: Option<&'static LuaScript>) -> Reply {
+    /// Sends `command`, whose keys are in `slot`, in the next batch and
+    /// waits for its reply. A server error reply comes back as
+    /// `Ok(Value::ServerError)`.
+    pub(crate) async fn send(
+        &self,
+        command: Cmd,
+        script: Option<&'static LuaScript>,
+        slot: Option<u16>,
+    ) -> Reply {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             return Err(StoreError::Overloaded(format!(
                 "{} Redis commands are already queued or awaiting a reply",
@@ -102,9 +166,14 @@ impl Pipeliner {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             command,
-            script,
-            reply,
-            _permit: permit,
+            call: Call {
+                script,
+                slot,
+                redirects: 0,
+                try_again: None,
+                reply,
+                _permit: permit,
+            },
         };
         self.queue
             .send(job)
@@ -120,7 +189,7 @@ impl Pipeliner {
 }
 
 async fn drive(
-    pool: NodePool,
+    nodes: Nodes,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -147,9 +216,9 @@ async fn drive(
                 }
                 // A caller that has gone will never read the reply; its
                 // command is not sent at all.
-                batch.retain(|job| !job.reply.is_closed());
-                if !batch.is_empty() {
-                    in_flight.spawn(send_batch(pool.clone(), batch));
+                batch.retain(|job| !job.call.reply.is_closed());
+                for (pool, jobs) in nodes.split(batch) {
+                    in_flight.spawn(send_batch(nodes.clone(), pool, jobs, false));
                 }
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
@@ -185,42 +254,217 @@ async fn round_trip(
     }
 }
 
-/// A job whose command is in a pipeline.
-struct Sent {
-    script: Option<&'static LuaScript>,
-    reply: oneshot::Sender<Reply>,
-    _permit: OwnedSemaphorePermit,
+impl Nodes {
+    /// The batch as one group of jobs per node. On a cluster, a job whose
+    /// slot no master serves fails `Unavailable` here, unsent.
+    fn split(&self, batch: Vec<Job>) -> Vec<(NodePool, Vec<Job>)> {
+        let cluster = match self {
+            Nodes::Single(pool) if batch.is_empty() => return Vec::new(),
+            Nodes::Single(pool) => return vec![(pool.clone(), batch)],
+            Nodes::Cluster(cluster) => cluster,
+        };
+        let map = cluster.map();
+        let mut groups: Vec<(usize, Vec<Job>)> = Vec::new();
+        for job in batch {
+            let Some(owner) = map.owner(job.call.slot) else {
+                cluster.suspect();
+                let _ = job.call.reply.send(Err(StoreError::Unavailable(format!(
+                    "no master of the Redis Cluster is known to serve slot {}",
+                    job.call.slot.unwrap_or_default()
+                ))));
+                continue;
+            };
+            match groups.iter_mut().find(|(index, _)| *index == owner) {
+                Some((_, jobs)) => jobs.push(job),
+                None => groups.push((owner, vec![job])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(index, jobs)| (map.master(index).pool.clone(), jobs))
+            .collect()
+    }
 }
 
-async fn send_batch(pool: NodePool, batch: Vec<Job>) {
-    let count = batch.len();
-    let mut pipeline = Pipeline::with_capacity(count);
-    let mut jobs = Vec::with_capacity(count);
-    for Job {
-        command,
-        script,
-        reply,
-        _permit,
-    } in batch
-    {
-        pipeline.add_command(command);
-        jobs.push(Sent {
-            script,
-            reply,
-            _permit,
-        });
+impl Call {
+    /// Counts one more `TRYAGAIN`: `false` once the command has been tried
+    /// again for `patience`, else `true` with the next pause set.
+    fn try_again(&mut self, patience: Duration) -> bool {
+        match &mut self.try_again {
+            None => {
+                self.try_again = Some((Instant::now(), TRY_AGAIN_AFTER));
+                true
+            }
+            Some((since, _)) if since.elapsed() >= patience => false,
+            Some((_, pause)) => {
+                *pause = (*pause * 2).min(TRY_AGAIN_AT_MOST);
+                true
+            }
+        }
     }
-    let replies: Vec<Reply> = match round_trip(&pool, &pipeline, count).await {
+}
+
+/// Where a command was sent instead of being run.
+enum Redirect {
+    /// `MOVED <slot> <host:port>`: the slot lives there now.
+    Moved(u16, String),
+    /// `ASK <slot> <host:port>`: the key is being migrated there; ask once.
+    Ask(String),
+    /// `TRYAGAIN`: the keys are split by a migration in progress.
+    TryAgain,
+}
+
+/// The redirect `reply` asks for; a node without a host in it is `host`.
+fn redirect(reply: &Reply, host: &str) -> Option<Redirect> {
+    let Ok(Value::ServerError(error)) = reply else {
+        return None;
+    };
+    let target = || {
+        let mut parts = error.details()?.split_whitespace();
+        let slot = parts.next()?.parse().ok()?;
+        let address = parts.next()?;
+        let address = match address.strip_prefix(':') {
+            Some(port) => format!("{host}:{port}"),
+            None => address.to_owned(),
+        };
+        Some((slot, address))
+    };
+    match error.code() {
+        "MOVED" => target().map(|(slot, address)| Redirect::Moved(slot, address)),
+        "ASK" => target().map(|(_, address)| Redirect::Ask(address)),
+        "TRYAGAIN" => Some(Redirect::TryAgain),
+        _ => None,
+    }
+}
+
+/// Sends `jobs` to the node of `pool` (each after `ASKING` when `asking`),
+/// answers each call, and on a cluster follows redirects.
+async fn send_batch(nodes: Nodes, pool: NodePool, jobs: Vec<Job>, asking: bool) {
+    let mut rounds = vec![(pool, jobs, asking)];
+    while let Some((pool, jobs, asking)) = rounds.pop() {
+        let count = jobs.len();
+        let mut pipeline = Pipeline::with_capacity(count);
+        let mut calls = Vec::with_capacity(count);
+        for Job { command, call } in jobs {
+            pipeline.add_command(command);
+            calls.push(call);
+        }
+        let replies = exchange(&pool, &pipeline, &calls, asking).await;
+        let Nodes::Cluster(cluster) = &nodes else {
+            for (call, reply) in calls.into_iter().zip(replies) {
+                let _ = call.reply.send(reply);
+            }
+            continue;
+        };
+        if replies.iter().any(Result::is_err) {
+            cluster.suspect();
+        }
+        let mut moved: Vec<(NodePool, Vec<Job>, bool)> = Vec::new();
+        let mut try_again = Vec::new();
+        let commands: Vec<&Cmd> = pipeline.cmd_iter().collect();
+        for ((mut call, reply), command) in calls.into_iter().zip(replies).zip(commands) {
+            let redirect = match redirect(&reply, pool.host()) {
+                Some(Redirect::TryAgain) if call.try_again(cluster.patience()) => {
+                    Redirect::TryAgain
+                }
+                Some(redirect @ (Redirect::Moved(..) | Redirect::Ask(_)))
+                    if call.redirects < MAX_REDIRECTS =>
+                {
+                    call.redirects += 1;
+                    redirect
+                }
+                _ => {
+                    let _ = call.reply.send(reply);
+                    continue;
+                }
+            };
+            // A redirected command did not run; one whose caller has gone
+            // is not sent again.
+            if call.reply.is_closed() {
+                continue;
+            }
+            let job = Job {
+                command: command.clone(),
+                call,
+            };
+            let (target, asking) = match redirect {
+                Redirect::TryAgain => {
+                    try_again.push(job);
+                    continue;
+                }
+                Redirect::Moved(slot, address) => (cluster.learn(slot, &address), false),
+                Redirect::Ask(address) => (cluster.node(&address), true),
+            };
+            match target {
+                Ok(target) => match moved
+                    .iter_mut()
+                    .find(|(pool, _, ask)| pool.same_node(&target) && *ask == asking)
+                {
+                    Some((_, jobs, _)) => jobs.push(job),
+                    None => moved.push((target, vec![job], asking)),
+                },
+                Err(error) => {
+                    let _ = job.call.reply.send(Err(error));
+                }
+            }
+        }
+        rounds.extend(moved);
+        if !try_again.is_empty() {
+            let pause = try_again
+                .iter()
+                .filter_map(|job| job.call.try_again.map(|(_, pause)| pause))
+                .max()
+                .unwrap_or(TRY_AGAIN_AFTER);
+            tokio::time::sleep(pause).await;
+            rounds.extend(
+                nodes
+                    .split(try_again)
+                    .into_iter()
+                    .map(|(pool, jobs)| (pool, jobs, false)),
+            );
+        }
+    }
+}
+
+/// Sends `pipeline` (each command after `ASKING` when `asking`) and reloads
+/// the scripts Redis did not know; one reply per call.
+async fn exchange(
+    pool: &NodePool,
+    pipeline: &Pipeline,
+    calls: &[Call],
+    asking: bool,
+) -> Vec<Reply> {
+    let count = calls.len();
+    let outcome = if asking {
+        round_trip(pool, &with_asking(pipeline), count * 2)
+            .await
+            .map(answers_after_asking)
+    } else {
+        round_trip(pool, pipeline, count).await
+    };
+    match outcome {
         Ok(values) => {
             let mut replies: Vec<Reply> = values.into_iter().map(Ok).collect();
-            reload_unknown_scripts(&pool, &pipeline, &jobs, &mut replies).await;
+            reload_unknown_scripts(pool, pipeline, calls, &mut replies, asking).await;
             replies
         }
         Err(error) => vec![Err(error); count],
-    };
-    for (job, reply) in jobs.into_iter().zip(replies) {
-        let _ = job.reply.send(reply);
     }
+}
+
+/// `pipeline` with `ASKING` before each command.
+fn with_asking(pipeline: &Pipeline) -> Pipeline {
+    let mut asked = Pipeline::with_capacity(pipeline.len() * 2);
+    for command in pipeline.cmd_iter() {
+        asked.add_command(redis::cmd("ASKING"));
+        asked.add_command(command.clone());
+    }
+    asked
+}
+
+/// The replies of the commands of a [`with_asking`] pipeline, not of its `ASKING`s.
+fn answers_after_asking(values: Vec<Value>) -> Vec<Value> {
+    values.into_iter().skip(1).step_by(2).collect()
 }
 
 /// Loads each script Redis answered `NOSCRIPT` for, and resends those calls,
@@ -228,8 +472,9 @@ async fn send_batch(pool: NodePool, batch: Vec<Job>) {
 async fn reload_unknown_scripts(
     pool: &NodePool,
     pipeline: &Pipeline,
-    jobs: &[Sent],
+    jobs: &[Call],
     replies: &mut [Reply],
+    asking: bool,
 ) {
     let stale: Vec<usize> = (0..jobs.len())
         .filter(|&i| jobs[i].script.is_some() && is_noscript(&replies[i]))
@@ -253,7 +498,14 @@ async fn reload_unknown_scripts(
     for &i in &stale {
         retry.add_command(commands[i].clone());
     }
-    let outcome = round_trip(pool, &retry, scripts.len() + stale.len()).await;
+    let count = scripts.len() + stale.len();
+    let outcome = if asking {
+        round_trip(pool, &with_asking(&retry), count * 2)
+            .await
+            .map(answers_after_asking)
+    } else {
+        round_trip(pool, &retry, count).await
+    };
     match outcome {
         Ok(values) => {
             let (loads, resent) = values.split_at(scripts.len());

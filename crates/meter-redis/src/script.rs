@@ -24,6 +24,8 @@ use std::{collections::HashMap, fmt::Write as _};
 
 use redis::{Cmd, ToRedisArgs};
 
+use crate::slot::key_slot;
+
 /// A Lua library that scripts include.
 #[derive(Clone, Copy, Debug)]
 pub struct Library {
@@ -209,13 +211,21 @@ impl LuaScript {
         command
     }
 
-    /// A call of this script on `keys`; add its arguments with [`ScriptCall::arg`].
-    pub fn call<K: ToRedisArgs>(&'static self, keys: &[K]) -> ScriptCall {
+    /// A call of this script on `keys`, which must share one cluster slot
+    /// (one account's hash tag); add its arguments with [`ScriptCall::arg`].
+    pub fn call<K: AsRef<[u8]> + ToRedisArgs>(&'static self, keys: &[K]) -> ScriptCall {
+        let slot = keys.first().map(|key| key_slot(key.as_ref()));
+        debug_assert!(
+            keys.iter().all(|key| Some(key_slot(key.as_ref())) == slot),
+            "{}: keys in several cluster slots",
+            self.name
+        );
         let mut command = redis::cmd("EVALSHA");
         command.arg(&self.hash).arg(keys.len()).arg(keys);
         ScriptCall {
             script: self,
             command,
+            slot,
         }
     }
 }
@@ -285,6 +295,8 @@ fn substitute(
 pub struct ScriptCall {
     pub(crate) script: &'static LuaScript,
     pub(crate) command: Cmd,
+    /// The cluster slot of its keys.
+    pub(crate) slot: Option<u16>,
 }
 
 impl ScriptCall {

@@ -3,9 +3,9 @@
 //! health ping.
 //!
 //! Adapters build a [`ScriptCall`] (keys, then arguments) and decode the
-//! reply into a [`Layout`]; they never see connections, pipelining or
-//! `NOSCRIPT`. A Redis Cluster connection takes the single node's place
-//! here, behind the same calls.
+//! reply into a [`Layout`]; they never see connections, pipelining,
+//! `NOSCRIPT`, or whether Redis is one node or a cluster: on a cluster each
+//! command goes to the master of its keys' slot ([`crate::cluster`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -14,9 +14,12 @@ use redis::Value;
 
 use crate::{
     InvalidRedisUrl, RedisConfig,
+    cluster::Cluster,
+    config::Deployment,
     connection::{NodePool, sort_command_error, sort_request_error},
-    pipeliner::{Driver, Pipeliner},
+    pipeliner::{Driver, Nodes, Pipeliner},
     script::{Layout, ScriptCall},
+    slot::key_slot,
 };
 
 /// The Redis store; clones share one pool and one pipeline.
@@ -27,7 +30,7 @@ pub struct RedisStore {
 
 #[derive(Debug)]
 struct Inner {
-    pool: NodePool,
+    nodes: Nodes,
     pipeliner: Pipeliner,
     /// Taken by [`RedisStore::close`].
     driver: Mutex<Option<Driver>>,
@@ -40,11 +43,21 @@ impl RedisStore {
     /// Must be called within a Tokio runtime: it starts the pipeline's task,
     /// which [`RedisStore::close`] ends.
     pub fn open(config: &RedisConfig) -> Result<Self, InvalidRedisUrl> {
-        let pool = NodePool::open(config)?;
-        let (pipeliner, driver) = Pipeliner::start(pool.clone(), config.max_pending);
+        // Pick rustls's ring provider for rediss:// once, process-wide;
+        // an error means one was installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (nodes, refresher) = match config.deployment()? {
+            Deployment::Node(info) => (Nodes::Single(NodePool::open(*info, config)?), None),
+            Deployment::Cluster(seeds) => {
+                let cluster = Cluster::new(seeds, config);
+                let refresher = cluster.keep_current();
+                (Nodes::Cluster(cluster), Some(refresher))
+            }
+        };
+        let (pipeliner, driver) = Pipeliner::start(nodes.clone(), config.max_pending, refresher);
         Ok(Self {
             inner: Arc::new(Inner {
-                pool,
+                nodes,
                 pipeliner,
                 driver: Mutex::new(Some(driver)),
             }),
@@ -57,7 +70,7 @@ impl RedisStore {
         let value = self
             .inner
             .pipeliner
-            .send(call.command, Some(call.script))
+            .send(call.command, Some(call.script), call.slot)
             .await?;
         decode(value, name)
     }
@@ -67,14 +80,21 @@ impl RedisStore {
     pub async fn read_hash<R: Layout>(&self, key: &str) -> Result<R, StoreError> {
         let mut command = redis::cmd("HMGET");
         command.arg(key).arg(R::NAMES);
-        let value = self.inner.pipeliner.send(command, None).await?;
+        let slot = Some(key_slot(key.as_bytes()));
+        let value = self.inner.pipeliner.send(command, None, slot).await?;
         decode(value, "HMGET")
     }
 
     /// Round-trips a PING on a pooled connection, outside the pipeline's
-    /// bound, so health follows Redis even while meterd sheds load.
+    /// bound, so health follows Redis even while meterd sheds load. On a
+    /// cluster: every slot has a master, and each master answers and
+    /// reports `cluster_state:ok`.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let lease = self.inner.pool.lease().await?;
+        let pool = match &self.inner.nodes {
+            Nodes::Single(pool) => pool,
+            Nodes::Cluster(cluster) => return cluster.ping().await,
+        };
+        let lease = pool.lease().await?;
         let mut connection = lease.connection.clone();
         match redis::cmd("PING").query_async::<()>(&mut connection).await {
             Ok(()) => Ok(()),

@@ -1,0 +1,337 @@
+//! The Redis store on a real Redis Cluster (three masters, a replica each):
+//! the contract suite unchanged, accounts spread over every master, a
+//! master killed under load, and a slot moved under load.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use meter_core::{
+    AccountId, CreditLedger, CreditPeriod, DeductCredits, IdempotencyKey, IdempotencyWindow,
+    MeterError, Reason, ResetCredits, StoreError,
+};
+use meter_redis::{RedisConfig, RedisCreditLedger, RedisStore, keys, slot::key_slot};
+use meter_testkit::{RedisCluster, timestamp as at};
+
+const NOW: &str = "2026-01-01T00:00:00.000Z";
+
+/// A store on `cluster`, once it has learnt the slot map and every master answers.
+async fn store_on(cluster: &RedisCluster) -> RedisStore {
+    let store = RedisStore::open(&RedisConfig::new(cluster.url())).expect("valid url");
+    wait_serving(&store).await;
+    store
+}
+
+/// Waits until the store's health check passes, as meterd's readiness does.
+async fn wait_serving(store: &RedisStore) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.ping().await {
+            Ok(()) => return,
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "the cluster store is not serving after 30 s: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ledger(store: &RedisStore) -> RedisCreditLedger {
+    let window = IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid window");
+    RedisCreditLedger::new(store.clone(), window)
+}
+
+fn account(name: &str) -> AccountId {
+    AccountId::parse("account_id", name).expect("valid")
+}
+
+fn deduct(who: &AccountId, amount: i64, idem: &str) -> DeductCredits {
+    let key = IdempotencyKey::parse_optional("idempotency_key", idem).expect("valid");
+    DeductCredits::new(who.clone(), amount, Reason::default(), key).expect("valid")
+}
+
+fn reset(who: &AccountId, total: i64) -> ResetCredits {
+    ResetCredits {
+        account: who.clone(),
+        total,
+        period: CreditPeriod::Month,
+        idempotency: None,
+    }
+}
+
+mod contract {
+    use super::*;
+
+    meter_testkit::credit_ledger_contract!(window => async move {
+        let cluster = RedisCluster::start();
+        let store = store_on(&cluster).await;
+        (RedisCreditLedger::new(store, window), cluster)
+    });
+}
+
+/// `count` accounts whose slots are spread over every master of `cluster`.
+fn accounts_on_every_master(cluster: &RedisCluster, count: usize) -> Vec<AccountId> {
+    let accounts: Vec<AccountId> = (0..count).map(|i| account(&format!("org_{i}"))).collect();
+    let mut masters = BTreeSet::new();
+    for who in &accounts {
+        let key = keys::credits(who);
+        let slot = cluster.key_slot(&key);
+        assert_eq!(
+            slot,
+            key_slot(key.as_bytes()),
+            "meter and Redis agree on {key}'s slot"
+        );
+        masters.insert(cluster.master_of(slot));
+    }
+    assert_eq!(masters.len(), 3, "the accounts live on all three masters");
+    accounts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_spread_over_every_master_and_concurrent_deducts_end_exact() {
+    let cluster = RedisCluster::start();
+    let store = store_on(&cluster).await;
+    let ledger = ledger(&store);
+    let accounts = accounts_on_every_master(&cluster, 8);
+    for who in &accounts {
+        ledger
+            .reset(&reset(who, 1_000_000), at(NOW))
+            .await
+            .expect("reset");
+    }
+    // 64 callers × 100 deducts, each caller on one account, 8 callers per account.
+    let tasks: Vec<_> = (0..64)
+        .map(|caller| {
+            let ledger = ledger.clone();
+            let who = accounts[caller % accounts.len()].clone();
+            tokio::spawn(async move {
+                for n in 0..100 {
+                    let recorded = ledger
+                        .deduct(&deduct(&who, 1, &format!("c{caller}-{n}")), at(NOW))
+                        .await
+                        .expect("deduct");
+                    assert!(recorded.outcome.applied, "applied");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("caller");
+    }
+    for who in &accounts {
+        let balance = ledger
+            .balance(who)
+            .await
+            .expect("balance")
+            .expect("a balance");
+        assert_eq!(balance.used, 800, "{who}: 8 callers × 100 deducts");
+    }
+}
+
+#[tokio::test]
+async fn a_plain_redis_url_to_a_cluster_node_says_to_use_the_cluster_scheme() {
+    let cluster = RedisCluster::start();
+    let url = format!("redis://127.0.0.1:{}", cluster.nodes()[0].port());
+    let ledger = ledger(&RedisStore::open(&RedisConfig::new(url)).expect("valid url"));
+    // Some of these accounts live on another master than node 0.
+    let mut refused = 0;
+    for who in accounts_on_every_master(&cluster, 8) {
+        match ledger.reset(&reset(&who, 10), at(NOW)).await {
+            Ok(_) => {}
+            Err(MeterError::Store(StoreError::Unavailable(message))) => {
+                assert!(message.contains("redis+cluster://"), "{message}");
+                refused += 1;
+            }
+            Err(other) => panic!("{who}: {other:?}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "a node redirects the accounts it does not serve"
+    );
+}
+
+/// What one caller of [`deduct_until`] did.
+struct Caller {
+    account: AccountId,
+    /// Deducts that answered applied.
+    applied: i64,
+    /// Attempts that failed and were retried with the same key.
+    retries: u64,
+}
+
+/// Deducts 1 credit at a time by `callers` callers spread over `accounts`
+/// until `stop` is set; each retries a failed call with the same
+/// idempotency key until it answers, as a client of meterd should.
+fn deduct_until(
+    ledger: &RedisCreditLedger,
+    accounts: &[AccountId],
+    callers: usize,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Caller>> {
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let ledger = ledger.clone();
+            let stop = Arc::clone(stop);
+            let account = accounts[caller % accounts.len()].clone();
+            tokio::spawn(async move {
+                let mut done = Caller {
+                    account,
+                    applied: 0,
+                    retries: 0,
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let call = deduct(&done.account, 1, &format!("c{caller}-{}", done.applied));
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        match ledger.deduct(&call, at(NOW)).await {
+                            Ok(recorded) => {
+                                assert!(recorded.outcome.applied, "applied");
+                                break;
+                            }
+                            Err(MeterError::Store(error)) => {
+                                done.retries += 1;
+                                assert!(
+                                    Instant::now() < deadline,
+                                    "{}: still failing after 30 s: {error}",
+                                    done.account
+                                );
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Err(other) => panic!("{}: {other:?}", done.account),
+                        }
+                    }
+                    done.applied += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    tokio::spawn(async move {
+        let mut callers = Vec::new();
+        for task in tasks {
+            callers.push(task.await.expect("caller"));
+        }
+        callers
+    })
+}
+
+/// Checks that each account's stored `used` is exactly what its callers applied.
+async fn assert_exact(ledger: &RedisCreditLedger, accounts: &[AccountId], callers: &[Caller]) {
+    for who in accounts {
+        let applied: i64 = callers
+            .iter()
+            .filter(|c| &c.account == who)
+            .map(|c| c.applied)
+            .sum();
+        assert!(applied > 0, "{who}: callers got through");
+        let balance = ledger
+            .balance(who)
+            .await
+            .expect("balance")
+            .expect("a balance");
+        assert_eq!(balance.used, applied, "{who}: every applied deduct, once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_load_fails_over_and_retried_deducts_end_exact() {
+    let mut cluster = RedisCluster::start();
+    let store = store_on(&cluster).await;
+    let ledger = ledger(&store);
+    let accounts = accounts_on_every_master(&cluster, 6);
+    for who in &accounts {
+        ledger
+            .reset(&reset(who, 1_000_000), at(NOW))
+            .await
+            .expect("reset");
+    }
+    let victim = cluster.master_of(key_slot(keys::credits(&accounts[0]).as_bytes()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = deduct_until(&ledger, &accounts, 24, &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill(victim);
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_until_ok();
+        cluster
+    })
+    .await
+    .expect("failover");
+    wait_serving(&store).await;
+    // Some more traffic on the promoted replica before the count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let callers = load.await.expect("load");
+    assert!(
+        callers.iter().map(|c| c.retries).sum::<u64>() > 0,
+        "the killed master failed some calls"
+    );
+    assert!(
+        !cluster.masters().contains(&victim),
+        "a replica took the killed master's place"
+    );
+    assert_exact(&ledger, &accounts, &callers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_under_load_follows_ask_and_moved_and_loses_nothing() {
+    let cluster = RedisCluster::start();
+    let store = store_on(&cluster).await;
+    let ledger = ledger(&store);
+    let accounts = vec![account("org_moving"), account("org_staying")];
+    for who in &accounts {
+        ledger
+            .reset(&reset(who, 1_000_000), at(NOW))
+            .await
+            .expect("reset");
+    }
+    let slot = key_slot(keys::credits(&accounts[0]).as_bytes());
+    let from = cluster.master_of(slot);
+    let to = *cluster
+        .masters()
+        .iter()
+        .find(|&&m| m != from)
+        .expect("another master");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = deduct_until(&ledger, &accounts, 16, &stop);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.move_slot(slot, to, Duration::from_millis(5));
+        cluster
+    })
+    .await
+    .expect("move");
+    assert_eq!(cluster.master_of(slot), to, "the slot moved");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let callers = load.await.expect("load");
+    // The old owner redirected calls (MOVED, ASK, or TRYAGAIN while the
+    // account's keys were split), and the store followed every one: no
+    // caller saw an error.
+    let redirected: u64 = cluster
+        .cli(from, &["INFO", "errorstats"])
+        .lines()
+        .filter(|line| {
+            ["MOVED", "ASK", "TRYAGAIN"]
+                .iter()
+                .any(|code| line.starts_with(&format!("errorstat_{code}:")))
+        })
+        .filter_map(|line| line.split("count=").nth(1)?.trim().parse::<u64>().ok())
+        .sum();
+    assert!(
+        redirected > 0,
+        "the old owner redirected calls during the move"
+    );
+    assert_eq!(
+        callers.iter().map(|c| c.retries).sum::<u64>(),
+        0,
+        "every redirect was followed inside the store"
+    );
+    assert_exact(&ledger, &accounts, &callers).await;
+}
