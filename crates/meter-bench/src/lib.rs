@@ -3,7 +3,8 @@
 //! state (no lost or doubled updates), and measures the ceiling in the same
 //! run: `redis-benchmark` on the same Redis at the same concurrency.
 //!
-//! By default it starts its own redis-server and release meterd on free ports.
+//! By default it starts its own redis-server, Redis Cluster (three masters,
+//! a replica each) and release meterd on free ports.
 
 pub mod ceiling;
 pub mod load;
@@ -18,7 +19,7 @@ use std::{
 };
 
 use clap::{Parser, ValueEnum};
-use meter_testkit::RedisServer;
+use meter_testkit::{RedisCluster, RedisServer};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{
@@ -34,12 +35,13 @@ use crate::{
 #[command(name = "meter-bench", version)]
 pub struct Args {
     /// Scenarios, comma-separated: deduct-hot, deduct-hot-many, deduct-spread, get-balance,
-    /// grant, mixed; or `standard` (all of them on Redis; deduct-hot, deduct-hot-many,
-    /// get-balance and mixed on the embedded store).
+    /// grant, mixed; or `standard` (all of them on Redis; deduct-hot, deduct-spread,
+    /// get-balance and mixed on a cluster; deduct-hot, deduct-hot-many, get-balance and
+    /// mixed on the embedded store).
     #[arg(long, value_delimiter = ',', default_value = "standard")]
     pub scenarios: Vec<String>,
     /// Stores to run on, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "redis,memory")]
+    #[arg(long, value_delimiter = ',', default_value = "redis,cluster,memory")]
     pub stores: Vec<Store>,
     /// Requests in flight at once (and redis-benchmark's -c), for scenarios
     /// without a shape of their own.
@@ -87,6 +89,9 @@ pub struct Args {
 pub enum Store {
     /// Redis, with the ceiling measured.
     Redis,
+    /// A local Redis Cluster of three masters with a replica each, compared
+    /// with the single Redis.
+    Cluster,
     /// The embedded in-memory store.
     Memory,
 }
@@ -95,6 +100,7 @@ impl Store {
     fn name(self) -> &'static str {
         match self {
             Self::Redis => "redis",
+            Self::Cluster => "cluster",
             Self::Memory => "memory",
         }
     }
@@ -102,6 +108,12 @@ impl Store {
     fn standard(self) -> Vec<Scenario> {
         match self {
             Self::Redis => Scenario::ALL.to_vec(),
+            Self::Cluster => vec![
+                Scenario::DeductHot,
+                Scenario::DeductSpread,
+                Scenario::GetBalance,
+                Scenario::Mixed,
+            ],
             Self::Memory => vec![
                 Scenario::DeductHot,
                 Scenario::DeductHotMany,
@@ -158,16 +170,28 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
     let mut peak_rss = BTreeMap::new();
     for &store in &args.stores {
         let scenarios = scenarios_for(&args.scenarios, store)?;
+        // Started only for its own scenarios, so that it does not share the
+        // machine with the others.
+        let cluster = (store == Store::Cluster && args.target.is_none()).then(RedisCluster::start);
         let process = match &args.target {
             Some(_) => None,
             None => {
-                let url = if store == Store::Redis {
-                    redis_url.as_deref()
-                } else {
-                    None
+                let url = match store {
+                    Store::Redis => redis_url.clone(),
+                    Store::Cluster => cluster.as_ref().map(RedisCluster::url),
+                    Store::Memory => None,
                 };
-                Some(MeterdProcess::start(&args.meterd, url).await?)
+                Some(MeterdProcess::start(&args.meterd, url.as_deref()).await?)
             }
+        };
+        // Every node's CPU counts: on a cluster, replicas replay each write.
+        let redis_pids: Vec<u32> = match store {
+            Store::Redis => own_redis.iter().filter_map(RedisServer::pid).collect(),
+            Store::Cluster => cluster
+                .iter()
+                .flat_map(|c| c.nodes().iter().filter_map(RedisServer::pid))
+                .collect(),
+            Store::Memory => Vec::new(),
         };
         let endpoint = args
             .target
@@ -190,13 +214,13 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
                 .map_err(|s| format!("preparing {scenario}: {s}"))?;
             // CPU time of meterd and Redis across the measured part: the
             // cost per request, steadier than rates on a shared machine.
-            let pids = [
-                process.as_ref().and_then(MeterdProcess::pid),
-                own_redis.as_ref().and_then(RedisServer::pid),
-            ];
+            let meterd_pid = process.as_ref().and_then(MeterdProcess::pid);
             let mut samples: Vec<[Option<Duration>; 2]> = Vec::new();
             let result = load::run(scenario, &channels, &run_id, load_shape, || {
-                samples.push(pids.map(|pid| pid.and_then(servers::cpu_time)));
+                let redis = (!redis_pids.is_empty())
+                    .then(|| redis_pids.iter().map(|&pid| servers::cpu_time(pid)).sum())
+                    .flatten();
+                samples.push([meterd_pid.and_then(servers::cpu_time), redis]);
             })
             .await;
             let cpu_us_per_request = |i: usize| match (samples.first(), samples.last()) {
@@ -206,14 +230,7 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
                 }
                 _ => None,
             };
-            let (meterd_cpu_us, redis_cpu_us) = (
-                cpu_us_per_request(0),
-                if store == Store::Redis {
-                    cpu_us_per_request(1)
-                } else {
-                    None
-                },
-            );
+            let (meterd_cpu_us, redis_cpu_us) = (cpu_us_per_request(0), cpu_us_per_request(1));
             let check = scenario
                 .verify(
                     &mut client,

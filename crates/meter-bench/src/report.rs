@@ -9,7 +9,7 @@ use crate::ceiling::Ceiling;
 /// One scenario on one store.
 #[derive(Debug, Serialize)]
 pub struct Row {
-    /// `redis` or `memory`.
+    /// `redis`, `cluster` or `memory`.
     pub store: String,
     /// The scenario's name.
     pub scenario: String,
@@ -176,6 +176,47 @@ impl Report {
         lines
     }
 
+    /// Per scenario run on both, the cluster's throughput and CPU per
+    /// request (meterd; Redis summed over every node) against one Redis's.
+    pub fn cluster_comparison(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for on_cluster in self.rows.iter().filter(|r| r.store == "cluster") {
+            let Some(single) = self
+                .rows
+                .iter()
+                .find(|r| r.store == "redis" && r.scenario == on_cluster.scenario)
+            else {
+                continue;
+            };
+            let cpu =
+                |what: &str, cluster: Option<f64>, single: Option<f64>| match (cluster, single) {
+                    (Some(c), Some(s)) => format!("; {what} {c:.1} vs {s:.1} µs/req"),
+                    _ => String::new(),
+                };
+            lines.push(format!(
+                "cluster: {} at {} req/s = {:.2} of one Redis at {} req/s{}{}",
+                on_cluster.scenario,
+                thousands(on_cluster.rate),
+                on_cluster.rate / single.rate.max(1e-9),
+                thousands(single.rate),
+                cpu("meterd CPU", on_cluster.meterd_cpu_us, single.meterd_cpu_us),
+                cpu(
+                    "Redis CPU (every node)",
+                    on_cluster.redis_cpu_us,
+                    single.redis_cpu_us
+                ),
+            ));
+        }
+        lines
+    }
+
+    /// The comparison lines under the table: shapes, then cluster against one Redis.
+    pub fn comparisons(&self) -> Vec<String> {
+        let mut lines = self.shape_comparison();
+        lines.extend(self.cluster_comparison());
+        lines
+    }
+
     /// Markdown tables, ready for BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -209,7 +250,7 @@ impl Report {
                 .collect();
             let _ = writeln!(out, "\nmeterd peak RSS: {}.", rss.join(", "));
         }
-        for line in self.shape_comparison() {
+        for line in self.comparisons() {
             let _ = writeln!(out, "\n{line}.");
         }
         out
@@ -253,7 +294,7 @@ impl Report {
                 *bytes as f64 / 1_048_576.0
             );
         }
-        for line in self.shape_comparison() {
+        for line in self.comparisons() {
             let _ = writeln!(out, "{line}");
         }
         out
@@ -262,7 +303,60 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::thousands;
+    use super::*;
+
+    fn row(store: &str, scenario: &str, rate: f64, cpu: (f64, f64)) -> Row {
+        Row {
+            store: store.into(),
+            scenario: scenario.into(),
+            shape: "2×32".into(),
+            requests: 1_000,
+            seconds: 1.0,
+            rate,
+            p50_ms: 1.0,
+            p90_ms: 1.0,
+            p99_ms: 1.0,
+            p999_ms: 1.0,
+            errors: BTreeMap::new(),
+            ceiling: None,
+            ceiling_pipelined: None,
+            ratio: None,
+            meterd_cpu_us: Some(cpu.0),
+            redis_cpu_us: Some(cpu.1),
+            check_ok: true,
+            check: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_cluster_row_is_compared_with_the_same_scenario_on_one_redis() {
+        let report = Report {
+            date: String::new(),
+            machine: String::new(),
+            command: String::new(),
+            settings: String::new(),
+            rows: vec![
+                row("redis", "deduct-spread", 20_000.0, (30.0, 15.0)),
+                row("redis", "grant", 30_000.0, (30.0, 15.0)),
+                row("cluster", "deduct-spread", 15_000.0, (40.0, 45.0)),
+                row("cluster", "mixed", 15_000.0, (40.0, 45.0)),
+            ],
+            peak_rss: BTreeMap::new(),
+        };
+        assert_eq!(
+            report.cluster_comparison(),
+            [
+                "cluster: deduct-spread at 15,000 req/s = 0.75 of one Redis at 20,000 req/s; \
+              meterd CPU 40.0 vs 30.0 µs/req; Redis CPU (every node) 45.0 vs 15.0 µs/req"
+            ],
+            "only scenarios run on both"
+        );
+        assert!(
+            report
+                .markdown()
+                .contains("\ncluster: deduct-spread at 15,000 req/s")
+        );
+    }
 
     #[test]
     fn thousands_groups_digits() {

@@ -4,7 +4,7 @@
 use clap::Parser;
 use meter_bench::{Args, bench, report::Report};
 use meter_redis::RedisConfig;
-use meter_testkit::RedisServer;
+use meter_testkit::{RedisCluster, RedisServer};
 use meterd::{Config, Stop, StoreConfig};
 use tokio::{net::TcpListener, sync::oneshot};
 
@@ -38,7 +38,14 @@ fn assert_clean(report: &Report, scenarios: usize) {
             row.scenario
         );
     }
-    assert!(report.markdown().contains("| memory |") || report.markdown().contains("| redis |"));
+    let markdown = report.markdown();
+    assert!(
+        report
+            .rows
+            .iter()
+            .all(|row| markdown.contains(&format!("| {} | {} |", row.store, row.scenario))),
+        "every row is in the Markdown table"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,4 +133,27 @@ async fn on_redis_each_scenario_gets_a_redis_benchmark_ceiling() {
         report.rows[0].ceiling_pipelined.is_some(),
         "deduct-hot also measures -P 16"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_standard_scenarios_run_and_check_their_end_state() {
+    let cluster = RedisCluster::start();
+    let (endpoint, _stop) = meterd(StoreConfig::Redis(RedisConfig::new(cluster.url()))).await;
+    let args = Args::try_parse_from([
+        "meter-bench",
+        "--target",
+        &endpoint,
+        "--stores",
+        "cluster",
+        "--requests",
+        "2000",
+        "--warmup",
+        "0.2s",
+        "--concurrency",
+        "16",
+    ])
+    .expect("flags");
+    let report = bench(&args).await.expect("bench runs");
+    assert_clean(&report, 4);
+    assert!(report.rows.iter().all(|r| r.store == "cluster"));
 }

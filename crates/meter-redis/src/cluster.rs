@@ -16,7 +16,10 @@ use std::{
 
 use meter_core::StoreError;
 use redis::{ConnectionInfo, Value};
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 
 use crate::{
     InvalidRedisUrl, RedisConfig,
@@ -44,6 +47,8 @@ pub(crate) struct Cluster {
     config: RedisConfig,
     map: RwLock<Arc<SlotMap>>,
     stale: Notify,
+    /// Whether a slot map has been learnt: calls wait for the first.
+    known: watch::Sender<bool>,
 }
 
 /// Which master serves each slot.
@@ -114,6 +119,7 @@ impl Cluster {
             config: config.clone(),
             map: RwLock::new(Arc::new(SlotMap::empty())),
             stale: Notify::new(),
+            known: watch::Sender::new(false),
         })
     }
 
@@ -129,7 +135,27 @@ impl Cluster {
     }
 
     fn install(&self, map: SlotMap) {
+        let known = !map.masters.is_empty();
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        if known {
+            self.known
+                .send_if_modified(|was| !std::mem::replace(was, true));
+        }
+    }
+
+    /// Waits, at most the connect timeout, until a slot map has been learnt
+    /// (right after start); `Unavailable` when none has (nothing was sent).
+    pub(crate) async fn wait_known(&self) -> Result<(), StoreError> {
+        if *self.known.borrow() {
+            return Ok(());
+        }
+        let mut known = self.known.subscribe();
+        match tokio::time::timeout(self.config.connect_timeout, known.wait_for(|k| *k)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                "no node of the Redis Cluster has answered yet".into(),
+            )),
+        }
     }
 
     /// Asks for a fresh slot map soon: a node did not answer, or redirected.

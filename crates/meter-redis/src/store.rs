@@ -66,6 +66,7 @@ impl RedisStore {
 
     /// Runs a script and decodes its reply into the layout `R`.
     pub async fn run<R: Layout>(&self, call: ScriptCall) -> Result<R, StoreError> {
+        self.ready().await?;
         let name = call.script.name();
         let value = self
             .inner
@@ -80,9 +81,19 @@ impl RedisStore {
     pub async fn read_hash<R: Layout>(&self, key: &str) -> Result<R, StoreError> {
         let mut command = redis::cmd("HMGET");
         command.arg(key).arg(R::NAMES);
+        self.ready().await?;
         let slot = Some(key_slot(key.as_bytes()));
         let value = self.inner.pipeliner.send(command, None, slot).await?;
         decode(value, "HMGET")
+    }
+
+    /// On a cluster just opened, waits for its slot map (as a call on one
+    /// node waits for its first connection).
+    async fn ready(&self) -> Result<(), StoreError> {
+        match &self.inner.nodes {
+            Nodes::Single(_) => Ok(()),
+            Nodes::Cluster(cluster) => cluster.wait_known().await,
+        }
     }
 
     /// Round-trips a PING on a pooled connection, outside the pipeline's

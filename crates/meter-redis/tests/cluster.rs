@@ -96,8 +96,14 @@ fn accounts_on_every_master(cluster: &RedisCluster, count: usize) -> Vec<Account
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_spread_over_every_master_and_concurrent_deducts_end_exact() {
     let cluster = RedisCluster::start();
-    let store = store_on(&cluster).await;
+    // Not waiting for health: the first call waits for the slot map, as a
+    // call to one node waits for its first connection.
+    let store = RedisStore::open(&RedisConfig::new(cluster.url())).expect("valid url");
     let ledger = ledger(&store);
+    ledger
+        .reset(&reset(&account("first"), 1), at(NOW))
+        .await
+        .expect("the first call, right after the store opened");
     let accounts = accounts_on_every_master(&cluster, 8);
     for who in &accounts {
         ledger

@@ -65,11 +65,14 @@ pub struct GrpcArgs {
 /// Redis settings; without a URL, meterd runs on the embedded in-memory store.
 #[derive(Debug, Args)]
 pub struct RedisArgs {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS). Absent
-    /// or empty: the embedded in-memory store, which loses everything on exit.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS); a Redis
+    /// Cluster as `redis+cluster://[user:password@]host:port[,host:port…]`
+    /// (`rediss+cluster://` for TLS). Absent or empty: the embedded in-memory
+    /// store, which loses everything on exit.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
-    /// Multiplexed connections to Redis; each carries many concurrent calls.
+    /// Multiplexed connections to Redis (to each master of a cluster); each
+    /// carries many concurrent calls.
     #[arg(long, env = "METERD_REDIS_CONNECTIONS", default_value_t = defaults::REDIS_CONNECTIONS)]
     pub redis_connections: u32,
     /// How long a call waits for a Redis connection before failing UNAVAILABLE
@@ -306,6 +309,10 @@ mod tests {
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("rediss+cluster://app:hunter2@a:7000,b:7001"),
+            "rediss+cluster://app:***@a:7000,b:7001"
         );
         let cli = Cli::try_parse_from(["meterd", "--redis-url", "redis://u:hunter2@cache:6379"])
             .expect("parses");

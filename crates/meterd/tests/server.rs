@@ -8,7 +8,7 @@ use meter_api::v1::GetBalanceRequest;
 use meter_testkit::RedisServer;
 use meterd::{Stop, StoreConfig};
 use redis::AsyncCommands;
-use support::{Meterd, MeterdProcess, config, eventually};
+use support::{Meterd, MeterdProcess, config, eventually, status};
 use tokio_stream::StreamExt;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -16,17 +16,6 @@ use tonic_health::pb::{
 use tonic_reflection::pb::{v1, v1alpha};
 
 const NAMES: [&str; 2] = ["", "meter.v1.CreditsService"];
-
-async fn status(meterd: &Meterd, service: &str) -> Option<ServingStatus> {
-    let mut health = HealthClient::new(meterd.channel());
-    let reply = health
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .ok()?;
-    ServingStatus::try_from(reply.into_inner().status).ok()
-}
 
 /// A `Watch` of the overall health (`""`).
 async fn watch_overall(meterd: &Meterd) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {

@@ -16,6 +16,9 @@ use meter_redis::RedisConfig;
 use meterd::{Config, Stop, StoreConfig};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// A running meterd; stopped (gracefully) when dropped or by [`Meterd::stop`].
 pub struct Meterd {
@@ -109,6 +112,18 @@ impl Drop for Meterd {
             let _ = stop.send(Stop::Interrupt);
         }
     }
+}
+
+/// What `grpc.health.v1.Health/Check` answers for `service`; `None` when it fails.
+pub async fn status(meterd: &Meterd, service: &str) -> Option<ServingStatus> {
+    let mut health = HealthClient::new(meterd.channel());
+    let reply = health
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(reply.into_inner().status).ok()
 }
 
 /// The balance of `account`, read over gRPC.
