@@ -9,8 +9,8 @@
 //! ([`crate::pipeliner`]).
 
 use std::{
-    collections::HashSet,
-    sync::{Arc, RwLock},
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -37,6 +37,9 @@ const MIN_GAP: Duration = Duration::from_millis(100);
 /// In [`SlotMap::owners`]: no master serves the slot.
 const NO_MASTER: u16 = u16::MAX;
 
+/// Most pools kept for nodes outside the slot map.
+const MAX_OTHERS: usize = 16;
+
 /// A Redis Cluster as meterd sees it: its seeds, its current slot map, and
 /// whether that map is suspected to be out of date.
 #[derive(Debug)]
@@ -46,6 +49,9 @@ pub(crate) struct Cluster {
     seeds: Vec<ConnectionInfo>,
     config: RedisConfig,
     map: RwLock<Arc<SlotMap>>,
+    /// Pools of nodes that serve no slot in the map: seeds asked for the
+    /// map, and `ASK` targets still importing their first slot.
+    others: Mutex<HashMap<String, NodePool>>,
     stale: Notify,
     /// Whether a slot map has been learnt: calls wait for the first.
     known: watch::Sender<bool>,
@@ -118,6 +124,7 @@ impl Cluster {
             seeds,
             config: config.clone(),
             map: RwLock::new(Arc::new(SlotMap::empty())),
+            others: Mutex::default(),
             stale: Notify::new(),
             known: watch::Sender::new(false),
         })
@@ -167,37 +174,69 @@ impl Cluster {
     /// the whole map soon; the pool of that master.
     pub(crate) fn learn(&self, slot: u16, address: &str) -> Result<NodePool, StoreError> {
         self.suspect();
-        let current = self.map();
-        let (masters, index) = match current.index_of(address) {
-            Some(index) => (current.masters.clone(), index),
+        // Under the lock, so that two redirects at once both count.
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut masters = map.masters.clone();
+        let index = match map.index_of(address) {
+            Some(index) => index,
             None => {
-                let mut masters = current.masters.clone();
-                masters.push(self.open_master(address)?);
-                let index = masters.len() - 1;
-                (masters, index)
+                masters.push(self.master(address)?);
+                masters.len() - 1
             }
         };
         let pool = masters[index].pool.clone();
-        let mut owners = current.owners.clone();
+        let mut owners = map.owners.clone();
         if let (Some(owner), Ok(index)) = (owners.get_mut(usize::from(slot)), u16::try_from(index))
         {
             *owner = index;
         }
-        self.install(SlotMap { owners, masters });
+        *map = Arc::new(SlotMap { owners, masters });
         Ok(pool)
     }
 
     /// The pool of the node at `address` (an `ASK` target): the master's
-    /// own when it is one, else a new one.
+    /// own when it is one, else one kept for it.
     pub(crate) fn node(&self, address: &str) -> Result<NodePool, StoreError> {
         let current = self.map();
         match current.index_of(address) {
             Some(index) => Ok(current.masters[index].pool.clone()),
-            None => Ok(self.open_master(address)?.pool),
+            None => Ok(self.master(address)?.pool),
         }
     }
 
-    fn open_master(&self, address: &str) -> Result<Master, StoreError> {
+    /// The node at `address` as a master: the pool kept for it among the
+    /// others, or a new one.
+    fn master(&self, address: &str) -> Result<Master, StoreError> {
+        let kept = self
+            .others
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(address)
+            .cloned();
+        let pool = match kept {
+            Some(pool) => pool,
+            None => {
+                let pool = self.open(address)?;
+                self.keep(address, &pool);
+                pool
+            }
+        };
+        Ok(Master {
+            address: address.to_owned(),
+            pool,
+        })
+    }
+
+    /// Keeps `pool` among the others, at most [`MAX_OTHERS`] of them.
+    fn keep(&self, address: &str, pool: &NodePool) {
+        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        if others.len() >= MAX_OTHERS {
+            others.clear();
+        }
+        others.insert(address.to_owned(), pool.clone());
+    }
+
+    fn open(&self, address: &str) -> Result<NodePool, StoreError> {
         let (host, port) = address
             .rsplit_once(':')
             .and_then(|(host, port)| Some((host, port.parse().ok()?)))
@@ -205,12 +244,7 @@ impl Cluster {
                 StoreError::Protocol(format!("the cluster named a node at {address:?}"))
             })?;
         let info = at_address(&self.seeds[0], host, port);
-        let pool = NodePool::open(info, &self.config)
-            .map_err(|InvalidRedisUrl(e)| StoreError::Unavailable(e))?;
-        Ok(Master {
-            address: address.to_owned(),
-            pool,
-        })
+        NodePool::open(info, &self.config).map_err(|InvalidRedisUrl(e)| StoreError::Unavailable(e))
     }
 
     /// Asks a master (or, when none answers, a seed) for the slot map and
@@ -218,24 +252,29 @@ impl Cluster {
     pub(crate) async fn refresh(&self) -> Result<(), StoreError> {
         let current = self.map();
         let mut last_error = StoreError::Unavailable("the cluster URL names no node".into());
-        let known = current
-            .masters
+        let masters = current.masters.iter().map(|m| m.address.clone());
+        // The seeds only when no master answers (at start, or after a
+        // change the known masters no longer see); their pools are kept.
+        let seeds = self
+            .seeds
             .iter()
-            .map(|m| (m.address.clone(), m.pool.clone()));
-        let mut seeds = Vec::new();
-        for seed in &self.seeds {
-            let address = seed.addr().to_string();
-            if current.index_of(&address).is_none()
-                && let Ok(pool) = NodePool::open(seed.clone(), &self.config)
-            {
-                seeds.push((address, pool));
-            }
-        }
-        for (address, pool) in known.chain(seeds) {
-            let host = address.rsplit_once(':').map_or("", |(host, _)| host);
+            .map(|seed| seed.addr().to_string())
+            .filter(|address| current.index_of(address).is_none());
+        for address in masters.chain(seeds) {
+            let pool = match current.index_of(&address) {
+                Some(index) => current.masters[index].pool.clone(),
+                None => match self.master(&address) {
+                    Ok(master) => master.pool,
+                    Err(error) => {
+                        last_error = error;
+                        continue;
+                    }
+                },
+            };
+            let host = pool.host().to_owned();
             match query(&pool, redis::cmd("CLUSTER").arg("SLOTS"))
                 .await
-                .and_then(|reply| parse_slots(reply, host))
+                .and_then(|reply| parse_slots(reply, &host))
             {
                 Ok(ranges) => {
                     let map = self.build(&current, &ranges)?;
@@ -263,7 +302,7 @@ impl Cluster {
                 None => {
                     let master = match current.index_of(&range.master) {
                         Some(i) => current.masters[i].clone(),
-                        None => self.open_master(&range.master)?,
+                        None => self.master(&range.master)?,
                     };
                     map.masters.push(master);
                     map.masters.len() - 1
@@ -330,11 +369,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Keeps the slot map current until the task is aborted: asks at once,
-    /// then every [`REFRESH_EVERY`], or sooner when [`Cluster::suspect`]ed.
-    pub(crate) fn keep_current(self: &Arc<Self>) -> JoinHandle<()> {
+    /// Keeps the slot map current until the [`Refresher`] is dropped: asks
+    /// at once, then every [`REFRESH_EVERY`], or sooner when [`Cluster::suspect`]ed.
+    pub(crate) fn keep_current(self: &Arc<Self>) -> Refresher {
         let cluster = Arc::clone(self);
-        tokio::spawn(async move {
+        Refresher(tokio::spawn(async move {
             let mut healthy = true;
             loop {
                 match cluster.refresh().await {
@@ -355,7 +394,17 @@ impl Cluster {
                     () = tokio::time::sleep(REFRESH_EVERY) => {}
                 }
             }
-        })
+        }))
+    }
+}
+
+/// The task that keeps a slot map current; dropping it ends the task.
+#[derive(Debug)]
+pub(crate) struct Refresher(JoinHandle<()>);
+
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -26,20 +26,18 @@
 //! `TRYAGAIN` (a slot half-way through a migration) after a short pause, at
 //! most [`MAX_REDIRECTS`] times.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use meter_core::StoreError;
 use redis::{Cmd, Pipeline, Value, aio::ConnectionLike};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     task::{JoinHandle, JoinSet},
+    time::Instant,
 };
 
 use crate::{
-    cluster::Cluster,
+    cluster::{Cluster, Refresher},
     connection::{NodePool, sort_request_error},
     script::LuaScript,
 };
@@ -99,12 +97,12 @@ pub(crate) struct Pipeliner {
 }
 
 /// What ends the driver task: the signal, and its handle to await; and the
-/// cluster's slot-map task, if any, to abort.
+/// cluster's slot-map task, if any, which ends when this is dropped.
 #[derive(Debug)]
 pub(crate) struct Driver {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
-    refresher: Option<JoinHandle<()>>,
+    refresher: Option<Refresher>,
 }
 
 impl Driver {
@@ -115,9 +113,7 @@ impl Driver {
         if let Err(error) = self.task.await {
             tracing::error!(%error, "the Redis pipeline task failed");
         }
-        if let Some(refresher) = self.refresher {
-            refresher.abort();
-        }
+        drop(self.refresher);
     }
 }
 
@@ -127,7 +123,7 @@ impl Pipeliner {
     pub(crate) fn start(
         nodes: Nodes,
         max_pending: usize,
-        refresher: Option<JoinHandle<()>>,
+        refresher: Option<Refresher>,
     ) -> (Self, Driver) {
         let (queue, jobs) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
@@ -360,10 +356,14 @@ async fn send_batch(nodes: Nodes, pool: NodePool, jobs: Vec<Job>, asking: bool) 
             cluster.suspect();
         }
         let mut moved: Vec<(NodePool, Vec<Job>, bool)> = Vec::new();
-        let mut try_again = Vec::new();
+        let (mut try_again, mut try_again_here) = (Vec::new(), Vec::new());
         let commands: Vec<&Cmd> = pipeline.cmd_iter().collect();
         for ((mut call, reply), command) in calls.into_iter().zip(replies).zip(commands) {
             let redirect = match redirect(&reply, pool.host()) {
+                None => {
+                    let _ = call.reply.send(reply);
+                    continue;
+                }
                 Some(Redirect::TryAgain) if call.try_again(cluster.patience()) => {
                     Redirect::TryAgain
                 }
@@ -373,8 +373,16 @@ async fn send_batch(nodes: Nodes, pool: NodePool, jobs: Vec<Job>, asking: bool) 
                     call.redirects += 1;
                     redirect
                 }
-                _ => {
+                // TRYAGAIN past the patience: Redis's own refusal says it.
+                Some(Redirect::TryAgain) => {
                     let _ = call.reply.send(reply);
+                    continue;
+                }
+                Some(_) => {
+                    let _ = call.reply.send(Err(StoreError::Unavailable(format!(
+                        "the Redis Cluster redirected the call {MAX_REDIRECTS} times \
+                         (slots are moving); it was not applied"
+                    ))));
                     continue;
                 }
             };
@@ -388,6 +396,12 @@ async fn send_batch(nodes: Nodes, pool: NodePool, jobs: Vec<Job>, asking: bool) 
                 call,
             };
             let (target, asking) = match redirect {
+                // Asked of an importing node, TRYAGAIN means the keys are
+                // still split: that node is asked again, not the old owner.
+                Redirect::TryAgain if asking => {
+                    try_again_here.push(job);
+                    continue;
+                }
                 Redirect::TryAgain => {
                     try_again.push(job);
                     continue;
@@ -395,23 +409,26 @@ async fn send_batch(nodes: Nodes, pool: NodePool, jobs: Vec<Job>, asking: bool) 
                 Redirect::Moved(slot, address) => (cluster.learn(slot, &address), false),
                 Redirect::Ask(address) => (cluster.node(&address), true),
             };
-            match target {
-                Ok(target) => match moved
-                    .iter_mut()
-                    .find(|(pool, _, ask)| pool.same_node(&target) && *ask == asking)
-                {
-                    Some((_, jobs, _)) => jobs.push(job),
-                    None => moved.push((target, vec![job], asking)),
-                },
+            let target = match target {
+                Ok(target) => target,
                 Err(error) => {
                     let _ = job.call.reply.send(Err(error));
+                    continue;
                 }
+            };
+            match moved
+                .iter_mut()
+                .find(|(pool, _, ask)| pool.same_node(&target) && *ask == asking)
+            {
+                Some((_, jobs, _)) => jobs.push(job),
+                None => moved.push((target, vec![job], asking)),
             }
         }
         rounds.extend(moved);
-        if !try_again.is_empty() {
+        if !try_again.is_empty() || !try_again_here.is_empty() {
             let pause = try_again
                 .iter()
+                .chain(&try_again_here)
                 .filter_map(|job| job.call.try_again.map(|(_, pause)| pause))
                 .max()
                 .unwrap_or(TRY_AGAIN_AFTER);
@@ -422,6 +439,9 @@ async fn send_batch(nodes: Nodes, pool: NodePool, jobs: Vec<Job>, asking: bool) 
                     .into_iter()
                     .map(|(pool, jobs)| (pool, jobs, false)),
             );
+            if !try_again_here.is_empty() {
+                rounds.push((pool, try_again_here, true));
+            }
         }
     }
 }
@@ -538,4 +558,83 @@ fn is_noscript(reply: &Reply) -> bool {
 
 fn is_noscript_value(value: &Value) -> bool {
     matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_reply(resp: &str) -> Reply {
+        Ok(redis::parse_redis_value(resp.as_bytes()).expect("a RESP error"))
+    }
+
+    #[test]
+    fn redirects_name_the_slot_and_node_and_a_missing_host_is_the_asked_one() {
+        let moved = redirect(&error_reply("-MOVED 3999 10.0.0.2:6381\r\n"), "10.0.0.1");
+        assert!(matches!(moved, Some(Redirect::Moved(3999, a)) if a == "10.0.0.2:6381"));
+        let moved = redirect(&error_reply("-MOVED 3999 :6381\r\n"), "10.0.0.1");
+        assert!(matches!(moved, Some(Redirect::Moved(3999, a)) if a == "10.0.0.1:6381"));
+        let ask = redirect(&error_reply("-ASK 12 [::1]:7002\r\n"), "h");
+        assert!(matches!(ask, Some(Redirect::Ask(a)) if a == "[::1]:7002"));
+        let again = redirect(
+            &error_reply("-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),
+            "h",
+        );
+        assert!(matches!(again, Some(Redirect::TryAgain)));
+        for other in [
+            "-ERR unknown\r\n",
+            "-MOVED nonsense\r\n",
+            "-CLUSTERDOWN down\r\n",
+        ] {
+            assert!(redirect(&error_reply(other), "h").is_none(), "{other}");
+        }
+        assert!(redirect(&Ok(Value::Okay), "h").is_none());
+        assert!(redirect(&Err(StoreError::OutcomeUnknown("x".into())), "h").is_none());
+    }
+
+    #[test]
+    fn replies_after_asking_are_the_commands_own() {
+        let values = vec![Value::Okay, Value::Int(1), Value::Okay, Value::Int(2)];
+        assert_eq!(answers_after_asking(values), [Value::Int(1), Value::Int(2)]);
+        let mut pipeline = Pipeline::new();
+        pipeline.add_command(redis::cmd("GET").arg("a").clone());
+        pipeline.add_command(redis::cmd("GET").arg("b").clone());
+        let asked: Vec<Vec<u8>> = with_asking(&pipeline)
+            .cmd_iter()
+            .map(Cmd::get_packed_command)
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                redis::cmd("ASKING").get_packed_command(),
+                redis::cmd("GET").arg("a").get_packed_command(),
+                redis::cmd("ASKING").get_packed_command(),
+                redis::cmd("GET").arg("b").get_packed_command(),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_again_backs_off_and_gives_up_after_its_patience() {
+        let (reply, _answer) = oneshot::channel();
+        let permit = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a permit");
+        let mut call = Call {
+            script: None,
+            slot: None,
+            redirects: 0,
+            try_again: None,
+            reply,
+            _permit: permit,
+        };
+        let patience = Duration::from_millis(300);
+        let mut pauses = Vec::new();
+        while call.try_again(patience) {
+            let pause = call.try_again.expect("counting").1;
+            pauses.push(pause.as_millis());
+            tokio::time::advance(pause).await;
+        }
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 100, 100]);
+    }
 }

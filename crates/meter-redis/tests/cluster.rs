@@ -201,7 +201,13 @@ fn deduct_until(
                                 assert!(recorded.outcome.applied, "applied");
                                 break;
                             }
-                            Err(MeterError::Store(error)) => {
+                            // What a failover or a migration may answer; any
+                            // other error is a fault of the store.
+                            Err(MeterError::Store(
+                                error @ (StoreError::Unavailable(_)
+                                | StoreError::OutcomeUnknown(_)
+                                | StoreError::Overloaded(_)),
+                            )) => {
                                 done.retries += 1;
                                 assert!(
                                     Instant::now() < deadline,
@@ -288,7 +294,14 @@ async fn a_master_killed_under_load_fails_over_and_retried_deducts_end_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_under_load_follows_ask_and_moved_and_loses_nothing() {
     let cluster = RedisCluster::start();
-    let store = store_on(&cluster).await;
+    // The move takes about half a second here; calls wait out TRYAGAIN for
+    // as long as a reply may take, so give them ample time on a slow machine.
+    let store = RedisStore::open(&RedisConfig {
+        response_timeout: Duration::from_secs(5),
+        ..RedisConfig::new(cluster.url())
+    })
+    .expect("valid url");
+    wait_serving(&store).await;
     let ledger = ledger(&store);
     let accounts = vec![account("org_moving"), account("org_staying")];
     for who in &accounts {
@@ -317,22 +330,11 @@ async fn a_slot_moved_under_load_follows_ask_and_moved_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     let callers = load.await.expect("load");
-    // The old owner redirected calls (MOVED, ASK, or TRYAGAIN while the
-    // account's keys were split), and the store followed every one: no
-    // caller saw an error.
-    let redirected: u64 = cluster
-        .cli(from, &["INFO", "errorstats"])
-        .lines()
-        .filter(|line| {
-            ["MOVED", "ASK", "TRYAGAIN"]
-                .iter()
-                .any(|code| line.starts_with(&format!("errorstat_{code}:")))
-        })
-        .filter_map(|line| line.split("count=").nth(1)?.trim().parse::<u64>().ok())
-        .sum();
+    // The old owner sent calls on (ASK once the account's keys had moved),
+    // and the store followed every redirect: no caller saw an error.
     assert!(
-        redirected > 0,
-        "the old owner redirected calls during the move"
+        cluster.errors(from, "ASK") > 0,
+        "the old owner answered ASK during the move"
     );
     assert_eq!(
         callers.iter().map(|c| c.retries).sum::<u64>(),

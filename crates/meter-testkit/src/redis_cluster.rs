@@ -143,6 +143,16 @@ impl RedisCluster {
             .unwrap_or_else(|e| panic!("CLUSTER KEYSLOT {key} answered {text:?}: {e}"))
     }
 
+    /// How many error replies with `code` (`MOVED`, `ASK`, …) node `index`
+    /// has sent (`INFO errorstats`).
+    pub fn errors(&self, index: usize, code: &str) -> u64 {
+        let prefix = format!("errorstat_{code}:count=");
+        self.cli(index, &["INFO", "errorstats"])
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Kills node `index` with SIGKILL, as a crash would.
     pub fn kill(&mut self, index: usize) {
         self.nodes[index].stop();
@@ -195,8 +205,9 @@ impl RedisCluster {
     }
 
     /// Moves `slot` to the master at index `to` with `CLUSTER SETSLOT` and
-    /// `MIGRATE`, `pause` between the steps so that traffic meets `ASK` and
-    /// `TRYAGAIN` on the way; as `redis-cli --cluster reshard` does.
+    /// `MIGRATE`, as `redis-cli --cluster reshard` does: `pause` between the
+    /// steps and thirty times `pause` once every key has moved, so that traffic
+    /// meets `TRYAGAIN` and `ASK` on the way.
     pub fn move_slot(&self, slot: u16, to: usize, pause: Duration) {
         let from = self.master_of(slot);
         assert_ne!(from, to, "slot {slot} is on node {to} already");
@@ -248,6 +259,8 @@ impl RedisCluster {
             );
             std::thread::sleep(pause);
         }
+        // Every key has moved, the slot not yet: calls meet ASK.
+        std::thread::sleep(pause * 30);
         for i in self.masters() {
             ok(
                 self.cli(i, &["CLUSTER", "SETSLOT", &slot_text, "NODE", &to_id]),
