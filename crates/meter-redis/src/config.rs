@@ -23,6 +23,13 @@ pub struct RedisConfig {
     /// Most commands queued or awaiting their reply; past it, calls fail
     /// `Overloaded` at once and nothing is sent.
     pub max_pending: usize,
+    /// Replicas every change must reach (`WAIT`) before its call is
+    /// answered; a change they do not confirm within `wait_timeout` fails
+    /// `OutcomeUnknown`. 0: answer once the master has it.
+    pub wait_replicas: u32,
+    /// How long a batch of changes waits for the replicas. Short: while it
+    /// waits, later commands on the same connection wait too.
+    pub wait_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -34,6 +41,8 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(1),
             max_pending: 2048,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(50),
         }
     }
 }

@@ -119,15 +119,17 @@ impl Driver {
 
 impl Pipeliner {
     /// Starts the driver task on the current Tokio runtime; [`Driver::stop`]
-    /// also ends `refresher`.
+    /// also ends `refresher`. With `wait`, every batch that holds a script
+    /// call ends with a `WAIT` for the replicas.
     pub(crate) fn start(
         nodes: Nodes,
         max_pending: usize,
         refresher: Option<Refresher>,
+        wait: Option<Wait>,
     ) -> (Self, Driver) {
         let (queue, jobs) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(drive(nodes, jobs, stopped));
+        let task = tokio::spawn(drive(nodes, wait, jobs, stopped));
         let max_pending = max_pending.max(1);
         let pipeliner = Self {
             queue,
@@ -186,6 +188,7 @@ impl Pipeliner {
 
 async fn drive(
     nodes: Nodes,
+    wait: Option<Wait>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -214,7 +217,7 @@ async fn drive(
                 // command is not sent at all.
                 batch.retain(|job| !job.call.reply.is_closed());
                 for (pool, jobs) in nodes.split(batch) {
-                    in_flight.spawn(send_batch(nodes.clone(), pool, jobs, false));
+                    in_flight.spawn(send_batch(nodes.clone(), pool, jobs, false, wait));
                 }
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
@@ -335,7 +338,13 @@ fn redirect(reply: &Reply, host: &str) -> Option<Redirect> {
 
 /// Sends `jobs` to the node of `pool` (each after `ASKING` when `asking`),
 /// answers each call, and on a cluster follows redirects.
-async fn send_batch(nodes: Nodes, pool: NodePool, jobs: Vec<Job>, asking: bool) {
+async fn send_batch(
+    nodes: Nodes,
+    pool: NodePool,
+    jobs: Vec<Job>,
+    asking: bool,
+    wait: Option<Wait>,
+) {
     let mut rounds = vec![(pool, jobs, asking)];
     while let Some((pool, jobs, asking)) = rounds.pop() {
         let count = jobs.len();
@@ -345,7 +354,7 @@ async fn send_batch(nodes: Nodes, pool: NodePool, jobs: Vec<Job>, asking: bool) 
             pipeline.add_command(command);
             calls.push(call);
         }
-        let replies = exchange(&pool, &pipeline, &calls, asking).await;
+        let replies = exchange(&pool, &pipeline, &calls, asking, wait).await;
         let Nodes::Cluster(cluster) = &nodes else {
             for (call, reply) in calls.into_iter().zip(replies) {
                 let _ = call.reply.send(reply);
@@ -453,22 +462,88 @@ async fn exchange(
     pipeline: &Pipeline,
     calls: &[Call],
     asking: bool,
+    wait: Option<Wait>,
 ) -> Vec<Reply> {
-    let count = calls.len();
-    let outcome = if asking {
-        round_trip(pool, &with_asking(pipeline), count * 2)
-            .await
-            .map(answers_after_asking)
-    } else {
-        round_trip(pool, pipeline, count).await
-    };
-    match outcome {
-        Ok(values) => {
+    // Reads alone change nothing to wait for.
+    let wait = wait.filter(|_| calls.iter().any(|call| call.script.is_some()));
+    match send_commands(pool, pipeline, asking, wait).await {
+        Ok((values, confirmed)) => {
             let mut replies: Vec<Reply> = values.into_iter().map(Ok).collect();
-            reload_unknown_scripts(pool, pipeline, calls, &mut replies, asking).await;
+            if let (Some(wait), false) = (wait, confirmed) {
+                let all: Vec<usize> = (0..calls.len()).collect();
+                unconfirmed(wait, calls, &all, &mut replies);
+            }
+            reload_unknown_scripts(pool, pipeline, calls, &mut replies, asking, wait).await;
             replies
         }
-        Err(error) => vec![Err(error); count],
+        Err(error) => vec![Err(error); calls.len()],
+    }
+}
+
+/// How many replicas must have every change before its call is answered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wait {
+    /// `WAIT`'s number of replicas.
+    pub(crate) replicas: u32,
+    /// `WAIT`'s timeout.
+    pub(crate) timeout: Duration,
+}
+
+/// Sends the commands of `pipeline`, each after `ASKING` when `asking`,
+/// then `WAIT` when `wait` is set; their replies, and whether the replicas
+/// confirmed them (always, without `wait`).
+async fn send_commands(
+    pool: &NodePool,
+    pipeline: &Pipeline,
+    asking: bool,
+    wait: Option<Wait>,
+) -> Result<(Vec<Value>, bool), StoreError> {
+    let count = pipeline.len();
+    if !asking && wait.is_none() {
+        return Ok((round_trip(pool, pipeline, count).await?, true));
+    }
+    let mut wire = if asking {
+        with_asking(pipeline)
+    } else {
+        pipeline.clone()
+    };
+    let sent = wire.len();
+    if let Some(wait) = wait {
+        let mut command = redis::cmd("WAIT");
+        command
+            .arg(wait.replicas)
+            .arg(wait.timeout.as_millis().max(1));
+        wire.add_command(command);
+    }
+    let mut values = round_trip(pool, &wire, wire.len()).await?;
+    let confirmed = match wait {
+        Some(wait) => values
+            .drain(sent..)
+            .next()
+            .is_some_and(|acked| matches!(acked, Value::Int(n) if n >= i64::from(wait.replicas))),
+        None => true,
+    };
+    let values = if asking {
+        answers_after_asking(values)
+    } else {
+        values
+    };
+    Ok((values, confirmed))
+}
+
+/// Turns the replies of the script calls at `indices` that changed or may
+/// have changed something into "outcome unknown": their change is on the
+/// master, but not on `wait.replicas` replicas, so a failover may lose it.
+fn unconfirmed(wait: Wait, calls: &[Call], indices: &[usize], replies: &mut [Reply]) {
+    for &i in indices {
+        let ran = matches!(&replies[i], Ok(value) if !matches!(value, Value::ServerError(_)));
+        if calls[i].script.is_some() && ran {
+            replies[i] = Err(StoreError::OutcomeUnknown(format!(
+                "the change is on the Redis master but {} replica(s) did not confirm it within {:?}; \
+                 a failover may lose it",
+                wait.replicas, wait.timeout
+            )));
+        }
     }
 }
 
@@ -495,6 +570,7 @@ async fn reload_unknown_scripts(
     jobs: &[Call],
     replies: &mut [Reply],
     asking: bool,
+    wait: Option<Wait>,
 ) {
     let stale: Vec<usize> = (0..jobs.len())
         .filter(|&i| jobs[i].script.is_some() && is_noscript(&replies[i]))
@@ -518,16 +594,8 @@ async fn reload_unknown_scripts(
     for &i in &stale {
         retry.add_command(commands[i].clone());
     }
-    let count = scripts.len() + stale.len();
-    let outcome = if asking {
-        round_trip(pool, &with_asking(&retry), count * 2)
-            .await
-            .map(answers_after_asking)
-    } else {
-        round_trip(pool, &retry, count).await
-    };
-    match outcome {
-        Ok(values) => {
+    match send_commands(pool, &retry, asking, wait).await {
+        Ok((values, confirmed)) => {
             let (loads, resent) = values.split_at(scripts.len());
             for (&i, value) in stale.iter().zip(resent) {
                 // A call whose own script failed to load did not run (its
@@ -542,6 +610,9 @@ async fn reload_unknown_scripts(
                     Some(failed) if is_noscript_value(value) => failed.clone(),
                     _ => value.clone(),
                 });
+            }
+            if let (Some(wait), false) = (wait, confirmed) {
+                unconfirmed(wait, jobs, &stale, replies);
             }
         }
         Err(error) => {

@@ -17,7 +17,7 @@ use crate::{
     cluster::Cluster,
     config::Deployment,
     connection::{NodePool, sort_command_error, sort_request_error},
-    pipeliner::{Driver, Nodes, Pipeliner},
+    pipeliner::{Driver, Nodes, Pipeliner, Wait},
     script::{Layout, ScriptCall},
     slot::key_slot,
 };
@@ -54,7 +54,12 @@ impl RedisStore {
                 (Nodes::Cluster(cluster), Some(refresher))
             }
         };
-        let (pipeliner, driver) = Pipeliner::start(nodes.clone(), config.max_pending, refresher);
+        let wait = (config.wait_replicas > 0).then_some(Wait {
+            replicas: config.wait_replicas,
+            timeout: config.wait_timeout,
+        });
+        let (pipeliner, driver) =
+            Pipeliner::start(nodes.clone(), config.max_pending, refresher, wait);
         Ok(Self {
             inner: Arc::new(Inner {
                 nodes,

@@ -255,7 +255,15 @@ async fn assert_exact(ledger: &RedisCreditLedger, accounts: &[AccountId], caller
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_under_load_fails_over_and_retried_deducts_end_exact() {
     let mut cluster = RedisCluster::start();
-    let store = store_on(&cluster).await;
+    // Redis replicates after it answers: without WAIT, a change the master
+    // answered in its last instant may never reach the replica that takes
+    // over. With it, every answered change is on the replica.
+    let store = RedisStore::open(&RedisConfig {
+        wait_replicas: 1,
+        ..RedisConfig::new(cluster.url())
+    })
+    .expect("valid url");
+    wait_serving(&store).await;
     let ledger = ledger(&store);
     let accounts = accounts_on_every_master(&cluster, 6);
     for who in &accounts {
@@ -269,7 +277,11 @@ async fn a_master_killed_under_load_fails_over_and_retried_deducts_end_exact() {
     let load = deduct_until(&ledger, &accounts, 24, &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.kill(victim);
+    // The replica takes over; the killed master comes back as its replica,
+    // so that the promoted one's changes can be confirmed again.
     let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_until_ok();
+        cluster.restart(victim);
         cluster.wait_until_ok();
         cluster
     })

@@ -588,3 +588,77 @@ async fn closing_the_store_finishes_queued_calls_and_refuses_new_ones() {
     let used: String = conn.hget(keys::credits(&who), "used").await.expect("hget");
     assert_eq!(used, "20");
 }
+
+#[tokio::test]
+async fn a_change_the_replicas_do_not_confirm_may_have_been_applied_and_reads_are_not_held() {
+    // A Redis without replicas can never confirm a change to one.
+    let server = RedisServer::start();
+    let (_, ledger) = ledger_on(&RedisConfig {
+        wait_replicas: 1,
+        wait_timeout: Duration::from_millis(100),
+        ..config(&server)
+    });
+    let who = account("u-unreplicated");
+    let granted = ledger.grant(&grant(&who, 100, "g-1"), at(NOW)).await;
+    assert!(
+        matches!(granted, Err(MeterError::Store(StoreError::OutcomeUnknown(ref m))) if m.contains("replica")),
+        "{granted:?}"
+    );
+    // The master has the change: a read sees it, and is not held by WAIT.
+    let balance = ledger
+        .balance(&who)
+        .await
+        .expect("a read")
+        .expect("a balance");
+    assert_eq!(balance.total, 100);
+    // A retry with the same key replays, and still cannot be confirmed;
+    // WAIT gives up after its own timeout, well inside the response timeout.
+    let started = Instant::now();
+    let again = ledger.grant(&grant(&who, 100, "g-1"), at(NOW)).await;
+    assert!(
+        matches!(again, Err(MeterError::Store(StoreError::OutcomeUnknown(_)))),
+        "{again:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    let balance = ledger
+        .balance(&who)
+        .await
+        .expect("a read")
+        .expect("a balance");
+    assert_eq!(balance.total, 100, "applied once");
+}
+
+#[tokio::test]
+async fn a_change_a_replica_confirms_is_answered() {
+    let primary = RedisServer::start();
+    let replica_of = primary.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replica_of]);
+    let (_, ledger) = ledger_on(&RedisConfig {
+        wait_replicas: 1,
+        ..config(&primary)
+    });
+    let who = account("u-replicated");
+    // The replica may still be syncing for the first calls.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ledger.grant(&grant(&who, 100, "g-1"), at(NOW)).await {
+            Ok(recorded) => {
+                assert_eq!(recorded.outcome.total, 100);
+                break;
+            }
+            Err(error) => assert!(Instant::now() < deadline, "{error:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_replica: String = replica
+        .connection()
+        .await
+        .hget(keys::credits(&who), "total")
+        .await
+        .expect("hget on the replica");
+    assert_eq!(on_replica, "100", "the answered change is on the replica");
+}

@@ -158,6 +158,12 @@ impl RedisCluster {
         self.nodes[index].stop();
     }
 
+    /// Starts killed node `index` again on its port with its cluster
+    /// config: it rejoins, as a replica if another took its place.
+    pub fn restart(&mut self, index: usize) {
+        self.nodes[index].restart();
+    }
+
     /// Waits until every running node reports `cluster_state:ok`, sees every
     /// slot served by a master that has not failed, and every running
     /// replica's link to its master is up.

@@ -18,6 +18,7 @@ mod defaults {
     pub const REDIS_CONNECT_TIMEOUT: &str = "2s";
     pub const REDIS_TIMEOUT: &str = "1s";
     pub const REDIS_MAX_PENDING: usize = 2048;
+    pub const REDIS_WAIT_TIMEOUT: &str = "50ms";
     pub const IDEMPOTENCY_WINDOW: &str = "24h";
     pub const HEALTH_INTERVAL: &str = "1s";
 }
@@ -88,6 +89,15 @@ pub struct RedisArgs {
     /// refused at once with UNAVAILABLE (nothing applied).
     #[arg(long, env = "METERD_REDIS_MAX_PENDING", default_value_t = defaults::REDIS_MAX_PENDING)]
     pub redis_max_pending: usize,
+    /// Replicas every change must reach before meterd answers (Redis WAIT);
+    /// one they do not confirm in time answers UNAVAILABLE ("may have been
+    /// applied"). 0: answer once the master has the change.
+    #[arg(long, env = "METERD_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+    /// How long changes wait for --redis-wait-replicas replicas; keep it
+    /// short, later commands on the same connection wait behind it.
+    #[arg(long, env = "METERD_REDIS_WAIT_TIMEOUT", default_value = defaults::REDIS_WAIT_TIMEOUT, value_parser = parse_duration)]
+    pub redis_wait_timeout: Duration,
 }
 
 /// Service behaviour.
@@ -217,6 +227,8 @@ impl Cli {
                 connect_timeout: self.redis.redis_connect_timeout,
                 response_timeout: self.redis.redis_timeout,
                 max_pending: self.redis.redis_max_pending,
+                wait_replicas: self.redis.redis_wait_replicas,
+                wait_timeout: self.redis.redis_wait_timeout,
             }),
         };
         Ok(Config {
