@@ -469,9 +469,9 @@ async fn exchange(
     match send_commands(pool, pipeline, asking, wait).await {
         Ok((values, confirmed)) => {
             let mut replies: Vec<Reply> = values.into_iter().map(Ok).collect();
-            if let (Some(wait), false) = (wait, confirmed) {
+            if let Err(why) = confirmed {
                 let all: Vec<usize> = (0..calls.len()).collect();
-                unconfirmed(wait, calls, &all, &mut replies);
+                unconfirmed(&why, calls, &all, &mut replies);
             }
             reload_unknown_scripts(pool, pipeline, calls, &mut replies, asking, wait).await;
             replies
@@ -489,6 +489,9 @@ pub(crate) struct Wait {
     pub(crate) timeout: Duration,
 }
 
+/// Whether the replicas confirmed a batch's changes; `Err` says why not.
+type Confirmation = Result<(), String>;
+
 /// Sends the commands of `pipeline`, each after `ASKING` when `asking`,
 /// then `WAIT` when `wait` is set; their replies, and whether the replicas
 /// confirmed them (always, without `wait`).
@@ -497,10 +500,10 @@ async fn send_commands(
     pipeline: &Pipeline,
     asking: bool,
     wait: Option<Wait>,
-) -> Result<(Vec<Value>, bool), StoreError> {
+) -> Result<(Vec<Value>, Confirmation), StoreError> {
     let count = pipeline.len();
     if !asking && wait.is_none() {
-        return Ok((round_trip(pool, pipeline, count).await?, true));
+        return Ok((round_trip(pool, pipeline, count).await?, Ok(())));
     }
     let mut wire = if asking {
         with_asking(pipeline)
@@ -517,11 +520,18 @@ async fn send_commands(
     }
     let mut values = round_trip(pool, &wire, wire.len()).await?;
     let confirmed = match wait {
-        Some(wait) => values
-            .drain(sent..)
-            .next()
-            .is_some_and(|acked| matches!(acked, Value::Int(n) if n >= i64::from(wait.replicas))),
-        None => true,
+        Some(wait) => match values.drain(sent..).next() {
+            Some(Value::Int(acked)) if acked >= i64::from(wait.replicas) => Ok(()),
+            Some(Value::Int(acked)) => Err(format!(
+                "{acked} of {} replica(s) confirmed it within {:?}",
+                wait.replicas, wait.timeout
+            )),
+            // WAIT refused (on a replica, by an ACL, by a proxy): the changes
+            // may still have been made.
+            Some(Value::ServerError(error)) => Err(format!("WAIT failed: {error}")),
+            other => Err(format!("WAIT answered {other:?}")),
+        },
+        None => Ok(()),
     };
     let values = if asking {
         answers_after_asking(values)
@@ -531,17 +541,15 @@ async fn send_commands(
     Ok((values, confirmed))
 }
 
-/// Turns the replies of the script calls at `indices` that changed or may
-/// have changed something into "outcome unknown": their change is on the
-/// master, but not on `wait.replicas` replicas, so a failover may lose it.
-fn unconfirmed(wait: Wait, calls: &[Call], indices: &[usize], replies: &mut [Reply]) {
+/// Turns the replies of the script calls at `indices` that ran into
+/// "outcome unknown": their change is on the master but not confirmed on
+/// the replicas (`why`), so a failover may lose it.
+fn unconfirmed(why: &str, calls: &[Call], indices: &[usize], replies: &mut [Reply]) {
     for &i in indices {
         let ran = matches!(&replies[i], Ok(value) if !matches!(value, Value::ServerError(_)));
         if calls[i].script.is_some() && ran {
             replies[i] = Err(StoreError::OutcomeUnknown(format!(
-                "the change is on the Redis master but {} replica(s) did not confirm it within {:?}; \
-                 a failover may lose it",
-                wait.replicas, wait.timeout
+                "the change is on the Redis master, but {why}; a failover may lose it"
             )));
         }
     }
@@ -611,8 +619,8 @@ async fn reload_unknown_scripts(
                     _ => value.clone(),
                 });
             }
-            if let (Some(wait), false) = (wait, confirmed) {
-                unconfirmed(wait, jobs, &stale, replies);
+            if let Err(why) = confirmed {
+                unconfirmed(&why, jobs, &stale, replies);
             }
         }
         Err(error) => {

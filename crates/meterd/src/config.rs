@@ -195,6 +195,17 @@ pub enum ConfigError {
     /// The idempotency window is outside 1ms..=30d.
     #[error("--idempotency-window / METERD_IDEMPOTENCY_WINDOW: {0}")]
     IdempotencyWindow(#[from] WindowOutOfRange),
+    /// Waiting for replicas would outlast the wait for Redis's answer.
+    #[error(
+        "--redis-wait-timeout ({wait:?}) must be shorter than --redis-timeout ({response:?}): \
+         a batch that waits for its replicas would otherwise be given up on, reads included"
+    )]
+    WaitTimeout {
+        /// `--redis-wait-timeout`.
+        wait: Duration,
+        /// `--redis-timeout`.
+        response: Duration,
+    },
     /// A built-in default does not parse (a bug).
     #[error("a built-in default does not parse: {0}")]
     Default(String),
@@ -218,6 +229,14 @@ impl Cli {
             }
             None => example_catalog()?,
         };
+        if self.redis.redis_wait_replicas > 0
+            && self.redis.redis_wait_timeout >= self.redis.redis_timeout
+        {
+            return Err(ConfigError::WaitTimeout {
+                wait: self.redis.redis_wait_timeout,
+                response: self.redis.redis_timeout,
+            });
+        }
         // `REDIS_URL=` (set but empty, as templates often leave it) means not set.
         let store = match self.redis.redis_url.filter(|url| !url.is_empty()) {
             None => StoreConfig::Memory,
@@ -306,6 +325,29 @@ mod tests {
         assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
         assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_duration_or_zero("2s"), Ok(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn waiting_for_replicas_must_end_before_the_wait_for_redis() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["meterd", "--redis-url", "redis://cache:6379"];
+            all.extend(args);
+            Cli::try_parse_from(all).expect("parses").into_config()
+        };
+        let error = parse(&["--redis-wait-replicas", "1", "--redis-wait-timeout", "1s"])
+            .expect_err("as long as --redis-timeout");
+        assert!(
+            error.to_string().contains("--redis-wait-timeout"),
+            "{error}"
+        );
+        assert!(
+            parse(&["--redis-wait-replicas", "1"]).is_ok(),
+            "the defaults fit"
+        );
+        assert!(
+            parse(&["--redis-wait-timeout", "5s"]).is_ok(),
+            "no replicas waited for"
+        );
     }
 
     #[test]
