@@ -295,8 +295,7 @@ async fn deduct(client: &mut Client, account_id: String) -> Result<Effect, Statu
     let request = DeductRequest {
         account_id,
         amount: 1,
-        idempotency_key: String::new(),
-        reason: String::new(),
+        ..DeductRequest::default()
     };
     let applied = client.deduct(request).await?.into_inner().applied;
     Ok(if applied {

@@ -24,8 +24,8 @@ pub mod time;
 pub use account::AccountId;
 pub use clock::{Clock, SystemClock};
 pub use credits::{
-    CreditBalance, CreditLedger, Credits, DeductCredits, DeductOutcome, GrantCredits, MAX_CREDITS,
-    Reason, ResetCredits, ResetSchedule,
+    Charge, CreditBalance, CreditLedger, Credits, DeductCredits, DeductOutcome, GrantCredits,
+    MAX_CREDITS, Reason, ResetCredits, ResetSchedule,
 };
 pub use error::{InvalidArgument, MeterError, StoreError};
 pub use idempotency::{Idempotency, IdempotencyKey, IdempotencyWindow, Recorded};

@@ -50,12 +50,15 @@ pub struct Plan {
     pub usage: BTreeMap<String, MetricLimit>,
 }
 
-/// Every plan, by name; always holds [`DEFAULT_PLAN`].
+/// Every plan, by name (always holding [`DEFAULT_PLAN`]), and the credit
+/// price of each feature.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanCatalog {
     plans: BTreeMap<String, Plan>,
     /// A copy of `plans[DEFAULT_PLAN]`, so that looking it up cannot fail.
     default_plan: Plan,
+    /// Credits per unit of each feature, e.g. `chat:gpt-4o` = 3.
+    prices: BTreeMap<String, i64>,
 }
 
 /// Why a catalog file was refused: the file, and toml's line, column and problem.
@@ -84,6 +87,60 @@ impl std::error::Error for CatalogError {}
 #[serde(deny_unknown_fields)]
 struct CatalogFile {
     plans: BTreeMap<String, PlanFields>,
+    #[serde(default)]
+    prices: BTreeMap<FeatureName, Price>,
+}
+
+/// A feature name of the price list, checked where toml can say its line.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+struct FeatureName(String);
+
+impl TryFrom<String> for FeatureName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        check_feature(&name)?;
+        Ok(Self(name))
+    }
+}
+
+/// A feature's price in credits per unit, 1..=MAX_CREDITS.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(try_from = "i64")]
+struct Price(i64);
+
+impl TryFrom<i64> for Price {
+    type Error = String;
+
+    fn try_from(credits: i64) -> Result<Self, String> {
+        if (1..=MAX_CREDITS).contains(&credits) {
+            Ok(Self(credits))
+        } else {
+            Err(format!(
+                "a price of {credits} credits is outside 1..={MAX_CREDITS}"
+            ))
+        }
+    }
+}
+
+/// Longest feature name, in characters.
+pub const MAX_FEATURE_CHARS: usize = 64;
+
+/// Checks a feature name: 1–64 characters of `a-z0-9_.:-`; `Err` says why not.
+pub fn check_feature(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_FEATURE_CHARS
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | ':' | '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "feature name {name:?} must be 1-{MAX_FEATURE_CHARS} characters of a-z0-9_.:-"
+        ))
+    }
 }
 
 #[derive(Deserialize)]
@@ -188,9 +245,15 @@ impl PlanCatalog {
                 "has no [plans.{DEFAULT_PLAN}]; it is required, as the plan of accounts that have none"
             )));
         };
+        let prices = file
+            .prices
+            .into_iter()
+            .map(|(FeatureName(name), Price(credits))| (name, credits))
+            .collect();
         Ok(Self {
             plans,
             default_plan,
+            prices,
         })
     }
 
@@ -207,6 +270,16 @@ impl PlanCatalog {
     /// Every plan, by name.
     pub fn plans(&self) -> impl Iterator<Item = &Plan> {
         self.plans.values()
+    }
+
+    /// The price of one unit of `feature`, in credits, if the list has it.
+    pub fn price(&self, feature: &str) -> Option<i64> {
+        self.prices.get(feature).copied()
+    }
+
+    /// The price list: credits per unit, by feature.
+    pub fn prices(&self) -> &BTreeMap<String, i64> {
+        &self.prices
     }
 }
 
@@ -281,5 +354,25 @@ mod tests {
             PlanCatalog::from_toml("f", float).is_err(),
             "money is never a float"
         );
+    }
+
+    #[test]
+    fn the_price_list_is_credits_per_unit_by_feature_checked_with_its_line() {
+        let catalog = PlanCatalog::from_toml("deploy/plans.toml", EXAMPLE).expect("example parses");
+        assert_eq!(catalog.price("chat:gpt-4o"), Some(3));
+        assert_eq!(catalog.price("chat:gpt-4o-mini"), Some(1));
+        assert_eq!(catalog.price("nope"), None);
+        let free = "[plans.free]\ncredits = 1\nbilling_interval = \"month\"\nprice_micros = 0\n";
+        let zero = format!("{free}\n[prices]\n\"report\" = 0\n");
+        let error = PlanCatalog::from_toml("p.toml", &zero).expect_err("a free feature");
+        assert!(
+            error.message.contains("line 7") && error.message.contains("outside"),
+            "{error}"
+        );
+        let name = format!("{free}\n[prices]\n\"Chat GPT\" = 2\n");
+        let error = PlanCatalog::from_toml("p.toml", &name).expect_err("a bad name");
+        assert!(error.message.contains("a-z0-9_.:-"), "{error}");
+        let none = PlanCatalog::from_toml("p.toml", free).expect("prices are optional");
+        assert!(none.prices().is_empty());
     }
 }

@@ -7,8 +7,8 @@ use meter_api::v1::{
     GrantResponse, ResetRequest, ResetResponse, credits_service_server::CreditsService,
 };
 use meter_core::{
-    AccountId, Clock, CreditBalance, CreditLedger, Credits, DeductCredits, GrantCredits,
-    IdempotencyKey, Reason, Timestamp,
+    AccountId, Charge, Clock, CreditBalance, CreditLedger, Credits, GrantCredits, IdempotencyKey,
+    Reason, Timestamp,
 };
 use tonic::{Request, Response, Status};
 
@@ -79,18 +79,24 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
         request: Request<DeductRequest>,
     ) -> Result<Response<DeductResponse>, Status> {
         let request = request.into_inner();
-        let deduct = DeductCredits::new(
-            account(&request.account_id)?,
-            request.amount,
-            reason(&request.reason)?,
-            idempotency_key(&request.idempotency_key)?,
-        )
-        .map_err(|e| invalid_argument(&e))?;
+        let account = account(&request.account_id)?;
+        let charge = Charge::parse(request.amount, &request.feature, request.quantity)
+            .map_err(|e| invalid_argument(&e))?;
+        let deduct = self
+            .credits
+            .price(
+                account,
+                charge,
+                reason(&request.reason)?,
+                idempotency_key(&request.idempotency_key)?,
+            )
+            .map_err(|e| invalid_argument(&e))?;
         let recorded = self.credits.deduct(&deduct).await.map_err(to_status)?;
         Ok(Response::new(DeductResponse {
             applied: recorded.outcome.applied,
             balance: Some(balance(&deduct.account, &recorded.outcome.balance)),
             replayed: recorded.replayed,
+            charged: deduct.amount,
         }))
     }
 

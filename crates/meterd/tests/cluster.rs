@@ -64,7 +64,7 @@ async fn meterd_serves_a_cluster_exactly_and_its_health_follows_a_failover() {
                             account_id: ACCOUNTS[caller % ACCOUNTS.len()].into(),
                             amount: 1,
                             idempotency_key: format!("{caller}-{n}"),
-                            reason: String::new(),
+                            ..DeductRequest::default()
                         })
                         .await
                         .expect("deduct")
@@ -111,7 +111,7 @@ async fn meterd_serves_a_cluster_exactly_and_its_health_follows_a_failover() {
                 account_id: account.into(),
                 amount: 1,
                 idempotency_key: "after-failover".into(),
-                reason: String::new(),
+                ..DeductRequest::default()
             })
             .await
             .expect("a deduct on every master after the failover")

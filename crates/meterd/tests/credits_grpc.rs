@@ -21,6 +21,18 @@ fn deduct(account: &str, amount: i64, key: &str) -> DeductRequest {
         amount,
         idempotency_key: key.into(),
         reason: "test".into(),
+        ..DeductRequest::default()
+    }
+}
+
+/// A deduct of `quantity` units of `feature`, priced by meterd's catalog.
+fn priced(account: &str, feature: &str, quantity: i64, key: &str) -> DeductRequest {
+    DeductRequest {
+        account_id: account.into(),
+        idempotency_key: key.into(),
+        feature: feature.into(),
+        quantity,
+        ..DeductRequest::default()
     }
 }
 
@@ -219,6 +231,24 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
                 ..deduct("u1", 1, "")
             },
             "reason",
+        ),
+        (
+            DeductRequest {
+                amount: 5,
+                ..priced("u1", "report", 1, "")
+            },
+            "amount",
+        ),
+        (priced("u1", "no-such-feature", 0, ""), "feature"),
+        (priced("u1", "Report", 0, ""), "feature"),
+        (priced("u1", "report", -1, ""), "quantity"),
+        (priced("u1", "report", i64::MAX, ""), "quantity"),
+        (
+            DeductRequest {
+                quantity: 2,
+                ..deduct("u1", 1, "")
+            },
+            "quantity",
         ),
     ];
     for (request, field) in cases {
@@ -539,4 +569,46 @@ async fn a_period_resets_when_the_clock_passes_it_without_anyone_waiting() {
         let march_31 = meter_testkit::timestamp("2026-03-31T10:00:00.000Z").as_millis() / 1000;
         assert_eq!(next.seconds, march_31);
     }
+}
+
+#[tokio::test]
+async fn a_feature_is_charged_at_its_price_times_the_quantity_and_replays_by_key() {
+    let redis = RedisServer::start();
+    let meterd = Meterd::redis(redis.url()).await;
+    let mut client = meterd.credits();
+    reset_to(&mut client, "u-priced", 100).await;
+    // deploy/plans.toml, the built-in catalog: report = 10 credits.
+    let reply = client
+        .deduct(priced("u-priced", "report", 3, "run-1"))
+        .await
+        .expect("deduct")
+        .into_inner();
+    assert!(reply.applied);
+    assert_eq!(reply.charged, 30);
+    assert_eq!(reply.balance.expect("balance").used, 30);
+    let replay = client
+        .deduct(priced("u-priced", "report", 3, "run-1"))
+        .await
+        .expect("replay")
+        .into_inner();
+    assert!(replay.replayed && replay.charged == 30);
+    let other = client
+        .deduct(priced("u-priced", "report", 4, "run-1"))
+        .await
+        .expect_err("same key, other quantity");
+    assert_eq!(other.code(), Code::FailedPrecondition);
+    // Quantity 0 means 1; too few credits left declines and says the price.
+    let one = client
+        .deduct(priced("u-priced", "chat:gpt-4o", 0, ""))
+        .await
+        .expect("one unit")
+        .into_inner();
+    assert_eq!((one.applied, one.charged), (true, 3));
+    let declined = client
+        .deduct(priced("u-priced", "report", 7, ""))
+        .await
+        .expect("declined")
+        .into_inner();
+    assert_eq!((declined.applied, declined.charged), (false, 70));
+    assert_eq!(support::balance(&mut client, "u-priced").await.used, 33);
 }

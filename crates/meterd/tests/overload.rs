@@ -26,7 +26,7 @@ fn deduct(i: usize) -> DeductRequest {
         account_id: "u-overload".into(),
         amount: 1,
         idempotency_key: format!("call-{i}"),
-        reason: String::new(),
+        ..DeductRequest::default()
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::{
     AccountId, CreditBalance, CreditPeriod, Idempotency, IdempotencyKey, InvalidArgument,
-    MAX_CREDITS,
+    MAX_CREDITS, plan::check_feature,
 };
 
 /// Longest accepted reason, in characters.
@@ -66,6 +66,100 @@ impl DeductCredits {
             amount,
             reason,
             idempotency,
+        })
+    }
+}
+
+impl DeductCredits {
+    /// A checked deduct of `quantity` units of `feature` at `price` credits
+    /// each. The price is part of the request's identity: a retry after the
+    /// price list changed is a different request.
+    pub fn priced(
+        account: AccountId,
+        feature: &str,
+        quantity: i64,
+        price: i64,
+        reason: Reason,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Self, InvalidArgument> {
+        let amount = quantity
+            .checked_mul(price)
+            .filter(|amount| (1..=MAX_CREDITS).contains(amount))
+            .ok_or_else(|| {
+                InvalidArgument::new(
+                    "quantity",
+                    format!(
+                        "{quantity} × {price} credits of {feature} is outside 1..={MAX_CREDITS}"
+                    ),
+                )
+            })?;
+        let idempotency = Idempotency::new(
+            key,
+            &[
+                "deduct",
+                &amount.to_string(),
+                reason.as_str(),
+                "feature",
+                feature,
+                &quantity.to_string(),
+            ],
+        );
+        Ok(Self {
+            account,
+            amount,
+            reason,
+            idempotency,
+        })
+    }
+}
+
+/// What a deduct charges: credits given outright, or units of a feature of
+/// the price list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Charge {
+    /// This many credits.
+    Credits(i64),
+    /// `quantity` units of `feature`, at its price.
+    Feature {
+        /// The feature's name in the price list.
+        feature: String,
+        /// Units, at least 1.
+        quantity: i64,
+    },
+}
+
+impl Charge {
+    /// The charge a request's `amount`, `feature` and `quantity` ask for:
+    /// exactly one of `amount` or `feature`; `quantity` (1 when 0) only with
+    /// `feature`.
+    pub fn parse(amount: i64, feature: &str, quantity: i64) -> Result<Self, InvalidArgument> {
+        if feature.is_empty() {
+            if quantity != 0 {
+                return Err(InvalidArgument::new(
+                    "quantity",
+                    "is only read with feature; give feature, or leave quantity out",
+                ));
+            }
+            check_amount(amount)?;
+            return Ok(Self::Credits(amount));
+        }
+        if amount != 0 {
+            return Err(InvalidArgument::new(
+                "amount",
+                "give amount or feature, not both",
+            ));
+        }
+        check_feature(feature).map_err(|e| InvalidArgument::new("feature", e))?;
+        let quantity = if quantity == 0 { 1 } else { quantity };
+        if !(1..=MAX_CREDITS).contains(&quantity) {
+            return Err(InvalidArgument::new(
+                "quantity",
+                format!("is {quantity}; it must be from 1 to {MAX_CREDITS}"),
+            ));
+        }
+        Ok(Self::Feature {
+            feature: feature.to_owned(),
+            quantity,
         })
     }
 }
@@ -189,5 +283,45 @@ mod tests {
         let grant =
             GrantCredits::new(account.clone(), 5, reason("a"), false, key()).expect("valid");
         assert_ne!(grant.idempotency.map(|i| i.fingerprint), print(5, "a"));
+    }
+
+    #[test]
+    fn a_charge_is_an_amount_or_a_feature_never_both() {
+        assert_eq!(Charge::parse(5, "", 0), Ok(Charge::Credits(5)));
+        assert_eq!(
+            Charge::parse(0, "chat:gpt-4o", 0),
+            Ok(Charge::Feature {
+                feature: "chat:gpt-4o".into(),
+                quantity: 1
+            }),
+            "quantity defaults to 1"
+        );
+        let field = |amount, feature, quantity| {
+            Charge::parse(amount, feature, quantity)
+                .expect_err("refused")
+                .field
+        };
+        assert_eq!(field(5, "report", 0), "amount");
+        assert_eq!(field(0, "", 0), "amount");
+        assert_eq!(field(5, "", 2), "quantity");
+        assert_eq!(field(0, "Report!", 1), "feature");
+        assert_eq!(field(0, "report", -1), "quantity");
+    }
+
+    #[test]
+    fn a_priced_deduct_multiplies_refuses_overflow_and_differs_from_the_same_amount() {
+        let who = AccountId::parse("account_id", "u1").expect("valid");
+        let key = || IdempotencyKey::parse_optional("idempotency_key", "k").expect("valid");
+        let priced = DeductCredits::priced(who.clone(), "report", 4, 10, Reason::default(), key())
+            .expect("valid");
+        assert_eq!(priced.amount, 40);
+        let plain = DeductCredits::new(who.clone(), 40, Reason::default(), key()).expect("valid");
+        assert_ne!(
+            priced.idempotency, plain.idempotency,
+            "a key reused across the two is a conflict"
+        );
+        let error = DeductCredits::priced(who, "report", MAX_CREDITS, 10, Reason::default(), None)
+            .expect_err("overflow");
+        assert_eq!(error.field, "quantity");
     }
 }

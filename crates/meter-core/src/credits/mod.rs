@@ -13,7 +13,7 @@ mod service;
 
 pub use balance::{CreditBalance, MAX_CREDITS, ResetSchedule, total_overflow};
 pub use commands::{
-    DeductCredits, DeductOutcome, GrantCredits, MAX_REASON_CHARS, Reason, ResetCredits,
+    Charge, DeductCredits, DeductOutcome, GrantCredits, MAX_REASON_CHARS, Reason, ResetCredits,
 };
 pub use ledger::CreditLedger;
 pub use service::Credits;

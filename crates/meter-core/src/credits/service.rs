@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use crate::{
-    AccountId, Clock, CreditBalance, CreditLedger, DeductCredits, DeductOutcome, GrantCredits,
-    Idempotency, IdempotencyKey, InvalidArgument, MAX_CREDITS, MeterError, PlanCatalog, Recorded,
-    ResetCredits,
+    AccountId, Charge, Clock, CreditBalance, CreditLedger, DeductCredits, DeductOutcome,
+    GrantCredits, Idempotency, IdempotencyKey, InvalidArgument, MAX_CREDITS, MeterError,
+    PlanCatalog, Reason, Recorded, ResetCredits,
 };
+
+/// Most feature names an unknown-feature error lists.
+const LISTED_FEATURES: usize = 10;
 
 /// The credits use cases: resolves plans, reads the clock, and calls the ledger.
 #[derive(Debug)]
@@ -30,6 +33,42 @@ impl<L: CreditLedger, C: Clock> Credits<L, C> {
     pub async fn balance(&self, account: &AccountId) -> Result<CreditBalance, MeterError> {
         let stored = self.ledger.balance(account).await?;
         Ok(stored.unwrap_or_default().with_due_reset(self.clock.now()))
+    }
+
+    /// The deduct `charge` asks for, priced from the catalog's price list.
+    pub fn price(
+        &self,
+        account: AccountId,
+        charge: Charge,
+        reason: Reason,
+        key: Option<IdempotencyKey>,
+    ) -> Result<DeductCredits, InvalidArgument> {
+        match charge {
+            Charge::Credits(amount) => DeductCredits::new(account, amount, reason, key),
+            Charge::Feature { feature, quantity } => {
+                let Some(price) = self.catalog.price(&feature) else {
+                    let known: Vec<&str> = self
+                        .catalog
+                        .prices()
+                        .keys()
+                        .take(LISTED_FEATURES)
+                        .map(String::as_str)
+                        .collect();
+                    return Err(InvalidArgument::new(
+                        "feature",
+                        format!(
+                            "{feature:?} is not in the price list (it has: {})",
+                            if known.is_empty() {
+                                "nothing".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                };
+                DeductCredits::priced(account, &feature, quantity, price, reason, key)
+            }
+        }
     }
 
     /// Takes credits if enough remain.
