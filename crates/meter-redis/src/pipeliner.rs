@@ -258,7 +258,7 @@ impl Nodes {
     /// slot no master serves fails `Unavailable` here, unsent.
     fn split(&self, batch: Vec<Job>) -> Vec<(NodePool, Vec<Job>)> {
         let cluster = match self {
-            Nodes::Single(pool) if batch.is_empty() => return Vec::new(),
+            Nodes::Single(_) if batch.is_empty() => return Vec::new(),
             Nodes::Single(pool) => return vec![(pool.clone(), batch)],
             Nodes::Cluster(cluster) => cluster,
         };

@@ -11,8 +11,11 @@ use std::{
 
 use tempfile::TempDir;
 
-/// How long a starting redis-server may take to answer PING.
+/// How long a starting redis-server may take to answer.
 const READY_WITHIN: Duration = Duration::from_secs(10);
+
+/// How many free ports a server is tried on before the test gives up.
+const START_TRIES: usize = 5;
 
 /// A redis-server owned by one test; killed when dropped.
 #[derive(Debug)]
@@ -35,19 +38,32 @@ impl RedisServer {
     /// Starts one as [`RedisServer::start`] does, with extra settings such as
     /// `["--maxmemory-policy", "allkeys-lru"]`.
     pub fn start_with(extra_args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("meter-redis-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("cannot create a temp dir for redis-server: {e}"));
-        let port = free_port();
-        let mut server = Self {
-            child: None,
-            port,
-            dir,
-            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
-        };
-        server.launch();
-        server
+        Self::start_with_fresh(|| extra_args.iter().map(|a| (*a).to_owned()).collect())
+    }
+
+    /// Starts one as [`RedisServer::start_with`] does, with settings made
+    /// anew for each try (such as a free port of their own): a port taken
+    /// by a test running beside this one between the pick and the bind
+    /// makes the server exit, and it is tried again on another.
+    pub fn start_with_fresh(extra_args: impl Fn() -> Vec<String>) -> Self {
+        let mut last = String::new();
+        for _ in 0..START_TRIES {
+            let dir = tempfile::Builder::new()
+                .prefix("meter-redis-")
+                .tempdir()
+                .unwrap_or_else(|e| panic!("cannot create a temp dir for redis-server: {e}"));
+            let mut server = Self {
+                child: None,
+                port: free_port(),
+                dir,
+                extra_args: extra_args(),
+            };
+            match server.launch() {
+                Ok(()) => return server,
+                Err(exited) => last = exited,
+            }
+        }
+        panic!("redis-server did not start in {START_TRIES} tries; the last: {last}")
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -116,10 +132,13 @@ impl RedisServer {
     /// Starts the server again on the same port (empty: persistence is off).
     pub fn restart(&mut self) {
         self.stop();
-        self.launch();
+        if let Err(exited) = self.launch() {
+            panic!("{exited}");
+        }
     }
 
-    fn launch(&mut self) {
+    /// Runs the server; `Err` when it exited at start (its port was taken).
+    fn launch(&mut self) -> Result<(), String> {
         let binary = env::var_os("REDIS_SERVER")
             .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
         let child = Command::new(&binary)
@@ -138,23 +157,27 @@ impl RedisServer {
                     binary.display()
                 )
             });
+        let pid = child.id();
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(pid)
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the server answers on its port, as itself: another
+    /// test's server on a port this one failed to take does not count.
+    fn wait_ready(&mut self, pid: u32) -> Result<(), String> {
         let deadline = Instant::now() + READY_WITHIN;
         loop {
-            if answers_ping(self.port) {
-                return;
-            }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "redis-server on port {} exited at start with {status}",
                     self.port
-                );
+                ));
+            }
+            if answers_as(self.port, pid) {
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -180,13 +203,32 @@ pub(crate) fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free port: {e}"))
 }
 
-fn answers_ping(port: u16) -> bool {
+/// Whether the server on `port` answers `INFO server` as process `pid`.
+fn answers_as(port: u16, pid: u32) -> bool {
     let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
+    if stream.write_all(b"INFO server\r\n").is_err() {
+        return false;
+    }
+    let wanted = format!("process_id:{pid}\r\n");
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // The reply is one bulk string of a few kB; read until it holds the
+    // process id or its end.
+    while let Ok(n) = stream.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if text.contains(&wanted) {
+            return true;
+        }
+        if text.contains("process_id:") && text.ends_with("\r\n\r\n") {
+            break;
+        }
+    }
+    false
 }
