@@ -347,9 +347,8 @@ async fn send_batch(
 ) {
     let mut rounds = vec![(pool, jobs, asking)];
     while let Some((pool, jobs, asking)) = rounds.pop() {
-        let count = jobs.len();
-        let mut pipeline = Pipeline::with_capacity(count);
-        let mut calls = Vec::with_capacity(count);
+        let mut pipeline = Pipeline::with_capacity(jobs.len());
+        let mut calls = Vec::with_capacity(jobs.len());
         for Job { command, call } in jobs {
             pipeline.add_command(command);
             calls.push(call);
@@ -361,98 +360,122 @@ async fn send_batch(
             }
             continue;
         };
-        if replies.iter().any(Result::is_err) {
-            cluster.suspect();
-        }
-        let mut moved: Vec<(NodePool, Vec<Job>, bool)> = Vec::new();
-        let (mut try_again, mut try_again_here) = (Vec::new(), Vec::new());
-        let commands: Vec<&Cmd> = pipeline.cmd_iter().collect();
-        for ((mut call, reply), command) in calls.into_iter().zip(replies).zip(commands) {
-            let redirect = match redirect(&reply, pool.host()) {
-                None => {
-                    let _ = call.reply.send(reply);
-                    continue;
-                }
-                Some(Redirect::TryAgain) if call.try_again(cluster.patience()) => {
-                    Redirect::TryAgain
-                }
-                Some(redirect @ (Redirect::Moved(..) | Redirect::Ask(_)))
-                    if call.redirects < MAX_REDIRECTS =>
-                {
-                    call.redirects += 1;
-                    redirect
-                }
-                // TRYAGAIN past the patience: Redis's own refusal says it.
-                Some(Redirect::TryAgain) => {
-                    let _ = call.reply.send(reply);
-                    continue;
-                }
-                Some(_) => {
-                    let _ = call.reply.send(Err(StoreError::Unavailable(format!(
-                        "the Redis Cluster redirected the call {MAX_REDIRECTS} times \
-                         (slots are moving); it was not applied"
-                    ))));
-                    continue;
-                }
-            };
-            // A redirected command did not run; one whose caller has gone
-            // is not sent again.
-            if call.reply.is_closed() {
-                continue;
-            }
-            let job = Job {
-                command: command.clone(),
-                call,
-            };
-            let (target, asking) = match redirect {
-                // Asked of an importing node, TRYAGAIN means the keys are
-                // still split: that node is asked again, not the old owner.
-                Redirect::TryAgain if asking => {
-                    try_again_here.push(job);
-                    continue;
-                }
-                Redirect::TryAgain => {
-                    try_again.push(job);
-                    continue;
-                }
-                Redirect::Moved(slot, address) => (cluster.learn(slot, &address), false),
-                Redirect::Ask(address) => (cluster.node(&address), true),
-            };
-            let target = match target {
-                Ok(target) => target,
-                Err(error) => {
-                    let _ = job.call.reply.send(Err(error));
-                    continue;
-                }
-            };
-            match moved
-                .iter_mut()
-                .find(|(pool, _, ask)| pool.same_node(&target) && *ask == asking)
-            {
-                Some((_, jobs, _)) => jobs.push(job),
-                None => moved.push((target, vec![job], asking)),
-            }
-        }
-        rounds.extend(moved);
-        if !try_again.is_empty() || !try_again_here.is_empty() {
-            let pause = try_again
+        let next = follow(cluster, &pool, asking, &pipeline, calls, replies);
+        rounds.extend(next.moved);
+        if !next.try_again.is_empty() || !next.try_again_here.is_empty() {
+            let pause = next
+                .try_again
                 .iter()
-                .chain(&try_again_here)
+                .chain(&next.try_again_here)
                 .filter_map(|job| job.call.try_again.map(|(_, pause)| pause))
                 .max()
                 .unwrap_or(TRY_AGAIN_AFTER);
             tokio::time::sleep(pause).await;
             rounds.extend(
                 nodes
-                    .split(try_again)
+                    .split(next.try_again)
                     .into_iter()
                     .map(|(pool, jobs)| (pool, jobs, false)),
             );
-            if !try_again_here.is_empty() {
-                rounds.push((pool, try_again_here, true));
+            if !next.try_again_here.is_empty() {
+                rounds.push((pool, next.try_again_here, true));
             }
         }
     }
+}
+
+/// What one round on a cluster left to send again.
+#[derive(Default)]
+struct Rounds {
+    /// Redirected by `MOVED` or `ASK`: per node, and whether to ask.
+    moved: Vec<(NodePool, Vec<Job>, bool)>,
+    /// Answered `TRYAGAIN` by a slot's owner: sent by the slot map again.
+    try_again: Vec<Job>,
+    /// Answered `TRYAGAIN` by an importing node: asked there again.
+    try_again_here: Vec<Job>,
+}
+
+/// Answers each call of a round sent to `pool` on `cluster`, except those
+/// redirected (they did not run) within their budget: those are returned
+/// to be sent again.
+fn follow(
+    cluster: &Cluster,
+    pool: &NodePool,
+    asking: bool,
+    pipeline: &Pipeline,
+    calls: Vec<Call>,
+    replies: Vec<Reply>,
+) -> Rounds {
+    if replies.iter().any(Result::is_err) {
+        cluster.suspect();
+    }
+    let mut next = Rounds::default();
+    for ((mut call, reply), command) in calls.into_iter().zip(replies).zip(pipeline.cmd_iter()) {
+        let redirect = match redirect(&reply, pool.host()) {
+            None => {
+                let _ = call.reply.send(reply);
+                continue;
+            }
+            Some(Redirect::TryAgain) if call.try_again(cluster.patience()) => Redirect::TryAgain,
+            Some(redirect @ (Redirect::Moved(..) | Redirect::Ask(_)))
+                if call.redirects < MAX_REDIRECTS =>
+            {
+                call.redirects += 1;
+                redirect
+            }
+            // TRYAGAIN past the patience: Redis's own refusal says it.
+            Some(Redirect::TryAgain) => {
+                let _ = call.reply.send(reply);
+                continue;
+            }
+            Some(_) => {
+                let _ = call.reply.send(Err(StoreError::Unavailable(format!(
+                    "the Redis Cluster redirected the call {MAX_REDIRECTS} times \
+                     (slots are moving); it was not applied"
+                ))));
+                continue;
+            }
+        };
+        // A redirected command did not run; one whose caller has gone is
+        // not sent again.
+        if call.reply.is_closed() {
+            continue;
+        }
+        let job = Job {
+            command: command.clone(),
+            call,
+        };
+        let (target, ask) = match redirect {
+            // Asked of an importing node, TRYAGAIN means the keys are still
+            // split: that node is asked again, not the old owner.
+            Redirect::TryAgain if asking => {
+                next.try_again_here.push(job);
+                continue;
+            }
+            Redirect::TryAgain => {
+                next.try_again.push(job);
+                continue;
+            }
+            Redirect::Moved(slot, address) => (cluster.learn(slot, &address), false),
+            Redirect::Ask(address) => (cluster.node(&address), true),
+        };
+        let target = match target {
+            Ok(target) => target,
+            Err(error) => {
+                let _ = job.call.reply.send(Err(error));
+                continue;
+            }
+        };
+        match next
+            .moved
+            .iter_mut()
+            .find(|(pool, _, asked)| pool.same_node(&target) && *asked == ask)
+        {
+            Some((_, jobs, _)) => jobs.push(job),
+            None => next.moved.push((target, vec![job], ask)),
+        }
+    }
+    next
 }
 
 /// Sends `pipeline` (each command after `ASKING` when `asking`) and reloads
