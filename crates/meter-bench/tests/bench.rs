@@ -21,6 +21,25 @@ async fn meterd(store: StoreConfig) -> (String, oneshot::Sender<()>) {
     (endpoint, stop)
 }
 
+/// A short run (2,000 requests per scenario, 16 in flight) against the
+/// meterd at `endpoint`, with `flags` on top.
+async fn quick_bench(endpoint: &str, flags: &[&str]) -> Report {
+    let mut args = vec![
+        "meter-bench",
+        "--target",
+        endpoint,
+        "--requests",
+        "2000",
+        "--warmup",
+        "0.2s",
+        "--concurrency",
+        "16",
+    ];
+    args.extend(flags);
+    let args = Args::try_parse_from(args).expect("flags");
+    bench(&args).await.expect("bench runs")
+}
+
 fn assert_clean(report: &Report, scenarios: usize) {
     assert_eq!(report.rows.len(), scenarios);
     for row in &report.rows {
@@ -51,23 +70,16 @@ fn assert_clean(report: &Report, scenarios: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_and_checks_its_end_state_on_the_embedded_store() {
     let (endpoint, _stop) = meterd(StoreConfig::Memory).await;
-    let args = Args::try_parse_from([
-        "meter-bench",
-        "--target",
+    let report = quick_bench(
         &endpoint,
-        "--stores",
-        "memory",
-        "--scenarios",
-        "deduct-hot,deduct-hot-many,deduct-spread,get-balance,grant,mixed",
-        "--requests",
-        "2000",
-        "--warmup",
-        "0.2s",
-        "--concurrency",
-        "16",
-    ])
-    .expect("flags");
-    let report = bench(&args).await.expect("bench runs");
+        &[
+            "--stores",
+            "memory",
+            "--scenarios",
+            "deduct-hot,deduct-hot-many,deduct-spread,get-balance,grant,mixed",
+        ],
+    )
+    .await;
     assert_clean(&report, 6);
     let many = report
         .rows
@@ -98,27 +110,20 @@ async fn on_redis_each_scenario_gets_a_redis_benchmark_ceiling() {
         ..RedisConfig::new(redis.url())
     }))
     .await;
-    let args = Args::try_parse_from([
-        "meter-bench",
-        "--target",
+    let report = quick_bench(
         &endpoint,
-        "--stores",
-        "redis",
-        "--redis-url",
-        &redis.url(),
-        "--scenarios",
-        "deduct-hot,deduct-hot-many,mixed",
-        "--requests",
-        "2000",
-        "--warmup",
-        "0.2s",
-        "--concurrency",
-        "16",
-        "--ceiling-requests",
-        "2000",
-    ])
-    .expect("flags");
-    let report = bench(&args).await.expect("bench runs");
+        &[
+            "--stores",
+            "redis",
+            "--redis-url",
+            &redis.url(),
+            "--scenarios",
+            "deduct-hot,deduct-hot-many,mixed",
+            "--ceiling-requests",
+            "2000",
+        ],
+    )
+    .await;
     assert_clean(&report, 3);
     for row in &report.rows {
         let ceiling = row.ceiling.expect("a ceiling on Redis");
@@ -139,21 +144,7 @@ async fn on_redis_each_scenario_gets_a_redis_benchmark_ceiling() {
 async fn on_a_cluster_the_standard_scenarios_run_and_check_their_end_state() {
     let cluster = RedisCluster::start();
     let (endpoint, _stop) = meterd(StoreConfig::Redis(RedisConfig::new(cluster.url()))).await;
-    let args = Args::try_parse_from([
-        "meter-bench",
-        "--target",
-        &endpoint,
-        "--stores",
-        "cluster",
-        "--requests",
-        "2000",
-        "--warmup",
-        "0.2s",
-        "--concurrency",
-        "16",
-    ])
-    .expect("flags");
-    let report = bench(&args).await.expect("bench runs");
+    let report = quick_bench(&endpoint, &["--stores", "cluster"]).await;
     assert_clean(&report, 4);
     assert!(report.rows.iter().all(|r| r.store == "cluster"));
 }
