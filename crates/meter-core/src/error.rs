@@ -73,6 +73,12 @@ pub enum MeterError {
         /// The reused key.
         key: String,
     },
+    /// The thing the call names does not exist (e.g. a hold that expired).
+    #[error("{0}")]
+    NotFound(String),
+    /// The account is not in a state the call needs (e.g. too many open holds).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -24,8 +24,11 @@ pub mod time;
 pub use account::AccountId;
 pub use clock::{Clock, SystemClock};
 pub use credits::{
-    Charge, CreditBalance, CreditLedger, Credits, DeductCredits, DeductOutcome, GrantCredits,
-    MAX_CREDITS, Reason, ResetCredits, ResetSchedule,
+    Allowance, Caller, Charge, CreditAccount, CreditBalance, CreditLedger, Credits,
+    DeductCredits, DeductOutcome, Grant, GrantCredits, GrantKind, GrantOutcome, HistoryEntry,
+    HistoryId, HistoryKind, HistoryPage, HistoryQuery, HistoryRetention, Hold, MAX_CREDITS,
+    NewGrant, Reason, ReserveCredits, ReserveOutcome, ResetCredits, ResetSchedule, SettleHold,
+    SettleOutcome, Settlement,
 };
 pub use error::{InvalidArgument, MeterError, StoreError};
 pub use idempotency::{Idempotency, IdempotencyKey, IdempotencyWindow, Recorded};

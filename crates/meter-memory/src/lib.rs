@@ -19,8 +19,8 @@ use std::{
 };
 
 use meter_core::{
-    AccountId, CreditBalance, Idempotency, IdempotencyWindow, MeterError, Recorded, StoreError,
-    Timestamp,
+    AccountId, CreditAccount, HistoryRetention, Idempotency, IdempotencyWindow, MeterError,
+    Recorded, StoreError, Timestamp,
 };
 
 pub use credits::MemoryCreditLedger;
@@ -39,12 +39,14 @@ struct Inner {
     shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
     idempotency_window: IdempotencyWindow,
+    history_retention: HistoryRetention,
 }
 
 /// Everything the store keeps about one account, one field per context.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct AccountRecord {
-    credits: Option<CreditBalance>,
+    credits: Option<CreditAccount>,
+    history: credits::History,
 }
 
 impl AccountRecord {
@@ -74,11 +76,22 @@ struct Remembered {
 impl MemoryStore {
     /// An empty store that remembers idempotency keys for `idempotency_window`.
     pub fn new(idempotency_window: IdempotencyWindow) -> Self {
+        Self::build(idempotency_window, HistoryRetention::DEFAULT)
+    }
+
+    /// The same empty store, keeping `retention` of each account's history.
+    #[must_use]
+    pub fn with_history_retention(self, retention: HistoryRetention) -> Self {
+        Self::build(self.inner.idempotency_window, retention)
+    }
+
+    fn build(idempotency_window: IdempotencyWindow, history_retention: HistoryRetention) -> Self {
         Self {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 hasher: RandomState::new(),
                 idempotency_window,
+                history_retention,
             }),
         }
     }

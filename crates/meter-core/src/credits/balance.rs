@@ -1,4 +1,7 @@
-//! The credit balance and the rules that change it.
+//! What an account's credits look like: the period's allowance and the live
+//! grants, and the totals callers read off them.
+
+use std::{fmt, str::FromStr};
 
 use crate::{CreditPeriod, InvalidArgument, Timestamp};
 
@@ -8,7 +11,7 @@ use crate::{CreditPeriod, InvalidArgument, Timestamp};
 /// compute with them; every total stays within this bound so every result is exact.
 pub const MAX_CREDITS: i64 = (1 << 53) - 1;
 
-/// When an account's credits reset: the schedule's anchor, its period, and the next reset.
+/// When an account's allowance resets: the schedule's anchor, its period, and the next reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResetSchedule {
     /// The instant periods are counted from; its day of month is kept.
@@ -19,84 +22,157 @@ pub struct ResetSchedule {
     pub next_reset: Timestamp,
 }
 
-/// An account's credits for its current period.
+/// The credits of the current period: they reset, lazily, when it ends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CreditBalance {
-    /// Credits available in the period, before use.
+pub struct Allowance {
+    /// Credits of the period, before use.
     pub total: i64,
-    /// Credits used in the period.
+    /// Credits of the period taken, held ones included.
     pub used: i64,
     /// The reset schedule; `None` for accounts that were only ever granted credits.
     pub schedule: Option<ResetSchedule>,
-    /// When the balance last changed; `None` for an unknown account.
-    pub last_update: Option<Timestamp>,
-    /// Whether the credits are trial credits.
-    pub trial: bool,
 }
 
-impl CreditBalance {
-    /// Credits still available: `max(0, total - used)`.
+impl Allowance {
+    /// Credits of the period still available: `max(0, total - used)`.
     pub fn remaining(&self) -> i64 {
         self.total.saturating_sub(self.used).max(0)
     }
 
-    /// The balance with any reset that fell due by `now` applied: `used = 0`,
-    /// the next reset moved past `now` by whole periods, and `last_update`
-    /// set to the start of the period now running.
-    #[must_use]
-    pub fn with_due_reset(mut self, now: Timestamp) -> Self {
-        if let Some(schedule) = &mut self.schedule
-            && now >= schedule.next_reset
-            && let Some((start, end)) = schedule.period.period_containing(schedule.anchor, now)
-        {
-            self.used = 0;
-            schedule.next_reset = end;
-            self.last_update = Some(start);
+    /// The end of the period now running, which names it; `None` without a schedule.
+    pub fn period_end(&self) -> Option<Timestamp> {
+        self.schedule.map(|s| s.next_reset)
+    }
+}
+
+/// What a grant is for. Kinds never change: paid credits stay paid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GrantKind {
+    /// Bought: credit packs, top-ups.
+    #[default]
+    Paid,
+    /// A free trial.
+    Trial,
+    /// A promotion or coupon.
+    Promotion,
+    /// Compensation for a fault, refunds.
+    Compensation,
+}
+
+impl GrantKind {
+    /// Every kind, in the order the API numbers them.
+    pub const ALL: [Self; 4] = [Self::Paid, Self::Trial, Self::Promotion, Self::Compensation];
+
+    /// The stored name: `paid`, `trial`, `promotion` or `compensation`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paid => "paid",
+            Self::Trial => "trial",
+            Self::Promotion => "promotion",
+            Self::Compensation => "compensation",
         }
-        self
+    }
+}
+
+impl fmt::Display for GrantKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for GrantKind {
+    type Err = InvalidArgument;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| {
+                InvalidArgument::new(
+                    "kind",
+                    format!("{text:?} is not a grant kind (paid, trial, promotion, compensation)"),
+                )
+            })
+    }
+}
+
+/// One grant: a bucket of credits that never renews and may expire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The grant's id: the idempotency key it was made with, else `g<n>`.
+    pub id: String,
+    /// What it is for.
+    pub kind: GrantKind,
+    /// Credits granted.
+    pub amount: i64,
+    /// Credits of it still available.
+    pub left: i64,
+    /// Credits of it held by open holds (neither available nor gone).
+    pub held: i64,
+    /// When it was made.
+    pub created: Timestamp,
+    /// When what is left of it is gone; `None` never.
+    pub expires: Option<Timestamp>,
+}
+
+impl Grant {
+    /// Whether it has expired by `now`.
+    pub fn expired(&self, now: Timestamp) -> bool {
+        self.expires.is_some_and(|at| now >= at)
     }
 
-    /// Takes `amount` if at least that much remains; `false` (and no change) otherwise.
-    pub fn try_deduct(&mut self, amount: i64, now: Timestamp) -> bool {
-        if self.remaining() < amount {
-            return false;
-        }
-        self.used += amount;
-        self.last_update = Some(now);
-        true
+    /// The deduct order: earliest expiry first, grants without one last,
+    /// ties oldest first (then by id, so the order is total).
+    pub fn spend_order(&self) -> (bool, Option<Timestamp>, Timestamp, &str) {
+        (
+            self.expires.is_none(),
+            self.expires,
+            self.created,
+            &self.id,
+        )
+    }
+}
+
+/// An account's credits as callers see them: the allowance and the live
+/// grants (neither expired nor used up), in deduct order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CreditBalance {
+    /// The current period's credits.
+    pub allowance: Allowance,
+    /// Live grants, in the order deducts draw on them.
+    pub grants: Vec<Grant>,
+    /// Credits held by open holds.
+    pub held: i64,
+    /// When the balance last changed; `None` for an unknown account.
+    pub last_update: Option<Timestamp>,
+}
+
+impl CreditBalance {
+    /// Credits of the allowance and the live grants.
+    pub fn total(&self) -> i64 {
+        self.allowance.total + self.grants.iter().map(|g| g.amount).sum::<i64>()
     }
 
-    /// Adds `amount` to the total, refusing a total above [`MAX_CREDITS`].
-    pub fn grant(
-        &mut self,
-        amount: i64,
-        trial: bool,
-        now: Timestamp,
-    ) -> Result<(), InvalidArgument> {
-        let total = self
-            .total
-            .checked_add(amount)
-            .filter(|t| *t <= MAX_CREDITS)
-            .ok_or_else(|| total_overflow(self.total, amount))?;
-        self.total = total;
-        self.trial = trial;
-        self.last_update = Some(now);
-        Ok(())
+    /// Credits still available, held ones excluded.
+    pub fn remaining(&self) -> i64 {
+        self.allowance.remaining() + self.grants.iter().map(|g| g.left).sum::<i64>()
     }
 
-    /// A fresh period starting at `now` with `total` credits, none used.
-    pub fn fresh_period(total: i64, period: CreditPeriod, now: Timestamp) -> Self {
-        Self {
-            total,
-            used: 0,
-            schedule: period.boundary(now, 1).map(|next_reset| ResetSchedule {
-                anchor: now,
-                period,
-                next_reset,
-            }),
-            last_update: Some(now),
-            trial: false,
-        }
+    /// Credits of `total` taken: used for good or held.
+    pub fn used(&self) -> i64 {
+        (self.total() - self.remaining()).max(0)
+    }
+
+    /// Whether trial credits remain.
+    pub fn trial(&self) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.kind == GrantKind::Trial && g.left > 0)
+    }
+
+    /// The next reset of the allowance, if it has a schedule.
+    pub fn reset_time(&self) -> Option<Timestamp> {
+        self.allowance.period_end()
     }
 }
 
@@ -108,79 +184,4 @@ pub fn total_overflow(total: i64, amount: i64) -> InvalidArgument {
             "adding {amount} to the total of {total} would exceed the maximum balance of {MAX_CREDITS}"
         ),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn ts(text: &str) -> Timestamp {
-        Timestamp::parse(text).unwrap_or_else(|| panic!("bad test timestamp {text}"))
-    }
-
-    #[test]
-    fn a_due_reset_zeroes_used_and_advances_by_whole_periods() {
-        let start = ts("2026-01-31T10:00:00.000Z");
-        let mut balance = CreditBalance::fresh_period(100, CreditPeriod::Month, start);
-        assert!(balance.try_deduct(60, start));
-        let later = ts("2026-04-01T00:00:00.000Z");
-        let after = balance.with_due_reset(later);
-        assert_eq!(after.used, 0);
-        assert_eq!(after.total, 100);
-        assert_eq!(
-            after.schedule.map(|s| s.next_reset),
-            Some(ts("2026-04-30T10:00:00.000Z"))
-        );
-        assert_eq!(after.last_update, Some(ts("2026-03-31T10:00:00.000Z")));
-        // Not yet due: nothing changes.
-        assert_eq!(
-            balance.with_due_reset(ts("2026-02-28T09:59:59.999Z")),
-            balance
-        );
-    }
-
-    #[test]
-    fn deduct_refuses_more_than_remains_and_changes_nothing() {
-        let now = ts("2026-05-01T00:00:00.000Z");
-        let mut balance = CreditBalance::fresh_period(10, CreditPeriod::Month, now);
-        let before = balance;
-        assert!(!balance.try_deduct(11, now));
-        assert_eq!(balance, before);
-        assert!(balance.try_deduct(10, now));
-        assert_eq!(balance.remaining(), 0);
-    }
-
-    #[test]
-    fn grant_refuses_to_pass_the_maximum_balance() {
-        let now = ts("2026-05-01T00:00:00.000Z");
-        let mut balance = CreditBalance {
-            total: MAX_CREDITS - 1,
-            ..CreditBalance::default()
-        };
-        assert!(balance.grant(1, false, now).is_ok());
-        let err = balance.grant(1, false, now).expect_err("overflow");
-        assert_eq!(err.field, "amount");
-        assert_eq!(balance.total, MAX_CREDITS);
-    }
-
-    proptest! {
-        #[test]
-        fn any_sequence_of_deducts_never_goes_below_zero_and_sums_exactly(
-            total in 0i64..10_000, amounts in proptest::collection::vec(1i64..500, 0..100),
-        ) {
-            let now = ts("2026-05-01T00:00:00.000Z");
-            let mut balance = CreditBalance::fresh_period(total, CreditPeriod::Month, now);
-            let mut taken = 0;
-            for amount in amounts {
-                if balance.try_deduct(amount, now) {
-                    taken += amount;
-                }
-                prop_assert!(balance.used <= balance.total);
-            }
-            prop_assert_eq!(balance.used, taken);
-            prop_assert_eq!(balance.remaining(), total - taken);
-        }
-    }
 }

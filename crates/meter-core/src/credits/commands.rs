@@ -1,8 +1,10 @@
 //! The requests that change credits, checked when they are made.
 
+use std::time::Duration;
+
 use crate::{
-    AccountId, CreditBalance, CreditPeriod, Idempotency, IdempotencyKey, InvalidArgument,
-    MAX_CREDITS, plan::check_feature,
+    AccountId, CreditBalance, CreditPeriod, GrantKind, Idempotency, IdempotencyKey,
+    InvalidArgument, MAX_CREDITS, Timestamp, plan::check_feature,
 };
 
 /// Longest accepted reason, in characters.
@@ -164,48 +166,181 @@ impl Charge {
     }
 }
 
-/// A request to add credits to an account.
+/// A request to add a grant to an account.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantCredits {
     /// The account to credit.
     pub account: AccountId,
-    /// Credits to add, 1..=MAX_CREDITS.
+    /// Credits to grant, 1..=MAX_CREDITS.
     pub amount: i64,
     /// Why, for logs.
     pub reason: Reason,
-    /// Whether these are trial credits.
-    pub trial: bool,
+    /// What the grant is for.
+    pub kind: GrantKind,
+    /// When its remainder is gone; `None` never.
+    pub expires: Option<Timestamp>,
     /// Present when the caller sent an idempotency key.
     pub idempotency: Option<Idempotency>,
 }
 
 impl GrantCredits {
-    /// A checked grant request.
+    /// A checked grant request. An expiry must be after `now`.
     pub fn new(
         account: AccountId,
         amount: i64,
         reason: Reason,
-        trial: bool,
+        kind: GrantKind,
+        expires: Option<Timestamp>,
         key: Option<IdempotencyKey>,
+        now: Timestamp,
     ) -> Result<Self, InvalidArgument> {
         check_amount(amount)?;
+        if let Some(at) = expires
+            && at <= now
+        {
+            return Err(InvalidArgument::new(
+                "expire_time",
+                format!("is {at}, not after now ({now}); give a future time, or none for a grant that never expires"),
+            ));
+        }
+        let expiry = expires.map(|t| t.to_string()).unwrap_or_default();
         let idempotency = Idempotency::new(
             key,
-            &[
-                "grant",
-                &amount.to_string(),
-                reason.as_str(),
-                if trial { "trial" } else { "paid" },
-            ],
+            &["grant", &amount.to_string(), reason.as_str(), kind.as_str(), &expiry],
         );
         Ok(Self {
             account,
             amount,
             reason,
-            trial,
+            kind,
+            expires,
             idempotency,
         })
     }
+
+    /// The grant's wanted id: the idempotency key, empty without one.
+    pub fn wanted_id(&self) -> &str {
+        self.idempotency.as_ref().map_or("", |i| i.key.as_str())
+    }
+}
+
+/// A request to hold credits until they are committed or released.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReserveCredits {
+    /// The account to hold credits of.
+    pub account: AccountId,
+    /// Credits to hold, 1..=MAX_CREDITS.
+    pub amount: i64,
+    /// Why, for logs.
+    pub reason: Reason,
+    /// How long the hold lasts before it is released by itself.
+    pub ttl: Duration,
+    /// Present when the caller sent an idempotency key.
+    pub idempotency: Option<Idempotency>,
+}
+
+impl ReserveCredits {
+    /// A hold of what `charge` would take, for `ttl` (checked by
+    /// [`Credits`](crate::Credits), which knows the longest allowed).
+    pub fn new(charge: DeductCredits, ttl: Duration) -> Self {
+        let ttl_ms = ttl.as_millis().to_string();
+        let idempotency = charge.idempotency.map(|idem| Idempotency {
+            key: idem.key,
+            fingerprint: format!("reserve\u{1f}{ttl_ms}\u{1f}{}", idem.fingerprint),
+        });
+        Self {
+            account: charge.account,
+            amount: charge.amount,
+            reason: charge.reason,
+            ttl,
+            idempotency,
+        }
+    }
+}
+
+impl ReserveCredits {
+    /// When a hold made at `now` expires.
+    pub fn expires(&self, now: Timestamp) -> Result<Timestamp, InvalidArgument> {
+        i64::try_from(self.ttl.as_millis())
+            .ok()
+            .and_then(|ms| now.as_millis().checked_add(ms))
+            .and_then(Timestamp::from_millis)
+            .ok_or_else(|| {
+                InvalidArgument::new("ttl", format!("{:?} from now is past the year 9999", self.ttl))
+            })
+    }
+}
+
+/// A request to settle an open hold: commit part of it, or release it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettleHold {
+    /// The account of the hold.
+    pub account: AccountId,
+    /// The hold, as `Reserve` named it.
+    pub hold_id: IdempotencyKey,
+    /// Credits to take for good, 1..=the hold's amount; `None` releases it all.
+    pub commit: Option<i64>,
+    /// Why, for logs.
+    pub reason: Reason,
+}
+
+impl SettleHold {
+    /// A checked commit (`Some(amount)`) or release (`None`) of `hold_id`.
+    pub fn new(
+        account: AccountId,
+        hold_id: &str,
+        commit: Option<i64>,
+        reason: Reason,
+    ) -> Result<Self, InvalidArgument> {
+        let hold_id = IdempotencyKey::parse_optional("hold_id", hold_id)?.ok_or_else(|| {
+            InvalidArgument::new("hold_id", "is required: the hold_id Reserve answered")
+        })?;
+        if let Some(amount) = commit {
+            check_amount(amount)?;
+        }
+        Ok(Self {
+            account,
+            hold_id,
+            commit,
+            reason,
+        })
+    }
+
+    /// The idempotency of a settlement: keyed by the hold, so a second
+    /// commit or release answers the first.
+    pub fn idempotency(&self) -> Idempotency {
+        Idempotency {
+            key: self.hold_id.clone(),
+            fingerprint: "settle".to_owned(),
+        }
+    }
+}
+
+/// What `Reserve` did: the hold made, or none when too few credits remain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReserveOutcome {
+    /// The hold's id and expiry; `None` when nothing was held.
+    pub hold: Option<(String, Timestamp)>,
+    /// The balance after the call.
+    pub balance: CreditBalance,
+}
+
+/// What `Grant` did: the grant's id and the balance after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantOutcome {
+    /// The grant's id.
+    pub grant_id: String,
+    /// The balance after the call.
+    pub balance: CreditBalance,
+}
+
+/// What settling a hold did, and the balance after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettleOutcome {
+    /// What was committed and returned.
+    pub settlement: crate::Settlement,
+    /// The balance after the call.
+    pub balance: CreditBalance,
 }
 
 /// A request to start a new credit period, with its total already resolved.
@@ -222,7 +357,7 @@ pub struct ResetCredits {
 }
 
 /// Whether a deduct was applied, and the balance after it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeductOutcome {
     /// False when the account had fewer credits than asked; nothing changed then.
     pub applied: bool,
@@ -280,8 +415,9 @@ mod tests {
         assert_eq!(print(5, "a"), print(5, "a"));
         assert_ne!(print(5, "a"), print(6, "a"));
         assert_ne!(print(5, "a"), print(5, "b"));
-        let grant =
-            GrantCredits::new(account.clone(), 5, reason("a"), false, key()).expect("valid");
+        let now = Timestamp::EPOCH;
+        let grant = GrantCredits::new(account.clone(), 5, reason("a"), GrantKind::Paid, None, key(), now)
+            .expect("valid");
         assert_ne!(grant.idempotency.map(|i| i.fingerprint), print(5, "a"));
     }
 

@@ -1,11 +1,12 @@
 //! The credits use cases: what a call means, before any store is involved.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     AccountId, Charge, Clock, CreditBalance, CreditLedger, DeductCredits, DeductOutcome,
-    GrantCredits, Idempotency, IdempotencyKey, InvalidArgument, MAX_CREDITS, MeterError,
-    PlanCatalog, Reason, Recorded, ResetCredits,
+    GrantCredits, GrantOutcome, HistoryPage, HistoryQuery, Idempotency, IdempotencyKey,
+    InvalidArgument, MAX_CREDITS, MeterError, PlanCatalog, Reason, Recorded, ReserveCredits,
+    ReserveOutcome, ResetCredits, SettleHold, SettleOutcome, StoreError,
 };
 
 /// Most feature names an unknown-feature error lists.
@@ -17,6 +18,7 @@ pub struct Credits<L, C> {
     ledger: L,
     catalog: Arc<PlanCatalog>,
     clock: C,
+    max_hold_ttl: Duration,
 }
 
 impl<L: CreditLedger, C: Clock> Credits<L, C> {
@@ -26,13 +28,28 @@ impl<L: CreditLedger, C: Clock> Credits<L, C> {
             ledger,
             catalog,
             clock,
+            max_hold_ttl: Self::DEFAULT_MAX_HOLD_TTL,
         }
     }
 
-    /// The account's balance with any due reset applied; zero for an unknown account.
+    /// The longest hold `Reserve` accepts unless configured: one day.
+    pub const DEFAULT_MAX_HOLD_TTL: Duration = Duration::from_secs(24 * 3600);
+
+    /// The same, accepting holds of up to `max_hold_ttl`.
+    #[must_use]
+    pub fn with_max_hold_ttl(mut self, max_hold_ttl: Duration) -> Self {
+        self.max_hold_ttl = max_hold_ttl;
+        self
+    }
+
+    /// The time now, by the service's clock.
+    pub fn now(&self) -> crate::Timestamp {
+        self.clock.now()
+    }
+
+    /// The account's balance with what fell due applied; zero for an unknown account.
     pub async fn balance(&self, account: &AccountId) -> Result<CreditBalance, MeterError> {
-        let stored = self.ledger.balance(account).await?;
-        Ok(stored.unwrap_or_default().with_due_reset(self.clock.now()))
+        Ok(self.ledger.balance(account, self.clock.now()).await?)
     }
 
     /// The deduct `charge` asks for, priced from the catalog's price list.
@@ -79,12 +96,49 @@ impl<L: CreditLedger, C: Clock> Credits<L, C> {
         self.ledger.deduct(request, self.clock.now()).await
     }
 
-    /// Adds credits.
+    /// Adds a grant.
     pub async fn grant(
         &self,
         request: &GrantCredits,
-    ) -> Result<Recorded<CreditBalance>, MeterError> {
+    ) -> Result<Recorded<GrantOutcome>, MeterError> {
         self.ledger.grant(request, self.clock.now()).await
+    }
+
+    /// Holds what `charge` would take for `ttl`, if enough remains.
+    pub async fn reserve(
+        &self,
+        charge: DeductCredits,
+        ttl: Duration,
+    ) -> Result<Recorded<ReserveOutcome>, MeterError> {
+        if ttl.is_zero() || ttl > self.max_hold_ttl {
+            return Err(InvalidArgument::new(
+                "ttl",
+                format!(
+                    "is {ttl:?}; it must be more than 0 and at most {:?} (meterd's --max-hold-ttl)",
+                    self.max_hold_ttl
+                ),
+            )
+            .into());
+        }
+        let request = ReserveCredits::new(charge, ttl);
+        self.ledger.reserve(&request, self.clock.now()).await
+    }
+
+    /// Commits or releases a hold.
+    pub async fn settle_hold(
+        &self,
+        request: &SettleHold,
+    ) -> Result<Recorded<SettleOutcome>, MeterError> {
+        self.ledger.settle_hold(request, self.clock.now()).await
+    }
+
+    /// A page of the account's history, newest first.
+    pub async fn history(
+        &self,
+        account: &AccountId,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StoreError> {
+        self.ledger.history(account, query, self.clock.now()).await
     }
 
     /// Starts a new period with `total` credits, or the plan's when `None`.
