@@ -123,7 +123,15 @@ pub struct Recorded<T> {
 }
 
 impl<T> Recorded<T> {
-    /// The same record around another outcome.
+    /// The same record around another outcome, or the error making it gave.
+    pub fn try_map<U, E>(self, f: impl FnOnce(T) -> Result<U, E>) -> Result<Recorded<U>, E> {
+        Ok(Recorded {
+            outcome: f(self.outcome)?,
+            replayed: self.replayed,
+        })
+    }
+
+    /// The same record with its outcome transformed.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Recorded<U> {
         Recorded {
             outcome: f(self.outcome),

@@ -1,25 +1,31 @@
-//! [`CreditLedger`] on Redis: one script per mutation, one `HMGET` per read.
+//! [`CreditLedger`] on Redis: one script per call, reads included (the
+//! settling of what fell due is computed by the same Lua as the mutations).
 
 use std::sync::LazyLock;
 
 use meter_core::{
-    AccountId, CreditBalance, CreditLedger, CreditPeriod, DeductCredits, DeductOutcome,
-    GrantCredits, Idempotency, IdempotencyWindow, MAX_CREDITS, MeterError, Recorded, ResetCredits,
-    ResetSchedule, StoreError, Timestamp, credits::total_overflow,
+    AccountId, Allowance, CreditBalance, CreditLedger, CreditPeriod, DeductCredits,
+    DeductOutcome, Grant, GrantCredits, GrantKind, GrantOutcome, HistoryEntry, HistoryId,
+    HistoryKind, HistoryPage, HistoryQuery, HistoryRetention, Idempotency, IdempotencyWindow,
+    InvalidArgument, MAX_CREDITS, MeterError, Recorded, ReserveCredits, ReserveOutcome,
+    ResetCredits, ResetSchedule, SettleHold, SettleOutcome, Settlement, StoreError, Timestamp,
+    credits::{MAX_LIVE_GRANTS, MAX_OPEN_HOLDS, total_overflow},
 };
+use redis::Value;
 
 use crate::{
     RedisStore, keys, layout,
-    script::{Library, LuaScript, ScriptCall, lib, names},
+    script::{Layout, Library, LuaScript, ScriptCall, lib, names},
 };
 
 layout! {
     /// The credits hash `user:{<account_id>}:credits`, field by field as
-    /// `redis-cli HGETALL` shows it (docs/redis-schema.md).
+    /// `redis-cli HGETALL` shows it (docs/redis-schema.md): the allowance,
+    /// and aggregates that spare the hot path reading the holds.
     pub struct CreditsHash as "CREDITS_HASH" {
         /// Credits of the current period, before use.
         total = "total",
-        /// Credits used in the current period.
+        /// Credits of the period taken, held ones included.
         used = "used",
         /// When the current period ends.
         reset_date = "resetDate",
@@ -29,21 +35,27 @@ layout! {
         reset_period = "resetPeriod",
         /// When the balance last changed.
         last_update = "lastUpdate",
-        /// `true` or `false`.
-        trial = "isTrialCredits",
+        /// The last number given to a generated grant or hold id.
+        seq = "seq",
+        /// Credits held by open holds.
+        held = "held",
+        /// No later than the earliest expiry of an open hold; absent without holds.
+        holds_next = "holdsNext",
     }
 }
 
 layout! {
-    /// What every credits script answers, and what an idempotency record keeps.
+    /// What every credits script answers (then one text per live grant),
+    /// and what an idempotency record keeps.
     pub struct CreditsReply as "CREDITS_REPLY" {
-        /// `ok`, `conflict` (key reused with other arguments) or `overflow`.
+        /// `ok`, `conflict` (key reused with other arguments), `overflow`,
+        /// `too_many_grants`, `too_many_holds`, `no_hold` or `above_hold`.
         status = "status",
         /// `1` when the change was made.
         applied = "applied",
-        /// The balance after the call, as in [`CreditsHash`].
+        /// The allowance after the call, as in [`CreditsHash`].
         total = "total",
-        /// Used credits after the call.
+        /// The allowance's used credits after the call.
         used = "used",
         /// The next reset, absent without a schedule.
         reset_date = "reset_date",
@@ -51,52 +63,72 @@ layout! {
         reset_anchor = "reset_anchor",
         /// The schedule's period.
         reset_period = "reset_period",
-        /// When the balance last changed.
+        /// When the balance last changed; absent for an unknown account.
         last_update = "last_update",
-        /// `1` for trial credits.
-        trial = "trial",
+        /// Credits held (for `above_hold`: the hold's amount).
+        held = "held",
+        /// The grant made.
+        grant_id = "grant_id",
+        /// The hold made or settled.
+        hold_id = "hold_id",
+        /// When the hold made expires.
+        hold_expires = "hold_expires",
+        /// Credits a settlement committed.
+        committed = "committed",
+        /// Credits a settlement returned.
+        returned = "returned",
+        /// `commit` or `release`.
+        settled = "settled",
         /// `1` when this is the remembered reply of an earlier call.
         replayed = "replayed",
     }
 }
 
-/// `credits/balance.lua`: loading the credits hash, and the credits reply.
-const BALANCE: Library = Library {
-    name: "credits/balance.lua",
-    source: include_str!("lua/credits/balance.lua"),
+/// `credits/account.lua`: the account in memory, its rules, writes and reply.
+const ACCOUNT: Library = Library {
+    name: "credits/account.lua",
+    source: include_str!("lua/credits/account.lua"),
 };
 
 fn credits_script(name: &'static str, body: &str) -> LuaScript {
     LuaScript::new(
         name,
-        &[lib::STORED, lib::MUTATION, lib::PERIOD, BALANCE],
+        &[lib::STORED, lib::MUTATION, lib::PERIOD, ACCOUNT],
         &[names::<CreditsHash>()],
         &[names::<CreditsReply>()],
         body,
     )
 }
 
-static DEDUCT: LazyLock<LuaScript> =
-    LazyLock::new(|| credits_script("credits/deduct.lua", include_str!("lua/credits/deduct.lua")));
-static GRANT: LazyLock<LuaScript> =
-    LazyLock::new(|| credits_script("credits/grant.lua", include_str!("lua/credits/grant.lua")));
-static RESET: LazyLock<LuaScript> =
-    LazyLock::new(|| credits_script("credits/reset.lua", include_str!("lua/credits/reset.lua")));
-
-/// The deduct script: KEYS credits hash[, idempotency record]; ARGV now_ms,
-/// now_text, fingerprint, window_ms, amount.
-pub fn deduct_script() -> &'static LuaScript {
-    &DEDUCT
+macro_rules! credits_scripts {
+    ($($(#[$doc:meta])* $name:ident $getter:ident = $file:literal;)*) => {
+        $(
+            static $name: LazyLock<LuaScript> = LazyLock::new(|| {
+                credits_script(concat!("credits/", $file), include_str!(concat!("lua/credits/", $file)))
+            });
+            $(#[$doc])*
+            pub fn $getter() -> &'static LuaScript {
+                &$name
+            }
+        )*
+    };
 }
 
-/// The grant script: as [`deduct_script`], then amount, trial (`true`|`false`).
-pub fn grant_script() -> &'static LuaScript {
-    &GRANT
-}
-
-/// The reset script: as [`deduct_script`], then total, period, next_reset_text.
-pub fn reset_script() -> &'static LuaScript {
-    &RESET
+credits_scripts! {
+    /// The deduct script: KEYS credits, grants, holds, history[, idempotency
+    /// record]; ARGV now_ms, now_text, fingerprint, window_ms, history max
+    /// entries, max age ms, then amount, key, reason.
+    DEDUCT deduct_script = "deduct.lua";
+    /// The grant script: as [`deduct_script`], then amount, kind, expires, wanted id, reason.
+    GRANT grant_script = "grant.lua";
+    /// The reset script: as [`deduct_script`], then total, period, next_reset_text, key.
+    RESET reset_script = "reset.lua";
+    /// The reserve script: as [`deduct_script`], then amount, expires_text, key, reason.
+    RESERVE reserve_script = "reserve.lua";
+    /// The settle script: as [`deduct_script`] with the hold's record, then hold id, amount, reason.
+    SETTLE settle_script = "settle.lua";
+    /// The read script: the balance as of now, written nowhere.
+    READ read_script = "read.lua";
 }
 
 /// The credit ledger on Redis.
@@ -104,59 +136,96 @@ pub fn reset_script() -> &'static LuaScript {
 pub struct RedisCreditLedger {
     store: RedisStore,
     window: IdempotencyWindow,
+    retention: HistoryRetention,
 }
 
 impl RedisCreditLedger {
-    /// A ledger on `store` that remembers idempotency keys for `window`.
-    pub fn new(store: RedisStore, window: IdempotencyWindow) -> Self {
-        Self { store, window }
+    /// A ledger on `store` that remembers idempotency keys for `window` and
+    /// keeps `retention` of each account's history.
+    pub fn new(store: RedisStore, window: IdempotencyWindow, retention: HistoryRetention) -> Self {
+        Self {
+            store,
+            window,
+            retention,
+        }
     }
 
-    /// A call of `script` on the account's keys, with the arguments every
-    /// mutation starts with (`lua/lib/mutation.lua`).
+    /// A call of `script` on the account's keys (and `record`, the
+    /// idempotency record, when given), with the arguments every credits
+    /// script starts with (`lua/lib/mutation.lua`, `lua/credits/account.lua`).
     fn call(
+        &self,
+        script: &'static LuaScript,
+        account: &AccountId,
+        record: Option<(String, &str)>,
+        now: Timestamp,
+    ) -> ScriptCall {
+        let mut keys = vec![
+            keys::credits(account),
+            keys::grants(account),
+            keys::holds(account),
+            keys::history(account),
+        ];
+        let fingerprint = record.as_ref().map_or("", |(_, fp)| fp).to_owned();
+        if let Some((key, _)) = record {
+            keys.push(key);
+        }
+        script
+            .call(&keys)
+            .arg(now.as_millis())
+            .arg(now.to_string())
+            .arg(fingerprint)
+            .arg(self.window.as_millis())
+            .arg(self.retention.max_entries)
+            .arg(self.retention.max_age_millis())
+    }
+
+    fn mutation(
         &self,
         script: &'static LuaScript,
         account: &AccountId,
         idempotency: Option<&Idempotency>,
         now: Timestamp,
     ) -> ScriptCall {
-        let call = match idempotency {
-            Some(idem) => script.call(&[
-                keys::credits(account),
+        let record = idempotency.map(|idem| {
+            (
                 keys::credits_idempotency(account, &idem.key),
-            ]),
-            None => script.call(&[keys::credits(account)]),
-        };
-        call.arg(now.as_millis())
-            .arg(now.to_string())
-            .arg(idempotency.map_or("", |i| i.fingerprint.as_str()))
-            .arg(self.window.as_millis())
+                idem.fingerprint.as_str(),
+            )
+        });
+        self.call(script, account, record, now)
     }
 
-    /// Runs a credits script and reads its reply: a balance, an idempotency
-    /// conflict, or an overflow of `amount`.
-    async fn mutate(
+    /// Runs a credits script and reads its reply: the reply and the balance,
+    /// or the error its status names.
+    async fn run(
         &self,
         call: ScriptCall,
         account: &AccountId,
         idempotency: Option<&Idempotency>,
         amount: i64,
-    ) -> Result<Recorded<(bool, CreditBalance)>, MeterError> {
-        let reply: CreditsReply = self
+    ) -> Result<Recorded<(CreditsReply, CreditBalance)>, MeterError> {
+        let mut values = self
             .store
-            .run(call)
+            .run_values(call)
             .await
             .map_err(|e| describe(e, account))?;
+        if values.len() < CreditsReply::NAMES.len() {
+            return Err(StoreError::Protocol(format!(
+                "credits script reply of {} values",
+                values.len()
+            ))
+            .into());
+        }
+        let grants = values.split_off(CreditsReply::NAMES.len());
+        let reply = CreditsReply::from_values(values).map_err(StoreError::Protocol)?;
+        let count = |text: &Option<String>| text.as_deref().and_then(parse_count).unwrap_or_default();
         match reply.status.as_deref() {
             Some("ok") => {
-                let balance = parse_balance(account, BalanceFields::from(&reply))?;
+                let balance = parse_balance(account, &reply, &grants)?;
                 Ok(Recorded {
-                    outcome: (
-                        reply.applied.as_deref() == Some("1"),
-                        balance.unwrap_or_default(),
-                    ),
                     replayed: reply.replayed.as_deref() == Some("1"),
+                    outcome: (reply, balance),
                 })
             }
             Some("conflict") => Err(MeterError::IdempotencyConflict {
@@ -164,14 +233,21 @@ impl RedisCreditLedger {
                     .map(|i| i.key.as_str().to_owned())
                     .unwrap_or_default(),
             }),
-            Some("overflow") => {
-                let total = reply
-                    .total
-                    .as_deref()
-                    .and_then(parse_count)
-                    .unwrap_or_default();
-                Err(total_overflow(total, amount).into())
-            }
+            Some("overflow") => Err(total_overflow(count(&reply.total), amount).into()),
+            Some("too_many_grants") => Err(MeterError::FailedPrecondition(format!(
+                "the account has {MAX_LIVE_GRANTS} live grants, the most it may hold; \
+                 grant more credits in one grant, or after some are used or expire"
+            ))),
+            Some("no_hold") => Err(MeterError::NotFound("no open hold of that id".into())),
+            Some("above_hold") => Err(InvalidArgument::new(
+                "amount",
+                format!("holds {}, the most it can commit", count(&reply.held)),
+            )
+            .into()),
+            Some("too_many_holds") => Err(MeterError::FailedPrecondition(format!(
+                "the account has {MAX_OPEN_HOLDS} open holds, the most it may have; \
+                 commit or release some first"
+            ))),
             _ => Err(
                 StoreError::Protocol(format!("unexpected credits script reply {reply:?}")).into(),
             ),
@@ -188,46 +264,6 @@ fn describe(error: StoreError, account: &AccountId) -> StoreError {
             detail,
         },
         other => other,
-    }
-}
-
-/// A balance's stored texts, from the hash or from a script's reply.
-struct BalanceFields<'a> {
-    total: Option<&'a str>,
-    used: Option<&'a str>,
-    reset_date: Option<&'a str>,
-    reset_anchor: Option<&'a str>,
-    reset_period: Option<&'a str>,
-    last_update: Option<&'a str>,
-    /// `(text, what counts as true, what counts as false)`.
-    trial: (Option<&'a str>, &'static str, &'static str),
-}
-
-impl<'a> From<&'a CreditsHash> for BalanceFields<'a> {
-    fn from(hash: &'a CreditsHash) -> Self {
-        Self {
-            total: hash.total.as_deref(),
-            used: hash.used.as_deref(),
-            reset_date: hash.reset_date.as_deref(),
-            reset_anchor: hash.reset_anchor.as_deref(),
-            reset_period: hash.reset_period.as_deref(),
-            last_update: hash.last_update.as_deref(),
-            trial: (hash.trial.as_deref(), "true", "false"),
-        }
-    }
-}
-
-impl<'a> From<&'a CreditsReply> for BalanceFields<'a> {
-    fn from(reply: &'a CreditsReply) -> Self {
-        Self {
-            total: reply.total.as_deref(),
-            used: reply.used.as_deref(),
-            reset_date: reply.reset_date.as_deref(),
-            reset_anchor: reply.reset_anchor.as_deref(),
-            reset_period: reply.reset_period.as_deref(),
-            last_update: reply.last_update.as_deref(),
-            trial: (reply.trial.as_deref(), "1", "0"),
-        }
     }
 }
 
@@ -259,65 +295,83 @@ fn parse_time(text: &str) -> Option<Timestamp> {
     shaped.then(|| Timestamp::parse(text)).flatten()
 }
 
-/// The balance the fields describe; `Ok(None)` when there is no `total` (an
-/// unknown account). Any field that does not parse makes it corrupt.
+/// The balance a reply describes: the allowance from its fields, one grant
+/// per text after them. Anything that does not parse is a protocol error
+/// (the scripts checked what they read from storage).
 fn parse_balance(
     account: &AccountId,
-    fields: BalanceFields<'_>,
-) -> Result<Option<CreditBalance>, StoreError> {
-    let corrupt = |field: &str, value: Option<&str>| StoreError::Corrupt {
-        what: format!("credits of account {account}"),
-        key: keys::credits(account),
-        detail: format!("field {field} holds {value:?}"),
+    reply: &CreditsReply,
+    grants: &[Option<String>],
+) -> Result<CreditBalance, StoreError> {
+    let bad = |what: &str, value: Option<&str>| {
+        StoreError::Protocol(format!(
+            "credits reply for {account}: {what} holds {value:?}"
+        ))
     };
-    let Some(total) = fields.total else {
-        return Ok(None);
-    };
-    let count = |field: &str, value: Option<&str>| match value {
+    let count = |what: &str, value: Option<&str>| match value {
         None => Ok(0),
-        Some(text) => parse_count(text).ok_or_else(|| corrupt(field, value)),
+        Some(text) => parse_count(text).ok_or_else(|| bad(what, value)),
     };
-    let time = |field: &str, value: Option<&str>| {
+    let time = |what: &str, value: Option<&str>| {
         value
-            .map(|text| parse_time(text).ok_or_else(|| corrupt(field, value)))
+            .map(|text| parse_time(text).ok_or_else(|| bad(what, value)))
             .transpose()
     };
-    let schedule = match time("resetDate", fields.reset_date)? {
+    let schedule = match time("reset_date", reply.reset_date.as_deref())? {
         None => None,
         Some(next_reset) => Some(ResetSchedule {
-            anchor: time("resetAnchor", fields.reset_anchor)?
-                .ok_or_else(|| corrupt("resetAnchor", None))?,
-            period: fields
+            anchor: time("reset_anchor", reply.reset_anchor.as_deref())?
+                .ok_or_else(|| bad("reset_anchor", None))?,
+            period: reply
                 .reset_period
+                .as_deref()
                 .and_then(|p| p.parse::<CreditPeriod>().ok())
-                .ok_or_else(|| corrupt("resetPeriod", fields.reset_period))?,
+                .ok_or_else(|| bad("reset_period", reply.reset_period.as_deref()))?,
             next_reset,
         }),
     };
-    let (trial_text, yes, no) = fields.trial;
-    let trial = match trial_text {
-        None => false,
-        Some(text) if text == yes => true,
-        Some(text) if text == no => false,
-        Some(_) => return Err(corrupt("isTrialCredits", trial_text)),
-    };
-    Ok(Some(CreditBalance {
-        total: count("total", Some(total))?,
-        used: count("used", fields.used)?,
-        schedule,
-        last_update: time("lastUpdate", fields.last_update)?,
-        trial,
-    }))
+    let grants = grants
+        .iter()
+        .map(|text| {
+            let text = text.as_deref().unwrap_or_default();
+            let fields: Vec<&str> = text.split('|').collect();
+            let [id, kind, amount, left, held, created, expires] = fields[..] else {
+                return Err(bad("grant", Some(text)));
+            };
+            Ok(Grant {
+                id: id.to_owned(),
+                kind: kind
+                    .parse::<GrantKind>()
+                    .map_err(|_| bad("grant kind", Some(text)))?,
+                amount: count("grant amount", Some(amount))?,
+                left: count("grant left", Some(left))?,
+                held: count("grant held", Some(held))?,
+                created: time("grant created", Some(created))?
+                    .ok_or_else(|| bad("grant created", Some(text)))?,
+                expires: time("grant expires", Some(expires).filter(|e| !e.is_empty()))?,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CreditBalance {
+        allowance: Allowance {
+            total: count("total", reply.total.as_deref())?,
+            used: count("used", reply.used.as_deref())?,
+            schedule,
+        },
+        grants,
+        held: count("held", reply.held.as_deref())?,
+        last_update: time("last_update", reply.last_update.as_deref())?,
+    })
 }
 
 impl CreditLedger for RedisCreditLedger {
-    async fn balance(&self, account: &AccountId) -> Result<Option<CreditBalance>, StoreError> {
-        let hash: CreditsHash = self
-            .store
-            .read_hash(&keys::credits(account))
-            .await
-            .map_err(|e| describe(e, account))?;
-        parse_balance(account, BalanceFields::from(&hash))
+    async fn balance(&self, account: &AccountId, now: Timestamp) -> Result<CreditBalance, StoreError> {
+        let call = self.call(&READ, account, None, now);
+        match self.run(call, account, None, 0).await {
+            Ok(recorded) => Ok(recorded.outcome.1),
+            Err(MeterError::Store(error)) => Err(error),
+            Err(other) => Err(StoreError::Protocol(other.to_string())),
+        }
     }
 
     async fn deduct(
@@ -327,28 +381,39 @@ impl CreditLedger for RedisCreditLedger {
     ) -> Result<Recorded<DeductOutcome>, MeterError> {
         let idempotency = request.idempotency.as_ref();
         let call = self
-            .call(&DEDUCT, &request.account, idempotency, now)
-            .arg(request.amount);
+            .mutation(&DEDUCT, &request.account, idempotency, now)
+            .arg(request.amount)
+            .arg(idempotency.map_or("", |i| i.key.as_str()))
+            .arg(request.reason.as_str());
         let recorded = self
-            .mutate(call, &request.account, idempotency, request.amount)
+            .run(call, &request.account, idempotency, request.amount)
             .await?;
-        Ok(recorded.map(|(applied, balance)| DeductOutcome { applied, balance }))
+        Ok(recorded.map(|(reply, balance)| DeductOutcome {
+            applied: reply.applied.as_deref() == Some("1"),
+            balance,
+        }))
     }
 
     async fn grant(
         &self,
         request: &GrantCredits,
         now: Timestamp,
-    ) -> Result<Recorded<CreditBalance>, MeterError> {
+    ) -> Result<Recorded<GrantOutcome>, MeterError> {
         let idempotency = request.idempotency.as_ref();
         let call = self
-            .call(&GRANT, &request.account, idempotency, now)
+            .mutation(&GRANT, &request.account, idempotency, now)
             .arg(request.amount)
-            .arg(if request.trial { "true" } else { "false" });
+            .arg(request.kind.as_str())
+            .arg(request.expires.map(|t| t.to_string()).unwrap_or_default())
+            .arg(request.wanted_id())
+            .arg(request.reason.as_str());
         let recorded = self
-            .mutate(call, &request.account, idempotency, request.amount)
+            .run(call, &request.account, idempotency, request.amount)
             .await?;
-        Ok(recorded.map(|(_, balance)| balance))
+        Ok(recorded.map(|(reply, balance)| GrantOutcome {
+            grant_id: reply.grant_id.unwrap_or_default(),
+            balance,
+        }))
     }
 
     async fn reset(
@@ -364,13 +429,187 @@ impl CreditLedger for RedisCreditLedger {
             ))
         })?;
         let call = self
-            .call(&RESET, &request.account, idempotency, now)
+            .mutation(&RESET, &request.account, idempotency, now)
             .arg(request.total)
             .arg(request.period.as_str())
-            .arg(next_reset.to_string());
-        let recorded = self.mutate(call, &request.account, idempotency, 0).await?;
+            .arg(next_reset.to_string())
+            .arg(idempotency.map_or("", |i| i.key.as_str()));
+        let recorded = self.run(call, &request.account, idempotency, 0).await?;
         Ok(recorded.map(|(_, balance)| balance))
     }
+
+    async fn reserve(
+        &self,
+        request: &ReserveCredits,
+        now: Timestamp,
+    ) -> Result<Recorded<ReserveOutcome>, MeterError> {
+        let idempotency = request.idempotency.as_ref();
+        let expires = request.expires(now)?;
+        let call = self
+            .mutation(&RESERVE, &request.account, idempotency, now)
+            .arg(request.amount)
+            .arg(expires.to_string())
+            .arg(idempotency.map_or("", |i| i.key.as_str()))
+            .arg(request.reason.as_str());
+        let recorded = self
+            .run(call, &request.account, idempotency, request.amount)
+            .await?;
+        let account = &request.account;
+        recorded.try_map(|(reply, balance)| {
+            let hold = match (reply.hold_id, reply.hold_expires.as_deref()) {
+                (Some(id), Some(text)) => Some((
+                    id,
+                    parse_time(text).ok_or_else(|| {
+                        StoreError::Protocol(format!("reserve reply for {account}: hold_expires {text:?}"))
+                    })?,
+                )),
+                _ => None,
+            };
+            Ok(ReserveOutcome { hold, balance })
+        })
+    }
+
+    async fn settle_hold(
+        &self,
+        request: &SettleHold,
+        now: Timestamp,
+    ) -> Result<Recorded<SettleOutcome>, MeterError> {
+        let idempotency = request.idempotency();
+        let hold = request.hold_id.as_str();
+        let record = (
+            keys::hold_idempotency(&request.account, &request.hold_id),
+            idempotency.fingerprint.as_str(),
+        );
+        let call = self
+            .call(&SETTLE, &request.account, Some(record), now)
+            .arg(hold)
+            .arg(request.commit.map(|c| c.to_string()).unwrap_or_default())
+            .arg(request.reason.as_str());
+        let recorded = self
+            .run(call, &request.account, Some(&idempotency), 0)
+            .await
+            .map_err(|error| match error {
+                MeterError::NotFound(_) => MeterError::NotFound(format!(
+                    "no open hold {hold:?} on this account: it was never made, or it expired \
+                     and its credits went back"
+                )),
+                MeterError::InvalidArgument(e) if e.field == "amount" => InvalidArgument::new(
+                    "amount",
+                    format!(
+                        "is {}; hold {hold} {}",
+                        request.commit.unwrap_or_default(),
+                        e.problem
+                    ),
+                )
+                .into(),
+                other => other,
+            })?;
+        Ok(recorded.map(|(reply, balance)| SettleOutcome {
+            settlement: Settlement {
+                hold_id: hold.to_owned(),
+                committed: reply.committed.as_deref().and_then(parse_count).unwrap_or_default(),
+                returned: reply.returned.as_deref().and_then(parse_count).unwrap_or_default(),
+                commit: reply.settled.as_deref() == Some("commit"),
+            },
+            balance,
+        }))
+    }
+
+    async fn history(
+        &self,
+        account: &AccountId,
+        query: &HistoryQuery,
+        now: Timestamp,
+    ) -> Result<HistoryPage, StoreError> {
+        let key = keys::history(account);
+        let oldest = u64::try_from(now.as_millis())
+            .unwrap_or_default()
+            .saturating_sub(self.retention.max_age_millis());
+        let mut command = redis::cmd("XREVRANGE");
+        command
+            .arg(&key)
+            .arg(query.before.map_or_else(|| "+".to_owned(), |id| format!("({id}")))
+            .arg(oldest)
+            .arg("COUNT")
+            .arg(query.page_size + 1);
+        let reply = self.store.command(command, &key).await?;
+        let mut entries = parse_history(&key, reply)?;
+        let next = if entries.len() > query.page_size as usize {
+            entries.truncate(query.page_size as usize);
+            entries.last().map(|(id, _)| *id)
+        } else {
+            None
+        };
+        Ok(HistoryPage { entries, next })
+    }
+}
+
+/// The entries of an `XREVRANGE` reply.
+fn parse_history(key: &str, reply: Value) -> Result<Vec<(HistoryId, HistoryEntry)>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "credit history".to_owned(),
+        key: key.to_owned(),
+        detail,
+    };
+    let text = |value: &Value| match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    };
+    let Value::Array(items) = reply else {
+        return Err(StoreError::Protocol(format!("XREVRANGE reply {reply:?}")));
+    };
+    items
+        .iter()
+        .map(|item| {
+            let Value::Array(pair) = item else {
+                return Err(StoreError::Protocol(format!("XREVRANGE entry {item:?}")));
+            };
+            let (Some(id), Some(Value::Array(fields))) = (pair.first().and_then(text), pair.get(1))
+            else {
+                return Err(StoreError::Protocol(format!("XREVRANGE entry {item:?}")));
+            };
+            let id = HistoryId::parse("id", &id).map_err(|e| corrupt(e.to_string()))?;
+            let mut entry = HistoryEntry::new(Timestamp::EPOCH, HistoryKind::Deduct, 0, 0, 0);
+            let mut seen_time = false;
+            for field in fields.chunks(2) {
+                let (Some(name), Some(value)) = (field.first().and_then(text), field.get(1).and_then(text))
+                else {
+                    return Err(corrupt(format!("entry {id}: a field that is not text")));
+                };
+                let signed = |v: &str| {
+                    v.parse::<i64>()
+                        .ok()
+                        .filter(|n| n.abs() <= MAX_CREDITS)
+                        .ok_or_else(|| corrupt(format!("entry {id}: {name} holds {v:?}")))
+                };
+                match name.as_str() {
+                    "time" => {
+                        entry.time = parse_time(&value)
+                            .ok_or_else(|| corrupt(format!("entry {id}: time holds {value:?}")))?;
+                        seen_time = true;
+                    }
+                    "kind" => {
+                        entry.kind = value
+                            .parse()
+                            .map_err(|e: String| corrupt(format!("entry {id}: {e}")))?;
+                    }
+                    "amount" => entry.amount = signed(&value)?,
+                    "change" => entry.change = signed(&value)?,
+                    "remaining" => entry.remaining = signed(&value)?,
+                    "key" => entry.key = value,
+                    "reason" => entry.reason = value,
+                    "grant" => entry.grant = value,
+                    "hold" => entry.hold = value,
+                    _ => {}
+                }
+            }
+            if !seen_time {
+                return Err(corrupt(format!("entry {id} has no time")));
+            }
+            Ok((id, entry))
+        })
+        .collect()
 }
 
 #[cfg(test)]

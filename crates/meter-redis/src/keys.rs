@@ -15,6 +15,27 @@ pub fn credits(account: &AccountId) -> String {
     format!("user:{{{account}}}:credits")
 }
 
+/// The account's grants: a hash of grant id to `kind|amount|left|held|created|expires`.
+pub fn grants(account: &AccountId) -> String {
+    format!("user:{{{account}}}:grants")
+}
+
+/// The account's open holds: a hash of hold id to
+/// `amount|expires|allowance|period_end|grant=n,...`.
+pub fn holds(account: &AccountId) -> String {
+    format!("user:{{{account}}}:holds")
+}
+
+/// The account's credit history: a stream, trimmed and expiring by itself.
+pub fn history(account: &AccountId) -> String {
+    format!("user:{{{account}}}:history")
+}
+
+/// The remembered settlement of a hold (a JSON string with a TTL).
+pub fn hold_idempotency(account: &AccountId, hold: &IdempotencyKey) -> String {
+    format!("user:{{{account}}}:idem:hold:{}", hold.as_str())
+}
+
 /// The remembered outcome of one idempotent credits call (a JSON string with a TTL).
 pub fn credits_idempotency(account: &AccountId, key: &IdempotencyKey) -> String {
     format!("user:{{{account}}}:idem:credits:{}", key.as_str())

@@ -149,10 +149,17 @@ impl LuaScript {
         replies: &[LayoutNames],
         body: &str,
     ) -> Self {
-        let mut constants = HashMap::from([(
-            "MAX_CREDITS".to_owned(),
-            meter_core::MAX_CREDITS.to_string(),
-        )]);
+        let mut constants = HashMap::from([
+            ("MAX_CREDITS".to_owned(), meter_core::MAX_CREDITS.to_string()),
+            (
+                "MAX_LIVE_GRANTS".to_owned(),
+                meter_core::credits::MAX_LIVE_GRANTS.to_string(),
+            ),
+            (
+                "MAX_OPEN_HOLDS".to_owned(),
+                meter_core::credits::MAX_OPEN_HOLDS.to_string(),
+            ),
+        ]);
         let mut source = format!("-- meter: {name}\n");
         for (layout, names) in hashes.iter().chain(replies) {
             for (i, field) in names.iter().enumerate() {

@@ -71,6 +71,14 @@ impl RedisStore {
 
     /// Runs a script and decodes its reply into the layout `R`.
     pub async fn run<R: Layout>(&self, call: ScriptCall) -> Result<R, StoreError> {
+        let name = call.script.name();
+        let values = self.run_values(call).await?;
+        R::from_values(values).map_err(|e| StoreError::Protocol(format!("{name}: {e}")))
+    }
+
+    /// Runs a script whose reply is an array of strings (`''` and nil are
+    /// absent), for replies longer than a layout.
+    pub async fn run_values(&self, call: ScriptCall) -> Result<Vec<Option<String>>, StoreError> {
         self.ready().await?;
         let name = call.script.name();
         let value = self
@@ -78,7 +86,7 @@ impl RedisStore {
             .pipeliner
             .send(call.command, Some(call.script), call.slot)
             .await?;
-        decode(value, name)
+        strings(value, name)
     }
 
     /// Reads the fields of layout `R` from the hash at `key` (one `HMGET`);
@@ -86,10 +94,17 @@ impl RedisStore {
     pub async fn read_hash<R: Layout>(&self, key: &str) -> Result<R, StoreError> {
         let mut command = redis::cmd("HMGET");
         command.arg(key).arg(R::NAMES);
+        let values = strings(self.command(command, key).await?, "HMGET")?;
+        R::from_values(values).map_err(|e| StoreError::Protocol(format!("HMGET: {e}")))
+    }
+
+    /// Sends one command on `key` (which picks the cluster node) and returns
+    /// its reply; an error reply sorted.
+    pub async fn command(&self, command: redis::Cmd, key: &str) -> Result<Value, StoreError> {
         self.ready().await?;
         let slot = Some(key_slot(key.as_bytes()));
         let value = self.inner.pipeliner.send(command, None, slot).await?;
-        decode(value, "HMGET")
+        value.extract_error().map_err(|e| sort_command_error(&e))
     }
 
     /// On a cluster just opened, waits for its slot map (as a call on one
@@ -136,24 +151,23 @@ impl RedisStore {
     }
 }
 
-/// The reply `value` of `what` as layout `R`; an error reply sorted.
-fn decode<R: Layout>(value: Value, what: &str) -> Result<R, StoreError> {
+/// The reply `value` of `what` as an array of strings; an error reply sorted.
+fn strings(value: Value, what: &str) -> Result<Vec<Option<String>>, StoreError> {
     let unexpected = |detail: String| StoreError::Protocol(format!("{what} reply: {detail}"));
     let Value::Array(items) = value.extract_error().map_err(|e| sort_command_error(&e))? else {
         return Err(unexpected("not an array".into()));
     };
     // Straight from the reply's buffers: a bulk string's bytes become the
     // String without a copy.
-    let values = items
+    items
         .into_iter()
         .map(|item| match item {
             Value::Nil => Ok(None),
             Value::BulkString(bytes) => String::from_utf8(bytes)
-                .map(Some)
+                .map(|text| Some(text).filter(|t| !t.is_empty()))
                 .map_err(|e| unexpected(e.to_string())),
-            Value::SimpleString(text) => Ok(Some(text)),
+            Value::SimpleString(text) => Ok(Some(text).filter(|t| !t.is_empty())),
             other => Err(unexpected(format!("{other:?} in an array of strings"))),
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    R::from_values(values).map_err(|e| StoreError::Protocol(format!("{what}: {e}")))
+        .collect()
 }

@@ -44,7 +44,7 @@ async fn wait_serving(store: &RedisStore) {
 
 fn ledger(store: &RedisStore) -> RedisCreditLedger {
     let window = IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid window");
-    RedisCreditLedger::new(store.clone(), window)
+    RedisCreditLedger::new(store.clone(), window, HistoryRetention::DEFAULT)
 }
 
 fn account(name: &str) -> AccountId {
@@ -68,10 +68,10 @@ fn reset(who: &AccountId, total: i64) -> ResetCredits {
 mod contract {
     use super::*;
 
-    meter_testkit::credit_ledger_contract!(window => async move {
+    meter_testkit::credit_ledger_contract!(window, retention => async move {
         let cluster = RedisCluster::start();
         let store = store_on(&cluster).await;
-        (RedisCreditLedger::new(store, window), cluster)
+        (RedisCreditLedger::new(store, window, retention), cluster)
     });
 }
 

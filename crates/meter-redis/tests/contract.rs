@@ -3,8 +3,8 @@
 use meter_redis::{RedisConfig, RedisCreditLedger, RedisStore};
 use meter_testkit::RedisServer;
 
-meter_testkit::credit_ledger_contract!(window => async move {
+meter_testkit::credit_ledger_contract!(window, retention => async move {
     let server = RedisServer::start();
     let store = RedisStore::open(&RedisConfig::new(server.url())).expect("valid url");
-    (RedisCreditLedger::new(store, window), server)
+    (RedisCreditLedger::new(store, window, retention), server)
 });

@@ -19,7 +19,7 @@ pub const MAX_OPEN_HOLDS: usize = 1_000;
 /// and the buckets they came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hold {
-    /// `h<n>`, unique within the account.
+    /// `h<n>`, never reused within the account.
     pub id: String,
     /// Credits held.
     pub amount: i64,
@@ -251,7 +251,7 @@ impl CreditAccount {
                  grant more credits in one grant, or after some are used or expire"
             )));
         }
-        let id = self.fresh_id(grant.id, 'g');
+        let id = self.fresh_grant_id(grant.id);
         let made = Grant {
             id: id.clone(),
             kind: grant.kind,
@@ -273,19 +273,17 @@ impl CreditAccount {
         Ok(id)
     }
 
-    /// `wanted` if no grant or hold has that id, else `<prefix><n>` (after
-    /// `<wanted>#` when something was wanted) with the next free number.
-    fn fresh_id(&mut self, wanted: &str, prefix: char) -> String {
-        let taken = |account: &Self, id: &str| {
-            account.grants.iter().any(|g| g.id == id) || account.holds.iter().any(|h| h.id == id)
-        };
+    /// `wanted` if no grant has that id, else the next free `g<n>` (or
+    /// `<wanted>#<n>` when something was wanted).
+    fn fresh_grant_id(&mut self, wanted: &str) -> String {
+        let taken = |account: &Self, id: &str| account.grants.iter().any(|g| g.id == id);
         if !wanted.is_empty() && !taken(self, wanted) {
             return wanted.to_owned();
         }
         loop {
             self.seq += 1;
             let id = if wanted.is_empty() {
-                format!("{prefix}{}", self.seq)
+                format!("g{}", self.seq)
             } else {
                 format!("{wanted}#{}", self.seq)
             };
@@ -342,7 +340,9 @@ impl CreditAccount {
                  commit or release some first"
             )));
         }
-        let id = self.fresh_id("", 'h');
+        // Numbers are never reused, so a hold id names one hold forever.
+        self.seq += 1;
+        let id = format!("h{}", self.seq);
         let period_end = self.allowance.period_end();
         let (allowance, grants) = self.take(amount, true);
         let hold = Hold {

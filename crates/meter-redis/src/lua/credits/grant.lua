@@ -1,22 +1,45 @@
--- grant.lua: add `amount` credits to the total, creating the account if needed.
--- Atomic so that the overflow check and the due reset see the balance being written.
--- KEYS: credits hash[, idempotency record]
--- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), amount, trial ('true'|'false')
+-- grant.lua: add a grant, creating the account if needed.
+-- Atomic so that the overflow check and the settling see the balance being written.
+-- KEYS: credits, grants, holds, history[, idempotency record]
+-- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), history max
+-- entries, max age ms (account.lua), amount, kind, expires ('' never),
+-- wanted id (the idempotency key, or ''), reason
 local replay = recall(new_CREDITS_REPLY, CREDITS_REPLY_status, CREDITS_REPLY_replayed)
 if replay then return replay end
-local key, amount, trial = KEYS[1], tonumber(ARGV[5]), ARGV[6]
-local b = load_balance(key) or { total = 0, used = 0 }
-if b.total + amount > MAX_CREDITS then
+local amount, kind, expires, wanted = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
+local a = load_account()
+settle(a)
+local total = a.total
+for _, g in ipairs(a.grants) do
+  if not expired(g) then total = total + g.amount end
+end
+if total + amount > MAX_CREDITS then
   local out = new_CREDITS_REPLY()
-  out[CREDITS_REPLY_status], out[CREDITS_REPLY_total] = 'overflow', int(b.total)
+  out[CREDITS_REPLY_status], out[CREDITS_REPLY_total] = 'overflow', int(total)
   return out
 end
-b.total = b.total + amount
-b.trial = trial == 'true'
-b.last = NOW_TEXT
-local out = balance_reply('ok', true, b)
+if #a.grants >= MAX_LIVE_GRANTS then
+  local out = new_CREDITS_REPLY()
+  out[CREDITS_REPLY_status] = 'too_many_grants'
+  return out
+end
+local id = wanted
+if id == '' or find_grant(a, id) then
+  repeat
+    a.seq = a.seq + 1
+    id = (wanted == '' and 'g' or wanted .. '#') .. int(a.seq)
+  until not find_grant(a, id)
+end
+local g = { id = id, kind = kind, amount = amount, left = amount, held = 0, created = NOW_TEXT,
+  expires = expires ~= '' and expires or nil }
+a.grants[#a.grants + 1] = g
+table.sort(a.grants, spend_order)
+a.grants_dirty[id] = true
+a.exists = true
+local e = tag(note(a, NOW_TEXT, 'grant', amount, amount), wanted, ARGV[11])
+e.grant = id
+local out = account_reply('ok', true, a)
+out[CREDITS_REPLY_grant_id] = id
 remember(out)
-redis.call('HSET', key, 'total', int(b.total), 'used', int(b.used), 'lastUpdate', NOW_TEXT,
-  'isTrialCredits', trial)
-if b.due then redis.call('HSET', key, 'resetDate', b.reset) end
+save(a)
 return out

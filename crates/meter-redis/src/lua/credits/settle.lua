@@ -1,0 +1,37 @@
+-- settle.lua: commit `amount` of an open hold (the rest goes back), or
+-- release it all. The idempotency record is keyed by the hold, so a second
+-- commit or release answers the first settlement.
+-- KEYS: credits, grants, holds, history, idempotency record of the hold
+-- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), history max
+-- entries, max age ms (account.lua), hold id, amount ('' to release), reason
+local replay = recall(new_CREDITS_REPLY, CREDITS_REPLY_status, CREDITS_REPLY_replayed)
+if replay then return replay end
+local id, commit = ARGV[7], tonumber(ARGV[8])
+local a = load_account()
+local h = nil
+if a.exists then
+  settle(a)
+  h = find_hold(a, id)
+end
+if not h then
+  local out = new_CREDITS_REPLY()
+  out[CREDITS_REPLY_status] = 'no_hold'
+  return out
+end
+if commit and commit > h.amount then
+  local out = new_CREDITS_REPLY()
+  out[CREDITS_REPLY_status], out[CREDITS_REPLY_held] = 'above_hold', int(h.amount)
+  return out
+end
+close_hold(a, h)
+local returned = give_back(a, h, commit or 0)
+local e = note(a, NOW_TEXT, commit and 'commit' or 'release', commit or h.amount, returned)
+e.hold, e.reason = id, ARGV[9]
+local out = account_reply('ok', true, a)
+out[CREDITS_REPLY_hold_id] = id
+out[CREDITS_REPLY_committed] = int(commit or 0)
+out[CREDITS_REPLY_returned] = int(returned)
+out[CREDITS_REPLY_settled] = commit and 'commit' or 'release'
+remember(out)
+save(a)
+return out
