@@ -127,8 +127,15 @@ credits_scripts! {
     RESERVE reserve_script = "reserve.lua";
     /// The settle script: as [`deduct_script`] with the hold's record, then hold id, amount, reason.
     SETTLE settle_script = "settle.lua";
-    /// The read script: the balance as of now, written nowhere.
-    READ read_script = "read.lua";
+}
+
+static READ: LazyLock<LuaScript> = LazyLock::new(|| {
+    credits_script("credits/read.lua", include_str!("lua/credits/read.lua")).reading_only()
+});
+
+/// The read script: the balance as of now, written nowhere.
+pub fn read_script() -> &'static LuaScript {
+    &READ
 }
 
 /// The credit ledger on Redis.

@@ -488,7 +488,7 @@ async fn exchange(
     wait: Option<Wait>,
 ) -> Vec<Reply> {
     // Reads alone change nothing to wait for.
-    let wait = wait.filter(|_| calls.iter().any(|call| call.script.is_some()));
+    let wait = wait.filter(|_| calls.iter().any(|call| call.script.is_some_and(|s| s.writes())));
     match send_commands(pool, pipeline, asking, wait).await {
         Ok((values, confirmed)) => {
             let mut replies: Vec<Reply> = values.into_iter().map(Ok).collect();
@@ -570,7 +570,7 @@ async fn send_commands(
 fn unconfirmed(why: &str, calls: &[Call], indices: &[usize], replies: &mut [Reply]) {
     for &i in indices {
         let ran = matches!(&replies[i], Ok(value) if !matches!(value, Value::ServerError(_)));
-        if calls[i].script.is_some() && ran {
+        if calls[i].script.is_some_and(|s| s.writes()) && ran {
             replies[i] = Err(StoreError::OutcomeUnknown(format!(
                 "the change is on the Redis master, but {why}; a failover may lose it"
             )));

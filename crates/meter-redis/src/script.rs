@@ -123,6 +123,7 @@ pub struct LuaScript {
     name: &'static str,
     source: String,
     hash: String,
+    writes: bool,
 }
 
 /// A layout as a script uses it: its Lua name and its names, from [`Layout`].
@@ -193,7 +194,25 @@ impl LuaScript {
         let source = substitute(&source, &constants, &layouts)
             .unwrap_or_else(|unknown| panic!("{name}: no layout has a position named {unknown}"));
         let hash = redis::Script::new(&source).get_hash().to_owned();
-        Self { name, source, hash }
+        Self {
+            name,
+            source,
+            hash,
+            writes: true,
+        }
+    }
+
+    /// The same script, marked as one that never writes: its calls are not
+    /// held for replicas (`--redis-wait-replicas`), as plain reads are not.
+    #[must_use]
+    pub fn reading_only(mut self) -> Self {
+        self.writes = false;
+        self
+    }
+
+    /// Whether the script may write.
+    pub fn writes(&self) -> bool {
+        self.writes
     }
 
     /// The script's name, e.g. `credits/deduct.lua`.

@@ -12,8 +12,8 @@ use std::{
 };
 
 use meter_core::{
-    AccountId, CreditLedger, CreditPeriod, DeductCredits, IdempotencyKey, IdempotencyWindow,
-    MeterError, Reason, ResetCredits, StoreError,
+    AccountId, CreditLedger, CreditPeriod, DeductCredits, HistoryRetention, IdempotencyKey,
+    IdempotencyWindow, MeterError, Reason, ResetCredits, StoreError,
 };
 use meter_redis::{RedisConfig, RedisCreditLedger, RedisStore, keys, slot::key_slot};
 use meter_testkit::{RedisCluster, timestamp as at};
@@ -131,12 +131,8 @@ async fn accounts_spread_over_every_master_and_concurrent_deducts_end_exact() {
         task.await.expect("caller");
     }
     for who in &accounts {
-        let balance = ledger
-            .balance(who)
-            .await
-            .expect("balance")
-            .expect("a balance");
-        assert_eq!(balance.used, 800, "{who}: 8 callers × 100 deducts");
+        let balance = ledger.balance(who, at(NOW)).await.expect("balance");
+        assert_eq!(balance.used(), 800, "{who}: 8 callers × 100 deducts");
     }
 }
 
@@ -243,12 +239,8 @@ async fn assert_exact(ledger: &RedisCreditLedger, accounts: &[AccountId], caller
             .map(|c| c.applied)
             .sum();
         assert!(applied > 0, "{who}: callers got through");
-        let balance = ledger
-            .balance(who)
-            .await
-            .expect("balance")
-            .expect("a balance");
-        assert_eq!(balance.used, applied, "{who}: every applied deduct, once");
+        let balance = ledger.balance(who, at(NOW)).await.expect("balance");
+        assert_eq!(balance.used(), applied, "{who}: every applied deduct, once");
     }
 }
 

@@ -8,8 +8,9 @@ use std::{
 };
 
 use meter_core::{
-    AccountId, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, IdempotencyKey,
-    IdempotencyWindow, MeterError, Reason, ResetCredits, StoreError, Timestamp,
+    AccountId, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, GrantKind,
+    HistoryRetention, IdempotencyKey, IdempotencyWindow, MeterError, Reason, ReserveCredits,
+    ResetCredits, SettleHold, StoreError, Timestamp,
 };
 use meter_redis::{
     RedisConfig, RedisCreditLedger, RedisStore, keys,
@@ -32,7 +33,10 @@ fn config(server: &RedisServer) -> RedisConfig {
 fn ledger_on(config: &RedisConfig) -> (RedisStore, RedisCreditLedger) {
     let store = RedisStore::open(config).expect("valid url");
     let window = IdempotencyWindow::new(HOUR).expect("valid window");
-    (store.clone(), RedisCreditLedger::new(store, window))
+    (
+        store.clone(),
+        RedisCreditLedger::new(store, window, HistoryRetention::DEFAULT),
+    )
 }
 
 fn ledger(server: &RedisServer) -> RedisCreditLedger {
@@ -52,7 +56,16 @@ fn deduct(who: &AccountId, amount: i64, idem: &str) -> DeductCredits {
 }
 
 fn grant(who: &AccountId, amount: i64, idem: &str) -> GrantCredits {
-    GrantCredits::new(who.clone(), amount, Reason::default(), false, key(idem)).expect("valid")
+    GrantCredits::new(
+        who.clone(),
+        amount,
+        Reason::default(),
+        GrantKind::Paid,
+        None,
+        key(idem),
+        Timestamp::EPOCH,
+    )
+    .expect("valid")
 }
 
 fn reset(who: &AccountId, total: i64) -> ResetCredits {
@@ -66,8 +79,15 @@ fn reset(who: &AccountId, total: i64) -> ResetCredits {
 
 const NOW: &str = "2026-01-01T00:00:00.000Z";
 
+fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 #[tokio::test]
-async fn the_credits_hash_reads_as_documented_with_redis_cli() {
+async fn the_credit_keys_read_as_documented_with_redis_cli() {
     let server = RedisServer::start();
     let ledger = ledger(&server);
     let who = account("u1");
@@ -75,27 +95,87 @@ async fn the_credits_hash_reads_as_documented_with_redis_cli() {
         .reset(&reset(&who, 1_000), at("2026-01-31T10:00:00.000Z"))
         .await
         .expect("reset");
+    let now = at("2026-02-01T00:00:00.000Z");
+    let reason = Reason::parse("reason", "chat: gpt-4o").expect("valid");
     ledger
-        .deduct(&deduct(&who, 30, ""), at("2026-02-01T00:00:00.000Z"))
+        .deduct(
+            &DeductCredits::new(who.clone(), 30, reason, key("msg-1")).expect("valid"),
+            now,
+        )
         .await
         .expect("deduct");
+    let pack = GrantCredits::new(
+        who.clone(),
+        500,
+        Reason::default(),
+        GrantKind::Paid,
+        Some(at("2026-12-31T00:00:00.000Z")),
+        key("pack-1"),
+        now,
+    )
+    .expect("valid");
+    ledger.grant(&pack, now).await.expect("grant");
+    let hold = ReserveCredits::new(deduct(&who, 980, ""), Duration::from_secs(60));
+    ledger.reserve(&hold, now).await.expect("reserve");
     let mut conn = server.connection().await;
-    let fields: BTreeMap<String, String> =
+    let credits: BTreeMap<String, String> =
         conn.hgetall("user:{u1}:credits").await.expect("hgetall");
-    let expected = [
-        ("isTrialCredits", "false"),
-        ("lastUpdate", "2026-02-01T00:00:00.000Z"),
-        ("resetAnchor", "2026-01-31T10:00:00.000Z"),
-        ("resetDate", "2026-02-28T10:00:00.000Z"),
-        ("resetPeriod", "month"),
-        ("total", "1000"),
-        ("used", "30"),
-    ];
-    let expected: BTreeMap<String, String> = expected
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    assert_eq!(fields, expected);
+    assert_eq!(
+        credits,
+        fields(&[
+            ("held", "980"),
+            ("holdsNext", "2026-02-01T00:01:00.000Z"),
+            ("lastUpdate", "2026-02-01T00:00:00.000Z"),
+            ("resetAnchor", "2026-01-31T10:00:00.000Z"),
+            ("resetDate", "2026-02-28T10:00:00.000Z"),
+            ("resetPeriod", "month"),
+            ("seq", "1"),
+            ("total", "1000"),
+            ("used", "1000"),
+        ])
+    );
+    let grants: BTreeMap<String, String> =
+        conn.hgetall("user:{u1}:grants").await.expect("hgetall");
+    assert_eq!(
+        grants,
+        fields(&[(
+            "pack-1",
+            "paid|500|490|10|2026-02-01T00:00:00.000Z|2026-12-31T00:00:00.000Z"
+        )])
+    );
+    let holds: BTreeMap<String, String> = conn.hgetall("user:{u1}:holds").await.expect("hgetall");
+    assert_eq!(
+        holds,
+        fields(&[(
+            "h1",
+            "980|2026-02-01T00:01:00.000Z|970|2026-02-28T10:00:00.000Z|pack-1=10"
+        )])
+    );
+    let history: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("user:{u1}:history")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("xrange");
+    let deduct_entry = &history[1];
+    assert_eq!(deduct_entry.0, format!("{}-0", now.as_millis()));
+    assert_eq!(
+        deduct_entry.1,
+        fields(&[
+            ("amount", "30"),
+            ("change", "-30"),
+            ("key", "msg-1"),
+            ("kind", "deduct"),
+            ("reason", "chat: gpt-4o"),
+            ("remaining", "970"),
+            ("time", "2026-02-01T00:00:00.000Z"),
+        ])
+    );
+    let kinds: Vec<&str> = history.iter().map(|(_, e)| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["reset", "deduct", "grant", "reserve"]);
+    let ttl: i64 = conn.pttl("user:{u1}:history").await.expect("pttl");
+    assert!(ttl > 0, "the history expires by itself: {ttl}");
 }
 
 #[tokio::test]
@@ -162,7 +242,9 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
         ("resetPeriod", "fortnight"),
         ("lastUpdate", "yesterday"),
         ("lastUpdate", "2026-02-30T00:00:00.000Z"),
-        ("isTrialCredits", "yes"),
+        ("seq", "one"),
+        ("held", "-5"),
+        ("holdsNext", "soon"),
     ];
     for (i, (field, bad)) in cases.iter().enumerate() {
         let who = account(&format!("u-corrupt-{i}"));
@@ -178,7 +260,7 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
             matches!(e, StoreError::Corrupt { what, key, detail }
                 if *what == format!("credits of account {who}") && *key == hash && detail.contains(field))
         };
-        let read = ledger.balance(&who).await;
+        let read = ledger.balance(&who, at(NOW)).await;
         assert!(
             read.as_ref().is_err_and(is_corrupt),
             "{field} = {bad:?}: read gave {read:?}"
@@ -194,6 +276,20 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
                 .await
                 .map(|_| ()),
             ledger.reset(&reset(&who, 5), now).await.map(|_| ()),
+            ledger
+                .reserve(
+                    &ReserveCredits::new(deduct(&who, 1, "k-reserve"), HOUR),
+                    now,
+                )
+                .await
+                .map(|_| ()),
+            ledger
+                .settle_hold(
+                    &SettleHold::new(who.clone(), "h1", None, Reason::default()).expect("valid"),
+                    now,
+                )
+                .await
+                .map(|_| ()),
         ];
         for write in writes {
             assert!(
@@ -255,8 +351,8 @@ async fn unknown_scripts_are_loaded_once_per_batch_after_a_script_flush() {
         call.await.expect("task").expect("grant after NOSCRIPT");
     }
     assert_eq!(
-        ledger.balance(&who).await.expect("read").map(|b| b.total),
-        Some(69)
+        ledger.balance(&who, at(NOW)).await.expect("read").total(),
+        69
     );
     let loads = info_field(&mut conn, "commandstats", "cmdstat_script|load").await;
     let calls: u64 = loads
@@ -365,13 +461,17 @@ async fn a_stopped_redis_is_unavailable_and_a_restarted_one_is_used_again() {
     // The dropped connections are replaced; the data is gone (persistence is off).
     let mut recovered = None;
     for _ in 0..100 {
-        if let Ok(balance) = ledger.balance(&who).await {
+        if let Ok(balance) = ledger.balance(&who, at(NOW)).await {
             recovered = Some(balance);
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(recovered, Some(None), "reads work again after the restart");
+    assert_eq!(
+        recovered.map(|b| b.last_update),
+        Some(None),
+        "reads work again after the restart (the data is gone)"
+    );
     assert!(store.ping().await.is_ok());
 }
 
@@ -416,8 +516,8 @@ async fn concurrent_calls_share_round_trips() {
         reads <= 16,
         "256 concurrent deducts took {reads} reads: not pipelined"
     );
-    let stored = ledger.balance(&who).await.expect("read").expect("exists");
-    assert_eq!(stored.used, 257);
+    let stored = ledger.balance(&who, at(NOW)).await.expect("read");
+    assert_eq!(stored.used(), 257);
 }
 
 #[tokio::test]
@@ -437,11 +537,11 @@ async fn a_broken_connection_is_never_handed_out_again() {
     let killed = server.drop_clients(&mut conn).await;
     assert_eq!(killed, 1, "the ledger's one connection");
     // The first call may meet the dead socket; every later one gets a new connection.
-    let first = ledger.balance(&who).await;
+    let first = ledger.balance(&who, at(NOW)).await;
     for i in 0..5 {
-        let later = ledger.balance(&who).await;
+        let later = ledger.balance(&who, at(NOW)).await;
         assert!(
-            matches!(later, Ok(Some(ref b)) if b.total == 100),
+            matches!(later, Ok(ref b) if b.total() == 100),
             "call {} after the kill (first gave {first:?}): {later:?}",
             i + 2
         );
@@ -495,7 +595,7 @@ async fn the_response_timeout_is_the_configured_one_not_redis_rs_default() {
     for ledger in [&patient, &hasty] {
         let mut answered = false;
         for _ in 0..100 {
-            if ledger.balance(&who).await.is_ok() {
+            if ledger.balance(&who, at(NOW)).await.is_ok() {
                 answered = true;
                 break;
             }
@@ -563,9 +663,9 @@ async fn closing_the_store_finishes_queued_calls_and_refuses_new_ones() {
     let (store, ledger) = ledger_on(&config(&server));
     let who = account("u-close");
     ledger
-        .grant(&grant(&who, 100, ""), at(NOW))
+        .reset(&reset(&who, 100), at(NOW))
         .await
-        .expect("grant");
+        .expect("reset");
     let queued: Vec<_> = (0..20)
         .map(|_| {
             let (ledger, who) = (ledger.clone(), who.clone());
@@ -578,7 +678,7 @@ async fn closing_the_store_finishes_queued_calls_and_refuses_new_ones() {
     for call in queued {
         assert!(call.await.expect("task").is_ok_and(|r| r.outcome.applied));
     }
-    let refused = ledger.balance(&who).await;
+    let refused = ledger.balance(&who, at(NOW)).await;
     assert!(
         matches!(refused, Err(StoreError::Unavailable(ref m)) if m.contains("closed")),
         "{refused:?}"
@@ -605,12 +705,8 @@ async fn a_change_the_replicas_do_not_confirm_may_have_been_applied_and_reads_ar
         "{granted:?}"
     );
     // The master has the change: a read sees it, and is not held by WAIT.
-    let balance = ledger
-        .balance(&who)
-        .await
-        .expect("a read")
-        .expect("a balance");
-    assert_eq!(balance.total, 100);
+    let balance = ledger.balance(&who, at(NOW)).await.expect("a read");
+    assert_eq!(balance.total(), 100);
     // A retry with the same key replays, and still cannot be confirmed;
     // WAIT gives up after its own timeout, well inside the response timeout.
     let started = Instant::now();
@@ -624,12 +720,8 @@ async fn a_change_the_replicas_do_not_confirm_may_have_been_applied_and_reads_ar
         "{:?}",
         started.elapsed()
     );
-    let balance = ledger
-        .balance(&who)
-        .await
-        .expect("a read")
-        .expect("a balance");
-    assert_eq!(balance.total, 100, "applied once");
+    let balance = ledger.balance(&who, at(NOW)).await.expect("a read");
+    assert_eq!(balance.total(), 100, "applied once");
 }
 
 #[tokio::test]
@@ -647,7 +739,7 @@ async fn a_change_a_replica_confirms_is_answered() {
     loop {
         match ledger.grant(&grant(&who, 100, "g-1"), at(NOW)).await {
             Ok(recorded) => {
-                assert_eq!(recorded.outcome.total, 100);
+                assert_eq!(recorded.outcome.balance.total(), 100);
                 break;
             }
             Err(error) => assert!(Instant::now() < deadline, "{error:?}"),
@@ -657,8 +749,11 @@ async fn a_change_a_replica_confirms_is_answered() {
     let on_replica: String = replica
         .connection()
         .await
-        .hget(keys::credits(&who), "total")
+        .hget(keys::grants(&who), "g-1")
         .await
         .expect("hget on the replica");
-    assert_eq!(on_replica, "100", "the answered change is on the replica");
+    assert!(
+        on_replica.starts_with("paid|100|100|"),
+        "the answered change is on the replica: {on_replica}"
+    );
 }
