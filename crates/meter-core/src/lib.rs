@@ -24,11 +24,11 @@ pub mod time;
 pub use account::AccountId;
 pub use clock::{Clock, SystemClock};
 pub use credits::{
-    Allowance, Caller, Charge, CreditAccount, CreditBalance, CreditLedger, Credits,
-    DeductCredits, DeductOutcome, Grant, GrantCredits, GrantKind, GrantOutcome, HistoryEntry,
-    HistoryId, HistoryKind, HistoryPage, HistoryQuery, HistoryRetention, Hold, MAX_CREDITS,
-    NewGrant, Reason, ReserveCredits, ReserveOutcome, ResetCredits, ResetSchedule, SettleHold,
-    SettleOutcome, Settlement,
+    Allowance, Caller, Charge, CreditAccount, CreditBalance, CreditLedger, Credits, DeductCredits,
+    DeductOutcome, Grant, GrantCredits, GrantKind, GrantOutcome, HistoryEntry, HistoryId,
+    HistoryKind, HistoryPage, HistoryQuery, HistoryRetention, Hold, MAX_CREDITS, NewGrant, Reason,
+    ReserveCredits, ReserveOutcome, ResetCredits, ResetSchedule, SettleHold, SettleOutcome,
+    Settlement,
 };
 pub use error::{InvalidArgument, MeterError, StoreError};
 pub use idempotency::{Idempotency, IdempotencyKey, IdempotencyWindow, Recorded};

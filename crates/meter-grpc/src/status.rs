@@ -20,6 +20,8 @@ pub fn to_status(error: MeterError) -> Status {
         // own; it conflicts with what this key already did. Retrying it as is
         // fails again; the caller needs a new key.
         MeterError::IdempotencyConflict { .. } => Status::failed_precondition(error.to_string()),
+        MeterError::NotFound(message) => Status::not_found(message),
+        MeterError::FailedPrecondition(message) => Status::failed_precondition(message),
         // The three store failures are UNAVAILABLE, not INTERNAL: each is
         // transient, and it is the code gRPC clients and retry policies retry
         // on. The messages differ in what a caller most needs to know: whether

@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use meter_core::{
     AccountId, Caller, CreditAccount, CreditBalance, CreditLedger, DeductCredits, DeductOutcome,
     GrantCredits, GrantOutcome, HistoryEntry, HistoryId, HistoryPage, HistoryQuery,
-    HistoryRetention, MeterError, NewGrant, Recorded, ReserveCredits, ReserveOutcome,
-    ResetCredits, SettleHold, SettleOutcome, StoreError, Timestamp,
+    HistoryRetention, MeterError, NewGrant, Recorded, ReserveCredits, ReserveOutcome, ResetCredits,
+    SettleHold, SettleOutcome, StoreError, Timestamp,
 };
 
 use crate::{AccountRecord, MemoryStore};
@@ -51,8 +51,12 @@ impl MemoryCreditLedger {
         change: impl FnOnce(&mut CreditAccount, &mut Vec<HistoryEntry>) -> Result<T, MeterError>,
     ) -> Result<Recorded<T>, MeterError> {
         let retention = self.retention();
-        self.store
-            .mutate(account, context, idempotency, now, |record: &mut AccountRecord| {
+        self.store.mutate(
+            account,
+            context,
+            idempotency,
+            now,
+            |record: &mut AccountRecord| {
                 let exists = record.credits.is_some();
                 let mut credits = record.credits.clone().unwrap_or_default();
                 let mut log = Vec::new();
@@ -62,12 +66,18 @@ impl MemoryCreditLedger {
                     append(&mut record.history, log, now, retention);
                 }
                 Ok(outcome)
-            })
+            },
+        )
     }
 }
 
 /// Appends `log` with ids that never go backwards, then trims to the retention.
-fn append(history: &mut History, log: Vec<HistoryEntry>, now: Timestamp, retention: HistoryRetention) {
+fn append(
+    history: &mut History,
+    log: Vec<HistoryEntry>,
+    now: Timestamp,
+    retention: HistoryRetention,
+) {
     let now_ms = u64::try_from(now.as_millis()).unwrap_or_default();
     for entry in log {
         let id = match history.back() {
@@ -91,12 +101,19 @@ fn append(history: &mut History, log: Vec<HistoryEntry>, now: Timestamp, retenti
 }
 
 impl CreditLedger for MemoryCreditLedger {
-    async fn balance(&self, account: &AccountId, now: Timestamp) -> Result<CreditBalance, StoreError> {
+    async fn balance(
+        &self,
+        account: &AccountId,
+        now: Timestamp,
+    ) -> Result<CreditBalance, StoreError> {
         Ok(self.store.read(account, |record| {
-            record.credits.clone().map_or_else(CreditBalance::default, |mut credits| {
-                credits.settle(now, &mut Vec::new());
-                credits.balance(now)
-            })
+            record
+                .credits
+                .clone()
+                .map_or_else(CreditBalance::default, |mut credits| {
+                    credits.settle(now, &mut Vec::new());
+                    credits.balance(now)
+                })
         }))
     }
 
@@ -107,13 +124,20 @@ impl CreditLedger for MemoryCreditLedger {
     ) -> Result<Recorded<DeductOutcome>, MeterError> {
         let idempotency = request.idempotency.as_ref();
         let caller = caller(idempotency, request.reason.as_str());
-        self.change(&request.account, CONTEXT, idempotency, now, false, |credits, log| {
-            let applied = credits.deduct(request.amount, now, caller, log);
-            Ok(DeductOutcome {
-                applied,
-                balance: credits.balance(now),
-            })
-        })
+        self.change(
+            &request.account,
+            CONTEXT,
+            idempotency,
+            now,
+            false,
+            |credits, log| {
+                let applied = credits.deduct(request.amount, now, caller, log);
+                Ok(DeductOutcome {
+                    applied,
+                    balance: credits.balance(now),
+                })
+            },
+        )
     }
 
     async fn grant(
@@ -129,13 +153,20 @@ impl CreditLedger for MemoryCreditLedger {
             amount: request.amount,
             expires: request.expires,
         };
-        self.change(&request.account, CONTEXT, idempotency, now, true, |credits, log| {
-            let grant_id = credits.grant(grant, now, caller, log)?;
-            Ok(GrantOutcome {
-                grant_id,
-                balance: credits.balance(now),
-            })
-        })
+        self.change(
+            &request.account,
+            CONTEXT,
+            idempotency,
+            now,
+            true,
+            |credits, log| {
+                let grant_id = credits.grant(grant, now, caller, log)?;
+                Ok(GrantOutcome {
+                    grant_id,
+                    balance: credits.balance(now),
+                })
+            },
+        )
     }
 
     async fn reset(
@@ -145,10 +176,17 @@ impl CreditLedger for MemoryCreditLedger {
     ) -> Result<Recorded<CreditBalance>, MeterError> {
         let idempotency = request.idempotency.as_ref();
         let caller = caller(idempotency, "");
-        self.change(&request.account, CONTEXT, idempotency, now, true, |credits, log| {
-            credits.reset(request.total, request.period, now, caller, log);
-            Ok(credits.balance(now))
-        })
+        self.change(
+            &request.account,
+            CONTEXT,
+            idempotency,
+            now,
+            true,
+            |credits, log| {
+                credits.reset(request.total, request.period, now, caller, log);
+                Ok(credits.balance(now))
+            },
+        )
     }
 
     async fn reserve(
@@ -159,13 +197,20 @@ impl CreditLedger for MemoryCreditLedger {
         let idempotency = request.idempotency.as_ref();
         let caller = caller(idempotency, request.reason.as_str());
         let expires = request.expires(now)?;
-        self.change(&request.account, CONTEXT, idempotency, now, false, |credits, log| {
-            let hold = credits.reserve(request.amount, expires, now, caller, log)?;
-            Ok(ReserveOutcome {
-                hold: hold.map(|h| (h.id, h.expires)),
-                balance: credits.balance(now),
-            })
-        })
+        self.change(
+            &request.account,
+            CONTEXT,
+            idempotency,
+            now,
+            false,
+            |credits, log| {
+                let hold = credits.reserve(request.amount, expires, now, caller, log)?;
+                Ok(ReserveOutcome {
+                    hold: hold.map(|h| (h.id, h.expires)),
+                    balance: credits.balance(now),
+                })
+            },
+        )
     }
 
     async fn settle_hold(
@@ -175,16 +220,23 @@ impl CreditLedger for MemoryCreditLedger {
     ) -> Result<Recorded<SettleOutcome>, MeterError> {
         let idempotency = request.idempotency();
         let hold_id = request.hold_id.as_str();
-        self.change(&request.account, HOLDS, Some(&idempotency), now, false, |credits, log| {
-            let settlement = credits.settle_hold(hold_id, request.commit, now, log)?;
-            if let Some(entry) = log.last_mut() {
-                request.reason.as_str().clone_into(&mut entry.reason);
-            }
-            Ok(SettleOutcome {
-                settlement,
-                balance: credits.balance(now),
-            })
-        })
+        self.change(
+            &request.account,
+            HOLDS,
+            Some(&idempotency),
+            now,
+            false,
+            |credits, log| {
+                let settlement = credits.settle_hold(hold_id, request.commit, now, log)?;
+                if let Some(entry) = log.last_mut() {
+                    request.reason.as_str().clone_into(&mut entry.reason);
+                }
+                Ok(SettleOutcome {
+                    settlement,
+                    balance: credits.balance(now),
+                })
+            },
+        )
     }
 
     async fn history(
@@ -196,12 +248,14 @@ impl CreditLedger for MemoryCreditLedger {
         let now_ms = u64::try_from(now.as_millis()).unwrap_or_default();
         let oldest = now_ms.saturating_sub(self.retention().max_age_millis());
         Ok(self.store.read(account, |record| {
-            let mut older = record
-                .history
-                .iter()
-                .rev()
-                .filter(|(id, _)| query.before.is_none_or(|before| *id < before) && id.millis >= oldest);
-            let entries: Vec<_> = older.by_ref().take(query.page_size as usize).cloned().collect();
+            let mut older = record.history.iter().rev().filter(|(id, _)| {
+                query.before.is_none_or(|before| *id < before) && id.millis >= oldest
+            });
+            let entries: Vec<_> = older
+                .by_ref()
+                .take(query.page_size as usize)
+                .cloned()
+                .collect();
             let next = if older.next().is_some() {
                 entries.last().map(|(id, _)| *id)
             } else {

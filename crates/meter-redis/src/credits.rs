@@ -4,11 +4,11 @@
 use std::sync::LazyLock;
 
 use meter_core::{
-    AccountId, Allowance, CreditBalance, CreditLedger, CreditPeriod, DeductCredits,
-    DeductOutcome, Grant, GrantCredits, GrantKind, GrantOutcome, HistoryEntry, HistoryId,
-    HistoryKind, HistoryPage, HistoryQuery, HistoryRetention, Idempotency, IdempotencyWindow,
-    InvalidArgument, MAX_CREDITS, MeterError, Recorded, ReserveCredits, ReserveOutcome,
-    ResetCredits, ResetSchedule, SettleHold, SettleOutcome, Settlement, StoreError, Timestamp,
+    AccountId, Allowance, CreditBalance, CreditLedger, CreditPeriod, DeductCredits, DeductOutcome,
+    Grant, GrantCredits, GrantKind, GrantOutcome, HistoryEntry, HistoryId, HistoryKind,
+    HistoryPage, HistoryQuery, HistoryRetention, Idempotency, IdempotencyWindow, InvalidArgument,
+    MAX_CREDITS, MeterError, Recorded, ReserveCredits, ReserveOutcome, ResetCredits, ResetSchedule,
+    SettleHold, SettleOutcome, Settlement, StoreError, Timestamp,
     credits::{MAX_LIVE_GRANTS, MAX_OPEN_HOLDS, total_overflow},
 };
 use redis::Value;
@@ -226,7 +226,8 @@ impl RedisCreditLedger {
         }
         let grants = values.split_off(CreditsReply::NAMES.len());
         let reply = CreditsReply::from_values(values).map_err(StoreError::Protocol)?;
-        let count = |text: &Option<String>| text.as_deref().and_then(parse_count).unwrap_or_default();
+        let count =
+            |text: &Option<String>| text.as_deref().and_then(parse_count).unwrap_or_default();
         match reply.status.as_deref() {
             Some("ok") => {
                 let balance = parse_balance(account, &reply, &grants)?;
@@ -372,7 +373,11 @@ fn parse_balance(
 }
 
 impl CreditLedger for RedisCreditLedger {
-    async fn balance(&self, account: &AccountId, now: Timestamp) -> Result<CreditBalance, StoreError> {
+    async fn balance(
+        &self,
+        account: &AccountId,
+        now: Timestamp,
+    ) -> Result<CreditBalance, StoreError> {
         let call = self.call(&READ, account, None, now);
         match self.run(call, account, None, 0).await {
             Ok(recorded) => Ok(recorded.outcome.1),
@@ -467,7 +472,9 @@ impl CreditLedger for RedisCreditLedger {
                 (Some(id), Some(text)) => Some((
                     id,
                     parse_time(text).ok_or_else(|| {
-                        StoreError::Protocol(format!("reserve reply for {account}: hold_expires {text:?}"))
+                        StoreError::Protocol(format!(
+                            "reserve reply for {account}: hold_expires {text:?}"
+                        ))
                     })?,
                 )),
                 _ => None,
@@ -514,8 +521,16 @@ impl CreditLedger for RedisCreditLedger {
         Ok(recorded.map(|(reply, balance)| SettleOutcome {
             settlement: Settlement {
                 hold_id: hold.to_owned(),
-                committed: reply.committed.as_deref().and_then(parse_count).unwrap_or_default(),
-                returned: reply.returned.as_deref().and_then(parse_count).unwrap_or_default(),
+                committed: reply
+                    .committed
+                    .as_deref()
+                    .and_then(parse_count)
+                    .unwrap_or_default(),
+                returned: reply
+                    .returned
+                    .as_deref()
+                    .and_then(parse_count)
+                    .unwrap_or_default(),
                 commit: reply.settled.as_deref() == Some("commit"),
             },
             balance,
@@ -535,7 +550,11 @@ impl CreditLedger for RedisCreditLedger {
         let mut command = redis::cmd("XREVRANGE");
         command
             .arg(&key)
-            .arg(query.before.map_or_else(|| "+".to_owned(), |id| format!("({id}")))
+            .arg(
+                query
+                    .before
+                    .map_or_else(|| "+".to_owned(), |id| format!("({id}")),
+            )
             .arg(oldest)
             .arg("COUNT")
             .arg(query.page_size + 1);
@@ -580,7 +599,8 @@ fn parse_history(key: &str, reply: Value) -> Result<Vec<(HistoryId, HistoryEntry
             let mut entry = HistoryEntry::new(Timestamp::EPOCH, HistoryKind::Deduct, 0, 0, 0);
             let mut seen_time = false;
             for field in fields.chunks(2) {
-                let (Some(name), Some(value)) = (field.first().and_then(text), field.get(1).and_then(text))
+                let (Some(name), Some(value)) =
+                    (field.first().and_then(text), field.get(1).and_then(text))
                 else {
                     return Err(corrupt(format!("entry {id}: a field that is not text")));
                 };

@@ -488,7 +488,11 @@ async fn exchange(
     wait: Option<Wait>,
 ) -> Vec<Reply> {
     // Reads alone change nothing to wait for.
-    let wait = wait.filter(|_| calls.iter().any(|call| call.script.is_some_and(|s| s.writes())));
+    let wait = wait.filter(|_| {
+        calls
+            .iter()
+            .any(|call| call.script.is_some_and(|s| s.writes()))
+    });
     match send_commands(pool, pipeline, asking, wait).await {
         Ok((values, confirmed)) => {
             let mut replies: Vec<Reply> = values.into_iter().map(Ok).collect();

@@ -151,7 +151,10 @@ impl LuaScript {
         body: &str,
     ) -> Self {
         let mut constants = HashMap::from([
-            ("MAX_CREDITS".to_owned(), meter_core::MAX_CREDITS.to_string()),
+            (
+                "MAX_CREDITS".to_owned(),
+                meter_core::MAX_CREDITS.to_string(),
+            ),
             (
                 "MAX_LIVE_GRANTS".to_owned(),
                 meter_core::credits::MAX_LIVE_GRANTS.to_string(),

@@ -134,8 +134,7 @@ async fn the_credit_keys_read_as_documented_with_redis_cli() {
             ("used", "1000"),
         ])
     );
-    let grants: BTreeMap<String, String> =
-        conn.hgetall("user:{u1}:grants").await.expect("hgetall");
+    let grants: BTreeMap<String, String> = conn.hgetall("user:{u1}:grants").await.expect("hgetall");
     assert_eq!(
         grants,
         fields(&[(

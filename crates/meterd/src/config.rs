@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
-use meter_core::{IdempotencyWindow, PlanCatalog, Secret, idempotency::WindowOutOfRange};
+use meter_core::{
+    HistoryRetention, IdempotencyWindow, PlanCatalog, Secret, idempotency::WindowOutOfRange,
+};
 use meter_redis::RedisConfig;
 
 /// The plan catalog used when `--plans` is not given: `deploy/plans.toml`.
@@ -20,6 +22,8 @@ mod defaults {
     pub const REDIS_MAX_PENDING: usize = 2048;
     pub const REDIS_WAIT_TIMEOUT: &str = "50ms";
     pub const IDEMPOTENCY_WINDOW: &str = "24h";
+    pub const HISTORY_MAX_AGE: &str = "90d";
+    pub const MAX_HOLD_TTL: &str = "24h";
     pub const HEALTH_INTERVAL: &str = "1s";
 }
 
@@ -109,6 +113,16 @@ pub struct ServiceArgs {
     /// How long an idempotency key is remembered per account, at most 30d.
     #[arg(long, env = "METERD_IDEMPOTENCY_WINDOW", default_value = defaults::IDEMPOTENCY_WINDOW, value_parser = parse_duration)]
     pub idempotency_window: Duration,
+    /// Newest history entries kept per account (1..=100000); each costs
+    /// about 100 bytes in Redis.
+    #[arg(long, env = "METERD_HISTORY_MAX_ENTRIES", default_value_t = HistoryRetention::DEFAULT.max_entries)]
+    pub history_max_entries: u32,
+    /// History entries older than this are dropped (at most 3650d).
+    #[arg(long, env = "METERD_HISTORY_MAX_AGE", default_value = defaults::HISTORY_MAX_AGE, value_parser = parse_duration)]
+    pub history_max_age: Duration,
+    /// The longest ttl Reserve accepts.
+    #[arg(long, env = "METERD_MAX_HOLD_TTL", default_value = defaults::MAX_HOLD_TTL, value_parser = parse_duration)]
+    pub max_hold_ttl: Duration,
     /// How often the store is checked for the health service.
     #[arg(long, env = "METERD_HEALTH_INTERVAL", default_value = defaults::HEALTH_INTERVAL, value_parser = parse_duration)]
     pub health_interval: Duration,
@@ -152,6 +166,10 @@ pub struct Config {
     pub catalog: Arc<PlanCatalog>,
     /// How long idempotency keys are remembered.
     pub idempotency_window: IdempotencyWindow,
+    /// How much credit history is kept per account.
+    pub history: HistoryRetention,
+    /// The longest hold Reserve accepts.
+    pub max_hold_ttl: Duration,
     /// How often store health is checked.
     pub health_interval: Duration,
     /// How long meterd keeps serving after reporting NOT_SERVING on SIGTERM.
@@ -170,6 +188,8 @@ impl Config {
             store,
             catalog: Arc::new(example_catalog()?),
             idempotency_window: IdempotencyWindow::new(duration(defaults::IDEMPOTENCY_WINDOW)?)?,
+            history: HistoryRetention::DEFAULT,
+            max_hold_ttl: duration(defaults::MAX_HOLD_TTL)?,
             health_interval: duration(defaults::HEALTH_INTERVAL)?,
             shutdown_delay: duration(defaults::SHUTDOWN_DELAY)?,
             shutdown_grace: duration(defaults::SHUTDOWN_GRACE)?,
@@ -195,6 +215,12 @@ pub enum ConfigError {
     /// The idempotency window is outside 1ms..=30d.
     #[error("--idempotency-window / METERD_IDEMPOTENCY_WINDOW: {0}")]
     IdempotencyWindow(#[from] WindowOutOfRange),
+    /// The history retention is out of range.
+    #[error("--history-max-entries / --history-max-age: {0}")]
+    History(String),
+    /// The longest hold is out of range.
+    #[error("--max-hold-ttl ({0:?}) must be from 1s to 30d")]
+    MaxHoldTtl(Duration),
     /// Waiting for replicas would outlast the wait for Redis's answer.
     #[error(
         "--redis-wait-timeout ({wait:?}) must be shorter than --redis-timeout ({response:?}): \
@@ -209,6 +235,13 @@ pub enum ConfigError {
     /// A built-in default does not parse (a bug).
     #[error("a built-in default does not parse: {0}")]
     Default(String),
+}
+
+fn check_hold_ttl(ttl: Duration) -> Result<Duration, ConfigError> {
+    if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(30 * 24 * 3600) {
+        return Err(ConfigError::MaxHoldTtl(ttl));
+    }
+    Ok(ttl)
 }
 
 fn example_catalog() -> Result<PlanCatalog, meter_core::CatalogError> {
@@ -254,6 +287,12 @@ impl Cli {
             store,
             catalog: Arc::new(catalog),
             idempotency_window: IdempotencyWindow::new(self.service.idempotency_window)?,
+            history: HistoryRetention::new(
+                self.service.history_max_entries,
+                self.service.history_max_age,
+            )
+            .map_err(ConfigError::History)?,
+            max_hold_ttl: check_hold_ttl(self.service.max_hold_ttl)?,
             health_interval: self.service.health_interval,
             shutdown_delay: self.grpc.shutdown_delay,
             shutdown_grace: self.grpc.shutdown_grace,

@@ -73,12 +73,16 @@ pub async fn run_with_clock<C: Clock + Clone>(
             tracing::warn!(
                 "no REDIS_URL: running on the embedded in-memory store; data is lost when meterd stops"
             );
-            let stores = MemoryStores::new(config.idempotency_window);
+            let stores = MemoryStores::new(config.idempotency_window, config.history);
             serve(stores, clock, &config, listener, shutdown).await
         }
         StoreConfig::Redis(redis) => {
             tracing::info!(url = %config::redact_url(redis.url.expose()), "using Redis");
-            let stores = RedisStores::new(RedisStore::open(redis)?, config.idempotency_window);
+            let stores = RedisStores::new(
+                RedisStore::open(redis)?,
+                config.idempotency_window,
+                config.history,
+            );
             serve(stores, clock, &config, listener, shutdown).await
         }
     }
@@ -91,11 +95,10 @@ async fn serve<S: Stores, C: Clock + Clone>(
     listener: TcpListener,
     shutdown: impl Future<Output = Stop> + Send + 'static,
 ) -> Result<(), RunError> {
-    let credits = Arc::new(Credits::new(
-        stores.credits(),
-        Arc::clone(&config.catalog),
-        clock,
-    ));
+    let credits = Arc::new(
+        Credits::new(stores.credits(), Arc::clone(&config.catalog), clock)
+            .with_max_hold_ttl(config.max_hold_ttl),
+    );
     let stores = Arc::new(stores);
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let (reporter, health_service) = health::service(phase.clone()).await;

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 
-use meter_core::{CreditLedger, IdempotencyWindow, StoreError};
+use meter_core::{CreditLedger, HistoryRetention, IdempotencyWindow, StoreError};
 use meter_memory::{MemoryCreditLedger, MemoryStore};
 use meter_redis::{RedisCreditLedger, RedisStore};
 
@@ -30,9 +30,10 @@ pub trait Stores: Send + Sync + 'static {
 pub struct MemoryStores(MemoryStore);
 
 impl MemoryStores {
-    /// An empty store remembering idempotency keys for `window`.
-    pub fn new(window: IdempotencyWindow) -> Self {
-        Self(MemoryStore::new(window))
+    /// An empty store remembering idempotency keys for `window`, keeping
+    /// `history` of each account's credit history.
+    pub fn new(window: IdempotencyWindow, history: HistoryRetention) -> Self {
+        Self(MemoryStore::new(window).with_history_retention(history))
     }
 }
 
@@ -55,12 +56,18 @@ impl Stores for MemoryStores {
 pub struct RedisStores {
     store: RedisStore,
     window: IdempotencyWindow,
+    history: HistoryRetention,
 }
 
 impl RedisStores {
-    /// The ports on `store`, remembering idempotency keys for `window`.
-    pub fn new(store: RedisStore, window: IdempotencyWindow) -> Self {
-        Self { store, window }
+    /// The ports on `store`, remembering idempotency keys for `window` and
+    /// keeping `history` of each account's credit history.
+    pub fn new(store: RedisStore, window: IdempotencyWindow, history: HistoryRetention) -> Self {
+        Self {
+            store,
+            window,
+            history,
+        }
     }
 }
 
@@ -68,7 +75,7 @@ impl Stores for RedisStores {
     type Credits = RedisCreditLedger;
 
     fn credits(&self) -> Self::Credits {
-        RedisCreditLedger::new(self.store.clone(), self.window)
+        RedisCreditLedger::new(self.store.clone(), self.window, self.history)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

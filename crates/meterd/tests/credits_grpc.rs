@@ -5,8 +5,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use meter_api::v1::{
-    DeductRequest, GetBalanceRequest, GrantRequest, ResetRequest,
-    credits_service_client::CreditsServiceClient,
+    CommitRequest, DeductRequest, GetBalanceRequest, GrantRequest, ListHistoryRequest,
+    ReleaseRequest, ReserveRequest, ResetRequest, credits_service_client::CreditsServiceClient,
 };
 use meter_redis::RedisConfig;
 use meter_testkit::{FixedClock, RedisServer};
@@ -116,7 +116,7 @@ async fn an_idempotent_replay_applies_once() {
         amount: 1_000,
         idempotency_key: "evt_1MqqbKLt4dXK03v5qaIbiNCC".into(),
         reason: "invoice.paid".into(),
-        trial: false,
+        ..GrantRequest::default()
     };
     let first = client
         .grant(grant.clone())
@@ -294,10 +294,104 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
         "{}",
         status.message()
     );
-    let keys: Vec<String> = redis.connection().await.keys("*").await.expect("keys");
+    let in_past = GrantRequest {
+        expire_time: Some(prost_types::Timestamp {
+            seconds: 1_000,
+            nanos: 0,
+        }),
+        ..grant(5)
+    };
+    let bad_grants = [
+        (
+            GrantRequest {
+                kind: 99,
+                ..grant(5)
+            },
+            "kind",
+        ),
+        (
+            GrantRequest {
+                kind: 3,
+                trial: true,
+                ..grant(5)
+            },
+            "trial",
+        ),
+        (in_past, "expire_time"),
+    ];
+    for (request, field) in bad_grants {
+        let status = client.grant(request.clone()).await.expect_err("invalid");
+        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
+        assert!(
+            status.message().starts_with(&format!("{field}: ")),
+            "{request:?}: {}",
+            status.message()
+        );
+    }
+    let reserve = |amount, ttl: Option<i64>| ReserveRequest {
+        account_id: "u1".into(),
+        amount,
+        ttl: ttl.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+        ..ReserveRequest::default()
+    };
+    for (request, field) in [
+        (reserve(5, None), "ttl"),
+        (reserve(5, Some(0)), "ttl"),
+        (reserve(5, Some(-1)), "ttl"),
+        (reserve(5, Some(86_401)), "ttl"),
+        (reserve(0, Some(60)), "amount"),
+    ] {
+        let status = client.reserve(request.clone()).await.expect_err("invalid");
+        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
+        assert!(
+            status.message().starts_with(&format!("{field}: ")),
+            "{request:?}: {}",
+            status.message()
+        );
+    }
+    let commit = |hold: &str, amount| CommitRequest {
+        account_id: "u1".into(),
+        hold_id: hold.into(),
+        amount,
+        ..CommitRequest::default()
+    };
+    for (request, field) in [
+        (commit("h1", 0), "amount"),
+        (commit("", 5), "hold_id"),
+        (commit("h 1", 5), "hold_id"),
+    ] {
+        let status = client.commit(request.clone()).await.expect_err("invalid");
+        assert!(
+            status.code() == Code::InvalidArgument
+                && status.message().starts_with(&format!("{field}: ")),
+            "{request:?}: {status:?}"
+        );
+    }
+    let history = |page_size, page_token: &str| ListHistoryRequest {
+        account_id: "u1".into(),
+        page_size,
+        page_token: page_token.into(),
+    };
+    for (request, field) in [
+        (history(501, ""), "page_size"),
+        (history(-1, ""), "page_size"),
+        (history(10, "not-a-token"), "page_token"),
+    ] {
+        let status = client
+            .list_history(request.clone())
+            .await
+            .expect_err("invalid");
+        assert!(
+            status.code() == Code::InvalidArgument
+                && status.message().starts_with(&format!("{field}: ")),
+            "{request:?}: {status:?}"
+        );
+    }
+    let mut keys: Vec<String> = redis.connection().await.keys("*").await.expect("keys");
+    keys.sort();
     assert_eq!(
         keys,
-        vec!["user:{u1}:credits".to_owned()],
+        ["user:{u1}:credits", "user:{u1}:grants", "user:{u1}:history"],
         "only the valid grant wrote"
     );
 }

@@ -448,7 +448,13 @@ mod tests {
 
     fn month(total: i64, now: Timestamp) -> CreditAccount {
         let mut account = CreditAccount::default();
-        account.reset(total, CreditPeriod::Month, now, Caller::default(), &mut Vec::new());
+        account.reset(
+            total,
+            CreditPeriod::Month,
+            now,
+            Caller::default(),
+            &mut Vec::new(),
+        );
         account
     }
 
@@ -458,19 +464,33 @@ mod tests {
         let mut account = month(100, start);
         let mut log = Vec::new();
         account
-            .grant(grant(GrantKind::Paid, 500, Some("2026-03-01T00:00:00.000Z")), start, Caller::default(), &mut log)
+            .grant(
+                grant(GrantKind::Paid, 500, Some("2026-03-01T00:00:00.000Z")),
+                start,
+                Caller::default(),
+                &mut log,
+            )
             .expect("grant");
         assert!(account.deduct(150, start, Caller::default(), &mut log));
         assert_eq!(account.remaining(), 450, "the allowance went first");
         let next = ts("2026-02-11T00:00:00.000Z");
         account.settle(next, &mut log);
-        assert_eq!(account.remaining(), 550, "the pack did not come back in full");
+        assert_eq!(
+            account.remaining(),
+            550,
+            "the pack did not come back in full"
+        );
         account.settle(ts("2026-03-01T00:00:00.000Z"), &mut log);
         assert_eq!(account.remaining(), 100, "the pack's 450 expired");
         let kinds: Vec<_> = log.iter().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
-            [HistoryKind::Grant, HistoryKind::Deduct, HistoryKind::PeriodReset, HistoryKind::Expire]
+            [
+                HistoryKind::Grant,
+                HistoryKind::Deduct,
+                HistoryKind::PeriodReset,
+                HistoryKind::Expire
+            ]
         );
         assert_eq!(log[3].change, -450);
     }
@@ -481,17 +501,40 @@ mod tests {
         let mut account = month(10, now);
         let mut log = Vec::new();
         let forever = account
-            .grant(grant(GrantKind::Paid, 10, None), now, Caller::default(), &mut log)
+            .grant(
+                grant(GrantKind::Paid, 10, None),
+                now,
+                Caller::default(),
+                &mut log,
+            )
             .expect("grant");
         let late = account
-            .grant(grant(GrantKind::Trial, 10, Some("2026-06-01T00:00:00.000Z")), now, Caller::default(), &mut log)
+            .grant(
+                grant(GrantKind::Trial, 10, Some("2026-06-01T00:00:00.000Z")),
+                now,
+                Caller::default(),
+                &mut log,
+            )
             .expect("grant");
         let soon = account
-            .grant(grant(GrantKind::Promotion, 10, Some("2026-02-01T00:00:00.000Z")), now, Caller::default(), &mut log)
+            .grant(
+                grant(GrantKind::Promotion, 10, Some("2026-02-01T00:00:00.000Z")),
+                now,
+                Caller::default(),
+                &mut log,
+            )
             .expect("grant");
         assert!(account.deduct(25, now, Caller::default(), &mut log));
-        let left: Vec<(&str, i64)> = account.grants.iter().map(|g| (g.id.as_str(), g.left)).collect();
-        assert_eq!(left, [(late.as_str(), 5), (forever.as_str(), 10)], "{soon} was used up");
+        let left: Vec<(&str, i64)> = account
+            .grants
+            .iter()
+            .map(|g| (g.id.as_str(), g.left))
+            .collect();
+        assert_eq!(
+            left,
+            [(late.as_str(), 5), (forever.as_str(), 10)],
+            "{soon} was used up"
+        );
         assert_eq!(account.allowance.used, 10);
         assert!(account.balance(now).trial(), "trial credits remain");
     }
@@ -502,10 +545,21 @@ mod tests {
         let mut account = month(10, now);
         let mut log = Vec::new();
         account
-            .grant(grant(GrantKind::Paid, 10, None), now, Caller::default(), &mut log)
+            .grant(
+                grant(GrantKind::Paid, 10, None),
+                now,
+                Caller::default(),
+                &mut log,
+            )
             .expect("grant");
         let hold = account
-            .reserve(15, ts("2026-01-10T00:05:00.000Z"), now, Caller::default(), &mut log)
+            .reserve(
+                15,
+                ts("2026-01-10T00:05:00.000Z"),
+                now,
+                Caller::default(),
+                &mut log,
+            )
             .expect("reserve")
             .expect("enough");
         assert_eq!((hold.allowance, hold.grants.len()), (10, 1));
@@ -516,7 +570,9 @@ mod tests {
         assert_eq!((settled.committed, settled.returned), (12, 3));
         assert_eq!(account.remaining(), 8, "3 went back to the grant");
         assert_eq!(account.held(), 0);
-        let error = account.settle_hold(&hold.id, None, now, &mut log).expect_err("settled");
+        let error = account
+            .settle_hold(&hold.id, None, now, &mut log)
+            .expect_err("settled");
         assert!(matches!(error, MeterError::NotFound(_)));
     }
 
@@ -526,17 +582,33 @@ mod tests {
         let mut account = month(5, now);
         let mut log = Vec::new();
         account
-            .grant(grant(GrantKind::Paid, 5, Some("2026-01-10T00:01:00.000Z")), now, Caller::default(), &mut log)
+            .grant(
+                grant(GrantKind::Paid, 5, Some("2026-01-10T00:01:00.000Z")),
+                now,
+                Caller::default(),
+                &mut log,
+            )
             .expect("grant");
         let hold = account
-            .reserve(10, ts("2026-03-01T00:00:00.000Z"), now, Caller::default(), &mut log)
+            .reserve(
+                10,
+                ts("2026-03-01T00:00:00.000Z"),
+                now,
+                Caller::default(),
+                &mut log,
+            )
             .expect("reserve")
             .expect("enough");
         let later = ts("2026-02-11T00:00:00.000Z");
-        let settled = account.settle_hold(&hold.id, None, later, &mut log).expect("release");
+        let settled = account
+            .settle_hold(&hold.id, None, later, &mut log)
+            .expect("release");
         assert_eq!(settled.returned, 0);
         assert_eq!(account.remaining(), 5, "the new period's allowance only");
-        assert!(account.grants.is_empty(), "the expired grant is gone once nothing holds it");
+        assert!(
+            account.grants.is_empty(),
+            "the expired grant is gone once nothing holds it"
+        );
     }
 
     #[test]
@@ -545,13 +617,22 @@ mod tests {
         let mut account = month(10, now);
         let mut log = Vec::new();
         let hold = account
-            .reserve(4, ts("2026-01-10T00:00:30.000Z"), now, Caller::default(), &mut log)
+            .reserve(
+                4,
+                ts("2026-01-10T00:00:30.000Z"),
+                now,
+                Caller::default(),
+                &mut log,
+            )
             .expect("reserve")
             .expect("enough");
         account.settle(ts("2026-01-10T00:00:30.000Z"), &mut log);
         assert_eq!((account.remaining(), account.held()), (10, 0));
         let last = log.last().expect("logged");
-        assert_eq!((last.kind, last.change, last.hold.as_str()), (HistoryKind::HoldExpired, 4, hold.id.as_str()));
+        assert_eq!(
+            (last.kind, last.change, last.hold.as_str()),
+            (HistoryKind::HoldExpired, 4, hold.id.as_str())
+        );
     }
 
     #[test]
@@ -559,10 +640,22 @@ mod tests {
         let now = ts("2026-01-10T00:00:00.000Z");
         let mut account = CreditAccount::default();
         let mut log = Vec::new();
-        let with = |id| NewGrant { id, ..grant(GrantKind::Paid, 1, None) };
-        assert_eq!(account.grant(with("pack-1"), now, Caller::default(), &mut log), Ok("pack-1".into()));
-        assert_eq!(account.grant(with("pack-1"), now, Caller::default(), &mut log), Ok("pack-1#1".into()));
-        assert_eq!(account.grant(with(""), now, Caller::default(), &mut log), Ok("g2".into()));
+        let with = |id| NewGrant {
+            id,
+            ..grant(GrantKind::Paid, 1, None)
+        };
+        assert_eq!(
+            account.grant(with("pack-1"), now, Caller::default(), &mut log),
+            Ok("pack-1".into())
+        );
+        assert_eq!(
+            account.grant(with("pack-1"), now, Caller::default(), &mut log),
+            Ok("pack-1#1".into())
+        );
+        assert_eq!(
+            account.grant(with(""), now, Caller::default(), &mut log),
+            Ok("g2".into())
+        );
     }
 
     #[test]
@@ -570,14 +663,38 @@ mod tests {
         let now = ts("2026-01-10T00:00:00.000Z");
         let mut account = CreditAccount::default();
         let mut log = Vec::new();
-        account.grant(grant(GrantKind::Paid, MAX_CREDITS, None), now, Caller::default(), &mut log).expect("fits");
-        let error = account.grant(grant(GrantKind::Paid, 1, None), now, Caller::default(), &mut log);
+        account
+            .grant(
+                grant(GrantKind::Paid, MAX_CREDITS, None),
+                now,
+                Caller::default(),
+                &mut log,
+            )
+            .expect("fits");
+        let error = account.grant(
+            grant(GrantKind::Paid, 1, None),
+            now,
+            Caller::default(),
+            &mut log,
+        );
         assert!(matches!(error, Err(MeterError::InvalidArgument(ref e)) if e.field == "amount"));
         let mut account = CreditAccount::default();
         for _ in 0..MAX_LIVE_GRANTS {
-            account.grant(grant(GrantKind::Paid, 1, None), now, Caller::default(), &mut log).expect("fits");
+            account
+                .grant(
+                    grant(GrantKind::Paid, 1, None),
+                    now,
+                    Caller::default(),
+                    &mut log,
+                )
+                .expect("fits");
         }
-        let error = account.grant(grant(GrantKind::Paid, 1, None), now, Caller::default(), &mut log);
+        let error = account.grant(
+            grant(GrantKind::Paid, 1, None),
+            now,
+            Caller::default(),
+            &mut log,
+        );
         assert!(matches!(error, Err(MeterError::FailedPrecondition(_))));
     }
 
@@ -595,7 +712,8 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (1i64..60).prop_map(Step::Deduct),
-            (1i64..80, proptest::option::of(1i64..5_000_000_000)).prop_map(|(a, e)| Step::Grant(a, e)),
+            (1i64..80, proptest::option::of(1i64..5_000_000_000))
+                .prop_map(|(a, e)| Step::Grant(a, e)),
             (1i64..60, 1i64..3_000_000_000).prop_map(|(a, t)| Step::Reserve(a, t)),
             (0usize..4, 0i64..60).prop_map(|(i, c)| Step::Commit(i, c)),
             (0usize..4).prop_map(Step::Release),

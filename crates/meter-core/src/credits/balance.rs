@@ -124,12 +124,7 @@ impl Grant {
     /// The deduct order: earliest expiry first, grants without one last,
     /// ties oldest first (then by id, so the order is total).
     pub fn spend_order(&self) -> (bool, Option<Timestamp>, Timestamp, &str) {
-        (
-            self.expires.is_none(),
-            self.expires,
-            self.created,
-            &self.id,
-        )
+        (self.expires.is_none(), self.expires, self.created, &self.id)
     }
 }
 

@@ -200,13 +200,21 @@ impl GrantCredits {
         {
             return Err(InvalidArgument::new(
                 "expire_time",
-                format!("is {at}, not after now ({now}); give a future time, or none for a grant that never expires"),
+                format!(
+                    "is {at}, not after now ({now}); give a future time, or none for a grant that never expires"
+                ),
             ));
         }
         let expiry = expires.map(|t| t.to_string()).unwrap_or_default();
         let idempotency = Idempotency::new(
             key,
-            &["grant", &amount.to_string(), reason.as_str(), kind.as_str(), &expiry],
+            &[
+                "grant",
+                &amount.to_string(),
+                reason.as_str(),
+                kind.as_str(),
+                &expiry,
+            ],
         );
         Ok(Self {
             account,
@@ -266,7 +274,10 @@ impl ReserveCredits {
             .and_then(|ms| now.as_millis().checked_add(ms))
             .and_then(Timestamp::from_millis)
             .ok_or_else(|| {
-                InvalidArgument::new("ttl", format!("{:?} from now is past the year 9999", self.ttl))
+                InvalidArgument::new(
+                    "ttl",
+                    format!("{:?} from now is past the year 9999", self.ttl),
+                )
             })
     }
 }
@@ -416,8 +427,16 @@ mod tests {
         assert_ne!(print(5, "a"), print(6, "a"));
         assert_ne!(print(5, "a"), print(5, "b"));
         let now = Timestamp::EPOCH;
-        let grant = GrantCredits::new(account.clone(), 5, reason("a"), GrantKind::Paid, None, key(), now)
-            .expect("valid");
+        let grant = GrantCredits::new(
+            account.clone(),
+            5,
+            reason("a"),
+            GrantKind::Paid,
+            None,
+            key(),
+            now,
+        )
+        .expect("valid");
         assert_ne!(grant.idempotency.map(|i| i.fingerprint), print(5, "a"));
     }
 

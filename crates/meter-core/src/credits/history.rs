@@ -95,7 +95,13 @@ pub struct HistoryEntry {
 
 impl HistoryEntry {
     /// An entry of `kind` at `time`, every text field empty.
-    pub fn new(time: Timestamp, kind: HistoryKind, amount: i64, change: i64, remaining: i64) -> Self {
+    pub fn new(
+        time: Timestamp,
+        kind: HistoryKind,
+        amount: i64,
+        change: i64,
+        remaining: i64,
+    ) -> Self {
         Self {
             time,
             kind,
@@ -126,7 +132,9 @@ impl HistoryId {
         let bad = || {
             InvalidArgument::new(
                 field,
-                format!("{text:?} is not a page token from ListHistory; send the next_page_token of the previous page, or nothing for the first"),
+                format!(
+                    "{text:?} is not a page token from ListHistory; send the next_page_token of the previous page, or nothing for the first"
+                ),
             )
         };
         let (millis, seq) = text.split_once('-').ok_or_else(bad)?;
@@ -252,7 +260,17 @@ mod tests {
             seq: 3,
         };
         assert_eq!(HistoryId::parse("page_token", &id.to_string()), Ok(id));
-        for bad in ["", "-", "1-", "-1", "1-2-3", "a-1", "1767225600000", "+1-0", " 1-0"] {
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1-2-3",
+            "a-1",
+            "1767225600000",
+            "+1-0",
+            " 1-0",
+        ] {
             let err = HistoryId::parse("page_token", bad).expect_err(bad);
             assert_eq!(err.field, "page_token");
         }

@@ -4,8 +4,8 @@ use std::future::Future;
 
 use crate::{
     AccountId, CreditBalance, DeductCredits, DeductOutcome, GrantCredits, GrantOutcome,
-    HistoryPage, HistoryQuery, MeterError, Recorded, ReserveCredits, ReserveOutcome,
-    ResetCredits, SettleHold, SettleOutcome, StoreError, Timestamp,
+    HistoryPage, HistoryQuery, MeterError, Recorded, ReserveCredits, ReserveOutcome, ResetCredits,
+    SettleHold, SettleOutcome, StoreError, Timestamp,
 };
 
 /// Keeps every account's credits and their history; each mutation is one atomic step.

@@ -74,7 +74,11 @@ fn deduct(who: &AccountId, amount: i64, idem: &str) -> DeductCredits {
 }
 
 fn grant(who: &AccountId, amount: i64, trial: bool, idem: &str) -> GrantCredits {
-    let kind = if trial { GrantKind::Trial } else { GrantKind::Paid };
+    let kind = if trial {
+        GrantKind::Trial
+    } else {
+        GrantKind::Paid
+    };
     grant_of(who, amount, kind, None, idem)
 }
 
@@ -129,7 +133,10 @@ where
 {
     let (ledger, _guard) = make(window(DAY), history_window()).await;
     let who = account("nobody");
-    assert_eq!(ledger.balance(&who, at(NOW)).await.map(|b| b.last_update), Ok(None));
+    assert_eq!(
+        ledger.balance(&who, at(NOW)).await.map(|b| b.last_update),
+        Ok(None)
+    );
     let charged = ledger
         .deduct(&deduct(&who, 1, ""), at(NOW))
         .await
@@ -187,7 +194,10 @@ where
         .expect("deduct");
     assert!(!declined.outcome.applied);
     let stored = ledger.balance(&who, at(NOW)).await.expect("read");
-    assert_eq!((stored.total(), stored.used(), stored.trial()), (100, 30, true));
+    assert_eq!(
+        (stored.total(), stored.used(), stored.trial()),
+        (100, 30, true)
+    );
     assert_eq!(stored.last_update, Some(later));
     let paid = ledger
         .grant(&grant(&who, 5, false, ""), later)
@@ -301,10 +311,7 @@ where
         .expect("grant");
     let again = ledger.deduct(&charge, at(NOW)).await.expect("deduct");
     assert!(again.replayed && !again.outcome.applied);
-    assert_eq!(
-        ledger.balance(&who, at(NOW)).await.expect("read").used(),
-        0
-    );
+    assert_eq!(ledger.balance(&who, at(NOW)).await.expect("read").used(), 0);
 }
 
 /// A key reused with other arguments is refused, and nothing is written.
@@ -357,10 +364,7 @@ where
         .await
         .expect("grant");
     assert!(!on_a.replayed && !on_b.replayed);
-    assert_eq!(
-        ledger.balance(&b, at(NOW)).await.expect("read").total(),
-        10
-    );
+    assert_eq!(ledger.balance(&b, at(NOW)).await.expect("read").total(), 10);
 }
 
 /// A key is remembered until the window has passed by the store's clock, then
@@ -442,10 +446,7 @@ where
     assert_eq!(charged.outcome.balance.used(), 20);
     let stored = ledger.balance(&who, february).await.expect("read");
     assert_eq!(stored.used(), 20);
-    assert_eq!(
-        stored.reset_time(),
-        Some(at("2026-03-15T09:00:00.000Z"))
-    );
+    assert_eq!(stored.reset_time(), Some(at("2026-03-15T09:00:00.000Z")));
     assert_eq!(stored.last_update, Some(february));
 }
 
@@ -481,7 +482,10 @@ where
         .await
         .expect("grant");
     assert_eq!(
-        (granted.outcome.balance.used(), granted.outcome.balance.total()),
+        (
+            granted.outcome.balance.used(),
+            granted.outcome.balance.total()
+        ),
         (0, 101)
     );
     assert_eq!(
@@ -535,7 +539,12 @@ where
         .expect("reset")
         .outcome;
     assert_eq!(
-        (fresh.total(), fresh.used(), fresh.remaining(), fresh.trial()),
+        (
+            fresh.total(),
+            fresh.used(),
+            fresh.remaining(),
+            fresh.trial()
+        ),
         (1_100, 60, 1_040, true),
         "the trial grant and its 40 left stay"
     );
@@ -551,7 +560,12 @@ where
     let retried = ledger.reset(&request, at(NOW)).await.expect("reset");
     assert!(retried.replayed);
     assert_eq!(
-        ledger.balance(&who, at(NOW)).await.expect("read").allowance.used,
+        ledger
+            .balance(&who, at(NOW))
+            .await
+            .expect("read")
+            .allowance
+            .used,
         7,
         "a retried reset wipes nothing"
     );
@@ -575,7 +589,8 @@ where
         .await
         .expect("grant");
     assert_eq!(
-        at_max.outcome.balance.total(), MAX_CREDITS,
+        at_max.outcome.balance.total(),
+        MAX_CREDITS,
         "the maximum itself is exact"
     );
     let refused = ledger.grant(&grant(&who, 1, false, "over"), at(NOW)).await;
@@ -607,19 +622,32 @@ where
         .expect("reset");
     let pack = ledger
         .grant(
-            &grant_of(&who, 500, GrantKind::Paid, Some("2026-03-01T00:00:00.000Z"), "pack-500"),
+            &grant_of(
+                &who,
+                500,
+                GrantKind::Paid,
+                Some("2026-03-01T00:00:00.000Z"),
+                "pack-500",
+            ),
             start,
         )
         .await
         .expect("grant");
-    assert_eq!(pack.outcome.grant_id, "pack-500", "the idempotency key names the grant");
+    assert_eq!(
+        pack.outcome.grant_id, "pack-500",
+        "the idempotency key names the grant"
+    );
     let charged = ledger
         .deduct(&deduct(&who, 150, ""), start)
         .await
         .expect("deduct");
     let after = &charged.outcome.balance;
     assert_eq!(
-        (after.allowance.used, after.grants[0].left, after.remaining()),
+        (
+            after.allowance.used,
+            after.grants[0].left,
+            after.remaining()
+        ),
         (100, 450, 450),
         "the allowance goes first"
     );
@@ -636,7 +664,10 @@ where
         .await
         .expect("deduct");
     assert_eq!(
-        (expired.outcome.balance.total(), expired.outcome.balance.remaining()),
+        (
+            expired.outcome.balance.total(),
+            expired.outcome.balance.remaining()
+        ),
         (100, 99),
         "the pack's 450 expired"
     );
@@ -698,7 +729,11 @@ where
         .iter()
         .map(|g| g.id.clone())
         .collect();
-    assert_eq!(listed, ["soon", "late", "forever"], "listed in deduct order");
+    assert_eq!(
+        listed,
+        ["soon", "late", "forever"],
+        "listed in deduct order"
+    );
     let charged = ledger
         .deduct(&deduct(&who, 25, ""), now)
         .await
@@ -729,7 +764,16 @@ where
     let who = account("u-kinds");
     let now = at(NOW);
     ledger
-        .grant(&grant_of(&who, 20, GrantKind::Trial, Some("2026-03-24T12:00:00.000Z"), "trial"), now)
+        .grant(
+            &grant_of(
+                &who,
+                20,
+                GrantKind::Trial,
+                Some("2026-03-24T12:00:00.000Z"),
+                "trial",
+            ),
+            now,
+        )
         .await
         .expect("grant");
     let paid = ledger
@@ -742,7 +786,10 @@ where
         paid.grants.iter().map(|g| (g.id.clone(), g.kind)).collect();
     assert_eq!(
         kinds,
-        [("trial".to_owned(), GrantKind::Trial), ("paid".to_owned(), GrantKind::Paid)]
+        [
+            ("trial".to_owned(), GrantKind::Trial),
+            ("paid".to_owned(), GrantKind::Paid)
+        ]
     );
     assert!(paid.trial(), "trial credits remain");
     let used_up = ledger
@@ -775,7 +822,16 @@ where
         .await
         .expect("reset");
     ledger
-        .grant(&grant_of(&who, 300, GrantKind::Paid, Some("2026-12-01T00:00:00.000Z"), ""), now)
+        .grant(
+            &grant_of(
+                &who,
+                300,
+                GrantKind::Paid,
+                Some("2026-12-01T00:00:00.000Z"),
+                "",
+            ),
+            now,
+        )
         .await
         .expect("grant");
     let tasks: Vec<_> = (0..64)
@@ -833,20 +889,33 @@ where
         .await
         .expect("reset");
     let held = ledger
-        .reserve(&reserve(&who, 70, Duration::from_secs(30), "call-1"), clock.now())
+        .reserve(
+            &reserve(&who, 70, Duration::from_secs(30), "call-1"),
+            clock.now(),
+        )
         .await
         .expect("reserve");
     let (hold, expires) = held.outcome.hold.expect("held");
     assert_eq!(expires, at("2026-03-10T12:00:30.000Z"));
-    assert_eq!((held.outcome.balance.remaining(), held.outcome.balance.held), (30, 70));
+    assert_eq!(
+        (held.outcome.balance.remaining(), held.outcome.balance.held),
+        (30, 70)
+    );
     let declined = ledger
         .reserve(&reserve(&who, 31, Duration::from_secs(30), ""), clock.now())
         .await
         .expect("reserve");
-    assert_eq!(declined.outcome.hold, None, "held credits are not available");
+    assert_eq!(
+        declined.outcome.hold, None,
+        "held credits are not available"
+    );
     clock.advance(Duration::from_secs(30));
     let read = ledger.balance(&who, clock.now()).await.expect("read");
-    assert_eq!((read.remaining(), read.held), (100, 0), "a read sees it released");
+    assert_eq!(
+        (read.remaining(), read.held),
+        (100, 0),
+        "a read sees it released"
+    );
     let late = ledger
         .settle_hold(&commit(&who, &hold, Some(10)), clock.now())
         .await;
@@ -856,7 +925,11 @@ where
         .await
         .expect("deduct");
     let page = ledger
-        .history(&who, &HistoryQuery::parse(2, "").expect("query"), clock.now())
+        .history(
+            &who,
+            &HistoryQuery::parse(2, "").expect("query"),
+            clock.now(),
+        )
         .await
         .expect("history");
     assert_eq!(page.entries[0].1.kind, HistoryKind::Deduct);
@@ -890,7 +963,9 @@ where
         .hold
         .expect("held");
     let before = ledger.balance(&who, now).await.expect("read");
-    let over = ledger.settle_hold(&commit(&who, &hold, Some(41)), now).await;
+    let over = ledger
+        .settle_hold(&commit(&who, &hold, Some(41)), now)
+        .await;
     assert!(
         matches!(over, Err(MeterError::InvalidArgument(ref e)) if e.field == "amount"),
         "{over:?}"
@@ -902,7 +977,10 @@ where
         .expect("commit");
     assert!(!first.replayed);
     assert_eq!(
-        (first.outcome.settlement.committed, first.outcome.settlement.returned),
+        (
+            first.outcome.settlement.committed,
+            first.outcome.settlement.returned
+        ),
         (25, 15)
     );
     assert_eq!(first.outcome.balance.remaining(), 75);
@@ -914,9 +992,15 @@ where
         assert!(repeat.replayed);
         assert_eq!(repeat.outcome, first.outcome);
     }
-    assert_eq!(ledger.balance(&who, now).await.expect("read").remaining(), 75);
+    assert_eq!(
+        ledger.balance(&who, now).await.expect("read").remaining(),
+        75
+    );
     let unknown = ledger.settle_hold(&commit(&who, "h999", None), now).await;
-    assert!(matches!(unknown, Err(MeterError::NotFound(_))), "{unknown:?}");
+    assert!(
+        matches!(unknown, Err(MeterError::NotFound(_))),
+        "{unknown:?}"
+    );
 }
 
 /// Entries come newest first, page by page; their changes add up to the
@@ -939,7 +1023,10 @@ where
     let charge = DeductCredits::new(who.clone(), 7, reason, key("msg-1")).expect("valid");
     ledger.deduct(&charge, clock.now()).await.expect("deduct");
     ledger
-        .grant(&grant_of(&who, 30, GrantKind::Promotion, None, "promo"), clock.now())
+        .grant(
+            &grant_of(&who, 30, GrantKind::Promotion, None, "promo"),
+            clock.now(),
+        )
         .await
         .expect("grant");
     let (hold, _) = ledger
@@ -963,7 +1050,11 @@ where
     let mut token = String::new();
     loop {
         let page = ledger
-            .history(&who, &HistoryQuery::parse(3, &token).expect("query"), clock.now())
+            .history(
+                &who,
+                &HistoryQuery::parse(3, &token).expect("query"),
+                clock.now(),
+            )
             .await
             .expect("history");
         assert!(page.entries.len() <= 3);
@@ -998,7 +1089,12 @@ where
     }
     let deduct = &entries[5].1;
     assert_eq!(
-        (deduct.amount, deduct.change, deduct.key.as_str(), deduct.reason.as_str()),
+        (
+            deduct.amount,
+            deduct.change,
+            deduct.key.as_str(),
+            deduct.reason.as_str()
+        ),
         (7, -7, "msg-1", "chat: gpt-4o")
     );
     let committed = &entries[2].1;
@@ -1032,13 +1128,23 @@ where
             .expect("deduct");
     }
     let all = HistoryQuery::parse(100, "").expect("query");
-    let page = ledger.history(&who, &all, clock.now()).await.expect("history");
+    let page = ledger
+        .history(&who, &all, clock.now())
+        .await
+        .expect("history");
     assert_eq!(page.entries.len(), 5, "the newest 5");
-    assert!(page.entries.iter().all(|(_, e)| e.kind == HistoryKind::Deduct));
+    assert!(
+        page.entries
+            .iter()
+            .all(|(_, e)| e.kind == HistoryKind::Deduct)
+    );
     assert_eq!(page.entries[0].1.remaining, 92);
     assert_eq!(page.next, None);
     clock.advance(Duration::from_secs(3600 - 60 * 2));
-    let aged = ledger.history(&who, &all, clock.now()).await.expect("history");
+    let aged = ledger
+        .history(&who, &all, clock.now())
+        .await
+        .expect("history");
     assert_eq!(
         aged.entries.len(),
         3,
@@ -1049,6 +1155,9 @@ where
         .deduct(&deduct(&who, 1, ""), clock.now())
         .await
         .expect("deduct");
-    let fresh = ledger.history(&who, &all, clock.now()).await.expect("history");
+    let fresh = ledger
+        .history(&who, &all, clock.now())
+        .await
+        .expect("history");
     assert_eq!(fresh.entries.len(), 1);
 }
