@@ -7,7 +7,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use meter_redis::{credits::CreditsHash, script::Layout};
+use meter_core::HistoryRetention;
+use meter_redis::{credits, script::LuaScript};
 use tokio::process::Command;
 
 use crate::scenario::{CeilingCommand, SPREAD_ACCOUNTS};
@@ -30,11 +31,38 @@ pub struct CeilingProbe {
     port: u16,
     concurrency: usize,
     requests: u64,
-    deduct_sha: String,
-    grant_sha: String,
 }
 
+/// The idempotency window the scripts are called with (unused without a key).
 const WINDOW_MS: &str = "86400000";
+
+/// The arguments every credits script starts with after its keys: the
+/// clock, no idempotency key, and meterd's default history retention.
+fn script_head(script: &LuaScript, account: &str) -> Vec<String> {
+    let retention = HistoryRetention::DEFAULT;
+    let mut args = vec![
+        "EVALSHA".to_owned(),
+        script.hash().to_owned(),
+        "4".to_owned(),
+    ];
+    args.extend(
+        ["credits", "grants", "holds", "history"].map(|name| format!("user:{{{account}}}:{name}")),
+    );
+    args.extend([
+        now_ms().to_string(),
+        now_text(),
+        String::new(),
+        WINDOW_MS.to_owned(),
+        retention.max_entries.to_string(),
+        retention.max_age_millis().to_string(),
+    ]);
+    args
+}
+
+fn with(mut head: Vec<String>, rest: &[&str]) -> Vec<String> {
+    head.extend(rest.iter().map(|a| (*a).to_owned()));
+    head
+}
 
 impl CeilingProbe {
     /// Loads meterd's scripts into the Redis at `url` and funds the ceiling's accounts.
@@ -54,47 +82,41 @@ impl CeilingProbe {
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
-        let (deduct, grant) = (
-            meter_redis::credits::deduct_script(),
-            meter_redis::credits::grant_script(),
-        );
-        for script in [deduct, grant] {
+        for script in [
+            credits::deduct_script(),
+            credits::grant_script(),
+            credits::reset_script(),
+            credits::reserve_script(),
+            credits::read_script(),
+        ] {
             let _: String = script
                 .load_command()
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
         }
-        let probe = Self {
+        let mut accounts = vec![HOT.to_owned(), CYCLE.to_owned()];
+        accounts.extend((0..SPREAD_ACCOUNTS).map(|i| format!("ceiling-{i:012}")));
+        // Every account starts with the largest allowance, renewed yearly.
+        let total = ((1i64 << 53) - 1).to_string();
+        for account in accounts {
+            let args = with(
+                script_head(credits::reset_script(), &account),
+                &[&total, "year", "9999-01-01T00:00:00.000Z", ""],
+            );
+            let funded: Result<Vec<Option<String>>, _> = redis::cmd(&args[0])
+                .arg(&args[1..])
+                .query_async(&mut conn)
+                .await;
+            funded.map_err(|e| format!("funding the ceiling accounts: {e}"))?;
+        }
+        Ok(Self {
             redis_benchmark,
             host,
             port,
             concurrency,
             requests,
-            deduct_sha: deduct.hash().to_owned(),
-            grant_sha: grant.hash().to_owned(),
-        };
-        // Fund the accounts the deduct commands hit, so every deduct applies
-        // (and writes) just as meterd's do.
-        let mut keys = vec![hot_key()];
-        keys.extend((0..SPREAD_ACCOUNTS).map(|i| format!("user:{{ceiling-{i:012}}}:credits")));
-        for key in keys {
-            // ARGV as meterd sends it: the mutation head, then amount and trial.
-            let granted: Result<Vec<Option<String>>, _> = redis::cmd("EVALSHA")
-                .arg(grant.hash())
-                .arg(1)
-                .arg(key)
-                .arg(now_ms())
-                .arg(now_text())
-                .arg("")
-                .arg(WINDOW_MS)
-                .arg((1i64 << 53) - 1)
-                .arg("false")
-                .query_async(&mut conn)
-                .await;
-            granted.map_err(|e| format!("funding the ceiling accounts: {e}"))?;
-        }
-        Ok(probe)
+        })
     }
 
     /// The ceiling of `command` with `pipeline` commands per round trip and
@@ -107,49 +129,38 @@ impl CeilingProbe {
         pipeline: u32,
         concurrency: Option<usize>,
     ) -> Result<Ceiling, String> {
-        let (now, text) = (now_ms().to_string(), now_text());
-        let args: Vec<String> = match command {
-            // ARGV as meterd sends it: now_ms, now_text, fingerprint,
-            // window_ms, then the script's own arguments.
-            CeilingCommand::DeductHot => vec![
-                "EVALSHA".into(),
-                self.deduct_sha.clone(),
-                "1".into(),
-                hot_key(),
-                now,
-                text,
-                String::new(),
-                WINDOW_MS.into(),
-                "1".into(),
-            ],
-            CeilingCommand::DeductSpread => vec![
-                "EVALSHA".into(),
-                self.deduct_sha.clone(),
-                "1".into(),
-                "user:{ceiling-__rand_int__}:credits".into(),
-                now,
-                text,
-                String::new(),
-                WINDOW_MS.into(),
-                "1".into(),
-            ],
-            CeilingCommand::ReadBalance => {
-                let mut args = vec!["HMGET".to_owned(), hot_key()];
-                args.extend(CreditsHash::NAMES.iter().map(|f| (*f).to_owned()));
-                args
+        // `__rand_int__` is replaced by redis-benchmark, from 0 to `-r` - 1.
+        let (args, keyspace) = match command {
+            CeilingCommand::DeductHot => (
+                with(script_head(credits::deduct_script(), HOT), &["1", "", ""]),
+                SPREAD_ACCOUNTS,
+            ),
+            CeilingCommand::DeductSpread => (
+                with(
+                    script_head(credits::deduct_script(), "ceiling-__rand_int__"),
+                    &["1", "", ""],
+                ),
+                SPREAD_ACCOUNTS,
+            ),
+            CeilingCommand::ReadScript => {
+                (script_head(credits::read_script(), HOT), SPREAD_ACCOUNTS)
             }
-            CeilingCommand::Grant => vec![
-                "EVALSHA".into(),
-                self.grant_sha.clone(),
-                "1".into(),
-                hot_key(),
-                now,
-                text,
-                String::new(),
-                WINDOW_MS.into(),
-                "1".into(),
-                "false".into(),
-            ],
+            // A grant bucket per account: each grant on one of 10^9
+            // accounts, so none reaches the limit of live grants.
+            CeilingCommand::Grant => (
+                with(
+                    script_head(credits::grant_script(), "ceiling-grant-__rand_int__"),
+                    &["1", "paid", "", "", ""],
+                ),
+                1_000_000_000,
+            ),
+            CeilingCommand::ReserveCycle => (
+                with(
+                    script_head(credits::reserve_script(), CYCLE),
+                    &["2", &now_text(), "", ""],
+                ),
+                SPREAD_ACCOUNTS,
+            ),
         };
         let output = Command::new(&self.redis_benchmark)
             .args([
@@ -166,13 +177,7 @@ impl CeilingProbe {
                 "-P",
                 &pipeline.to_string(),
             ])
-            .args([
-                "-r",
-                &SPREAD_ACCOUNTS.to_string(),
-                "--csv",
-                "--precision",
-                "3",
-            ])
+            .args(["-r", &keyspace.to_string(), "--csv", "--precision", "3"])
             .args(&args)
             .stdin(Stdio::null())
             .output()
@@ -194,9 +199,10 @@ impl CeilingProbe {
     }
 }
 
-fn hot_key() -> String {
-    "user:{ceiling-hot}:credits".to_owned()
-}
+/// The hot account of the ceiling.
+const HOT: &str = "ceiling-hot";
+/// The account of the reserve cycle.
+const CYCLE: &str = "ceiling-cycle";
 
 fn now_ms() -> i64 {
     SystemTime::now()

@@ -35,9 +35,9 @@ use crate::{
 #[command(name = "meter-bench", version)]
 pub struct Args {
     /// Scenarios, comma-separated: deduct-hot, deduct-hot-many, deduct-spread, get-balance,
-    /// grant, mixed; or `standard` (all of them on Redis; deduct-hot, deduct-spread,
-    /// get-balance and mixed on a cluster; deduct-hot, deduct-hot-many, get-balance and
-    /// mixed on the embedded store).
+    /// grant, mixed, reserve-commit; or `standard` (all of them on Redis; deduct-hot,
+    /// deduct-spread, get-balance and mixed on a cluster; deduct-hot, deduct-hot-many,
+    /// get-balance, mixed and reserve-commit on the embedded store).
     #[arg(long, value_delimiter = ',', default_value = "standard")]
     pub scenarios: Vec<String>,
     /// Stores to run on, comma-separated.
@@ -119,6 +119,7 @@ impl Store {
                 Scenario::DeductHotMany,
                 Scenario::GetBalance,
                 Scenario::Mixed,
+                Scenario::ReserveCommit,
             ],
         }
     }

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use meter_api::v1::{
-    DeductRequest, GetBalanceRequest, GrantRequest, ResetRequest,
+    CommitRequest, DeductRequest, GetBalanceRequest, GrantRequest, ReserveRequest, ResetRequest,
     credits_service_client::CreditsServiceClient,
 };
 use tonic::{Status, transport::Channel};
@@ -51,10 +51,15 @@ pub enum Scenario {
     DeductSpread,
     /// Read one account's balance.
     GetBalance,
-    /// Grant 1 credit, each caller to its own account.
+    /// Grant 1 credit, each caller to its own accounts (a new one every
+    /// 50 grants: an account holds at most 100 live grants).
     Grant,
-    /// Real-looking traffic over 1,000 accounts: 70 % reads, 25 % deducts, 5 % grants.
+    /// Real-looking traffic over 1,000 accounts: 70 % reads, 25 % deducts,
+    /// 5 % grants (to each caller's own accounts, as in `grant`).
     Mixed,
+    /// Reserve 2 credits of one hot account, then commit 1: one cycle of
+    /// an LLM call, two calls.
+    ReserveCommit,
 }
 
 /// What a request did, for the end-state check.
@@ -75,21 +80,26 @@ pub enum CeilingCommand {
     DeductHot,
     /// EVALSHA of the deduct script on one of 1,000 accounts.
     DeductSpread,
-    /// The HMGET of a balance read.
-    ReadBalance,
-    /// EVALSHA of the grant script.
+    /// EVALSHA of the grant script, each on a fresh account.
     Grant,
+    /// EVALSHA of the read script.
+    ReadScript,
+    /// EVALSHA of the reserve script with holds that expire at once: each
+    /// call releases the previous hold and makes one, the Redis work of a
+    /// reserve-commit cycle in one call.
+    ReserveCycle,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::DeductHot,
         Self::DeductHotMany,
         Self::DeductSpread,
         Self::GetBalance,
         Self::Grant,
         Self::Mixed,
+        Self::ReserveCommit,
     ];
 
     /// The name used on the command line and in reports.
@@ -101,6 +111,7 @@ impl Scenario {
             Self::GetBalance => "get-balance",
             Self::Grant => "grant",
             Self::Mixed => "mixed",
+            Self::ReserveCommit => "reserve-commit",
         }
     }
 
@@ -135,13 +146,14 @@ impl Scenario {
         match self {
             Self::DeductHot | Self::DeductHotMany => vec![(1.0, CeilingCommand::DeductHot)],
             Self::DeductSpread => vec![(1.0, CeilingCommand::DeductSpread)],
-            Self::GetBalance => vec![(1.0, CeilingCommand::ReadBalance)],
+            Self::GetBalance => vec![(1.0, CeilingCommand::ReadScript)],
             Self::Grant => vec![(1.0, CeilingCommand::Grant)],
             Self::Mixed => vec![
-                (0.70, CeilingCommand::ReadBalance),
+                (0.70, CeilingCommand::ReadScript),
                 (0.25, CeilingCommand::DeductSpread),
                 (0.05, CeilingCommand::Grant),
             ],
+            Self::ReserveCommit => vec![(1.0, CeilingCommand::ReserveCycle)],
         }
     }
 
@@ -150,15 +162,17 @@ impl Scenario {
         self,
         client: &mut Client,
         run: &str,
-        workers: usize,
+        _workers: usize,
     ) -> Result<(), Status> {
         let accounts: Vec<(String, i64)> = match self {
-            Self::DeductHot | Self::DeductHotMany => vec![(hot(run, self), MAX_CREDITS)],
+            Self::DeductHot | Self::DeductHotMany | Self::ReserveCommit => {
+                vec![(hot(run, self), MAX_CREDITS)]
+            }
             Self::DeductSpread => (0..SPREAD_ACCOUNTS)
                 .map(|i| (spread(run, "spread", i), MAX_CREDITS))
                 .collect(),
             Self::GetBalance => vec![(read(run), READ_TOTAL)],
-            Self::Grant => (0..workers).map(|w| (granted(run, w), 0)).collect(),
+            Self::Grant => Vec::new(),
             Self::Mixed => (0..SPREAD_ACCOUNTS)
                 .map(|i| (spread(run, "mixed", i), MIXED_TOTAL))
                 .collect(),
@@ -201,14 +215,15 @@ impl Scenario {
                     )))
                 }
             }
-            Self::Grant => grant(client, granted(run, worker)).await,
+            Self::Grant => grant(client, granted(run, self, worker, seq / 50)).await,
             Self::Mixed => match seq % 20 {
                 0..14 => balance_total(client, spread(run, "mixed", pick))
                     .await
                     .map(|_| Effect::Nothing),
                 14..19 => deduct(client, spread(run, "mixed", pick)).await,
-                _ => grant(client, spread(run, "mixed", pick)).await,
+                _ => grant(client, granted(run, self, worker, seq / 1_000)).await,
             },
+            Self::ReserveCommit => reserve_commit(client, hot(run, self)).await,
         }
     }
 
@@ -228,19 +243,36 @@ impl Scenario {
                 .fold((0i64, 0i64), |(t, u), (a, b)| (t + a, u + b))
         };
         let (expected_total, accounts) = match self {
-            Self::DeductHot | Self::DeductHotMany => (MAX_CREDITS, vec![hot(run, self)]),
+            Self::DeductHot | Self::DeductHotMany | Self::ReserveCommit => {
+                (MAX_CREDITS, vec![hot(run, self)])
+            }
             Self::DeductSpread => (
                 MAX_CREDITS * SPREAD_ACCOUNTS as i64,
                 spread_names(run, "spread"),
             ),
             Self::GetBalance => return Ok("every read saw the stored total".into()),
-            Self::Grant => (0, (0..workers).map(|w| granted(run, w)).collect()),
+            Self::Grant => (0, Vec::new()),
             Self::Mixed => (
                 MIXED_TOTAL * SPREAD_ACCOUNTS as i64,
                 spread_names(run, "mixed"),
             ),
         };
         let mut balances = Vec::with_capacity(accounts.len());
+        if matches!(self, Self::Grant | Self::Mixed) {
+            // Each caller's grant accounts, in order, up to the first it never reached.
+            for worker in 0..workers {
+                for bucket in 0.. {
+                    let account = granted(run, self, worker, bucket);
+                    let read = balance(client, account)
+                        .await
+                        .map_err(|s| format!("reading the end state: {s}"))?;
+                    if read.0 == 0 {
+                        break;
+                    }
+                    balances.push(read);
+                }
+            }
+        }
         for account in accounts {
             balances.push(
                 balance(client, account)
@@ -279,8 +311,8 @@ fn read(run: &str) -> String {
     format!("{run}-read")
 }
 
-fn granted(run: &str, worker: usize) -> String {
-    format!("{run}-grant-{worker}")
+fn granted(run: &str, scenario: Scenario, worker: usize, bucket: u64) -> String {
+    format!("{run}-{scenario}-granted-{worker}-{bucket}")
 }
 
 fn spread(run: &str, kind: &str, i: u64) -> String {
@@ -313,6 +345,33 @@ async fn grant(client: &mut Client, account_id: String) -> Result<Effect, Status
     };
     client.grant(request).await?;
     Ok(Effect::Granted)
+}
+
+async fn reserve_commit(client: &mut Client, account_id: String) -> Result<Effect, Status> {
+    let held = client
+        .reserve(ReserveRequest {
+            account_id: account_id.clone(),
+            amount: 2,
+            ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            ..ReserveRequest::default()
+        })
+        .await?
+        .into_inner();
+    if !held.applied {
+        return Ok(Effect::Nothing);
+    }
+    client
+        .commit(CommitRequest {
+            account_id,
+            hold_id: held.hold_id,
+            amount: 1,
+            reason: String::new(),
+        })
+        .await?;
+    Ok(Effect::Deducted)
 }
 
 async fn balance(client: &mut Client, account_id: String) -> Result<(i64, i64), Status> {
