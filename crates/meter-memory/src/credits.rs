@@ -13,7 +13,7 @@ use meter_core::{
 
 use crate::{AccountRecord, MemoryStore};
 
-/// The idempotency context of credits calls (Redis keeps them under `idem:credits:`).
+/// The idempotency context of credits calls (Redis keeps them under `idem:credits:v2:`).
 const CONTEXT: &str = "credits";
 /// The idempotency context of settled holds, keyed by hold id (`idem:hold:` on Redis).
 const HOLDS: &str = "hold";
@@ -183,7 +183,7 @@ impl CreditLedger for MemoryCreditLedger {
             now,
             true,
             |credits, log| {
-                credits.reset(request.total, request.period, now, caller, log);
+                credits.reset(request.total, request.period, now, caller, log)?;
                 Ok(credits.balance(now))
             },
         )

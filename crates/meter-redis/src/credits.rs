@@ -41,6 +41,8 @@ layout! {
         held = "held",
         /// No later than the earliest expiry of an open hold; absent without holds.
         holds_next = "holdsNext",
+        /// The number of the allowance period now running (every reset counts one).
+        period = "period",
     }
 }
 
@@ -49,7 +51,8 @@ layout! {
     /// and what an idempotency record keeps.
     pub struct CreditsReply as "CREDITS_REPLY" {
         /// `ok`, `conflict` (key reused with other arguments), `overflow`,
-        /// `too_many_grants`, `too_many_holds`, `no_hold` or `above_hold`.
+        /// `reset_overflow`, `too_many_grants`, `too_many_holds`, `no_hold`
+        /// or `above_hold`.
         status = "status",
         /// `1` when the change was made.
         applied = "applied",
@@ -242,6 +245,14 @@ impl RedisCreditLedger {
                     .unwrap_or_default(),
             }),
             Some("overflow") => Err(total_overflow(count(&reply.total), amount).into()),
+            Some("reset_overflow") => Err(InvalidArgument::new(
+                "total",
+                format!(
+                    "with the {} credits of live grants would exceed the maximum balance of {MAX_CREDITS}",
+                    count(&reply.total)
+                ),
+            )
+            .into()),
             Some("too_many_grants") => Err(MeterError::FailedPrecondition(format!(
                 "the account has {MAX_LIVE_GRANTS} live grants, the most it may hold; \
                  grant more credits in one grant, or after some are used or expire"
@@ -544,6 +555,10 @@ impl CreditLedger for RedisCreditLedger {
         now: Timestamp,
     ) -> Result<HistoryPage, StoreError> {
         let key = keys::history(account);
+        // Nothing is older than the first id there is (and Redis refuses `(0-0`).
+        if query.before == Some(HistoryId { millis: 0, seq: 0 }) {
+            return Ok(HistoryPage::default());
+        }
         let oldest = u64::try_from(now.as_millis())
             .unwrap_or_default()
             .saturating_sub(self.retention.max_age_millis());

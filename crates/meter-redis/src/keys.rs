@@ -37,8 +37,11 @@ pub fn hold_idempotency(account: &AccountId, hold: &IdempotencyKey) -> String {
 }
 
 /// The remembered outcome of one idempotent credits call (a JSON string with a TTL).
+///
+/// `v2`: the replies of the credit model with grants and holds, which
+/// meterd versions before it cannot read (nor it theirs).
 pub fn credits_idempotency(account: &AccountId, key: &IdempotencyKey) -> String {
-    format!("user:{{{account}}}:idem:credits:{}", key.as_str())
+    format!("user:{{{account}}}:idem:credits:v2:{}", key.as_str())
 }
 
 #[cfg(test)]
@@ -54,7 +57,7 @@ mod tests {
         assert_eq!(credits(&account), "user:{org_42}:credits");
         assert_eq!(
             credits_idempotency(&account, &key),
-            "user:{org_42}:idem:credits:evt_1"
+            "user:{org_42}:idem:credits:v2:evt_1"
         );
     }
 }

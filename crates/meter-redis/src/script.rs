@@ -17,8 +17,9 @@
 //! assembly refuses any `<LAYOUT>_<name>` that the layout does not have.
 //!
 //! Absent reply values are `''`, the form every version of meter writes and
-//! reads, so replicas of two versions can replay each other's idempotency
-//! records during a rolling deploy.
+//! reads, so replicas of two versions with the same layout can replay each
+//! other's idempotency records during a rolling deploy (a layout that
+//! changes its order gets a new record namespace, as credits did: `v2`).
 
 use std::{collections::HashMap, fmt::Write as _};
 

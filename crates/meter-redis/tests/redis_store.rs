@@ -126,6 +126,7 @@ async fn the_credit_keys_read_as_documented_with_redis_cli() {
             ("held", "980"),
             ("holdsNext", "2026-02-01T00:01:00.000Z"),
             ("lastUpdate", "2026-02-01T00:00:00.000Z"),
+            ("period", "1"),
             ("resetAnchor", "2026-01-31T10:00:00.000Z"),
             ("resetDate", "2026-02-28T10:00:00.000Z"),
             ("resetPeriod", "month"),
@@ -145,10 +146,7 @@ async fn the_credit_keys_read_as_documented_with_redis_cli() {
     let holds: BTreeMap<String, String> = conn.hgetall("user:{u1}:holds").await.expect("hgetall");
     assert_eq!(
         holds,
-        fields(&[(
-            "h1",
-            "980|2026-02-01T00:01:00.000Z|970|2026-02-28T10:00:00.000Z|pack-1=10"
-        )])
+        fields(&[("h1", "980|2026-02-01T00:01:00.000Z|970|1|pack-1=10")])
     );
     let history: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
         .arg("user:{u1}:history")
@@ -244,6 +242,7 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
         ("seq", "one"),
         ("held", "-5"),
         ("holdsNext", "soon"),
+        ("period", "-1"),
     ];
     for (i, (field, bad)) in cases.iter().enumerate() {
         let who = account(&format!("u-corrupt-{i}"));
@@ -299,7 +298,7 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
         let after: BTreeMap<String, String> = conn.hgetall(&hash).await.expect("hgetall");
         assert_eq!(after, before, "{field} = {bad:?}: nothing was touched");
         let remembered: bool = conn
-            .exists(format!("user:{{{who}}}:idem:credits:k-deduct"))
+            .exists(format!("user:{{{who}}}:idem:credits:v2:k-deduct"))
             .await
             .expect("exists");
         assert!(!remembered, "no idempotency record for a refused call");
@@ -423,7 +422,7 @@ async fn idempotency_records_name_their_expiry_and_carry_the_window_as_ttl() {
         .await
         .expect("deduct");
     let mut conn = server.connection().await;
-    let record_key = "user:{u-ttl}:idem:credits:k-1";
+    let record_key = "user:{u-ttl}:idem:credits:v2:k-1";
     let ttl: i64 = conn.pttl(record_key).await.expect("pttl");
     assert!((3_500_000..=3_600_000).contains(&ttl), "ttl {ttl} ms");
     let record: String = conn.get(record_key).await.expect("get");

@@ -27,8 +27,9 @@ pub struct Hold {
     pub expires: Timestamp,
     /// Credits taken from the allowance.
     pub allowance: i64,
-    /// The end of the allowance period they came from.
-    pub period_end: Option<Timestamp>,
+    /// The number of the allowance period they came from
+    /// ([`CreditAccount::period`]); they go back only while it runs.
+    pub period: u64,
     /// Credits taken from each grant, by grant id, in the order taken.
     pub grants: Vec<(String, i64)>,
 }
@@ -61,6 +62,9 @@ pub struct CreditAccount {
     pub last_update: Option<Timestamp>,
     /// The last number given to a generated grant or hold id.
     pub seq: u64,
+    /// The number of the allowance period now running: every reset, lazy
+    /// or not, counts one.
+    pub period: u64,
 }
 
 /// The idempotency key and reason of a call, for its history entry.
@@ -117,6 +121,7 @@ impl CreditAccount {
         {
             let change = self.allowance.used.min(self.allowance.total);
             self.allowance.used = 0;
+            self.period += 1;
             self.allowance.schedule = Some(ResetSchedule {
                 next_reset: end,
                 ..schedule
@@ -133,6 +138,7 @@ impl CreditAccount {
             }
             !expired
         });
+        // Stable: holds of the same expiry in the order they were made.
         due.sort_by_key(|h| h.expires);
         for hold in due {
             let returned = self.give_back(&hold, 0, now);
@@ -192,7 +198,7 @@ impl CreditAccount {
         let kept = keep.min(hold.allowance);
         keep -= kept;
         let back = (hold.allowance - kept).min(self.allowance.used);
-        if back > 0 && self.allowance.period_end() == hold.period_end {
+        if back > 0 && self.period == hold.period {
             self.allowance.used -= back;
             returned += back;
         }
@@ -294,7 +300,8 @@ impl CreditAccount {
     }
 
     /// Starts a new period at `now` with `total` credits, none used; grants
-    /// and holds stay as they are.
+    /// and holds stay as they are. Refuses a total that would take the
+    /// balance past [`MAX_CREDITS`] with the live grants.
     pub fn reset(
         &mut self,
         total: i64,
@@ -302,9 +309,19 @@ impl CreditAccount {
         now: Timestamp,
         caller: Caller<'_>,
         log: &mut Vec<HistoryEntry>,
-    ) {
+    ) -> Result<(), InvalidArgument> {
         self.settle(now, log);
+        let granted = self.balance(now).total() - self.allowance.total;
+        if total > MAX_CREDITS - granted {
+            return Err(InvalidArgument::new(
+                "total",
+                format!(
+                    "{total} with the {granted} credits of live grants would exceed the maximum balance of {MAX_CREDITS}"
+                ),
+            ));
+        }
         let before = self.remaining();
+        self.period += 1;
         self.allowance = Allowance {
             total,
             used: 0,
@@ -318,6 +335,7 @@ impl CreditAccount {
         log[at].amount = total;
         log[at].change = self.remaining() - before;
         tag(&mut log[at], caller);
+        Ok(())
     }
 
     /// Holds `amount` until `expires` if that much remains; `None` (and no
@@ -343,14 +361,13 @@ impl CreditAccount {
         // Numbers are never reused, so a hold id names one hold forever.
         self.seq += 1;
         let id = format!("h{}", self.seq);
-        let period_end = self.allowance.period_end();
         let (allowance, grants) = self.take(amount, true);
         let hold = Hold {
             id: id.clone(),
             amount,
             expires,
             allowance,
-            period_end,
+            period: self.period,
             grants,
         };
         self.holds.push(hold.clone());
@@ -448,13 +465,15 @@ mod tests {
 
     fn month(total: i64, now: Timestamp) -> CreditAccount {
         let mut account = CreditAccount::default();
-        account.reset(
-            total,
-            CreditPeriod::Month,
-            now,
-            Caller::default(),
-            &mut Vec::new(),
-        );
+        account
+            .reset(
+                total,
+                CreditPeriod::Month,
+                now,
+                Caller::default(),
+                &mut Vec::new(),
+            )
+            .expect("in range");
         account
     }
 
@@ -612,6 +631,56 @@ mod tests {
     }
 
     #[test]
+    fn held_allowance_never_returns_to_a_later_period_with_the_same_end() {
+        // Resets on Jan 30 and Jan 31 both end on Feb 28 (clamped).
+        let mut account = month(51, ts("2026-01-30T10:00:00.000Z"));
+        let mut log = Vec::new();
+        let now = ts("2026-01-31T10:00:00.000Z");
+        let hold = account
+            .reserve(
+                1,
+                ts("2026-02-01T00:00:00.000Z"),
+                now,
+                Caller::default(),
+                &mut log,
+            )
+            .expect("reserve")
+            .expect("enough");
+        account
+            .reset(51, CreditPeriod::Month, now, Caller::default(), &mut log)
+            .expect("in range");
+        assert!(account.deduct(51, now, Caller::default(), &mut log));
+        let settled = account
+            .settle_hold(&hold.id, None, now, &mut log)
+            .expect("release");
+        assert_eq!((settled.returned, account.remaining()), (0, 0));
+    }
+
+    #[test]
+    fn a_reset_past_the_maximum_balance_with_the_grants_is_refused() {
+        let now = ts("2026-01-10T00:00:00.000Z");
+        let mut account = CreditAccount::default();
+        let mut log = Vec::new();
+        account
+            .grant(
+                grant(GrantKind::Paid, MAX_CREDITS - 100, None),
+                now,
+                Caller::default(),
+                &mut log,
+            )
+            .expect("fits");
+        let error = account
+            .reset(101, CreditPeriod::Month, now, Caller::default(), &mut log)
+            .expect_err("too much");
+        assert_eq!(error.field, "total");
+        assert!(
+            account
+                .reset(100, CreditPeriod::Month, now, Caller::default(), &mut log)
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn an_expired_hold_is_released_by_the_next_call() {
         let now = ts("2026-01-10T00:00:00.000Z");
         let mut account = month(10, now);
@@ -753,7 +822,7 @@ mod tests {
                         now = Timestamp::from_millis(now.as_millis() + ms).expect("in range");
                         account.settle(now, &mut log);
                     }
-                    Step::Reset(total) => account.reset(total, CreditPeriod::Month, now, Caller::default(), &mut log),
+                    Step::Reset(total) => account.reset(total, CreditPeriod::Month, now, Caller::default(), &mut log).expect("in range"),
                 }
                 prop_assert!(account.remaining() >= 0);
                 prop_assert!(account.allowance.used >= 0 && account.allowance.used <= account.allowance.total.max(account.allowance.used));

@@ -170,9 +170,10 @@ impl HistoryRetention {
     /// Most entries an account may keep.
     pub const MAX_ENTRIES: u32 = 100_000;
 
-    /// The retention meterd starts with: 1,000 entries, 90 days.
+    /// The retention meterd starts with: 200 entries (at most ~19 KB per
+    /// account on Redis), 90 days.
     pub const DEFAULT: Self = Self {
-        max_entries: 1_000,
+        max_entries: 200,
         max_age: Duration::from_secs(90 * 24 * 3600),
     };
 

@@ -110,11 +110,11 @@ impl<L: CreditLedger, C: Clock> Credits<L, C> {
         charge: DeductCredits,
         ttl: Duration,
     ) -> Result<Recorded<ReserveOutcome>, MeterError> {
-        if ttl.is_zero() || ttl > self.max_hold_ttl {
+        if ttl.as_millis() == 0 || ttl > self.max_hold_ttl {
             return Err(InvalidArgument::new(
                 "ttl",
                 format!(
-                    "is {ttl:?}; it must be more than 0 and at most {:?} (meterd's --max-hold-ttl)",
+                    "is {ttl:?}; it must be at least 1ms and at most {:?} (meterd's --max-hold-ttl)",
                     self.max_hold_ttl
                 ),
             )

@@ -45,6 +45,8 @@ macro_rules! credit_ledger_contract {
             settling_a_hold_twice_answers_the_first_outcome,
             the_history_adds_up_to_the_balance_change_newest_first,
             the_history_is_trimmed_by_count_and_age,
+            held_allowance_goes_back_only_to_the_period_it_came_from,
+            a_reset_past_the_maximum_balance_with_the_grants_is_refused,
         );
     };
     (@each $window:ident, $retention:ident => $make:expr; $($name:ident),* $(,)?) => {
@@ -1160,4 +1162,90 @@ where
         .await
         .expect("history");
     assert_eq!(fresh.entries.len(), 1);
+}
+
+/// Resets on Jan 30 and Jan 31 both end on Feb 28: a hold made in the first
+/// period returns nothing to the second, though they end alike.
+pub async fn held_allowance_goes_back_only_to_the_period_it_came_from<L, G, F, Fut>(make: F)
+where
+    L: CreditLedger,
+    F: Fn(IdempotencyWindow, HistoryRetention) -> Fut,
+    Fut: Future<Output = (L, G)>,
+{
+    let (ledger, _guard) = make(window(DAY), history_window()).await;
+    let who = account("u-periods");
+    ledger
+        .reset(
+            &reset(&who, 51, CreditPeriod::Month),
+            at("2026-01-30T10:00:00.000Z"),
+        )
+        .await
+        .expect("reset");
+    let now = at("2026-01-31T10:00:00.000Z");
+    let (hold, _) = ledger
+        .reserve(&reserve(&who, 1, Duration::from_secs(3600), ""), now)
+        .await
+        .expect("reserve")
+        .outcome
+        .hold
+        .expect("held");
+    let second = ledger
+        .reset(&reset(&who, 51, CreditPeriod::Month), now)
+        .await
+        .expect("reset")
+        .outcome;
+    assert_eq!(second.reset_time(), Some(at("2026-02-28T10:00:00.000Z")));
+    assert!(
+        ledger
+            .deduct(&deduct(&who, 51, ""), now)
+            .await
+            .expect("deduct")
+            .outcome
+            .applied
+    );
+    let released = ledger
+        .settle_hold(&commit(&who, &hold, None), now)
+        .await
+        .expect("release");
+    assert_eq!(released.outcome.settlement.returned, 0);
+    assert_eq!(released.outcome.balance.remaining(), 0, "no credit made up");
+}
+
+/// A reset whose total, with the live grants, passes [`MAX_CREDITS`] is
+/// refused naming `total`, and writes nothing.
+pub async fn a_reset_past_the_maximum_balance_with_the_grants_is_refused<L, G, F, Fut>(make: F)
+where
+    L: CreditLedger,
+    F: Fn(IdempotencyWindow, HistoryRetention) -> Fut,
+    Fut: Future<Output = (L, G)>,
+{
+    let (ledger, _guard) = make(window(DAY), history_window()).await;
+    let who = account("u-reset-max");
+    ledger
+        .grant(&grant(&who, MAX_CREDITS - 100, false, ""), at(NOW))
+        .await
+        .expect("grant");
+    let before = ledger.balance(&who, at(NOW)).await.expect("read");
+    let refused = ledger
+        .reset(&reset(&who, 101, CreditPeriod::Month), at(NOW))
+        .await;
+    assert!(
+        matches!(refused, Err(MeterError::InvalidArgument(ref e)) if e.field == "total"),
+        "{refused:?}"
+    );
+    assert_eq!(ledger.balance(&who, at(NOW)).await.expect("read"), before);
+    let fits = ledger
+        .reset(&reset(&who, 100, CreditPeriod::Month), at(NOW))
+        .await
+        .expect("reset");
+    assert_eq!(fits.outcome.total(), MAX_CREDITS);
+    let page = ledger
+        .history(
+            &who,
+            &HistoryQuery::parse(0, "0-0").expect("query"),
+            at(NOW),
+        )
+        .await
+        .expect("a page before the first id");
+    assert!(page.entries.is_empty() && page.next.is_none());
 }

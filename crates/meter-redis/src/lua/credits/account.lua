@@ -5,7 +5,7 @@
 --
 -- KEYS[1] credits hash (layout CREDITS_HASH: the allowance and aggregates),
 -- KEYS[2] grants hash (id -> kind|amount|left|held|created|expires),
--- KEYS[3] holds hash (id -> amount|expires|allowance|period_end|grant=n,...),
+-- KEYS[3] holds hash (id -> amount|expires|allowance|period|grant=n,...),
 -- KEYS[4] history stream. ARGV[5] history max entries, ARGV[6] history max
 -- age (ms); each script's own arguments follow from ARGV[7].
 --
@@ -35,13 +35,13 @@ local function grant_text(g)
 end
 
 local function parse_hold(id, text)
-  local amount, expires, from, period_end, parts =
-    string.match(text, '^(%d+)|([^|]+)|(%d+)|([^|]*)|([^|]*)$')
-  if not amount then corrupt(HK, id, text) end
+  local amount, expires, from, period, parts =
+    string.match(text, '^(%d+)|([^|]+)|(%d+)|(%d+)|([^|]*)$')
+  if not amount or not string.match(id, '^h%d+$') then corrupt(HK, id, text) end
   local h = {
-    id = id, amount = stored_count(HK, id, amount), expires = stored_time(HK, id, expires),
-    allowance = stored_count(HK, id, from),
-    period_end = period_end ~= '' and stored_time(HK, id, period_end) or nil, grants = {},
+    id = id, n = tonumber(string.sub(id, 2)), amount = stored_count(HK, id, amount),
+    expires = stored_time(HK, id, expires), allowance = stored_count(HK, id, from),
+    period = stored_count(HK, id, period), grants = {},
   }
   for gid, n in string.gmatch(parts, '([^,=]+)=(%d+)') do
     h.grants[#h.grants + 1] = { id = gid, n = stored_count(HK, id, n) }
@@ -53,7 +53,7 @@ local function hold_text(h)
   local parts = {}
   for i, part in ipairs(h.grants) do parts[i] = part.id .. '=' .. int(part.n) end
   return int(h.amount) .. '|' .. h.expires .. '|' .. int(h.allowance) .. '|'
-    .. (h.period_end or '') .. '|' .. table.concat(parts, ',')
+    .. int(h.period) .. '|' .. table.concat(parts, ',')
 end
 
 -- The deduct order: earliest expiry first, none last, then oldest, then id.
@@ -78,6 +78,7 @@ local function load_account()
     used = f[CREDITS_HASH_used] and stored_count(CK, 'used', f[CREDITS_HASH_used]) or 0,
     last = last and stored_time(CK, 'lastUpdate', last) or nil,
     seq = f[CREDITS_HASH_seq] and stored_count(CK, 'seq', f[CREDITS_HASH_seq]) or 0,
+    period_number = f[CREDITS_HASH_period] and stored_count(CK, 'period', f[CREDITS_HASH_period]) or 0,
     held = f[CREDITS_HASH_held] and stored_count(CK, 'held', f[CREDITS_HASH_held]) or 0,
     holds_next = f[CREDITS_HASH_holdsNext] and stored_time(CK, 'holdsNext', f[CREDITS_HASH_holdsNext]) or nil,
     reset = nil, anchor = nil, period = nil,
@@ -159,7 +160,7 @@ local function give_back(a, h, keep)
   local kept = math.min(keep, h.allowance)
   keep = keep - kept
   local back = math.min(h.allowance - kept, a.used)
-  if back > 0 and a.reset == h.period_end then
+  if back > 0 and a.period_number == h.period then
     a.used = a.used - back
     returned = back
   end
@@ -182,14 +183,15 @@ end
 
 -- Removes the open hold `h`, keeping `held` in step. holds_next may stay
 -- earlier than the earliest hold left (never later): the call that reaches it
--- reads every hold and sets it exactly.
-local function close_hold(a, h)
+-- reads every hold and sets it exactly (settle, which passes `batch` and
+-- sets it once at the end).
+local function close_hold(a, h, batch)
   if a.holds then a.holds[h.id] = nil end
   a.holds_dirty[h.id] = false
   a.held = a.held - h.amount
   if a.held == 0 then
     a.holds_next = nil
-  elseif a.holds then
+  elseif a.holds and not batch then
     local first = nil
     for _, other in pairs(a.holds) do
       if not first or other.expires < first then first = other.expires end
@@ -228,6 +230,7 @@ local function settle(a)
     local start, finish = t.period_containing(t.parse_time(a.anchor), a.period, NOW_MS)
     local change = math.min(a.used, a.total)
     a.used = 0
+    a.period_number = a.period_number + 1
     a.reset = t.format_time(finish)
     note(a, t.format_time(start), 'period_reset', a.total, change)
   end
@@ -236,9 +239,13 @@ local function settle(a)
     for _, h in pairs(holds_of(a)) do
       if NOW_TEXT >= h.expires then due[#due + 1] = h end
     end
-    table.sort(due, function(x, y) return x.expires < y.expires end)
+    -- Holds of the same expiry in the order they were made, as in Rust.
+    table.sort(due, function(x, y)
+      if x.expires ~= y.expires then return x.expires < y.expires end
+      return x.n < y.n
+    end)
     for _, h in ipairs(due) do
-      close_hold(a, h)
+      close_hold(a, h, true)
       local e = note(a, h.expires, 'hold_expired', h.amount, give_back(a, h, 0))
       e.hold = h.id
     end
@@ -293,7 +300,7 @@ end
 local function save(a)
   if not a.dirty then return end
   local fields = { 'total', int(a.total), 'used', int(a.used), 'lastUpdate', a.last or NOW_TEXT,
-    'seq', int(a.seq), 'held', int(a.held) }
+    'seq', int(a.seq), 'held', int(a.held), 'period', int(a.period_number) }
   if a.reset then
     fields[#fields + 1], fields[#fields + 2] = 'resetDate', a.reset
     fields[#fields + 1], fields[#fields + 2] = 'resetAnchor', a.anchor

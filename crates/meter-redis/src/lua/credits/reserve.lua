@@ -17,7 +17,8 @@ if a.exists then
       return out
     end
     a.seq = a.seq + 1
-    h = { id = 'h' .. int(a.seq), amount = amount, expires = expires, period_end = a.reset }
+    h = { id = 'h' .. int(a.seq), n = a.seq, amount = amount, expires = expires,
+      period = a.period_number }
     h.allowance, h.grants = take(a, amount, true)
     open_hold(a, h)
     tag(note(a, NOW_TEXT, 'reserve', amount, -amount), ARGV[9], ARGV[10]).hold = h.id
