@@ -5,10 +5,10 @@ use std::sync::LazyLock;
 
 use meter_core::{
     AccountId, Allowance, CreditBalance, CreditLedger, CreditPeriod, DeductCredits, DeductOutcome,
-    Grant, GrantCredits, GrantKind, GrantOutcome, HistoryEntry, HistoryId, HistoryKind,
-    HistoryPage, HistoryQuery, HistoryRetention, Idempotency, IdempotencyWindow, InvalidArgument,
-    MAX_CREDITS, MeterError, Recorded, ReserveCredits, ReserveOutcome, ResetCredits, ResetSchedule,
-    SettleHold, SettleOutcome, Settlement, StoreError, Timestamp,
+    Grant, GrantCredits, GrantKind, GrantOutcome, HistoryEntry, HistoryId, HistoryPage,
+    HistoryQuery, HistoryRetention, Idempotency, IdempotencyWindow, InvalidArgument, MAX_CREDITS,
+    MeterError, Recorded, ReserveCredits, ReserveOutcome, ResetCredits, ResetSchedule, SettleHold,
+    SettleOutcome, Settlement, StoreError, Timestamp,
     credits::{MAX_LIVE_GRANTS, MAX_OPEN_HOLDS, total_overflow},
 };
 use redis::Value;
@@ -21,7 +21,7 @@ use crate::{
 layout! {
     /// The credits hash `user:{<account_id>}:credits`, field by field as
     /// `redis-cli HGETALL` shows it (docs/redis-schema.md): the allowance,
-    /// and aggregates that spare the hot path reading the holds.
+    /// and the bookkeeping that spares the hot path reading grants and holds.
     pub struct CreditsHash as "CREDITS_HASH" {
         /// Credits of the current period, before use.
         total = "total",
@@ -35,14 +35,14 @@ layout! {
         reset_period = "resetPeriod",
         /// When the balance last changed.
         last_update = "lastUpdate",
-        /// The last number given to a generated grant or hold id.
-        seq = "seq",
-        /// Credits held by open holds.
-        held = "held",
-        /// No later than the earliest expiry of an open hold; absent without holds.
-        holds_next = "holdsNext",
-        /// The number of the allowance period now running (every reset counts one).
-        period = "period",
+        /// The account's bookkeeping, `seq|period|grants|held|holdsNext`:
+        /// the last number given to a generated grant or hold id; the
+        /// number of the allowance period now running (every reset counts
+        /// one); how many fields the grants hash has (at 0 it is not read);
+        /// credits held by open holds; no later than the earliest expiry of
+        /// an open hold (empty without holds). One field, because every
+        /// field read costs each call.
+        meta = "meta",
     }
 }
 
@@ -68,20 +68,13 @@ layout! {
         reset_period = "reset_period",
         /// When the balance last changed; absent for an unknown account.
         last_update = "last_update",
-        /// Credits held (for `above_hold`: the hold's amount).
+        /// Credits held by open holds.
         held = "held",
-        /// The grant made.
-        grant_id = "grant_id",
-        /// The hold made or settled.
-        hold_id = "hold_id",
-        /// When the hold made expires.
-        hold_expires = "hold_expires",
-        /// Credits a settlement committed.
-        committed = "committed",
-        /// Credits a settlement returned.
-        returned = "returned",
-        /// `commit` or `release`.
-        settled = "settled",
+        /// What the call made: a grant's id; a hold's `id|expiry`; a
+        /// settlement's `commit|committed|returned` or `release|0|returned`;
+        /// for `overflow` and `reset_overflow` the total it would pass, for
+        /// `above_hold` the hold's amount.
+        result = "result",
         /// `1` when this is the remembered reply of an earlier call.
         replayed = "replayed",
     }
@@ -140,6 +133,17 @@ static READ: LazyLock<LuaScript> = LazyLock::new(|| {
 pub fn read_script() -> &'static LuaScript {
     &READ
 }
+
+static HISTORY: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "credits/history.lua",
+        &[lib::STORED],
+        &[],
+        &[],
+        include_str!("lua/credits/history.lua"),
+    )
+    .reading_only()
+});
 
 /// The credit ledger on Redis.
 #[derive(Clone, Debug)]
@@ -244,12 +248,12 @@ impl RedisCreditLedger {
                     .map(|i| i.key.as_str().to_owned())
                     .unwrap_or_default(),
             }),
-            Some("overflow") => Err(total_overflow(count(&reply.total), amount).into()),
+            Some("overflow") => Err(total_overflow(count(&reply.result), amount).into()),
             Some("reset_overflow") => Err(InvalidArgument::new(
                 "total",
                 format!(
                     "with the {} credits of live grants would exceed the maximum balance of {MAX_CREDITS}",
-                    count(&reply.total)
+                    count(&reply.result)
                 ),
             )
             .into()),
@@ -260,7 +264,7 @@ impl RedisCreditLedger {
             Some("no_hold") => Err(MeterError::NotFound("no open hold of that id".into())),
             Some("above_hold") => Err(InvalidArgument::new(
                 "amount",
-                format!("holds {}, the most it can commit", count(&reply.held)),
+                format!("holds {}, the most it can commit", count(&reply.result)),
             )
             .into()),
             Some("too_many_holds") => Err(MeterError::FailedPrecondition(format!(
@@ -434,7 +438,7 @@ impl CreditLedger for RedisCreditLedger {
             .run(call, &request.account, idempotency, request.amount)
             .await?;
         Ok(recorded.map(|(reply, balance)| GrantOutcome {
-            grant_id: reply.grant_id.unwrap_or_default(),
+            grant_id: reply.result.unwrap_or_default(),
             balance,
         }))
     }
@@ -479,16 +483,21 @@ impl CreditLedger for RedisCreditLedger {
             .await?;
         let account = &request.account;
         recorded.try_map(|(reply, balance)| {
-            let hold = match (reply.hold_id, reply.hold_expires.as_deref()) {
-                (Some(id), Some(text)) => Some((
-                    id,
-                    parse_time(text).ok_or_else(|| {
-                        StoreError::Protocol(format!(
-                            "reserve reply for {account}: hold_expires {text:?}"
+            // `id|expiry` when a hold was made.
+            let hold = match reply.result.as_deref() {
+                None => None,
+                Some(text) => {
+                    let made = text
+                        .split_once('|')
+                        .and_then(|(id, expires)| Some((id.to_owned(), parse_time(expires)?)));
+                    if made.is_none() {
+                        return Err(StoreError::Protocol(format!(
+                            "reserve reply for {account}: result {text:?}"
                         ))
-                    })?,
-                )),
-                _ => None,
+                        .into());
+                    }
+                    made
+                }
             };
             Ok(ReserveOutcome { hold, balance })
         })
@@ -529,23 +538,30 @@ impl CreditLedger for RedisCreditLedger {
                 .into(),
                 other => other,
             })?;
-        Ok(recorded.map(|(reply, balance)| SettleOutcome {
-            settlement: Settlement {
-                hold_id: hold.to_owned(),
-                committed: reply
-                    .committed
-                    .as_deref()
-                    .and_then(parse_count)
-                    .unwrap_or_default(),
-                returned: reply
-                    .returned
-                    .as_deref()
-                    .and_then(parse_count)
-                    .unwrap_or_default(),
-                commit: reply.settled.as_deref() == Some("commit"),
-            },
-            balance,
-        }))
+        recorded.try_map(|(reply, balance)| {
+            let text = reply.result.as_deref().unwrap_or_default();
+            let parts: Vec<&str> = text.split('|').collect();
+            let (Some(kind), Some(committed), Some(returned)) = (
+                parts.first().filter(|k| ["commit", "release"].contains(k)),
+                parts.get(1).and_then(|n| parse_count(n)),
+                parts.get(2).and_then(|n| parse_count(n)),
+            ) else {
+                return Err(StoreError::Protocol(format!(
+                    "settle reply for {}: result {text:?}",
+                    request.account
+                ))
+                .into());
+            };
+            Ok(SettleOutcome {
+                settlement: Settlement {
+                    hold_id: hold.to_owned(),
+                    committed,
+                    returned,
+                    commit: *kind == "commit",
+                },
+                balance,
+            })
+        })
     }
 
     async fn history(
@@ -562,18 +578,13 @@ impl CreditLedger for RedisCreditLedger {
         let oldest = u64::try_from(now.as_millis())
             .unwrap_or_default()
             .saturating_sub(self.retention.max_age_millis());
-        let mut command = redis::cmd("XREVRANGE");
-        command
-            .arg(&key)
-            .arg(
-                query
-                    .before
-                    .map_or_else(|| "+".to_owned(), |id| format!("({id}")),
-            )
+        let call = HISTORY
+            .call(&[&key])
+            .arg(self.retention.max_entries)
             .arg(oldest)
-            .arg("COUNT")
+            .arg(query.before.map(|id| id.to_string()).unwrap_or_default())
             .arg(query.page_size + 1);
-        let reply = self.store.command(command, &key).await?;
+        let reply = self.store.run_raw(call).await?;
         let mut entries = parse_history(&key, reply)?;
         let next = if entries.len() > query.page_size as usize {
             entries.truncate(query.page_size as usize);
@@ -585,7 +596,7 @@ impl CreditLedger for RedisCreditLedger {
     }
 }
 
-/// The entries of an `XREVRANGE` reply.
+/// The entries of an `XREVRANGE` reply (from `credits/history.lua`).
 fn parse_history(key: &str, reply: Value) -> Result<Vec<(HistoryId, HistoryEntry)>, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         what: "credit history".to_owned(),
@@ -611,44 +622,43 @@ fn parse_history(key: &str, reply: Value) -> Result<Vec<(HistoryId, HistoryEntry
                 return Err(StoreError::Protocol(format!("XREVRANGE entry {item:?}")));
             };
             let id = HistoryId::parse("id", &id).map_err(|e| corrupt(e.to_string()))?;
-            let mut entry = HistoryEntry::new(Timestamp::EPOCH, HistoryKind::Deduct, 0, 0, 0);
-            let mut seen_time = false;
-            for field in fields.chunks(2) {
-                let (Some(name), Some(value)) =
-                    (field.first().and_then(text), field.get(1).and_then(text))
-                else {
-                    return Err(corrupt(format!("entry {id}: a field that is not text")));
-                };
-                let signed = |v: &str| {
-                    v.parse::<i64>()
-                        .ok()
-                        .filter(|n| n.abs() <= MAX_CREDITS)
-                        .ok_or_else(|| corrupt(format!("entry {id}: {name} holds {v:?}")))
-                };
-                match name.as_str() {
-                    "time" => {
-                        entry.time = parse_time(&value)
-                            .ok_or_else(|| corrupt(format!("entry {id}: time holds {value:?}")))?;
-                        seen_time = true;
-                    }
-                    "kind" => {
-                        entry.kind = value
-                            .parse()
-                            .map_err(|e: String| corrupt(format!("entry {id}: {e}")))?;
-                    }
-                    "amount" => entry.amount = signed(&value)?,
-                    "change" => entry.change = signed(&value)?,
-                    "remaining" => entry.remaining = signed(&value)?,
-                    "key" => entry.key = value,
-                    "reason" => entry.reason = value,
-                    "grant" => entry.grant = value,
-                    "hold" => entry.hold = value,
-                    _ => {}
-                }
-            }
-            if !seen_time {
-                return Err(corrupt(format!("entry {id} has no time")));
-            }
+            let packed = match (fields.first().and_then(text), fields.get(1).and_then(text)) {
+                (Some(name), Some(value)) if name == "entry" && fields.len() == 2 => value,
+                _ => return Err(corrupt(format!("entry {id} is not one `entry` field"))),
+            };
+            let bad = || corrupt(format!("entry {id} holds {packed:?}"));
+            let parts: Vec<&str> = packed.splitn(9, '|').collect();
+            let [
+                time,
+                kind,
+                amount,
+                change,
+                remaining,
+                key,
+                grant,
+                hold,
+                reason,
+            ] = parts[..]
+            else {
+                return Err(bad());
+            };
+            let signed = |v: &str| {
+                v.parse::<i64>()
+                    .ok()
+                    .filter(|n| n.abs() <= MAX_CREDITS)
+                    .ok_or_else(bad)
+            };
+            let mut entry = HistoryEntry::new(
+                parse_time(time).ok_or_else(bad)?,
+                kind.parse().map_err(|_| bad())?,
+                signed(amount)?,
+                signed(change)?,
+                signed(remaining)?,
+            );
+            key.clone_into(&mut entry.key);
+            grant.clone_into(&mut entry.grant);
+            hold.clone_into(&mut entry.hold);
+            reason.clone_into(&mut entry.reason);
             Ok((id, entry))
         })
         .collect()

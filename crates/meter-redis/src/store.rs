@@ -76,6 +76,17 @@ impl RedisStore {
         R::from_values(values).map_err(|e| StoreError::Protocol(format!("{name}: {e}")))
     }
 
+    /// Runs a script and returns its reply as Redis sent it; an error reply sorted.
+    pub async fn run_raw(&self, call: ScriptCall) -> Result<Value, StoreError> {
+        self.ready().await?;
+        let value = self
+            .inner
+            .pipeliner
+            .send(call.command, Some(call.script), call.slot)
+            .await?;
+        value.extract_error().map_err(|e| sort_command_error(&e))
+    }
+
     /// Runs a script whose reply is an array of strings (`''` and nil are
     /// absent), for replies longer than a layout.
     pub async fn run_values(&self, call: ScriptCall) -> Result<Vec<Option<String>>, StoreError> {

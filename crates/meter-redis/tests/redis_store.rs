@@ -123,14 +123,11 @@ async fn the_credit_keys_read_as_documented_with_redis_cli() {
     assert_eq!(
         credits,
         fields(&[
-            ("held", "980"),
-            ("holdsNext", "2026-02-01T00:01:00.000Z"),
             ("lastUpdate", "2026-02-01T00:00:00.000Z"),
-            ("period", "1"),
+            ("meta", "1|1|1|980|2026-02-01T00:01:00.000Z"),
             ("resetAnchor", "2026-01-31T10:00:00.000Z"),
             ("resetDate", "2026-02-28T10:00:00.000Z"),
             ("resetPeriod", "month"),
-            ("seq", "1"),
             ("total", "1000"),
             ("used", "1000"),
         ])
@@ -155,22 +152,32 @@ async fn the_credit_keys_read_as_documented_with_redis_cli() {
         .query_async(&mut conn)
         .await
         .expect("xrange");
-    let deduct_entry = &history[1];
-    assert_eq!(deduct_entry.0, format!("{}-0", now.as_millis()));
+    let entries: Vec<(String, String)> = history
+        .iter()
+        .map(|(id, fields)| (id.clone(), fields["entry"].clone()))
+        .collect();
+    let (january, february) = (at("2026-01-31T10:00:00.000Z").as_millis(), now.as_millis());
     assert_eq!(
-        deduct_entry.1,
-        fields(&[
-            ("amount", "30"),
-            ("change", "-30"),
-            ("key", "msg-1"),
-            ("kind", "deduct"),
-            ("reason", "chat: gpt-4o"),
-            ("remaining", "970"),
-            ("time", "2026-02-01T00:00:00.000Z"),
-        ])
+        entries,
+        [
+            (
+                format!("{january}-0"),
+                "2026-01-31T10:00:00.000Z|reset|1000|1000|1000||||".to_owned()
+            ),
+            (
+                format!("{february}-0"),
+                "2026-02-01T00:00:00.000Z|deduct|30|-30|970|msg-1|||chat: gpt-4o".to_owned()
+            ),
+            (
+                format!("{february}-1"),
+                "2026-02-01T00:00:00.000Z|grant|500|500|1470|pack-1|pack-1||".to_owned()
+            ),
+            (
+                format!("{february}-2"),
+                "2026-02-01T00:00:00.000Z|reserve|980|-980|490|||h1|".to_owned()
+            ),
+        ]
     );
-    let kinds: Vec<&str> = history.iter().map(|(_, e)| e["kind"].as_str()).collect();
-    assert_eq!(kinds, ["reset", "deduct", "grant", "reserve"]);
     let ttl: i64 = conn.pttl("user:{u1}:history").await.expect("pttl");
     assert!(ttl > 0, "the history expires by itself: {ttl}");
 }
@@ -239,10 +246,11 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
         ("resetPeriod", "fortnight"),
         ("lastUpdate", "yesterday"),
         ("lastUpdate", "2026-02-30T00:00:00.000Z"),
-        ("seq", "one"),
-        ("held", "-5"),
-        ("holdsNext", "soon"),
-        ("period", "-1"),
+        ("meta", "one|1|0|0|"),
+        ("meta", "0|1|0|-5|"),
+        ("meta", "0|1|0|5|soon"),
+        ("meta", "0|01|0|0|"),
+        ("meta", "0|1|0|0"),
     ];
     for (i, (field, bad)) in cases.iter().enumerate() {
         let who = account(&format!("u-corrupt-{i}"));

@@ -15,7 +15,9 @@ use meter_api::v1::{
     CommitRequest, DeductRequest, GrantKind, GrantRequest, HistoryKind, ListHistoryRequest,
     ReleaseRequest, ReserveRequest, ResetRequest, credits_service_client::CreditsServiceClient,
 };
+use meter_core::HistoryRetention;
 use meter_testkit::{FixedClock, RedisServer, timestamp as at};
+use meterd::Config;
 use support::{Meterd, balance, config};
 use tonic::{Code, Status, transport::Channel};
 
@@ -293,7 +295,13 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserve_and_commit_stay_exact_when_redis_is_killed_and_callers_retry() {
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let meterd = Meterd::redis(redis.url()).await;
+    // Room in the history for every one of the 961 changes.
+    let history = HistoryRetention::new(1_000, Duration::from_secs(3600)).expect("valid");
+    let meterd = Meterd::start(Config {
+        history,
+        ..config(support::redis(redis.url()))
+    })
+    .await;
     let who = "org_crash";
     let mut client = meterd.credits();
     client

@@ -170,7 +170,7 @@ impl HistoryRetention {
     /// Most entries an account may keep.
     pub const MAX_ENTRIES: u32 = 100_000;
 
-    /// The retention meterd starts with: 200 entries (at most ~19 KB per
+    /// The retention meterd starts with: 200 entries (at most ~28 KB per
     /// account on Redis), 90 days.
     pub const DEFAULT: Self = Self {
         max_entries: 200,

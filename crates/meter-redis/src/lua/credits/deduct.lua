@@ -16,7 +16,7 @@ if a.exists then
   applied = remaining(a) >= amount
   if applied then
     take(a, amount, false)
-    tag(note(a, NOW_TEXT, 'deduct', amount, -amount), ARGV[8], ARGV[9])
+    note(a, NOW_TEXT, 'deduct', amount, -amount, ARGV[8], ARGV[9])
   end
 end
 local out = account_reply('ok', applied, a)

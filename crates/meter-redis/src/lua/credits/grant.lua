@@ -11,11 +11,11 @@ local a = load_account()
 settle(a)
 local total = a.total
 for _, g in ipairs(a.grants) do
-  if not expired(g) then total = total + g.amount end
+  if not grant_rules(a).expired(g) then total = total + g.amount end
 end
 if total + amount > MAX_CREDITS then
   local out = new_CREDITS_REPLY()
-  out[CREDITS_REPLY_status], out[CREDITS_REPLY_total] = 'overflow', int(total)
+  out[CREDITS_REPLY_status], out[CREDITS_REPLY_result] = 'overflow', int(total)
   return out
 end
 if #a.grants >= MAX_LIVE_GRANTS then
@@ -24,22 +24,22 @@ if #a.grants >= MAX_LIVE_GRANTS then
   return out
 end
 local id = wanted
-if id == '' or find_grant(a, id) then
+if id == '' or grant_rules(a).find(a, id) then
   repeat
     a.seq = a.seq + 1
     id = (wanted == '' and 'g' or wanted .. '#') .. int(a.seq)
-  until not find_grant(a, id)
+  until not grant_rules(a).find(a, id)
 end
 local g = { id = id, kind = kind, amount = amount, left = amount, held = 0, created = NOW_TEXT,
   expires = expires ~= '' and expires or nil }
 a.grants[#a.grants + 1] = g
-table.sort(a.grants, spend_order)
+table.sort(a.grants, grant_rules(a).order)
 a.grants_dirty[id] = true
 a.exists = true
-local e = tag(note(a, NOW_TEXT, 'grant', amount, amount), wanted, ARGV[11])
+local e = note(a, NOW_TEXT, 'grant', amount, amount, wanted, ARGV[11])
 e.grant = id
 local out = account_reply('ok', true, a)
-out[CREDITS_REPLY_grant_id] = id
+out[CREDITS_REPLY_result] = id
 remember(out)
 save(a)
 return out

@@ -11,7 +11,7 @@ local h = nil
 if a.exists then
   settle(a)
   if remaining(a) >= amount then
-    if open_holds(a) >= MAX_OPEN_HOLDS then
+    if hold_rules(a).open_holds(a) >= MAX_OPEN_HOLDS then
       local out = new_CREDITS_REPLY()
       out[CREDITS_REPLY_status] = 'too_many_holds'
       return out
@@ -20,13 +20,13 @@ if a.exists then
     h = { id = 'h' .. int(a.seq), n = a.seq, amount = amount, expires = expires,
       period = a.period_number }
     h.allowance, h.grants = take(a, amount, true)
-    open_hold(a, h)
-    tag(note(a, NOW_TEXT, 'reserve', amount, -amount), ARGV[9], ARGV[10]).hold = h.id
+    hold_rules(a).open_hold(a, h)
+    note(a, NOW_TEXT, 'reserve', amount, -amount, ARGV[9], ARGV[10]).hold = h.id
   end
 end
 local out = account_reply('ok', h ~= nil, a)
 if h then
-  out[CREDITS_REPLY_hold_id], out[CREDITS_REPLY_hold_expires] = h.id, h.expires
+  out[CREDITS_REPLY_result] = h.id .. '|' .. h.expires
 end
 remember(out)
 save(a)

@@ -12,18 +12,18 @@ local a = load_account()
 settle(a)
 local granted = 0
 for _, g in ipairs(a.grants) do
-  if not expired(g) then granted = granted + g.amount end
+  if not grant_rules(a).expired(g) then granted = granted + g.amount end
 end
 if total > MAX_CREDITS - granted then
   local out = new_CREDITS_REPLY()
-  out[CREDITS_REPLY_status], out[CREDITS_REPLY_total] = 'reset_overflow', int(granted)
+  out[CREDITS_REPLY_status], out[CREDITS_REPLY_result] = 'reset_overflow', int(granted)
   return out
 end
 local before = remaining(a)
 a.period_number = a.period_number + 1
 a.total, a.used, a.period, a.reset, a.anchor = total, 0, ARGV[8], ARGV[9], NOW_TEXT
 a.exists = true
-tag(note(a, NOW_TEXT, 'reset', total, 0), ARGV[10], '')
+note(a, NOW_TEXT, 'reset', total, 0, ARGV[10], '')
 a.log[#a.log].change = remaining(a) - before
 local out = account_reply('ok', true, a)
 remember(out)

@@ -11,7 +11,7 @@ local a = load_account()
 local h = nil
 if a.exists then
   settle(a)
-  h = find_hold(a, id)
+  h = hold_rules(a).find_hold(a, id)
 end
 if not h then
   local out = new_CREDITS_REPLY()
@@ -20,18 +20,16 @@ if not h then
 end
 if commit and commit > h.amount then
   local out = new_CREDITS_REPLY()
-  out[CREDITS_REPLY_status], out[CREDITS_REPLY_held] = 'above_hold', int(h.amount)
+  out[CREDITS_REPLY_status], out[CREDITS_REPLY_result] = 'above_hold', int(h.amount)
   return out
 end
-close_hold(a, h)
-local returned = give_back(a, h, commit or 0)
+hold_rules(a).close_hold(a, h)
+local returned = hold_rules(a).give_back(a, h, commit or 0)
 local e = note(a, NOW_TEXT, commit and 'commit' or 'release', commit or h.amount, returned)
 e.hold, e.reason = id, ARGV[9]
 local out = account_reply('ok', true, a)
-out[CREDITS_REPLY_hold_id] = id
-out[CREDITS_REPLY_committed] = int(commit or 0)
-out[CREDITS_REPLY_returned] = int(returned)
-out[CREDITS_REPLY_settled] = commit and 'commit' or 'release'
+out[CREDITS_REPLY_result] = string.format('%s|%d|%d', commit and 'commit' or 'release',
+  commit or 0, returned)
 remember(out)
 save(a)
 return out

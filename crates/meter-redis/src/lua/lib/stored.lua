@@ -24,6 +24,7 @@ end
 -- Canonical means printing the number gives the text back: that refuses
 -- '1.5', '1e3', '0x10', '007', '+5', ' 7', 'inf' and 'nan' in one step.
 local function stored_count(key, field, text)
+  if text == '0' then return 0 end
   local n = tonumber(text)
   if not n or n < 0 or n > MAX_CREDITS or string.format('%d', n) ~= text then
     corrupt(key, field, text)

@@ -1,0 +1,16 @@
+-- history.lua: a page of an account's history, newest first, showing
+-- neither entries past the newest `max` (the stream is trimmed to about
+-- that many, whole nodes at a time) nor entries older than `oldest_ms`.
+-- Reads only.
+-- KEYS: history
+-- ARGV: max entries, oldest_ms, before ('' for the newest page; an id,
+-- exclusive), count
+local key, max, oldest, before, count = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local floor = int(oldest) .. '-0'
+local length = redis.call('XLEN', key)
+if length > max then
+  local beyond = redis.call('XRANGE', key, '-', '+', 'COUNT', length - max)
+  local last = beyond[#beyond][1]
+  if tonumber(string.match(last, '^(%d+)-')) >= oldest then floor = '(' .. last end
+end
+return redis.call('XREVRANGE', key, before == '' and '+' or '(' .. before, floor, 'COUNT', count)
