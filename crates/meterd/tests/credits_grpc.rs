@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use meter_api::v1::{
     CommitRequest, DeductRequest, GetBalanceRequest, GrantRequest, ListHistoryRequest,
-    ReleaseRequest, ReserveRequest, ResetRequest, credits_service_client::CreditsServiceClient,
+    ReserveRequest, ResetRequest, credits_service_client::CreditsServiceClient,
 };
 use meter_redis::RedisConfig;
 use meter_testkit::{FixedClock, RedisServer};

@@ -296,9 +296,9 @@ where
 async fn reserve_and_commit_stay_exact_when_redis_is_killed_and_callers_retry() {
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     // Room in the history for every one of the 961 changes.
-    let history = HistoryRetention::new(1_000, Duration::from_secs(3600)).expect("valid");
+    let retention = HistoryRetention::new(1_000, Duration::from_secs(3600)).expect("valid");
     let meterd = Meterd::start(Config {
-        history,
+        history: retention,
         ..config(support::redis(redis.url()))
     })
     .await;
