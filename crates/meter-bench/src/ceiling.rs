@@ -87,7 +87,7 @@ impl CeilingProbe {
             credits::grant_script(),
             credits::reset_script(),
             credits::reserve_script(),
-            credits::read_script(),
+            credits::snapshot_script(),
         ] {
             let _: String = script
                 .load_command()
@@ -143,7 +143,16 @@ impl CeilingProbe {
                 SPREAD_ACCOUNTS,
             ),
             CeilingCommand::ReadScript => {
-                (script_head(credits::read_script(), HOT), SPREAD_ACCOUNTS)
+                let script = credits::snapshot_script();
+                let mut args = vec![
+                    "EVALSHA".to_owned(),
+                    script.hash().to_owned(),
+                    "3".to_owned(),
+                ];
+                args.extend(
+                    ["credits", "grants", "holds"].map(|name| format!("user:{{{HOT}}}:{name}")),
+                );
+                (args, SPREAD_ACCOUNTS)
             }
             // A grant bucket per account: each grant on one of 10^9
             // accounts, so none reaches the limit of live grants.

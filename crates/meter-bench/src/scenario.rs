@@ -51,8 +51,9 @@ pub enum Scenario {
     DeductSpread,
     /// Read one account's balance.
     GetBalance,
-    /// Grant 1 credit, each caller to its own accounts (a new one every
-    /// 50 grants: an account holds at most 100 live grants).
+    /// Grant 1 credit, each caller to its own accounts (a new one every 10
+    /// grants: each live grant costs every call on its account, and an
+    /// account holds at most 100).
     Grant,
     /// Real-looking traffic over 1,000 accounts: 70 % reads, 25 % deducts,
     /// 5 % grants (to each caller's own accounts, as in `grant`).
@@ -82,7 +83,7 @@ pub enum CeilingCommand {
     DeductSpread,
     /// EVALSHA of the grant script, each on a fresh account.
     Grant,
-    /// EVALSHA of the read script.
+    /// EVALSHA of the snapshot script a balance read runs.
     ReadScript,
     /// EVALSHA of the reserve script with holds that expire at once: each
     /// call releases the previous hold and makes one, the Redis work of a
@@ -215,13 +216,13 @@ impl Scenario {
                     )))
                 }
             }
-            Self::Grant => grant(client, granted(run, self, worker, seq / 50)).await,
+            Self::Grant => grant(client, granted(run, self, worker, seq / 10)).await,
             Self::Mixed => match seq % 20 {
                 0..14 => balance_total(client, spread(run, "mixed", pick))
                     .await
                     .map(|_| Effect::Nothing),
                 14..19 => deduct(client, spread(run, "mixed", pick)).await,
-                _ => grant(client, granted(run, self, worker, seq / 1_000)).await,
+                _ => grant(client, granted(run, self, worker, seq / 200)).await,
             },
             Self::ReserveCommit => reserve_commit(client, hot(run, self)).await,
         }

@@ -1,5 +1,10 @@
-//! [`CreditLedger`] on Redis: one script per call, reads included (the
-//! settling of what fell due is computed by the same Lua as the mutations).
+//! [`CreditLedger`] on Redis: one script per mutation; balance reads fetch
+//! the keys in one read-only script and settle what fell due in Rust
+//! (`snapshot.rs`).
+
+mod snapshot;
+
+pub use snapshot::snapshot_script;
 
 use std::sync::LazyLock;
 
@@ -83,7 +88,7 @@ layout! {
 /// `credits/account.lua`: the account in memory, its rules, writes and reply.
 const ACCOUNT: Library = Library {
     name: "credits/account.lua",
-    source: include_str!("lua/credits/account.lua"),
+    source: include_str!("../lua/credits/account.lua"),
 };
 
 fn credits_script(name: &'static str, body: &str) -> LuaScript {
@@ -100,7 +105,7 @@ macro_rules! credits_scripts {
     ($($(#[$doc:meta])* $name:ident $getter:ident = $file:literal;)*) => {
         $(
             static $name: LazyLock<LuaScript> = LazyLock::new(|| {
-                credits_script(concat!("credits/", $file), include_str!(concat!("lua/credits/", $file)))
+                credits_script(concat!("credits/", $file), include_str!(concat!("../lua/credits/", $file)))
             });
             $(#[$doc])*
             pub fn $getter() -> &'static LuaScript {
@@ -125,22 +130,13 @@ credits_scripts! {
     SETTLE settle_script = "settle.lua";
 }
 
-static READ: LazyLock<LuaScript> = LazyLock::new(|| {
-    credits_script("credits/read.lua", include_str!("lua/credits/read.lua")).reading_only()
-});
-
-/// The read script: the balance as of now, written nowhere.
-pub fn read_script() -> &'static LuaScript {
-    &READ
-}
-
 static HISTORY: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new(
         "credits/history.lua",
         &[lib::STORED],
         &[],
         &[],
-        include_str!("lua/credits/history.lua"),
+        include_str!("../lua/credits/history.lua"),
     )
     .reading_only()
 });
@@ -393,12 +389,7 @@ impl CreditLedger for RedisCreditLedger {
         account: &AccountId,
         now: Timestamp,
     ) -> Result<CreditBalance, StoreError> {
-        let call = self.call(&READ, account, None, now);
-        match self.run(call, account, None, 0).await {
-            Ok(recorded) => Ok(recorded.outcome.1),
-            Err(MeterError::Store(error)) => Err(error),
-            Err(other) => Err(StoreError::Protocol(other.to_string())),
-        }
+        snapshot::balance(&self.store, account, now).await
     }
 
     async fn deduct(

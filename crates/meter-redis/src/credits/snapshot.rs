@@ -1,0 +1,271 @@
+//! Balance reads: an account's credit keys as stored, fetched in one atomic
+//! script that only reads, then settled in Rust by the rules of
+//! [`CreditAccount`] (the rules the mutation scripts follow in Lua).
+
+use std::sync::LazyLock;
+
+use meter_core::{
+    AccountId, Allowance, CreditAccount, CreditBalance, CreditPeriod, Grant, GrantKind, Hold,
+    ResetSchedule, StoreError, Timestamp,
+};
+use redis::Value;
+
+use super::{CreditsHash, parse_count, parse_time};
+use crate::{
+    RedisStore, keys,
+    script::{Layout, LuaScript, names},
+};
+
+static SNAPSHOT: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "credits/snapshot.lua",
+        &[],
+        &[names::<CreditsHash>()],
+        &[],
+        include_str!("../lua/credits/snapshot.lua"),
+    )
+    .reading_only()
+});
+
+/// The snapshot script: KEYS credits, grants, holds; no ARGV.
+pub fn snapshot_script() -> &'static LuaScript {
+    &SNAPSHOT
+}
+
+/// The account's balance as of `now`: what fell due applied, nothing written.
+pub(super) async fn balance(
+    store: &RedisStore,
+    account: &AccountId,
+    now: Timestamp,
+) -> Result<CreditBalance, StoreError> {
+    let call = SNAPSHOT.call(&[
+        keys::credits(account),
+        keys::grants(account),
+        keys::holds(account),
+    ]);
+    let reply = store.run_raw(call).await?;
+    Ok(match Snapshot::new(account).read(reply)? {
+        None => CreditBalance::default(),
+        Some(mut credits) => {
+            credits.settle(now, &mut Vec::new());
+            credits.balance(now)
+        }
+    })
+}
+
+/// Reads one account's stored credits, naming its keys in errors.
+struct Snapshot<'a> {
+    account: &'a AccountId,
+}
+
+impl<'a> Snapshot<'a> {
+    fn new(account: &'a AccountId) -> Self {
+        Self { account }
+    }
+
+    fn corrupt(&self, key: String, field: &str, value: &str) -> StoreError {
+        StoreError::Corrupt {
+            what: format!("credits of account {}", self.account),
+            key,
+            detail: format!("field {field} holds {value:?}"),
+        }
+    }
+
+    fn count(&self, key: &dyn Fn() -> String, field: &str, text: &str) -> Result<i64, StoreError> {
+        parse_count(text).ok_or_else(|| self.corrupt(key(), field, text))
+    }
+
+    fn time(
+        &self,
+        key: &dyn Fn() -> String,
+        field: &str,
+        text: &str,
+    ) -> Result<Timestamp, StoreError> {
+        parse_time(text).ok_or_else(|| self.corrupt(key(), field, text))
+    }
+
+    /// The account the reply holds; `None` for an unknown account.
+    fn read(&self, reply: Value) -> Result<Option<CreditAccount>, StoreError> {
+        let protocol =
+            || StoreError::Protocol(format!("credits/snapshot.lua reply for {}", self.account));
+        let Value::Array(parts) = reply else {
+            return Err(protocol());
+        };
+        let [
+            Value::Array(hash),
+            Value::Array(grants),
+            Value::Array(holds),
+        ] = &parts[..]
+        else {
+            return Err(protocol());
+        };
+        let values = hash
+            .iter()
+            .map(text)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|()| protocol())?;
+        let hash = CreditsHash::from_values(values).map_err(StoreError::Protocol)?;
+        if hash.total.is_none() && hash.last_update.is_none() {
+            return Ok(None);
+        }
+        let credits_key = || keys::credits(self.account);
+        let count = |field, value: &Option<String>| {
+            value
+                .as_deref()
+                .map_or(Ok(0), |text| self.count(&credits_key, field, text))
+        };
+        let schedule = match &hash.reset_date {
+            None => None,
+            Some(next) => Some(ResetSchedule {
+                next_reset: self.time(&credits_key, "resetDate", next)?,
+                anchor: self.time(
+                    &credits_key,
+                    "resetAnchor",
+                    hash.reset_anchor.as_deref().unwrap_or_default(),
+                )?,
+                period: hash
+                    .reset_period
+                    .as_deref()
+                    .and_then(|p| p.parse::<CreditPeriod>().ok())
+                    .ok_or_else(|| {
+                        self.corrupt(
+                            credits_key(),
+                            "resetPeriod",
+                            hash.reset_period.as_deref().unwrap_or_default(),
+                        )
+                    })?,
+            }),
+        };
+        let (seq, period) = match &hash.meta {
+            None => (0, 0),
+            Some(meta) => self.meta(meta)?,
+        };
+        let mut grants = self.grants(grants)?;
+        grants.sort_by(|a, b| a.spend_order().cmp(&b.spend_order()));
+        Ok(Some(CreditAccount {
+            allowance: Allowance {
+                total: count("total", &hash.total)?,
+                used: count("used", &hash.used)?,
+                schedule,
+            },
+            grants,
+            holds: self.holds(holds)?,
+            last_update: hash
+                .last_update
+                .as_deref()
+                .map(|t| self.time(&credits_key, "lastUpdate", t))
+                .transpose()?,
+            seq,
+            period,
+        }))
+    }
+
+    /// `seq|period|grants|held|holdsNext`: the numbers the rules keep (the
+    /// rest is derived from the grants and holds, and checked all the same).
+    fn meta(&self, meta: &str) -> Result<(u64, u64), StoreError> {
+        let bad = || self.corrupt(keys::credits(self.account), "meta", meta);
+        let parts: Vec<&str> = meta.split('|').collect();
+        let [seq, period, grants, held, next_hold] = parts[..] else {
+            return Err(bad());
+        };
+        let number = |text: &str| {
+            parse_count(text)
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(bad)
+        };
+        number(grants)?;
+        number(held)?;
+        if !next_hold.is_empty() {
+            parse_time(next_hold).ok_or_else(bad)?;
+        }
+        Ok((number(seq)?, number(period)?))
+    }
+
+    fn grants(&self, fields: &[Value]) -> Result<Vec<Grant>, StoreError> {
+        let key = || keys::grants(self.account);
+        pairs(fields, self.account)?
+            .into_iter()
+            .map(|(id, value)| {
+                let bad = || self.corrupt(key(), &id, &value);
+                let parts: Vec<&str> = value.split('|').collect();
+                let [kind, amount, left, held, created, expires] = parts[..] else {
+                    return Err(bad());
+                };
+                Ok(Grant {
+                    kind: kind.parse::<GrantKind>().map_err(|_| bad())?,
+                    amount: self.count(&key, &id, amount)?,
+                    left: self.count(&key, &id, left)?,
+                    held: self.count(&key, &id, held)?,
+                    created: self.time(&key, &id, created)?,
+                    expires: (!expires.is_empty())
+                        .then(|| self.time(&key, &id, expires))
+                        .transpose()?,
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    /// The open holds, in the order they were made (`h<n>` by `n`).
+    fn holds(&self, fields: &[Value]) -> Result<Vec<Hold>, StoreError> {
+        let key = || keys::holds(self.account);
+        let mut holds = pairs(fields, self.account)?
+            .into_iter()
+            .map(|(id, value)| {
+                let bad = || self.corrupt(key(), &id, &value);
+                let number = id
+                    .strip_prefix('h')
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(bad)?;
+                let parts: Vec<&str> = value.split('|').collect();
+                let [amount, expires, allowance, period, taken] = parts[..] else {
+                    return Err(bad());
+                };
+                let grants = taken
+                    .split(',')
+                    .filter(|part| !part.is_empty())
+                    .map(|part| {
+                        let (grant, n) = part.split_once('=').ok_or_else(bad)?;
+                        Ok((grant.to_owned(), self.count(&key, &id, n)?))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                let hold = Hold {
+                    amount: self.count(&key, &id, amount)?,
+                    expires: self.time(&key, &id, expires)?,
+                    allowance: self.count(&key, &id, allowance)?,
+                    period: u64::try_from(self.count(&key, &id, period)?).map_err(|_| bad())?,
+                    grants,
+                    id,
+                };
+                Ok((number, hold))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        holds.sort_by_key(|(number, _)| *number);
+        Ok(holds.into_iter().map(|(_, hold)| hold).collect())
+    }
+}
+
+/// A bulk string's text; `Ok(None)` for nil.
+fn text(value: &Value) -> Result<Option<String>, ()> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map(Some).map_err(|_| ()),
+        Value::SimpleString(text) => Ok(Some(text.clone())),
+        _ => Err(()),
+    }
+}
+
+/// The field-value pairs of an `HGETALL` reply.
+fn pairs(fields: &[Value], account: &AccountId) -> Result<Vec<(String, String)>, StoreError> {
+    let protocol = || StoreError::Protocol(format!("HGETALL reply for the credits of {account}"));
+    fields
+        .chunks(2)
+        .map(|pair| match pair {
+            [field, value] => match (text(field), text(value)) {
+                (Ok(Some(field)), Ok(Some(value))) => Ok((field, value)),
+                _ => Err(protocol()),
+            },
+            _ => Err(protocol()),
+        })
+        .collect()
+}
