@@ -453,6 +453,34 @@ mod tests {
     }
 
     #[test]
+    fn history_retention_and_hold_ttl_out_of_range_are_refused_at_start() {
+        for (flag, value, named) in [
+            ("--history-max-entries", "0", "--history-max-entries"),
+            ("--history-max-entries", "100001", "--history-max-entries"),
+            ("--history-max-age", "3651d", "--history-max-age"),
+            ("--max-hold-ttl", "500ms", "--max-hold-ttl"),
+            ("--max-hold-ttl", "31d", "--max-hold-ttl"),
+        ] {
+            let cli = Cli::try_parse_from(["meterd", flag, value]).expect("parses");
+            let err = cli.into_config().expect_err("out of range").to_string();
+            assert!(err.contains(named), "{flag} {value}: {err}");
+        }
+        let cli = Cli::try_parse_from([
+            "meterd",
+            "--history-max-entries",
+            "50",
+            "--history-max-age",
+            "7d",
+            "--max-hold-ttl",
+            "1h",
+        ])
+        .expect("parses");
+        let config = cli.into_config().expect("in range");
+        assert_eq!(config.history.max_entries, 50);
+        assert_eq!(config.max_hold_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
     fn a_missing_plan_file_is_named() {
         let cli =
             Cli::try_parse_from(["meterd", "--plans", "/nonexistent/plans.toml"]).expect("parses");

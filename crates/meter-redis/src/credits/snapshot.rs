@@ -33,18 +33,33 @@ pub fn snapshot_script() -> &'static LuaScript {
 }
 
 /// The account's balance as of `now`: what fell due applied, nothing written.
+///
+/// One `HMGET` when the hash says the account has neither grants nor holds
+/// (a hash alone is read atomically); else the snapshot script, which reads
+/// the three keys in one atomic step.
 pub(super) async fn balance(
     store: &RedisStore,
     account: &AccountId,
     now: Timestamp,
 ) -> Result<CreditBalance, StoreError> {
-    let call = SNAPSHOT.call(&[
-        keys::credits(account),
-        keys::grants(account),
-        keys::holds(account),
-    ]);
-    let reply = store.run_raw(call).await?;
-    Ok(match Snapshot::new(account).read(reply)? {
+    let snapshot = Snapshot::new(account);
+    let hash: CreditsHash = store.read_hash(&keys::credits(account)).await?;
+    let alone = match hash.meta.as_deref() {
+        Some(meta) => snapshot.meta(meta)?.2,
+        // No hash, no account: grants and holds are written with it.
+        None => hash.total.is_none() && hash.last_update.is_none(),
+    };
+    let stored = if alone {
+        snapshot.account(hash, &[], &[])?
+    } else {
+        let call = SNAPSHOT.call(&[
+            keys::credits(account),
+            keys::grants(account),
+            keys::holds(account),
+        ]);
+        snapshot.read(store.run_raw(call).await?)?
+    };
+    Ok(match stored {
         None => CreditBalance::default(),
         Some(mut credits) => {
             credits.settle(now, &mut Vec::new());
@@ -105,6 +120,17 @@ impl<'a> Snapshot<'a> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|()| protocol())?;
         let hash = CreditsHash::from_values(values).map_err(StoreError::Protocol)?;
+        self.account(hash, grants, holds)
+    }
+
+    /// The account the stored hash, grants and holds describe; `None` for an
+    /// unknown account.
+    fn account(
+        &self,
+        hash: CreditsHash,
+        grants: &[Value],
+        holds: &[Value],
+    ) -> Result<Option<CreditAccount>, StoreError> {
         if hash.total.is_none() && hash.last_update.is_none() {
             return Ok(None);
         }
@@ -136,8 +162,8 @@ impl<'a> Snapshot<'a> {
                     })?,
             }),
         };
-        let (seq, period) = match &hash.meta {
-            None => (0, 0),
+        let (seq, period, _) = match &hash.meta {
+            None => (0, 0, false),
             Some(meta) => self.meta(meta)?,
         };
         let mut grants = self.grants(grants)?;
@@ -160,9 +186,10 @@ impl<'a> Snapshot<'a> {
         }))
     }
 
-    /// `seq|period|grants|held|holdsNext`: the numbers the rules keep (the
-    /// rest is derived from the grants and holds, and checked all the same).
-    fn meta(&self, meta: &str) -> Result<(u64, u64), StoreError> {
+    /// `seq|period|grants|held|holdsNext`: the numbers the rules keep, and
+    /// whether the account has neither grants nor holds (the rest is derived
+    /// from the grants and holds, and checked all the same).
+    fn meta(&self, meta: &str) -> Result<(u64, u64, bool), StoreError> {
         let bad = || self.corrupt(keys::credits(self.account), "meta", meta);
         let parts: Vec<&str> = meta.split('|').collect();
         let [seq, period, grants, held, next_hold] = parts[..] else {
@@ -173,12 +200,11 @@ impl<'a> Snapshot<'a> {
                 .and_then(|n| u64::try_from(n).ok())
                 .ok_or_else(bad)
         };
-        number(grants)?;
-        number(held)?;
+        let alone = number(grants)? == 0 && number(held)? == 0 && next_hold.is_empty();
         if !next_hold.is_empty() {
             parse_time(next_hold).ok_or_else(bad)?;
         }
-        Ok((number(seq)?, number(period)?))
+        Ok((number(seq)?, number(period)?, alone))
     }
 
     fn grants(&self, fields: &[Value]) -> Result<Vec<Grant>, StoreError> {
