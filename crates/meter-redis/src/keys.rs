@@ -21,7 +21,7 @@ pub fn grants(account: &AccountId) -> String {
 }
 
 /// The account's open holds: a hash of hold id to
-/// `amount|expires|allowance|period_end|grant=n,...`.
+/// `amount|expires|allowance|period|grant=n,...`.
 pub fn holds(account: &AccountId) -> String {
     format!("user:{{{account}}}:holds")
 }

@@ -251,6 +251,9 @@ async fn corrupt_stored_numbers_and_times_are_refused_by_reads_and_writes_and_le
         ("meta", "0|1|0|5|soon"),
         ("meta", "0|01|0|0|"),
         ("meta", "0|1|0|0"),
+        ("meta", ""),
+        ("total", ""),
+        ("lastUpdate", ""),
     ];
     for (i, (field, bad)) in cases.iter().enumerate() {
         let who = account(&format!("u-corrupt-{i}"));

@@ -43,7 +43,13 @@ pub(super) async fn balance(
     now: Timestamp,
 ) -> Result<CreditBalance, StoreError> {
     let snapshot = Snapshot::new(account);
-    let hash: CreditsHash = store.read_hash(&keys::credits(account)).await?;
+    let key = keys::credits(account);
+    let mut command = redis::cmd("HMGET");
+    command.arg(&key).arg(CreditsHash::NAMES);
+    let hash = match store.command(command, &key).await? {
+        Value::Array(values) => snapshot.hash(&values)?,
+        other => return Err(StoreError::Protocol(format!("HMGET reply {other:?}"))),
+    };
     let alone = match hash.meta.as_deref() {
         Some(meta) => snapshot.meta(meta)?.2,
         // No hash, no account: grants and holds are written with it.
@@ -114,13 +120,24 @@ impl<'a> Snapshot<'a> {
         else {
             return Err(protocol());
         };
-        let values = hash
+        let hash = self.hash(hash)?;
+        self.account(hash, grants, holds)
+    }
+
+    /// The credits hash of an `HMGET` of its layout. A field stored empty is
+    /// corrupt, as the scripts hold it (the layout would read it as absent).
+    fn hash(&self, values: &[Value]) -> Result<CreditsHash, StoreError> {
+        let protocol = || StoreError::Protocol(format!("HMGET reply for {}", self.account));
+        let values = values
             .iter()
             .map(text)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|()| protocol())?;
-        let hash = CreditsHash::from_values(values).map_err(StoreError::Protocol)?;
-        self.account(hash, grants, holds)
+        if let Some(at) = values.iter().position(|v| v.as_deref() == Some("")) {
+            let field = CreditsHash::NAMES.get(at).copied().unwrap_or("?");
+            return Err(self.corrupt(keys::credits(self.account), field, ""));
+        }
+        CreditsHash::from_values(values).map_err(StoreError::Protocol)
     }
 
     /// The account the stored hash, grants and holds describe; `None` for an
@@ -200,7 +217,8 @@ impl<'a> Snapshot<'a> {
                 .and_then(|n| u64::try_from(n).ok())
                 .ok_or_else(bad)
         };
-        let alone = number(grants)? == 0 && number(held)? == 0 && next_hold.is_empty();
+        let (grants, held) = (number(grants)?, number(held)?);
+        let alone = grants == 0 && held == 0 && next_hold.is_empty();
         if !next_hold.is_empty() {
             parse_time(next_hold).ok_or_else(bad)?;
         }
@@ -239,10 +257,7 @@ impl<'a> Snapshot<'a> {
             .into_iter()
             .map(|(id, value)| {
                 let bad = || self.corrupt(key(), &id, &value);
-                let number = id
-                    .strip_prefix('h')
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .ok_or_else(bad)?;
+                let number = id.strip_prefix('h').and_then(parse_count).ok_or_else(bad)?;
                 let parts: Vec<&str> = value.split('|').collect();
                 let [amount, expires, allowance, period, taken] = parts[..] else {
                     return Err(bad());

@@ -43,7 +43,10 @@ local function grant_rules(a)
       .. g.created .. '|' .. (g.expires or '')
   end
 
-  -- The deduct order: earliest expiry first, none last, then oldest, then id.
+  -- The deduct order: earliest expiry first, none last, then oldest, then
+  -- id byte by byte (Lua's `<` on strings follows the server's locale, and
+  -- Rust compares bytes; times are fixed-width digits, which any locale
+  -- orders as bytes do).
   local function spend_order(x, y)
     if x.expires ~= y.expires then
       if not x.expires then return false end
@@ -51,7 +54,12 @@ local function grant_rules(a)
       return x.expires < y.expires
     end
     if x.created ~= y.created then return x.created < y.created end
-    return x.id < y.id
+    local a, b = x.id, y.id
+    for i = 1, math.min(#a, #b) do
+      local p, q = string.byte(a, i), string.byte(b, i)
+      if p ~= q then return p < q end
+    end
+    return #a < #b
   end
 
   local function expired(g)
@@ -155,9 +163,13 @@ local function hold_rules(a)
       expires = stored_time(HK, id, expires), allowance = stored_count(HK, id, from),
       period = stored_count(HK, id, period), grants = {},
     }
+    local rebuilt = {}
     for gid, n in string.gmatch(parts, '([^,=]+)=(%d+)') do
       h.grants[#h.grants + 1] = { id = gid, n = stored_count(HK, id, n) }
+      rebuilt[#rebuilt + 1] = gid .. '=' .. n
     end
+    -- gmatch skips what does not match: the parts must be exactly what it read.
+    if table.concat(rebuilt, ',') ~= parts then corrupt(HK, id, text) end
     return h
   end
 

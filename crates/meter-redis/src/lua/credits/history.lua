@@ -9,8 +9,17 @@ local key, max, oldest, before, count = KEYS[1], tonumber(ARGV[1]), tonumber(ARG
 local floor = int(oldest) .. '-0'
 local length = redis.call('XLEN', key)
 if length > max then
-  local beyond = redis.call('XRANGE', key, '-', '+', 'COUNT', length - max)
-  local last = beyond[#beyond][1]
-  if tonumber(string.match(last, '^(%d+)-')) >= oldest then floor = '(' .. last end
+  -- Where the shown entries start: after the newest hidden one, found from
+  -- the oldest end when few are hidden (the usual ~100 of approximate
+  -- trimming), else at the oldest of the newest `max`.
+  local last
+  if length - max <= max then
+    local beyond = redis.call('XRANGE', key, '-', '+', 'COUNT', length - max)
+    last = '(' .. beyond[#beyond][1]
+  else
+    local kept = redis.call('XREVRANGE', key, '+', '-', 'COUNT', max)
+    last = kept[#kept][1]
+  end
+  if tonumber(string.match(last, '(%d+)-')) >= oldest then floor = last end
 end
 return redis.call('XREVRANGE', key, before == '' and '+' or '(' .. before, floor, 'COUNT', count)
