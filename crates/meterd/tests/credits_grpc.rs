@@ -210,6 +210,16 @@ async fn a_passed_reset_time_resets_lazily_on_the_next_call() {
     assert_ne!(stored["resetDate"], "2025-02-28T10:00:00.000Z");
 }
 
+/// `status` is INVALID_ARGUMENT and its message starts with `field`.
+fn assert_invalid(status: &tonic::Status, field: &str, request: &impl std::fmt::Debug) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}: ")),
+        "{request:?}: {}",
+        status.message()
+    );
+}
+
 #[tokio::test]
 async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
     let redis = RedisServer::start();
@@ -253,12 +263,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
     ];
     for (request, field) in cases {
         let status = client.deduct(request.clone()).await.expect_err("invalid");
-        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
-        assert!(
-            status.message().starts_with(&format!("{field}: ")),
-            "{request:?}: {}",
-            status.message()
-        );
+        assert_invalid(&status, field, &request);
     }
     let grant = |amount| GrantRequest {
         account_id: "u1".into(),
@@ -321,12 +326,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
     ];
     for (request, field) in bad_grants {
         let status = client.grant(request.clone()).await.expect_err("invalid");
-        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
-        assert!(
-            status.message().starts_with(&format!("{field}: ")),
-            "{request:?}: {}",
-            status.message()
-        );
+        assert_invalid(&status, field, &request);
     }
     let reserve = |amount, ttl: Option<i64>| ReserveRequest {
         account_id: "u1".into(),
@@ -342,12 +342,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
         (reserve(0, Some(60)), "amount"),
     ] {
         let status = client.reserve(request.clone()).await.expect_err("invalid");
-        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
-        assert!(
-            status.message().starts_with(&format!("{field}: ")),
-            "{request:?}: {}",
-            status.message()
-        );
+        assert_invalid(&status, field, &request);
     }
     let commit = |hold: &str, amount| CommitRequest {
         account_id: "u1".into(),
@@ -361,11 +356,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
         (commit("h 1", 5), "hold_id"),
     ] {
         let status = client.commit(request.clone()).await.expect_err("invalid");
-        assert!(
-            status.code() == Code::InvalidArgument
-                && status.message().starts_with(&format!("{field}: ")),
-            "{request:?}: {status:?}"
-        );
+        assert_invalid(&status, field, &request);
     }
     let history = |page_size, page_token: &str| ListHistoryRequest {
         account_id: "u1".into(),
