@@ -48,6 +48,10 @@ pub struct Plan {
     pub price_micros: i64,
     /// Per-metric usage allowances, by metric name.
     pub usage: BTreeMap<String, MetricLimit>,
+    /// The billing provider's price ids that bill this plan (e.g. Stripe's `price_…`).
+    pub billing_price_ids: Vec<String>,
+    /// The billing provider's product ids that bill this plan (e.g. Stripe's `prod_…`).
+    pub billing_product_ids: Vec<String>,
 }
 
 /// Every plan, by name (always holding [`DEFAULT_PLAN`]), and the credit
@@ -59,6 +63,8 @@ pub struct PlanCatalog {
     default_plan: Plan,
     /// Credits per unit of each feature, e.g. `chat:gpt-4o` = 3.
     prices: BTreeMap<String, i64>,
+    /// The currency of every amount of money, lowercase ISO 4217 (`usd`).
+    currency: String,
 }
 
 /// Why a catalog file was refused: the file, and toml's line, column and problem.
@@ -86,9 +92,53 @@ impl std::error::Error for CatalogError {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CatalogFile {
+    #[serde(default = "default_currency")]
+    currency: Currency,
     plans: BTreeMap<String, PlanFields>,
     #[serde(default)]
     prices: BTreeMap<FeatureName, Price>,
+}
+
+fn default_currency() -> Currency {
+    Currency("usd".to_owned())
+}
+
+/// A currency code: three lowercase letters (ISO 4217, as Stripe writes them).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+struct Currency(String);
+
+impl TryFrom<String> for Currency {
+    type Error = String;
+
+    fn try_from(code: String) -> Result<Self, String> {
+        if code.len() == 3 && code.bytes().all(|b| b.is_ascii_lowercase()) {
+            Ok(Self(code))
+        } else {
+            Err(format!(
+                "currency {code:?} must be three lowercase letters (ISO 4217), e.g. \"usd\""
+            ))
+        }
+    }
+}
+
+/// Longest billing-provider id, in characters.
+const MAX_BILLING_ID_CHARS: usize = 255;
+
+/// Checks a billing-provider id: 1–255 characters of `A-Za-z0-9_-`.
+fn check_billing_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_BILLING_ID_CHARS
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "billing id {id:?} must be 1-{MAX_BILLING_ID_CHARS} characters of A-Za-z0-9_-"
+        ))
+    }
 }
 
 /// A feature name of the price list, checked where toml can say its line.
@@ -151,6 +201,8 @@ struct PlanFields {
     billing_interval: BillingInterval,
     price_micros: i64,
     usage: BTreeMap<String, MetricLimit>,
+    billing_price_ids: Vec<String>,
+    billing_product_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +215,10 @@ struct RawPlanFields {
     price_micros: i64,
     #[serde(default)]
     usage: BTreeMap<String, MetricLimit>,
+    #[serde(default)]
+    billing_price_ids: Vec<String>,
+    #[serde(default)]
+    billing_product_ids: Vec<String>,
 }
 
 fn default_credit_period() -> String {
@@ -194,12 +250,17 @@ impl TryFrom<RawPlanFields> for PlanFields {
                 ));
             }
         }
+        for id in raw.billing_price_ids.iter().chain(&raw.billing_product_ids) {
+            check_billing_id(id)?;
+        }
         Ok(Self {
             credits: raw.credits,
             credit_period: raw.credit_period.parse()?,
             billing_interval: raw.billing_interval,
             price_micros: raw.price_micros,
             usage: raw.usage,
+            billing_price_ids: raw.billing_price_ids,
+            billing_product_ids: raw.billing_product_ids,
         })
     }
 }
@@ -228,8 +289,21 @@ impl PlanCatalog {
         };
         let file: CatalogFile = toml::from_str(text).map_err(|e| error(e.to_string()))?;
         let mut plans = BTreeMap::new();
+        // Each billing id bills one plan: the billing bridge maps ids to plans.
+        let mut billed: BTreeMap<String, String> = BTreeMap::new();
         for (name, fields) in file.plans {
             check_name("plan", &name).map_err(error)?;
+            for id in fields
+                .billing_price_ids
+                .iter()
+                .chain(&fields.billing_product_ids)
+            {
+                if let Some(other) = billed.insert(id.clone(), name.clone()) {
+                    return Err(error(format!(
+                        "billing id {id:?} is listed by plans {other} and {name}; each id bills one plan"
+                    )));
+                }
+            }
             let plan = Plan {
                 name: name.clone(),
                 credits: fields.credits,
@@ -237,6 +311,8 @@ impl PlanCatalog {
                 billing_interval: fields.billing_interval,
                 price_micros: fields.price_micros,
                 usage: fields.usage,
+                billing_price_ids: fields.billing_price_ids,
+                billing_product_ids: fields.billing_product_ids,
             };
             plans.insert(name, plan);
         }
@@ -254,6 +330,7 @@ impl PlanCatalog {
             plans,
             default_plan,
             prices,
+            currency: file.currency.0,
         })
     }
 
@@ -280,6 +357,11 @@ impl PlanCatalog {
     /// The price list: credits per unit, by feature.
     pub fn prices(&self) -> &BTreeMap<String, i64> {
         &self.prices
+    }
+
+    /// The currency of every amount of money, lowercase ISO 4217 (`usd`).
+    pub fn currency(&self) -> &str {
+        &self.currency
     }
 }
 
@@ -312,6 +394,54 @@ mod tests {
             pro.usage
                 .get("api_request")
                 .is_some_and(|l| l.overage_micros > 0)
+        );
+        assert_eq!(catalog.currency(), "usd");
+        assert_eq!(
+            (
+                pro.billing_price_ids.as_slice(),
+                pro.billing_product_ids.as_slice()
+            ),
+            (
+                ["price_1MoS37LgUG5tbmjcCA3GTNX8".to_owned()].as_slice(),
+                ["prod_NZbFOV0OmNHxwl".to_owned()].as_slice()
+            ),
+            "the ids of Stripe's example subscription bill pro"
+        );
+    }
+
+    #[test]
+    fn billing_ids_and_the_currency_are_checked_and_an_id_bills_one_plan() {
+        let plan = |name: &str, ids: &str| {
+            format!(
+                "[plans.{name}]\ncredits = 1\nbilling_interval = \"month\"\nprice_micros = 0\nbilling_price_ids = [{ids}]\n"
+            )
+        };
+        let twice = format!(
+            "{}{}",
+            plan("free", "\"price_1\""),
+            plan("pro", "\"price_1\"")
+        );
+        let err = PlanCatalog::from_toml("p", &twice)
+            .expect_err("shared id")
+            .to_string();
+        assert!(
+            err.contains("price_1") && err.contains("free") && err.contains("pro"),
+            "{err}"
+        );
+        let bad = plan("free", "\"price 1\"");
+        let err = PlanCatalog::from_toml("p", &bad)
+            .expect_err("bad id")
+            .to_string();
+        assert!(err.contains("line") && err.contains("price 1"), "{err}");
+        let euro = format!("currency = \"EUR\"\n{}", plan("free", ""));
+        let err = PlanCatalog::from_toml("p", &euro)
+            .expect_err("bad currency")
+            .to_string();
+        assert!(err.contains("currency") && err.contains("line 1"), "{err}");
+        let eur = format!("currency = \"eur\"\n{}", plan("free", ""));
+        assert_eq!(
+            PlanCatalog::from_toml("p", &eur).map(|c| c.currency().to_owned()),
+            Ok("eur".to_owned())
         );
     }
 

@@ -7,8 +7,10 @@
 mod bounds;
 mod credits;
 mod status;
+mod subscription;
 mod throttle;
 
 pub use bounds::{Bounded, BoundedCall, InFlight, Slot};
 pub use credits::CreditsGrpc;
 pub use status::to_status;
+pub use subscription::SubscriptionGrpc;

@@ -12,9 +12,12 @@ pub mod stores;
 
 use std::{future::Future, sync::Arc};
 
-use meter_api::v1::credits_service_server::{self, CreditsServiceServer};
+use meter_api::v1::{
+    credits_service_server::{self, CreditsServiceServer},
+    subscription_service_server::{self, SubscriptionServiceServer},
+};
 use meter_core::{Clock, Credits, SystemClock};
-use meter_grpc::{CreditsGrpc, InFlight};
+use meter_grpc::{CreditsGrpc, InFlight, SubscriptionGrpc};
 use meter_redis::RedisStore;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
@@ -24,7 +27,10 @@ use health::Phase;
 pub use stores::{MemoryStores, RedisStores, Stores};
 
 /// Every `meter.v1` service meterd serves, by its full name (health reports each).
-pub const SERVICE_NAMES: &[&str] = &[credits_service_server::SERVICE_NAME];
+pub const SERVICE_NAMES: &[&str] = &[
+    credits_service_server::SERVICE_NAME,
+    subscription_service_server::SERVICE_NAME,
+];
 
 /// How meterd was asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +162,11 @@ async fn serve<S: Stores, C: Clock + Clone>(
             .add_service(in_flight.bound(CreditsServiceServer::from_arc(Arc::new(
                 CreditsGrpc::new(credits),
             ))))
+            .add_service(
+                in_flight.bound(SubscriptionServiceServer::new(SubscriptionGrpc::new(
+                    Arc::clone(&config.catalog),
+                ))),
+            )
             .serve_with_incoming_shutdown(incoming, drain);
 
     let grace = config.shutdown_grace;
