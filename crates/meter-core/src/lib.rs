@@ -4,7 +4,8 @@
 //! - Kernel: [`account`] (who), [`idempotency`] (retries that apply once),
 //!   [`time`], [`clock`] and [`period`] (when), [`plan`] (the catalog),
 //!   [`error`] (one error type every context reports), [`secret`].
-//! - Contexts: [`credits`]; subscriptions, stats and usage follow the same
+//! - Contexts: [`credits`], [`subscription`] (accounts as a whole; so far
+//!   the catalog and deletion); stats and usage follow the same
 //!   shape (rules, commands, a port, a use-case service). Rate limiting shares
 //!   nothing with accounts or plans and gets a crate of its own.
 //!
@@ -19,6 +20,7 @@ pub mod idempotency;
 pub mod period;
 pub mod plan;
 pub mod secret;
+pub mod subscription;
 pub mod time;
 
 pub use account::AccountId;
@@ -35,4 +37,5 @@ pub use idempotency::{Idempotency, IdempotencyKey, IdempotencyWindow, Recorded};
 pub use period::CreditPeriod;
 pub use plan::{BillingInterval, CatalogError, MetricLimit, Plan, PlanCatalog};
 pub use secret::Secret;
+pub use subscription::{AccountStore, Subscriptions};
 pub use time::Timestamp;

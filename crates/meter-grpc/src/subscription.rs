@@ -3,22 +3,24 @@
 use std::sync::Arc;
 
 use meter_api::v1::{
-    self, FeaturePrice, ListPlansRequest, ListPlansResponse, UsageAllowance,
-    subscription_service_server::SubscriptionService,
+    self, DeleteAccountRequest, DeleteAccountResponse, FeaturePrice, ListPlansRequest,
+    ListPlansResponse, UsageAllowance, subscription_service_server::SubscriptionService,
 };
-use meter_core::{BillingInterval, CreditPeriod, Plan, PlanCatalog};
+use meter_core::{AccountId, AccountStore, BillingInterval, CreditPeriod, Plan, Subscriptions};
 use tonic::{Request, Response, Status};
 
-/// The SubscriptionService over the plan catalog.
+use crate::status::{invalid_argument, to_status};
+
+/// The SubscriptionService over a [`Subscriptions`] use-case object.
 #[derive(Debug)]
-pub struct SubscriptionGrpc {
-    catalog: Arc<PlanCatalog>,
+pub struct SubscriptionGrpc<S> {
+    subscriptions: Arc<Subscriptions<S>>,
 }
 
-impl SubscriptionGrpc {
-    /// Serves `catalog`.
-    pub fn new(catalog: Arc<PlanCatalog>) -> Self {
-        Self { catalog }
+impl<S> SubscriptionGrpc<S> {
+    /// Serves `subscriptions`.
+    pub fn new(subscriptions: Arc<Subscriptions<S>>) -> Self {
+        Self { subscriptions }
     }
 }
 
@@ -60,12 +62,12 @@ fn plan(plan: &Plan) -> v1::Plan {
 }
 
 #[tonic::async_trait]
-impl SubscriptionService for SubscriptionGrpc {
+impl<S: AccountStore> SubscriptionService for SubscriptionGrpc<S> {
     async fn list_plans(
         &self,
         _request: Request<ListPlansRequest>,
     ) -> Result<Response<ListPlansResponse>, Status> {
-        let catalog = &self.catalog;
+        let catalog = self.subscriptions.catalog();
         Ok(Response::new(ListPlansResponse {
             plans: catalog.plans().map(plan).collect(),
             default_plan: catalog.default_plan().name.clone(),
@@ -79,5 +81,19 @@ impl SubscriptionService for SubscriptionGrpc {
                 .collect(),
             currency: catalog.currency().to_owned(),
         }))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<DeleteAccountRequest>,
+    ) -> Result<Response<DeleteAccountResponse>, Status> {
+        let account = AccountId::parse("account_id", &request.into_inner().account_id)
+            .map_err(|e| invalid_argument(&e))?;
+        let deleted = self
+            .subscriptions
+            .delete_account(&account)
+            .await
+            .map_err(|e| to_status(e.into()))?;
+        Ok(Response::new(DeleteAccountResponse { deleted }))
     }
 }

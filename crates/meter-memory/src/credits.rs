@@ -278,4 +278,9 @@ mod tests {
     use crate::MemoryStore;
 
     meter_testkit::credit_ledger_contract!(window, retention => async move { (MemoryStore::new(window).with_history_retention(retention).credits(), ()) });
+
+    meter_testkit::account_store_contract!(window => async move {
+        let store = MemoryStore::new(window);
+        (store.credits(), store.accounts(), ())
+    });
 }

@@ -25,6 +25,24 @@ use meter_core::{
 
 pub use credits::MemoryCreditLedger;
 
+/// The account store on the embedded store: deleting an account.
+#[derive(Clone, Debug)]
+pub struct MemoryAccounts {
+    store: MemoryStore,
+}
+
+impl meter_core::AccountStore for MemoryAccounts {
+    async fn delete_account(&self, account: &AccountId) -> Result<bool, StoreError> {
+        let mut shard = self.store.shard(account);
+        let existed = shard.accounts.remove(account).is_some();
+        // The expiry queue's entries of this account's records are skipped
+        // when they come up (forget_expired drops only what is there).
+        let records = shard.remembered.len();
+        shard.remembered.retain(|(owner, _, _), _| owner != account);
+        Ok(existed || shard.remembered.len() < records)
+    }
+}
+
 /// Lock shards: enough that concurrent calls on different accounts rarely wait.
 const SHARDS: usize = 16;
 
@@ -99,6 +117,13 @@ impl MemoryStore {
     /// The credits port on this store.
     pub fn credits(&self) -> MemoryCreditLedger {
         MemoryCreditLedger::new(self.clone())
+    }
+
+    /// The accounts port on this store.
+    pub fn accounts(&self) -> MemoryAccounts {
+        MemoryAccounts {
+            store: self.clone(),
+        }
     }
 
     fn shard(&self, account: &AccountId) -> MutexGuard<'_, Shard> {

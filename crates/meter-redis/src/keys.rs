@@ -31,6 +31,26 @@ pub fn history(account: &AccountId) -> String {
     format!("user:{{{account}}}:history")
 }
 
+/// The account's index of idempotency records: a sorted set of their keys
+/// by expiry (ms), so that every record of the account can be found without
+/// scanning (DeleteAccount).
+pub fn idempotency_index(account: &AccountId) -> String {
+    format!("user:{{{account}}}:idempotency")
+}
+
+/// Every key of the account that is not an idempotency record; DeleteAccount
+/// deletes these and the records [`idempotency_index`] lists. A service that
+/// adds a key adds it here.
+pub fn account_keys(account: &AccountId) -> Vec<String> {
+    vec![
+        credits(account),
+        grants(account),
+        holds(account),
+        history(account),
+        idempotency_index(account),
+    ]
+}
+
 /// The remembered settlement of a hold (a JSON string with a TTL).
 pub fn hold_idempotency(account: &AccountId, hold: &IdempotencyKey) -> String {
     format!("user:{{{account}}}:idem:hold:{}", hold.as_str())

@@ -1,14 +1,15 @@
 //! The Redis store: the system of record of `meter` in production.
 //!
 //! One [`RedisStore`] owns the connection pool, the auto-pipeline in front
-//! of it and the health ping; every adapter ([`RedisCreditLedger`] now,
-//! subscriptions, stats and usage later) borrows it. Each mutation is one
+//! of it and the health ping; every adapter ([`RedisCreditLedger`],
+//! [`RedisAccounts`]; stats and usage later) borrows it. Each mutation is one
 //! Lua script run with `EVALSHA` (one round trip, atomic on the server);
-//! reads are one `HMGET`. Scripts are built from small Lua libraries
+//! reads are one `HMGET` or one read-only script. Scripts are built from small Lua libraries
 //! ([`script`]), and what they read and reply is named by [`layout!`]s.
 //!
 //! This is the only crate that knows Redis. It must not import tonic.
 
+mod accounts;
 mod cluster;
 mod config;
 mod connection;
@@ -19,6 +20,7 @@ pub mod script;
 pub mod slot;
 mod store;
 
+pub use accounts::{RedisAccounts, delete_script};
 pub use config::{InvalidRedisUrl, RedisConfig};
 pub use credits::RedisCreditLedger;
 pub use store::RedisStore;

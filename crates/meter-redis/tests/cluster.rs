@@ -73,6 +73,16 @@ mod contract {
         let store = store_on(&cluster).await;
         (RedisCreditLedger::new(store, window, retention), cluster)
     });
+
+    meter_testkit::account_store_contract!(window => async move {
+        let cluster = RedisCluster::start();
+        let store = store_on(&cluster).await;
+        (
+            RedisCreditLedger::new(store.clone(), window, HistoryRetention::DEFAULT),
+            meter_redis::RedisAccounts::new(store),
+            cluster,
+        )
+    });
 }
 
 /// `count` accounts whose slots are spread over every master of `cluster`.

@@ -8,3 +8,19 @@ meter_testkit::credit_ledger_contract!(window, retention => async move {
     let store = RedisStore::open(&RedisConfig::new(server.url())).expect("valid url");
     (RedisCreditLedger::new(store, window, retention), server)
 });
+
+mod accounts {
+    use meter_core::HistoryRetention;
+    use meter_redis::{RedisAccounts, RedisConfig, RedisCreditLedger, RedisStore};
+    use meter_testkit::RedisServer;
+
+    meter_testkit::account_store_contract!(window => async move {
+        let server = RedisServer::start();
+        let store = RedisStore::open(&RedisConfig::new(server.url())).expect("valid url");
+        (
+            RedisCreditLedger::new(store.clone(), window, HistoryRetention::DEFAULT),
+            RedisAccounts::new(store),
+            server,
+        )
+    });
+}

@@ -16,7 +16,7 @@ use meter_api::v1::{
     credits_service_server::{self, CreditsServiceServer},
     subscription_service_server::{self, SubscriptionServiceServer},
 };
-use meter_core::{Clock, Credits, SystemClock};
+use meter_core::{Clock, Credits, Subscriptions, SystemClock};
 use meter_grpc::{CreditsGrpc, InFlight, SubscriptionGrpc};
 use meter_redis::RedisStore;
 use tokio::{net::TcpListener, sync::watch};
@@ -105,6 +105,10 @@ async fn serve<S: Stores, C: Clock + Clone>(
         Credits::new(stores.credits(), Arc::clone(&config.catalog), clock)
             .with_max_hold_ttl(config.max_hold_ttl),
     );
+    let subscriptions = Arc::new(Subscriptions::new(
+        stores.accounts(),
+        Arc::clone(&config.catalog),
+    ));
     let stores = Arc::new(stores);
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let (reporter, health_service) = health::service(phase.clone()).await;
@@ -164,7 +168,7 @@ async fn serve<S: Stores, C: Clock + Clone>(
             ))))
             .add_service(
                 in_flight.bound(SubscriptionServiceServer::new(SubscriptionGrpc::new(
-                    Arc::clone(&config.catalog),
+                    subscriptions,
                 ))),
             )
             .serve_with_incoming_shutdown(incoming, drain);

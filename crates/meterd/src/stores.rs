@@ -6,17 +6,23 @@
 
 use std::future::Future;
 
-use meter_core::{CreditLedger, HistoryRetention, IdempotencyWindow, StoreError};
-use meter_memory::{MemoryCreditLedger, MemoryStore};
-use meter_redis::{RedisCreditLedger, RedisStore};
+use meter_core::{AccountStore, CreditLedger, HistoryRetention, IdempotencyWindow, StoreError};
+use meter_memory::{MemoryAccounts, MemoryCreditLedger, MemoryStore};
+use meter_redis::{RedisAccounts, RedisCreditLedger, RedisStore};
 
 /// Every storage port meterd serves, from one backend.
 pub trait Stores: Send + Sync + 'static {
     /// The credits port.
     type Credits: CreditLedger;
 
+    /// The accounts port.
+    type Accounts: AccountStore;
+
     /// The credits port on this backend.
     fn credits(&self) -> Self::Credits;
+
+    /// The accounts port on this backend.
+    fn accounts(&self) -> Self::Accounts;
 
     /// Checks that the backend answers; `Err` while it does not.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -39,9 +45,14 @@ impl MemoryStores {
 
 impl Stores for MemoryStores {
     type Credits = MemoryCreditLedger;
+    type Accounts = MemoryAccounts;
 
     fn credits(&self) -> Self::Credits {
         self.0.credits()
+    }
+
+    fn accounts(&self) -> Self::Accounts {
+        self.0.accounts()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -73,9 +84,14 @@ impl RedisStores {
 
 impl Stores for RedisStores {
     type Credits = RedisCreditLedger;
+    type Accounts = RedisAccounts;
 
     fn credits(&self) -> Self::Credits {
         RedisCreditLedger::new(self.store.clone(), self.window, self.history)
+    }
+
+    fn accounts(&self) -> Self::Accounts {
+        RedisAccounts::new(self.store.clone())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -160,8 +160,8 @@ impl RedisCreditLedger {
         }
     }
 
-    /// A call of `script` on the account's keys (and `record`, the
-    /// idempotency record, when given), with the arguments every credits
+    /// A call of `script` on the account's keys (and, with `record`, the
+    /// account's idempotency index and the record), with the arguments every credits
     /// script starts with (`lua/lib/mutation.lua`, `lua/credits/account.lua`).
     fn call(
         &self,
@@ -178,6 +178,7 @@ impl RedisCreditLedger {
         ];
         let fingerprint = record.as_ref().map_or("", |(_, fp)| fp).to_owned();
         if let Some((key, _)) = record {
+            keys.push(keys::idempotency_index(account));
             keys.push(key);
         }
         script

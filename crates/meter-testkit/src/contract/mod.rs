@@ -5,4 +5,5 @@
 //! keeps its backing server alive) for a given idempotency window, and
 //! drives time with a [`FixedClock`](crate::FixedClock): no test sleeps.
 
+pub mod accounts;
 pub mod credits;

@@ -3,8 +3,11 @@
 --
 -- ARGV of every mutation starts with now_ms, now_text, fingerprint ('' when
 -- the caller sent no idempotency key) and window_ms; the script's own
--- arguments follow from ARGV[5]. With a fingerprint, the last key is the
--- idempotency record: {"fp": fingerprint, "exp": expiry ms, "out": reply}.
+-- arguments follow from ARGV[5]. With a fingerprint, the last two keys are
+-- the account's index of idempotency records (a sorted set: record key ->
+-- expiry ms, which keeps every record of the account enumerable, for
+-- DeleteAccount) and the record itself:
+-- {"fp": fingerprint, "exp": expiry ms, "out": reply}.
 --
 -- meterd passes the time in, so every replica and the tests share one clock;
 -- now_text is the stored form 'YYYY-MM-DDTHH:MM:SS.mmmZ', fixed-width, so
@@ -16,10 +19,10 @@ local IDEMPOTENCY = nil
 if ARGV[3] ~= '' then
   -- The record is a key of its own, after the data keys: with a single key
   -- the record would overwrite the data.
-  if #KEYS < 2 then
-    return redis.error_reply('ERR an idempotent call needs its record as the last of at least two keys')
+  if #KEYS < 3 then
+    return redis.error_reply('ERR an idempotent call needs its index and record as the last of at least three keys')
   end
-  IDEMPOTENCY = { key = KEYS[#KEYS], fp = ARGV[3], window = tonumber(ARGV[4]) }
+  IDEMPOTENCY = { key = KEYS[#KEYS], index = KEYS[#KEYS - 1], fp = ARGV[3], window = tonumber(ARGV[4]) }
   -- meterd caps the window at 30 days; checked here too, before any write,
   -- because SET would refuse a bad one only after the other writes.
   if not IDEMPOTENCY.window or IDEMPOTENCY.window < 1 or IDEMPOTENCY.window > 2592000000 then
@@ -47,11 +50,18 @@ local function recall(new_reply, status_at, replayed_at)
   return record.out
 end
 
--- Remembers the reply `out` for the window. Scripts call it before their
--- other writes, once they know the outcome.
+-- Remembers the reply `out` for the window, and lists the record in the
+-- account's index. The index forgets a record a window after it expired
+-- (by then its TTL has surely ended, whatever the skew between meterd's
+-- clock and Redis's), and expires a window after its newest record.
+-- Scripts call it before their other writes, once they know the outcome.
 local function remember(out)
   if IDEMPOTENCY then
-    local record = cjson.encode({ fp = IDEMPOTENCY.fp, exp = int(NOW_MS + IDEMPOTENCY.window), out = out })
+    local expires = int(NOW_MS + IDEMPOTENCY.window)
+    local record = cjson.encode({ fp = IDEMPOTENCY.fp, exp = expires, out = out })
     redis.call('SET', IDEMPOTENCY.key, record, 'PX', IDEMPOTENCY.window)
+    redis.call('ZADD', IDEMPOTENCY.index, expires, IDEMPOTENCY.key)
+    redis.call('ZREMRANGEBYSCORE', IDEMPOTENCY.index, '-inf', '(' .. int(NOW_MS - IDEMPOTENCY.window))
+    redis.call('PEXPIRE', IDEMPOTENCY.index, 2 * IDEMPOTENCY.window)
   end
 end

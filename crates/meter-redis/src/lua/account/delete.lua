@@ -1,0 +1,14 @@
+-- delete.lua: delete every key of an account in one atomic step: its fixed
+-- keys (keys.rs account_keys, the idempotency index last) and the
+-- idempotency records the index lists. meterd reads the index first and
+-- passes the records as keys (a script declares every key it touches); if
+-- the index changed since, nothing is deleted and meterd reads it again.
+-- KEYS: the fixed keys, then the records
+-- ARGV: how many fixed keys
+local fixed = tonumber(ARGV[1])
+local index = KEYS[fixed]
+if redis.call('ZCARD', index) ~= #KEYS - fixed then return 'retry' end
+for i = fixed + 1, #KEYS do
+  if not redis.call('ZSCORE', index, KEYS[i]) then return 'retry' end
+end
+return redis.call('DEL', unpack(KEYS))
