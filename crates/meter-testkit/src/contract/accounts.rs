@@ -4,11 +4,11 @@
 use std::{future::Future, time::Duration};
 
 use meter_core::{
-    AccountId, AccountStore, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, GrantKind,
-    HistoryQuery, IdempotencyKey, IdempotencyWindow, Reason, ReserveCredits, ResetCredits,
-    Timestamp,
+    AccountStore, CreditLedger, CreditPeriod, GrantCredits, GrantKind, HistoryQuery,
+    IdempotencyWindow, Reason, ReserveCredits, ResetCredits, Timestamp,
 };
 
+use super::{account, deduct, key};
 use crate::timestamp as at;
 
 /// Runs every account-store contract test against the `(ledger, accounts,
@@ -28,18 +28,6 @@ macro_rules! account_store_contract {
 }
 
 const NOW: &str = "2026-03-10T12:00:00.000Z";
-
-fn account(name: &str) -> AccountId {
-    AccountId::parse("account_id", name).expect("valid test account")
-}
-
-fn key(text: &str) -> Option<IdempotencyKey> {
-    IdempotencyKey::parse_optional("idempotency_key", text).expect("valid test key")
-}
-
-fn deduct(who: &AccountId, amount: i64, idem: &str) -> DeductCredits {
-    DeductCredits::new(who.clone(), amount, Reason::default(), key(idem)).expect("valid deduct")
-}
 
 /// After credits, a grant, a hold, history and idempotent calls, deleting
 /// the account leaves it unknown: zero balance, no history, and its

@@ -5,10 +5,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use meter_core::{
     AccountId, Clock, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, GrantKind,
-    HistoryKind, HistoryQuery, HistoryRetention, Idempotency, IdempotencyKey, IdempotencyWindow,
-    MAX_CREDITS, MeterError, Reason, ReserveCredits, ResetCredits, SettleHold, Timestamp,
+    HistoryKind, HistoryQuery, HistoryRetention, Idempotency, IdempotencyWindow, MAX_CREDITS,
+    MeterError, Reason, ReserveCredits, ResetCredits, SettleHold, Timestamp,
 };
 
+use super::{account, deduct, key};
 use crate::{FixedClock, timestamp as at};
 
 /// The idempotency window of most contract tests.
@@ -61,18 +62,6 @@ macro_rules! credit_ledger_contract {
             }
         )*
     };
-}
-
-fn account(name: &str) -> AccountId {
-    AccountId::parse("account_id", name).expect("valid test account")
-}
-
-fn key(text: &str) -> Option<IdempotencyKey> {
-    IdempotencyKey::parse_optional("idempotency_key", text).expect("valid test key")
-}
-
-fn deduct(who: &AccountId, amount: i64, idem: &str) -> DeductCredits {
-    DeductCredits::new(who.clone(), amount, Reason::default(), key(idem)).expect("valid deduct")
 }
 
 fn grant(who: &AccountId, amount: i64, trial: bool, idem: &str) -> GrantCredits {

@@ -7,3 +7,20 @@
 
 pub mod accounts;
 pub mod credits;
+
+use meter_core::{AccountId, DeductCredits, IdempotencyKey, Reason};
+
+/// A test account named `name`.
+fn account(name: &str) -> AccountId {
+    AccountId::parse("account_id", name).expect("valid test account")
+}
+
+/// The idempotency key `text`; none for `""`.
+fn key(text: &str) -> Option<IdempotencyKey> {
+    IdempotencyKey::parse_optional("idempotency_key", text).expect("valid test key")
+}
+
+/// A deduct of `amount` from `who` with the key `idem`.
+fn deduct(who: &AccountId, amount: i64, idem: &str) -> DeductCredits {
+    DeductCredits::new(who.clone(), amount, Reason::default(), key(idem)).expect("valid deduct")
+}
