@@ -10,7 +10,7 @@ use crate::{AccountId, PlanCatalog, StoreError};
 pub trait AccountStore: Clone + Send + Sync + 'static {
     /// Removes every record of the account, in every context (credits,
     /// grants, holds, history, idempotency records), in one atomic step.
-    /// `Ok(false)` when there was none; deleting twice is fine.
+    /// `Ok(true)` when the account had credits; deleting twice is fine.
     fn delete_account(
         &self,
         account: &AccountId,
@@ -35,7 +35,7 @@ impl<S: AccountStore> Subscriptions<S> {
         &self.catalog
     }
 
-    /// Removes every record of the account; `false` when there was none.
+    /// Removes every record of the account; `true` when it had credits.
     pub async fn delete_account(&self, account: &AccountId) -> Result<bool, StoreError> {
         self.store.delete_account(account).await
     }

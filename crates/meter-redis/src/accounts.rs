@@ -43,7 +43,11 @@ impl AccountStore for RedisAccounts {
     async fn delete_account(&self, account: &AccountId) -> Result<bool, StoreError> {
         let fixed = keys::account_keys(account);
         let index = keys::idempotency_index(account);
-        for _ in 0..DELETE_TRIES {
+        for attempt in 0..DELETE_TRIES {
+            if attempt > 0 {
+                // Idempotent calls on the account are landing meanwhile.
+                tokio::time::sleep(std::time::Duration::from_millis(5 << attempt)).await;
+            }
             let mut listing = redis::cmd("ZRANGE");
             listing.arg(&index).arg(0).arg(-1);
             let records: Vec<String> = match self.store.command(listing, &index).await? {
@@ -61,7 +65,7 @@ impl AccountStore for RedisAccounts {
             keys.extend(records);
             let call = DELETE.call(&keys).arg(fixed.len());
             match self.store.run_raw(call).await? {
-                Value::Int(deleted) => return Ok(deleted > 0),
+                Value::Int(existed) => return Ok(existed == 1),
                 Value::BulkString(text) if text == b"retry" => {}
                 other => {
                     return Err(StoreError::Protocol(format!(
@@ -70,8 +74,8 @@ impl AccountStore for RedisAccounts {
                 }
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "the idempotency records of account {account} kept changing during {DELETE_TRIES} tries to delete it; nothing was deleted"
+        Err(StoreError::Overloaded(format!(
+            "idempotent calls on account {account} kept adding records during {DELETE_TRIES} tries to delete it; nothing was deleted"
         )))
     }
 }

@@ -766,3 +766,46 @@ async fn a_change_a_replica_confirms_is_answered() {
         "the answered change is on the replica: {on_replica}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_with_thousands_of_idempotency_records_is_deleted_whole() {
+    let server = RedisServer::start();
+    let (store, ledger) = ledger_on(&config(&server));
+    let ledger = Arc::new(ledger);
+    let who = account("u-busy");
+    ledger
+        .reset(&reset(&who, 100_000), at(NOW))
+        .await
+        .expect("reset");
+    // More records than Lua's unpack takes at once (about 8,000).
+    let tasks: Vec<_> = (0..50)
+        .map(|task| {
+            let (ledger, who) = (Arc::clone(&ledger), who.clone());
+            tokio::spawn(async move {
+                for i in 0..180 {
+                    ledger
+                        .deduct(&deduct(&who, 1, &format!("k-{task}-{i}")), at(NOW))
+                        .await
+                        .expect("deduct");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let mut conn = server.connection().await;
+    let listed: usize = conn
+        .zcard(keys::idempotency_index(&who))
+        .await
+        .expect("zcard");
+    assert_eq!(listed, 9_000);
+    let accounts = meter_redis::RedisAccounts::new(store);
+    assert!(
+        meter_core::AccountStore::delete_account(&accounts, &who)
+            .await
+            .expect("delete")
+    );
+    let left: Vec<String> = conn.keys("*{u-busy}*").await.expect("keys");
+    assert_eq!(left, Vec::<String>::new());
+}

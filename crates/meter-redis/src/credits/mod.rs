@@ -117,7 +117,7 @@ macro_rules! credits_scripts {
 
 credits_scripts! {
     /// The deduct script: KEYS credits, grants, holds, history[, idempotency
-    /// record]; ARGV now_ms, now_text, fingerprint, window_ms, history max
+    /// index, record]; ARGV now_ms, now_text, fingerprint, window_ms, history max
     /// entries, max age ms, then amount, key, reason.
     DEDUCT deduct_script = "deduct.lua";
     /// The grant script: as [`deduct_script`], then amount, kind, expires, wanted id, reason.

@@ -31,7 +31,7 @@ const NOW: &str = "2026-03-10T12:00:00.000Z";
 
 /// After credits, a grant, a hold, history and idempotent calls, deleting
 /// the account leaves it unknown: zero balance, no history, and its
-/// idempotency keys forgotten. Deleting again says there was nothing; the
+/// idempotency keys forgotten. Deleting again says it had no credits; the
 /// account beside it keeps everything.
 pub async fn deleting_an_account_removes_all_it_had_and_nothing_else<L, A, G, F, Fut>(make: F)
 where
@@ -90,6 +90,18 @@ where
         !again.replayed && !again.outcome.applied,
         "the key is forgotten: a new call, on an account with nothing"
     );
+    assert!(
+        !accounts
+            .delete_account(&gone)
+            .await
+            .expect("delete the new record"),
+        "no credits, though a record of the declined call was deleted"
+    );
+    let forgotten = ledger
+        .deduct(&deduct(&gone, 120, "msg-1"), now)
+        .await
+        .expect("deduct");
+    assert!(!forgotten.replayed, "that record went too");
     let beside = ledger.balance(&kept, now).await.expect("read");
     assert_eq!((beside.remaining(), beside.held), (20, 10));
     let replay = ledger

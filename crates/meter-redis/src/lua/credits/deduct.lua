@@ -3,7 +3,7 @@
 -- Atomic because check and write must see the same balance: a read-then-write
 -- from the client loses updates under concurrency. A script rather than
 -- MULTI/EXEC because the write depends on what was read (no WATCH retries).
--- KEYS: credits, grants, holds, history[, idempotency record]
+-- KEYS: credits, grants, holds, history[, idempotency index, record]
 -- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), history max
 -- entries, max age ms (account.lua), amount, key, reason
 local replay = recall(new_CREDITS_REPLY, CREDITS_REPLY_status, CREDITS_REPLY_replayed)

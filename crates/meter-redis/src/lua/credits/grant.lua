@@ -1,6 +1,6 @@
 -- grant.lua: add a grant, creating the account if needed.
 -- Atomic so that the overflow check and the settling see the balance being written.
--- KEYS: credits, grants, holds, history[, idempotency record]
+-- KEYS: credits, grants, holds, history[, idempotency index, record]
 -- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), history max
 -- entries, max age ms (account.lua), amount, kind, expires ('' never),
 -- wanted id (the idempotency key, or ''), reason

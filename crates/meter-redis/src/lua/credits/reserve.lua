@@ -1,6 +1,6 @@
 -- reserve.lua: hold `amount` credits until `expires` if that many remain,
 -- taken from their buckets in deduct order and recorded in the hold.
--- KEYS: credits, grants, holds, history[, idempotency record]
+-- KEYS: credits, grants, holds, history[, idempotency index, record]
 -- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), history max
 -- entries, max age ms (account.lua), amount, expires_text, key, reason
 local replay = recall(new_CREDITS_REPLY, CREDITS_REPLY_status, CREDITS_REPLY_replayed)

@@ -2,7 +2,7 @@
 -- and holds stay. Atomic with its idempotency record, so a retried reset
 -- never wipes usage recorded after the first one. meterd computes the next
 -- reset (next_reset_text).
--- KEYS: credits, grants, holds, history[, idempotency record]
+-- KEYS: credits, grants, holds, history[, idempotency index, record]
 -- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), history max
 -- entries, max age ms (account.lua), total, period, next_reset_text, key
 local replay = recall(new_CREDITS_REPLY, CREDITS_REPLY_status, CREDITS_REPLY_replayed)

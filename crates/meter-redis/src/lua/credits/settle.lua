@@ -1,7 +1,7 @@
 -- settle.lua: commit `amount` of an open hold (the rest goes back), or
 -- release it all. The idempotency record is keyed by the hold, so a second
 -- commit or release answers the first settlement.
--- KEYS: credits, grants, holds, history, idempotency record of the hold
+-- KEYS: credits, grants, holds, history, idempotency index, record of the hold
 -- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), history max
 -- entries, max age ms (account.lua), hold id, amount ('' to release), reason
 local replay = recall(new_CREDITS_REPLY, CREDITS_REPLY_status, CREDITS_REPLY_replayed)

@@ -52,8 +52,10 @@ end
 
 -- Remembers the reply `out` for the window, and lists the record in the
 -- account's index. The index forgets a record a window after it expired
--- (by then its TTL has surely ended, whatever the skew between meterd's
--- clock and Redis's), and expires a window after its newest record.
+-- (by then its TTL has surely ended, unless replicas' clocks differ by more
+-- than a window), and lives at least two windows after its newest record:
+-- its TTL only ever grows, so a record written with a longer window (before
+-- the window was shortened) stays listed while it lives.
 -- Scripts call it before their other writes, once they know the outcome.
 local function remember(out)
   if IDEMPOTENCY then
@@ -62,6 +64,8 @@ local function remember(out)
     redis.call('SET', IDEMPOTENCY.key, record, 'PX', IDEMPOTENCY.window)
     redis.call('ZADD', IDEMPOTENCY.index, expires, IDEMPOTENCY.key)
     redis.call('ZREMRANGEBYSCORE', IDEMPOTENCY.index, '-inf', '(' .. int(NOW_MS - IDEMPOTENCY.window))
-    redis.call('PEXPIRE', IDEMPOTENCY.index, 2 * IDEMPOTENCY.window)
+    local keep = 2 * IDEMPOTENCY.window
+    local ttl = redis.call('PTTL', IDEMPOTENCY.index)
+    if ttl < keep then redis.call('PEXPIRE', IDEMPOTENCY.index, keep) end
   end
 end
