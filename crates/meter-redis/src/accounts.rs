@@ -17,12 +17,6 @@ static DELETE: LazyLock<LuaScript> = LazyLock::new(|| {
     )
 });
 
-/// The delete script: KEYS the account's fixed keys then its idempotency
-/// records; ARGV how many fixed keys.
-pub fn delete_script() -> &'static LuaScript {
-    &DELETE
-}
-
 /// Index reads that race with new idempotency records before giving up.
 const DELETE_TRIES: usize = 5;
 

@@ -20,7 +20,7 @@ pub mod script;
 pub mod slot;
 mod store;
 
-pub use accounts::{RedisAccounts, delete_script};
+pub use accounts::RedisAccounts;
 pub use config::{InvalidRedisUrl, RedisConfig};
 pub use credits::RedisCreditLedger;
 pub use store::RedisStore;

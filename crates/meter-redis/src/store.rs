@@ -1,5 +1,5 @@
 //! The one Redis store every adapter borrows: the connection pool, the
-//! pipeline in front of it, a generic script call and hash read, and the
+//! pipeline in front of it, a generic script call and command, and the
 //! health ping.
 //!
 //! Adapters build a [`ScriptCall`] (keys, then arguments) and decode the
@@ -98,15 +98,6 @@ impl RedisStore {
             .send(call.command, Some(call.script), call.slot)
             .await?;
         strings(value, name)
-    }
-
-    /// Reads the fields of layout `R` from the hash at `key` (one `HMGET`);
-    /// every field is absent when the hash does not exist.
-    pub async fn read_hash<R: Layout>(&self, key: &str) -> Result<R, StoreError> {
-        let mut command = redis::cmd("HMGET");
-        command.arg(key).arg(R::NAMES);
-        let values = strings(self.command(command, key).await?, "HMGET")?;
-        R::from_values(values).map_err(|e| StoreError::Protocol(format!("HMGET: {e}")))
     }
 
     /// Sends one command on `key` (which picks the cluster node) and returns
