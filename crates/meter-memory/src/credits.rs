@@ -58,7 +58,8 @@ impl MemoryCreditLedger {
             now,
             |record: &mut AccountRecord| {
                 let exists = record.credits.is_some();
-                let mut credits = record.credits.clone().unwrap_or_default();
+                // The record is already the store's copy: take, don't clone.
+                let mut credits = record.credits.take().unwrap_or_default();
                 let mut log = Vec::new();
                 let outcome = change(&mut credits, &mut log)?;
                 if exists || create {

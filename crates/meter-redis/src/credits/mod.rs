@@ -595,11 +595,7 @@ fn parse_history(key: &str, reply: Value) -> Result<Vec<(HistoryId, HistoryEntry
         key: key.to_owned(),
         detail,
     };
-    let text = |value: &Value| match value {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
-        Value::SimpleString(text) => Some(text.clone()),
-        _ => None,
-    };
+    let text = |value: &Value| snapshot::text(value).ok().flatten();
     let Value::Array(items) = reply else {
         return Err(StoreError::Protocol(format!("XREVRANGE reply {reply:?}")));
     };

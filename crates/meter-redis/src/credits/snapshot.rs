@@ -286,8 +286,8 @@ impl<'a> Snapshot<'a> {
     }
 }
 
-/// A bulk string's text; `Ok(None)` for nil.
-fn text(value: &Value) -> Result<Option<String>, ()> {
+/// A bulk string's text; `Ok(None)` for nil, `Err` for anything else.
+pub(super) fn text(value: &Value) -> Result<Option<String>, ()> {
     match value {
         Value::Nil => Ok(None),
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map(Some).map_err(|_| ()),
