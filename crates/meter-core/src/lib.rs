@@ -4,8 +4,8 @@
 //! - Kernel: [`account`] (who), [`idempotency`] (retries that apply once),
 //!   [`time`], [`clock`] and [`period`] (when), [`plan`] (the catalog),
 //!   [`error`] (one error type every context reports), [`secret`].
-//! - Contexts: [`credits`], [`subscription`] (accounts as a whole; so far
-//!   the catalog and deletion); stats and usage follow the same
+//! - Contexts: [`credits`], [`subscription`] (accounts as a whole:
+//!   registration, profiles, plans and billing periods, deletion); stats and usage follow the same
 //!   shape (rules, commands, a port, a use-case service). Rate limiting shares
 //!   nothing with accounts or plans and gets a crate of its own.
 //!
@@ -28,14 +28,19 @@ pub use clock::{Clock, SystemClock};
 pub use credits::{
     Allowance, Caller, Charge, CreditAccount, CreditBalance, CreditLedger, Credits, DeductCredits,
     DeductOutcome, Grant, GrantCredits, GrantKind, GrantOutcome, HistoryEntry, HistoryId,
-    HistoryKind, HistoryPage, HistoryQuery, HistoryRetention, Hold, MAX_CREDITS, NewGrant, Reason,
-    ReserveCredits, ReserveOutcome, ResetCredits, ResetSchedule, SettleHold, SettleOutcome,
-    Settlement,
+    HistoryKind, HistoryPage, HistoryQuery, HistoryRetention, Hold, MAX_CREDITS, NewGrant,
+    PlannedAllowance, Reason, ReserveCredits, ReserveOutcome, ResetCredits, ResetSchedule, ResetTo,
+    SettleHold, SettleOutcome, Settlement,
 };
 pub use error::{InvalidArgument, MeterError, StoreError};
 pub use idempotency::{Idempotency, IdempotencyKey, IdempotencyWindow, Recorded};
 pub use period::CreditPeriod;
 pub use plan::{BillingInterval, CatalogError, MetricLimit, Plan, PlanCatalog};
 pub use secret::Secret;
-pub use subscription::{AccountStore, Subscriptions};
+pub use subscription::{
+    AccountStore, AccountView, ChangeOutcome, ChangeRules, ChangeSubscription, PlanAllowance,
+    Profile, ProfileFields, RegisterAccount, RegisterOutcome, StoredAccount, Subscription,
+    SubscriptionChange, SubscriptionRequest, SubscriptionStatus, SubscriptionUpdate, Subscriptions,
+    UpdateProfile,
+};
 pub use time::Timestamp;

@@ -30,11 +30,11 @@ impl<L, C> CreditsGrpc<L, C> {
     }
 }
 
-fn account(raw: &str) -> Result<AccountId, Status> {
+pub(crate) fn account(raw: &str) -> Result<AccountId, Status> {
     AccountId::parse("account_id", raw).map_err(|e| invalid_argument(&e))
 }
 
-fn idempotency_key(raw: &str) -> Result<Option<IdempotencyKey>, Status> {
+pub(crate) fn idempotency_key(raw: &str) -> Result<Option<IdempotencyKey>, Status> {
     IdempotencyKey::parse_optional("idempotency_key", raw).map_err(|e| invalid_argument(&e))
 }
 
@@ -42,7 +42,7 @@ fn reason(raw: &str) -> Result<Reason, Status> {
     Reason::parse("reason", raw).map_err(|e| invalid_argument(&e))
 }
 
-fn timestamp(ts: Timestamp) -> prost_types::Timestamp {
+pub(crate) fn timestamp(ts: Timestamp) -> prost_types::Timestamp {
     let millis = ts.as_millis();
     prost_types::Timestamp {
         seconds: millis.div_euclid(1000),
@@ -52,7 +52,10 @@ fn timestamp(ts: Timestamp) -> prost_types::Timestamp {
 }
 
 /// A request's timestamp, to the millisecond, within 1970..=9999.
-fn from_timestamp(field: &'static str, ts: &prost_types::Timestamp) -> Result<Timestamp, Status> {
+pub(crate) fn from_timestamp(
+    field: &'static str,
+    ts: &prost_types::Timestamp,
+) -> Result<Timestamp, Status> {
     let millis = ts
         .seconds
         .checked_mul(1000)
@@ -86,6 +89,7 @@ fn history_kind(kind: HistoryKind) -> v1::HistoryKind {
         HistoryKind::Commit => v1::HistoryKind::Commit,
         HistoryKind::Release => v1::HistoryKind::Release,
         HistoryKind::HoldExpired => v1::HistoryKind::HoldExpired,
+        HistoryKind::PlanChange => v1::HistoryKind::PlanChange,
     }
 }
 
@@ -113,7 +117,7 @@ fn requested_kind(kind: i32, trial: bool) -> Result<GrantKind, Status> {
     Ok(kind)
 }
 
-fn balance(account: &AccountId, balance: &CreditBalance) -> Balance {
+pub(crate) fn balance(account: &AccountId, balance: &CreditBalance) -> Balance {
     let allowance = &balance.allowance;
     Balance {
         account_id: account.to_string(),

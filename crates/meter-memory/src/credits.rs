@@ -32,7 +32,7 @@ impl MemoryCreditLedger {
         Self { store }
     }
 
-    fn retention(&self) -> HistoryRetention {
+    pub(crate) fn retention(&self) -> HistoryRetention {
         self.store.inner.history_retention
     }
 
@@ -73,7 +73,7 @@ impl MemoryCreditLedger {
 }
 
 /// Appends `log` with ids that never go backwards, then trims to the retention.
-fn append(
+pub(crate) fn append(
     history: &mut History,
     log: Vec<HistoryEntry>,
     now: Timestamp,
@@ -177,15 +177,21 @@ impl CreditLedger for MemoryCreditLedger {
     ) -> Result<Recorded<CreditBalance>, MeterError> {
         let idempotency = request.idempotency.as_ref();
         let caller = caller(idempotency, "");
-        self.change(
+        let retention = self.retention();
+        self.store.mutate(
             &request.account,
             CONTEXT,
             idempotency,
             now,
-            true,
-            |credits, log| {
-                credits.reset(request.total, request.period, now, caller, log)?;
-                Ok(credits.balance(now))
+            |record: &mut AccountRecord| {
+                let (total, period) = request.to.resolve(record.subscription.as_ref(), now);
+                let mut credits = record.credits.take().unwrap_or_default();
+                let mut log = Vec::new();
+                credits.reset(total, period, now, caller, &mut log)?;
+                let balance = credits.balance(now);
+                record.credits = Some(credits);
+                append(&mut record.history, log, now, retention);
+                Ok(balance)
             },
         )
     }
@@ -267,7 +273,10 @@ impl CreditLedger for MemoryCreditLedger {
     }
 }
 
-fn caller<'a>(idempotency: Option<&'a meter_core::Idempotency>, reason: &'a str) -> Caller<'a> {
+pub(crate) fn caller<'a>(
+    idempotency: Option<&'a meter_core::Idempotency>,
+    reason: &'a str,
+) -> Caller<'a> {
     Caller {
         key: idempotency.map_or("", |i| i.key.as_str()),
         reason,

@@ -9,6 +9,7 @@
 //!
 //! Must not import tokio, tonic or redis: it is plain data behind a mutex.
 
+mod accounts;
 mod credits;
 
 use std::{
@@ -20,27 +21,11 @@ use std::{
 
 use meter_core::{
     AccountId, CreditAccount, HistoryRetention, Idempotency, IdempotencyWindow, MeterError,
-    Recorded, StoreError, Timestamp,
+    Profile, Recorded, StoreError, Subscription, Timestamp,
 };
 
+pub use accounts::MemoryAccounts;
 pub use credits::MemoryCreditLedger;
-
-/// The account store on the embedded store: deleting an account.
-#[derive(Clone, Debug)]
-pub struct MemoryAccounts {
-    store: MemoryStore,
-}
-
-impl meter_core::AccountStore for MemoryAccounts {
-    async fn delete_account(&self, account: &AccountId) -> Result<bool, StoreError> {
-        let mut shard = self.store.shard(account);
-        let existed = shard.accounts.remove(account).is_some();
-        // The expiry queue's entries of this account's records are skipped
-        // when they come up (forget_expired drops only what is there).
-        shard.remembered.retain(|(owner, _, _), _| owner != account);
-        Ok(existed)
-    }
-}
 
 /// Lock shards: enough that concurrent calls on different accounts rarely wait.
 const SHARDS: usize = 16;
@@ -64,6 +49,8 @@ struct Inner {
 struct AccountRecord {
     credits: Option<CreditAccount>,
     history: credits::History,
+    profile: Option<Profile>,
+    subscription: Option<Subscription>,
 }
 
 impl AccountRecord {

@@ -1,11 +1,138 @@
-//! [`AccountStore`] on Redis: deleting every key of an account.
+//! [`AccountStore`] on Redis: profiles and subscriptions in hashes beside
+//! the credits, each call one script over all the account's keys, and
+//! deleting every key of an account.
 
 use std::sync::LazyLock;
 
-use meter_core::{AccountId, AccountStore, StoreError};
+use meter_core::{
+    AccountId, AccountStore, BillingInterval, ChangeOutcome, ChangeSubscription, CreditBalance,
+    HistoryRetention, Idempotency, IdempotencyWindow, MeterError, Plan, PlanCatalog, Profile,
+    Recorded, RegisterAccount, RegisterOutcome, StoreError, StoredAccount, Subscription,
+    SubscriptionChange, SubscriptionStatus, Timestamp, UpdateProfile,
+};
 use redis::Value;
 
-use crate::{RedisStore, keys, script::LuaScript};
+use crate::{
+    RedisStore,
+    credits::{
+        ACCOUNT, CreditsHash, CreditsReply, describe, parse_balance, parse_count, parse_time,
+    },
+    keys, layout,
+    script::{Layout, Library, LuaScript, ScriptCall, lib, names},
+};
+
+layout! {
+    /// The profile hash `user:{<account_id>}:profile`.
+    pub struct ProfileHash as "PROFILE_HASH" {
+        /// The user's email address.
+        email = "email",
+        /// The user's display name.
+        name = "name",
+        /// The URL of the user's picture.
+        image = "image",
+        /// The user's role in the app.
+        role = "role",
+        /// When the account was registered; present on every registered account.
+        joined = "joined",
+        /// When `RegisterAccount` was last called for it.
+        last_login = "lastLogin",
+    }
+}
+
+layout! {
+    /// The subscription hash `user:{<account_id>}:subscription`.
+    pub struct SubscriptionHash as "SUBSCRIPTION_HASH" {
+        /// The plan's name.
+        plan = "plan",
+        /// Stripe's status name, e.g. `past_due`.
+        status = "status",
+        /// `month` or `year`.
+        interval = "interval",
+        /// The price per interval, in micro-units.
+        amount_micros = "amountMicros",
+        /// When the account moved to this plan.
+        purchase_time = "purchaseTime",
+        /// When the billing period started.
+        period_start = "periodStart",
+        /// When the billing period ends.
+        renewal_time = "renewalTime",
+        /// `1` when the plan ends at `renewalTime`, else `0`.
+        cancel_at_period_end = "cancelAtPeriodEnd",
+        /// When the subscription was canceled.
+        canceled_time = "canceledTime",
+        /// The billing provider's customer id.
+        customer_id = "customerId",
+        /// The billing provider's subscription id.
+        subscription_id = "subscriptionId",
+        /// The event time of the last change applied.
+        updated_at = "updatedAt",
+    }
+}
+
+layout! {
+    /// The head of every account script's reply, which the profile, the
+    /// subscription ([`SubscriptionHash`] order) and a credits reply follow.
+    pub struct AccountReply as "ACCOUNT_REPLY" {
+        /// `ok`, `conflict` (key reused with other arguments) or `not_found`.
+        status = "status",
+        /// `1` when the account was created (register) or the change applied.
+        result = "result",
+        /// `1` when this is the remembered reply of an earlier call.
+        replayed = "replayed",
+    }
+}
+
+/// `account/subscription.lua`: subscriptions and profiles, and their rules.
+pub(crate) const SUBSCRIPTION: Library = Library {
+    name: "account/subscription.lua",
+    source: include_str!("lua/account/subscription.lua"),
+};
+
+fn account_script(name: &'static str, body: &str) -> LuaScript {
+    LuaScript::new(
+        name,
+        &[
+            lib::STORED,
+            lib::MUTATION,
+            lib::PERIOD,
+            ACCOUNT,
+            SUBSCRIPTION,
+        ],
+        &[
+            names::<CreditsHash>(),
+            names::<ProfileHash>(),
+            names::<SubscriptionHash>(),
+        ],
+        &[
+            names::<CreditsReply>(),
+            names::<AccountReply>(),
+            names::<ProfileHash>(),
+            names::<SubscriptionHash>(),
+        ],
+        body,
+    )
+}
+
+static REGISTER: LazyLock<LuaScript> = LazyLock::new(|| {
+    account_script(
+        "account/register.lua",
+        include_str!("lua/account/register.lua"),
+    )
+});
+static CHANGE: LazyLock<LuaScript> =
+    LazyLock::new(|| account_script("account/change.lua", include_str!("lua/account/change.lua")));
+static PROFILE: LazyLock<LuaScript> = LazyLock::new(|| {
+    account_script(
+        "account/profile.lua",
+        include_str!("lua/account/profile.lua"),
+    )
+});
+static GET: LazyLock<LuaScript> = LazyLock::new(|| {
+    account_script("account/get.lua", include_str!("lua/account/get.lua")).reading_only()
+});
+
+/// Index reads that race with new idempotency records before giving up.
+const DELETE_TRIES: usize = 5;
 
 static DELETE: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new(
@@ -17,23 +144,409 @@ static DELETE: LazyLock<LuaScript> = LazyLock::new(|| {
     )
 });
 
-/// Index reads that race with new idempotency records before giving up.
-const DELETE_TRIES: usize = 5;
-
 /// The account store on Redis.
 #[derive(Clone, Debug)]
 pub struct RedisAccounts {
     store: RedisStore,
+    window: IdempotencyWindow,
+    retention: HistoryRetention,
+}
+
+/// Adds the default plan's arguments (name, interval, price, credits, period).
+pub(crate) fn default_plan_args(call: ScriptCall, plan: &Plan) -> ScriptCall {
+    call.arg(plan.name.as_str())
+        .arg(plan.billing_interval.as_str())
+        .arg(plan.price_micros)
+        .arg(plan.credits)
+        .arg(plan.credit_period.as_str())
 }
 
 impl RedisAccounts {
-    /// Accounts on `store`.
-    pub fn new(store: RedisStore) -> Self {
-        Self { store }
+    /// Accounts on `store` that remember idempotency keys for `window` and
+    /// keep `retention` of each account's credit history.
+    pub fn new(store: RedisStore, window: IdempotencyWindow, retention: HistoryRetention) -> Self {
+        Self {
+            store,
+            window,
+            retention,
+        }
+    }
+
+    /// A call of `script` on every key of the account (and the idempotency
+    /// index and record with a key), with the arguments every account script
+    /// starts with: the mutation head, the history retention, the key, the
+    /// default plan.
+    fn call(
+        &self,
+        script: &'static LuaScript,
+        account: &AccountId,
+        idempotency: Option<&Idempotency>,
+        default: &Plan,
+        now: Timestamp,
+    ) -> ScriptCall {
+        let mut keys = vec![
+            keys::credits(account),
+            keys::grants(account),
+            keys::holds(account),
+            keys::history(account),
+            keys::profile(account),
+            keys::subscription(account),
+        ];
+        if let Some(idem) = idempotency {
+            keys.push(keys::idempotency_index(account));
+            keys.push(keys::account_idempotency(account, &idem.key));
+        }
+        let call = script
+            .call(&keys)
+            .arg(now.as_millis())
+            .arg(now.to_string())
+            .arg(idempotency.map_or("", |i| i.fingerprint.as_str()))
+            .arg(self.window.as_millis())
+            .arg(self.retention.max_entries)
+            .arg(self.retention.max_age_millis())
+            .arg(idempotency.map_or("", |i| i.key.as_str()));
+        default_plan_args(call, default)
+    }
+
+    /// Runs an account script: its head, the profile and subscription as
+    /// stored, and the balance; `conflict` as the error it names.
+    async fn run(
+        &self,
+        call: ScriptCall,
+        account: &AccountId,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<(AccountReply, StoredAccount), MeterError> {
+        let values = self
+            .store
+            .run_values(call)
+            .await
+            .map_err(|e| describe(e, account))?;
+        let (head, stored) = parse_account(account, values)?;
+        if head.status.as_deref() == Some("conflict") {
+            return Err(conflict(idempotency));
+        }
+        Ok((head, stored))
     }
 }
 
+fn conflict(idempotency: Option<&Idempotency>) -> MeterError {
+    MeterError::IdempotencyConflict {
+        key: idempotency
+            .map(|i| i.key.as_str().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+/// Splits `values` at each length of `lengths`, the rest last.
+fn split(mut values: Vec<Option<String>>, lengths: &[usize]) -> Option<Vec<Vec<Option<String>>>> {
+    let mut parts = Vec::with_capacity(lengths.len() + 1);
+    for &length in lengths {
+        if values.len() < length {
+            return None;
+        }
+        let rest = values.split_off(length);
+        parts.push(values);
+        values = rest;
+    }
+    parts.push(values);
+    Some(parts)
+}
+
+/// The head, profile, subscription and balance of an account script's reply.
+fn parse_account(
+    account: &AccountId,
+    values: Vec<Option<String>>,
+) -> Result<(AccountReply, StoredAccount), StoreError> {
+    let protocol = || StoreError::Protocol(format!("account script reply for {account}"));
+    let lengths = [
+        AccountReply::NAMES.len(),
+        ProfileHash::NAMES.len(),
+        SubscriptionHash::NAMES.len(),
+        CreditsReply::NAMES.len(),
+    ];
+    let (head, parts) = match values.len() {
+        // A conflict replies the head alone.
+        n if n <= AccountReply::NAMES.len() => {
+            let mut values = values;
+            values.resize(AccountReply::NAMES.len(), None);
+            let head = AccountReply::from_values(values).map_err(StoreError::Protocol)?;
+            return Ok((
+                head,
+                StoredAccount {
+                    profile: None,
+                    subscription: None,
+                    balance: CreditBalance::default(),
+                },
+            ));
+        }
+        _ => {
+            let mut parts = split(values, &lengths).ok_or_else(protocol)?.into_iter();
+            let head = AccountReply::from_values(parts.next().ok_or_else(protocol)?)
+                .map_err(StoreError::Protocol)?;
+            (head, parts)
+        }
+    };
+    let mut parts = parts;
+    let mut next = || parts.next().ok_or_else(protocol);
+    let profile = parse_profile(
+        account,
+        ProfileHash::from_values(next()?).map_err(StoreError::Protocol)?,
+    )?;
+    let subscription = parse_subscription(
+        account,
+        SubscriptionHash::from_values(next()?).map_err(StoreError::Protocol)?,
+    )?;
+    let credits = CreditsReply::from_values(next()?).map_err(StoreError::Protocol)?;
+    let grants = next()?;
+    let balance = parse_balance(account, &credits, &grants)?;
+    Ok((
+        head,
+        StoredAccount {
+            profile,
+            subscription,
+            balance,
+        },
+    ))
+}
+
+/// A corrupt-data error for a field of one of the account's hashes.
+fn corrupt(account: &AccountId, key: String, field: &str, value: Option<&str>) -> StoreError {
+    StoreError::Corrupt {
+        what: format!("account {account}"),
+        key,
+        detail: format!("field {field} holds {value:?}"),
+    }
+}
+
+/// The profile a [`ProfileHash`] holds; `None` without `joined`.
+fn parse_profile(account: &AccountId, hash: ProfileHash) -> Result<Option<Profile>, StoreError> {
+    let time = |field: &str, value: Option<String>| {
+        value
+            .as_deref()
+            .and_then(parse_time)
+            .ok_or_else(|| corrupt(account, keys::profile(account), field, value.as_deref()))
+    };
+    if hash.joined.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Profile {
+        joined: time("joined", hash.joined)?,
+        last_login: time("lastLogin", hash.last_login)?,
+        email: hash.email.unwrap_or_default(),
+        name: hash.name.unwrap_or_default(),
+        image: hash.image.unwrap_or_default(),
+        role: hash.role.unwrap_or_default(),
+    }))
+}
+
+/// The subscription a [`SubscriptionHash`] holds; `None` without a plan.
+fn parse_subscription(
+    account: &AccountId,
+    hash: SubscriptionHash,
+) -> Result<Option<Subscription>, StoreError> {
+    let Some(plan) = hash.plan else {
+        return Ok(None);
+    };
+    let bad = |field: &str, value: Option<&str>| {
+        corrupt(account, keys::subscription(account), field, value)
+    };
+    let time = |field: &str, value: Option<String>| {
+        value
+            .map(|text| parse_time(&text).ok_or_else(|| bad(field, Some(&text))))
+            .transpose()
+    };
+    Ok(Some(Subscription {
+        plan,
+        status: hash
+            .status
+            .as_deref()
+            .and_then(|s| s.parse::<SubscriptionStatus>().ok())
+            .ok_or_else(|| bad("status", hash.status.as_deref()))?,
+        interval: hash
+            .interval
+            .as_deref()
+            .and_then(|s| s.parse::<BillingInterval>().ok())
+            .ok_or_else(|| bad("interval", hash.interval.as_deref()))?,
+        amount_micros: hash
+            .amount_micros
+            .as_deref()
+            .and_then(parse_count)
+            .ok_or_else(|| bad("amountMicros", hash.amount_micros.as_deref()))?,
+        cancel_at_period_end: match hash.cancel_at_period_end.as_deref() {
+            Some("1") => true,
+            Some("0") => false,
+            other => return Err(bad("cancelAtPeriodEnd", other)),
+        },
+        purchase_time: time("purchaseTime", hash.purchase_time)?,
+        period_start: time("periodStart", hash.period_start)?,
+        renewal_time: time("renewalTime", hash.renewal_time)?,
+        canceled_time: time("canceledTime", hash.canceled_time)?,
+        updated_at: time("updatedAt", hash.updated_at)?,
+        customer_id: hash.customer_id.unwrap_or_default(),
+        subscription_id: hash.subscription_id.unwrap_or_default(),
+    }))
+}
+
 impl AccountStore for RedisAccounts {
+    async fn account(
+        &self,
+        account: &AccountId,
+        catalog: &PlanCatalog,
+        now: Timestamp,
+    ) -> Result<StoredAccount, StoreError> {
+        let call = self.call(&GET, account, None, catalog.default_plan(), now);
+        let values = self
+            .store
+            .run_values(call)
+            .await
+            .map_err(|e| describe(e, account))?;
+        Ok(parse_account(account, values)?.1)
+    }
+
+    async fn register(
+        &self,
+        request: &RegisterAccount,
+        now: Timestamp,
+    ) -> Result<Recorded<RegisterOutcome>, MeterError> {
+        let idempotency = request.idempotency.as_ref();
+        let fields = &request.profile;
+        let text = |value: &Option<String>| value.clone().unwrap_or_default();
+        let call = self
+            .call(
+                &REGISTER,
+                &request.account,
+                idempotency,
+                request.catalog.default_plan(),
+                now,
+            )
+            .arg(text(&fields.email))
+            .arg(text(&fields.name))
+            .arg(text(&fields.image))
+            .arg(text(&fields.role));
+        let (head, account) = self.run(call, &request.account, idempotency).await?;
+        Ok(Recorded {
+            replayed: head.replayed.as_deref() == Some("1"),
+            outcome: RegisterOutcome {
+                created: head.result.as_deref() == Some("1"),
+                account,
+            },
+        })
+    }
+
+    async fn change_subscription(
+        &self,
+        request: &ChangeSubscription,
+        now: Timestamp,
+    ) -> Result<Recorded<ChangeOutcome>, MeterError> {
+        let idempotency = request.idempotency.as_ref();
+        let default = request.catalog.default_plan();
+        let call = self.call(&CHANGE, &request.account, idempotency, default, now);
+        let time = |t: Option<Timestamp>| t.map(|t| t.to_string()).unwrap_or_default();
+        let call = match &request.change {
+            SubscriptionChange::Update(u) => {
+                let plan = request.catalog.get(&u.plan).unwrap_or(default);
+                call.arg("update")
+                    .arg(request.event_time.to_string())
+                    .arg(u.plan.as_str())
+                    .arg(plan.credits)
+                    .arg(plan.credit_period.as_str())
+                    .arg(u.status.as_str())
+                    .arg(u.interval.as_str())
+                    .arg(u.amount_micros)
+                    .arg(time(u.period_start))
+                    .arg(time(u.period_end))
+                    .arg(if u.cancel_at_period_end { "1" } else { "0" })
+                    .arg(u.customer_id.as_str())
+                    .arg(u.subscription_id.as_str())
+            }
+            SubscriptionChange::CancelAtPeriodEnd => {
+                call.arg("cancel_end").arg(request.event_time.to_string())
+            }
+            SubscriptionChange::CancelNow => {
+                call.arg("cancel_now").arg(request.event_time.to_string())
+            }
+        };
+        let (head, account) = self.run(call, &request.account, idempotency).await?;
+        let subscription = account.subscription.ok_or_else(|| {
+            StoreError::Protocol(format!(
+                "account/change.lua replied no subscription for {}",
+                request.account
+            ))
+        })?;
+        Ok(Recorded {
+            replayed: head.replayed.as_deref() == Some("1"),
+            outcome: ChangeOutcome {
+                subscription,
+                applied: head.result.as_deref() == Some("1"),
+                next_credit_reset: account.balance.reset_time(),
+            },
+        })
+    }
+
+    async fn update_profile(
+        &self,
+        request: &UpdateProfile,
+        now: Timestamp,
+    ) -> Result<Recorded<Profile>, MeterError> {
+        let idempotency = request.idempotency.as_ref();
+        let account = &request.account;
+        let mut keys = vec![keys::profile(account)];
+        if let Some(idem) = idempotency {
+            keys.push(keys::idempotency_index(account));
+            keys.push(keys::account_idempotency(account, &idem.key));
+        }
+        let given =
+            |value: &Option<String>| value.as_ref().map(|v| format!("={v}")).unwrap_or_default();
+        let fields = &request.fields;
+        let call = PROFILE
+            .call(&keys)
+            .arg(now.as_millis())
+            .arg(now.to_string())
+            .arg(idempotency.map_or("", |i| i.fingerprint.as_str()))
+            .arg(self.window.as_millis())
+            .arg(given(&fields.email))
+            .arg(given(&fields.name))
+            .arg(given(&fields.image))
+            .arg(given(&fields.role));
+        let mut values = self
+            .store
+            .run_values(call)
+            .await
+            .map_err(|e| describe(e, account))?;
+        if values.len() < AccountReply::NAMES.len() {
+            values.resize(AccountReply::NAMES.len(), None);
+        }
+        let rest = values.split_off(AccountReply::NAMES.len());
+        let head = AccountReply::from_values(values).map_err(StoreError::Protocol)?;
+        match head.status.as_deref() {
+            Some("ok") => {}
+            Some("conflict") => return Err(conflict(idempotency)),
+            Some("not_found") => {
+                return Err(MeterError::NotFound(format!(
+                    "account {account} is not registered; call RegisterAccount first"
+                )));
+            }
+            other => {
+                return Err(
+                    StoreError::Protocol(format!("account/profile.lua status {other:?}")).into(),
+                );
+            }
+        }
+        let profile = parse_profile(
+            account,
+            ProfileHash::from_values(rest).map_err(StoreError::Protocol)?,
+        )?
+        .ok_or_else(|| {
+            StoreError::Protocol(format!(
+                "account/profile.lua replied no profile for {account}"
+            ))
+        })?;
+        Ok(Recorded {
+            replayed: head.replayed.as_deref() == Some("1"),
+            outcome: profile,
+        })
+    }
+
     async fn delete_account(&self, account: &AccountId) -> Result<bool, StoreError> {
         let fixed = keys::account_keys(account);
         let index = keys::idempotency_index(account);

@@ -31,6 +31,18 @@ pub fn history(account: &AccountId) -> String {
     format!("user:{{{account}}}:history")
 }
 
+/// The account's profile: a hash with the fields of
+/// [`ProfileHash`](crate::accounts::ProfileHash).
+pub fn profile(account: &AccountId) -> String {
+    format!("user:{{{account}}}:profile")
+}
+
+/// The account's subscription: a hash with the fields of
+/// [`SubscriptionHash`](crate::accounts::SubscriptionHash).
+pub fn subscription(account: &AccountId) -> String {
+    format!("user:{{{account}}}:subscription")
+}
+
 /// The account's index of idempotency records: a sorted set of their keys
 /// by expiry (ms), so that every record of the account can be found without
 /// scanning (DeleteAccount).
@@ -47,8 +59,15 @@ pub fn account_keys(account: &AccountId) -> Vec<String> {
         grants(account),
         holds(account),
         history(account),
+        profile(account),
+        subscription(account),
         idempotency_index(account),
     ]
+}
+
+/// The remembered outcome of one idempotent subscription call (a JSON string with a TTL).
+pub fn account_idempotency(account: &AccountId, key: &IdempotencyKey) -> String {
+    format!("user:{{{account}}}:idem:account:{}", key.as_str())
 }
 
 /// The remembered settlement of a hold (a JSON string with a TTL).

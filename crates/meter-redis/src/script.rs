@@ -178,6 +178,11 @@ impl LuaScript {
                 "local function read_{layout}(key) return redis.call('HMGET', key, {}) end",
                 quoted.join(", ")
             );
+            let _ = writeln!(
+                source,
+                "local function fields_{layout}() return {{ {} }} end",
+                quoted.join(", ")
+            );
         }
         for (layout, names) in replies {
             let _ = writeln!(

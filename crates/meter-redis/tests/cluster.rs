@@ -13,7 +13,7 @@ use std::{
 
 use meter_core::{
     AccountId, CreditLedger, CreditPeriod, DeductCredits, HistoryRetention, IdempotencyKey,
-    IdempotencyWindow, MeterError, Reason, ResetCredits, StoreError,
+    IdempotencyWindow, MeterError, Reason, ResetCredits, ResetTo, StoreError,
 };
 use meter_redis::{RedisConfig, RedisCreditLedger, RedisStore, keys, slot::key_slot};
 use meter_testkit::{RedisCluster, timestamp as at};
@@ -59,8 +59,10 @@ fn deduct(who: &AccountId, amount: i64, idem: &str) -> DeductCredits {
 fn reset(who: &AccountId, total: i64) -> ResetCredits {
     ResetCredits {
         account: who.clone(),
-        total,
-        period: CreditPeriod::Month,
+        to: ResetTo::Fixed {
+            total,
+            period: CreditPeriod::Month,
+        },
         idempotency: None,
     }
 }
@@ -79,7 +81,7 @@ mod contract {
         let store = store_on(&cluster).await;
         (
             RedisCreditLedger::new(store.clone(), window, HistoryRetention::DEFAULT),
-            meter_redis::RedisAccounts::new(store),
+            meter_redis::RedisAccounts::new(store, window, HistoryRetention::DEFAULT),
             cluster,
         )
     });

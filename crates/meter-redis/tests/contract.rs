@@ -19,7 +19,7 @@ mod accounts {
         let store = RedisStore::open(&RedisConfig::new(server.url())).expect("valid url");
         (
             RedisCreditLedger::new(store.clone(), window, HistoryRetention::DEFAULT),
-            RedisAccounts::new(store),
+            RedisAccounts::new(store, window, HistoryRetention::DEFAULT),
             server,
         )
     });

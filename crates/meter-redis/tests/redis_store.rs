@@ -10,7 +10,7 @@ use std::{
 use meter_core::{
     AccountId, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, GrantKind,
     HistoryRetention, IdempotencyKey, IdempotencyWindow, MeterError, Reason, ReserveCredits,
-    ResetCredits, SettleHold, StoreError, Timestamp,
+    ResetCredits, ResetTo, SettleHold, StoreError, Timestamp,
 };
 use meter_redis::{
     RedisConfig, RedisCreditLedger, RedisStore, keys,
@@ -71,8 +71,10 @@ fn grant(who: &AccountId, amount: i64, idem: &str) -> GrantCredits {
 fn reset(who: &AccountId, total: i64) -> ResetCredits {
     ResetCredits {
         account: who.clone(),
-        total,
-        period: CreditPeriod::Month,
+        to: ResetTo::Fixed {
+            total,
+            period: CreditPeriod::Month,
+        },
         idempotency: None,
     }
 }
@@ -800,7 +802,11 @@ async fn an_account_with_thousands_of_idempotency_records_is_deleted_whole() {
         .await
         .expect("zcard");
     assert_eq!(listed, 9_000);
-    let accounts = meter_redis::RedisAccounts::new(store);
+    let accounts = meter_redis::RedisAccounts::new(
+        store,
+        IdempotencyWindow::new(HOUR).expect("valid window"),
+        HistoryRetention::DEFAULT,
+    );
     assert!(
         meter_core::AccountStore::delete_account(&accounts, &who)
             .await

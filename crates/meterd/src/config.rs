@@ -24,6 +24,7 @@ mod defaults {
     pub const IDEMPOTENCY_WINDOW: &str = "24h";
     pub const HISTORY_MAX_AGE: &str = "90d";
     pub const MAX_HOLD_TTL: &str = "24h";
+    pub const MAX_EVENT_SKEW: &str = "5m";
     pub const HEALTH_INTERVAL: &str = "1s";
 }
 
@@ -123,6 +124,9 @@ pub struct ServiceArgs {
     /// The longest ttl Reserve accepts.
     #[arg(long, env = "METERD_MAX_HOLD_TTL", default_value = defaults::MAX_HOLD_TTL, value_parser = parse_duration)]
     pub max_hold_ttl: Duration,
+    /// How far ahead of meterd's clock a billing event's time may be (at most 1d).
+    #[arg(long, env = "METERD_MAX_EVENT_SKEW", default_value = defaults::MAX_EVENT_SKEW, value_parser = parse_duration)]
+    pub max_event_skew: Duration,
     /// How often the store is checked for the health service.
     #[arg(long, env = "METERD_HEALTH_INTERVAL", default_value = defaults::HEALTH_INTERVAL, value_parser = parse_duration)]
     pub health_interval: Duration,
@@ -170,6 +174,8 @@ pub struct Config {
     pub history: HistoryRetention,
     /// The longest hold Reserve accepts.
     pub max_hold_ttl: Duration,
+    /// How far ahead of the clock a billing event's time may be.
+    pub max_event_skew: Duration,
     /// How often store health is checked.
     pub health_interval: Duration,
     /// How long meterd keeps serving after reporting NOT_SERVING on SIGTERM.
@@ -190,6 +196,7 @@ impl Config {
             idempotency_window: IdempotencyWindow::new(duration(defaults::IDEMPOTENCY_WINDOW)?)?,
             history: HistoryRetention::DEFAULT,
             max_hold_ttl: duration(defaults::MAX_HOLD_TTL)?,
+            max_event_skew: duration(defaults::MAX_EVENT_SKEW)?,
             health_interval: duration(defaults::HEALTH_INTERVAL)?,
             shutdown_delay: duration(defaults::SHUTDOWN_DELAY)?,
             shutdown_grace: duration(defaults::SHUTDOWN_GRACE)?,
@@ -221,6 +228,9 @@ pub enum ConfigError {
     /// The longest hold is out of range.
     #[error("--max-hold-ttl ({0:?}) must be from 1s to 30d")]
     MaxHoldTtl(Duration),
+    /// The event skew is out of range.
+    #[error("--max-event-skew ({0:?}) must be at most 1d")]
+    MaxEventSkew(Duration),
     /// Waiting for replicas would outlast the wait for Redis's answer.
     #[error(
         "--redis-wait-timeout ({wait:?}) must be shorter than --redis-timeout ({response:?}): \
@@ -293,11 +303,21 @@ impl Cli {
             )
             .map_err(ConfigError::History)?,
             max_hold_ttl: check_hold_ttl(self.service.max_hold_ttl)?,
+            max_event_skew: check_event_skew(self.service.max_event_skew)?,
             health_interval: self.service.health_interval,
             shutdown_delay: self.grpc.shutdown_delay,
             shutdown_grace: self.grpc.shutdown_grace,
             max_in_flight: self.grpc.max_in_flight,
         })
+    }
+}
+
+/// `skew` if it is at most a day.
+fn check_event_skew(skew: Duration) -> Result<Duration, ConfigError> {
+    if skew <= Duration::from_secs(86_400) {
+        Ok(skew)
+    } else {
+        Err(ConfigError::MaxEventSkew(skew))
     }
 }
 

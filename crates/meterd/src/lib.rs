@@ -102,13 +102,13 @@ async fn serve<S: Stores, C: Clock + Clone>(
     shutdown: impl Future<Output = Stop> + Send + 'static,
 ) -> Result<(), RunError> {
     let credits = Arc::new(
-        Credits::new(stores.credits(), Arc::clone(&config.catalog), clock)
+        Credits::new(stores.credits(), Arc::clone(&config.catalog), clock.clone())
             .with_max_hold_ttl(config.max_hold_ttl),
     );
-    let subscriptions = Arc::new(Subscriptions::new(
-        stores.accounts(),
-        Arc::clone(&config.catalog),
-    ));
+    let subscriptions = Arc::new(
+        Subscriptions::new(stores.accounts(), Arc::clone(&config.catalog), clock)
+            .with_max_event_skew(config.max_event_skew),
+    );
     let stores = Arc::new(stores);
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let (reporter, health_service) = health::service(phase.clone()).await;

@@ -91,7 +91,7 @@ impl Stores for RedisStores {
     }
 
     fn accounts(&self) -> Self::Accounts {
-        RedisAccounts::new(self.store.clone())
+        RedisAccounts::new(self.store.clone(), self.window, self.history)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -7,7 +7,8 @@
 
 use crate::{
     Allowance, CreditBalance, CreditPeriod, Grant, GrantKind, HistoryEntry, HistoryKind,
-    InvalidArgument, MAX_CREDITS, MeterError, ResetSchedule, Timestamp, credits::total_overflow,
+    InvalidArgument, MAX_CREDITS, MeterError, PlannedAllowance, ResetSchedule, Timestamp,
+    credits::total_overflow,
 };
 
 /// Most live grants an account may hold at once.
@@ -65,6 +66,8 @@ pub struct CreditAccount {
     /// The number of the allowance period now running: every reset, lazy
     /// or not, counts one.
     pub period: u64,
+    /// An allowance that replaces this one when its time comes.
+    pub planned: Option<PlannedAllowance>,
 }
 
 /// The idempotency key and reason of a call, for its history entry.
@@ -85,6 +88,15 @@ impl CreditAccount {
     /// Credits held by open holds.
     pub fn held(&self) -> i64 {
         self.holds.iter().map(|h| h.amount).sum()
+    }
+
+    /// Credits granted by the grants not expired by `now`, used or not.
+    fn granted(&self, now: Timestamp) -> i64 {
+        self.grants
+            .iter()
+            .filter(|g| !g.expired(now))
+            .map(|g| g.amount)
+            .sum()
     }
 
     /// The balance callers see (call [`CreditAccount::settle`] first).
@@ -110,11 +122,34 @@ impl CreditAccount {
         log.len() - 1
     }
 
-    /// Applies what fell due by `now`, in this order: a period reset
-    /// (`used` back to 0, the reset time moved past `now` by whole periods),
-    /// holds past their expiry released, and the remainder of expired grants
-    /// gone. Each change is logged.
+    /// Applies what fell due by `now`, in this order: a planned allowance
+    /// whose time came (it starts then, the periods since counted from it),
+    /// a period reset (`used` back to 0, the reset time moved past `now` by
+    /// whole periods), holds past their expiry released, and the remainder
+    /// of expired grants gone. Each change is logged.
     pub fn settle(&mut self, now: Timestamp, log: &mut Vec<HistoryEntry>) {
+        if let Some(planned) = self.planned
+            && now >= planned.at
+        {
+            self.planned = None;
+            let before = self.remaining();
+            let total = planned.total.min(MAX_CREDITS - self.granted(now));
+            self.period += 1;
+            self.allowance = Allowance {
+                total,
+                used: 0,
+                schedule: planned.period.period_containing(planned.at, now).map(
+                    |(_, next_reset)| ResetSchedule {
+                        anchor: planned.at,
+                        period: planned.period,
+                        next_reset,
+                    },
+                ),
+            };
+            let at = self.note(log, planned.at, HistoryKind::PlanChange);
+            log[at].amount = total;
+            log[at].change = self.remaining() - before;
+        }
         if let Some(schedule) = self.allowance.schedule
             && now >= schedule.next_reset
             && let Some((start, end)) = schedule.period.period_containing(schedule.anchor, now)
@@ -336,6 +371,47 @@ impl CreditAccount {
         log[at].change = self.remaining() - before;
         tag(&mut log[at], caller);
         Ok(())
+    }
+
+    /// Starts a plan's allowance: `start.total` credits a period, none
+    /// used, the periods counted from `start.at` (at most `now`), and
+    /// `planned` to replace it later; grants and holds stay. A total that
+    /// would take the balance past [`MAX_CREDITS`] with the live grants is
+    /// capped there.
+    pub fn start_allowance(
+        &mut self,
+        start: PlannedAllowance,
+        planned: Option<PlannedAllowance>,
+        now: Timestamp,
+        caller: Caller<'_>,
+        log: &mut Vec<HistoryEntry>,
+    ) {
+        let PlannedAllowance {
+            at: anchor,
+            total,
+            period,
+        } = start;
+        self.settle(now, log);
+        let total = total.min(MAX_CREDITS - self.granted(now));
+        let before = self.remaining();
+        self.period += 1;
+        let anchor = anchor.min(now);
+        self.allowance = Allowance {
+            total,
+            used: 0,
+            schedule: period
+                .period_containing(anchor, now)
+                .map(|(_, next_reset)| ResetSchedule {
+                    anchor,
+                    period,
+                    next_reset,
+                }),
+        };
+        self.planned = planned;
+        let at = self.note(log, now, HistoryKind::PlanChange);
+        log[at].amount = total;
+        log[at].change = self.remaining() - before;
+        tag(&mut log[at], caller);
     }
 
     /// Holds `amount` until `expires` if that much remains; `None` (and no

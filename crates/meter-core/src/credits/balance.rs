@@ -22,6 +22,18 @@ pub struct ResetSchedule {
     pub next_reset: Timestamp,
 }
 
+/// An allowance that replaces the current one at a set time (a plan that
+/// falls back to the default plan when its subscription ends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlannedAllowance {
+    /// When it starts; its periods are counted from here.
+    pub at: Timestamp,
+    /// Credits of each period.
+    pub total: i64,
+    /// How long each period is.
+    pub period: CreditPeriod,
+}
+
 /// The credits of the current period: they reset, lazily, when it ends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Allowance {

@@ -1,10 +1,10 @@
 //! The requests that change credits, checked when they are made.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     AccountId, CreditBalance, CreditPeriod, GrantKind, Idempotency, IdempotencyKey,
-    InvalidArgument, MAX_CREDITS, Timestamp, plan::check_feature,
+    InvalidArgument, MAX_CREDITS, PlanCatalog, Subscription, Timestamp, plan::check_feature,
 };
 
 /// Longest accepted reason, in characters.
@@ -359,12 +359,52 @@ pub struct SettleOutcome {
 pub struct ResetCredits {
     /// The account to reset.
     pub account: AccountId,
-    /// The new total.
-    pub total: i64,
-    /// The period until the next reset.
-    pub period: CreditPeriod,
+    /// The new allowance.
+    pub to: ResetTo,
     /// Present when the caller sent an idempotency key.
     pub idempotency: Option<Idempotency>,
+}
+
+/// The allowance a reset starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResetTo {
+    /// `total` credits each `period`.
+    Fixed {
+        /// Credits of each period.
+        total: i64,
+        /// How long each period is.
+        period: CreditPeriod,
+    },
+    /// The allowance of the account's plan (by its subscription, as of the
+    /// reset), with `total` credits instead of the plan's when given.
+    Plan {
+        /// Credits of each period instead of the plan's.
+        total: Option<i64>,
+        /// The catalog the plan is looked up in.
+        catalog: Arc<PlanCatalog>,
+    },
+}
+
+impl ResetTo {
+    /// The total and period for an account with `subscription` at `now`.
+    pub fn resolve(
+        &self,
+        subscription: Option<&Subscription>,
+        now: Timestamp,
+    ) -> (i64, CreditPeriod) {
+        match self {
+            Self::Fixed { total, period } => (*total, *period),
+            Self::Plan { total, catalog } => {
+                let default = catalog.default_plan();
+                let settled = subscription.map(|s| s.clone().settled(now, default));
+                let plan = settled
+                    .as_ref()
+                    .and_then(|s| catalog.get(s.allowance_plan(&default.name)))
+                    .unwrap_or(default);
+                (total.unwrap_or(plan.credits), plan.credit_period)
+            }
+        }
+    }
 }
 
 /// Whether a deduct was applied, and the balance after it.

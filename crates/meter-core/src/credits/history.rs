@@ -26,11 +26,14 @@ pub enum HistoryKind {
     Release,
     /// A hold past its time to live, released by the next call.
     HoldExpired,
+    /// The allowance of a new plan or billing period started (a subscription
+    /// change, or a scheduled fall back to the default plan).
+    PlanChange,
 }
 
 impl HistoryKind {
     /// Every kind, in the order the API numbers them.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Deduct,
         Self::Grant,
         Self::Reset,
@@ -40,6 +43,7 @@ impl HistoryKind {
         Self::Commit,
         Self::Release,
         Self::HoldExpired,
+        Self::PlanChange,
     ];
 
     /// The stored name, e.g. `period_reset`.
@@ -54,6 +58,7 @@ impl HistoryKind {
             Self::Commit => "commit",
             Self::Release => "release",
             Self::HoldExpired => "hold_expired",
+            Self::PlanChange => "plan_change",
         }
     }
 }

@@ -17,11 +17,12 @@ pub use account::{
     Caller, CreditAccount, Hold, MAX_LIVE_GRANTS, MAX_OPEN_HOLDS, NewGrant, Settlement,
 };
 pub use balance::{
-    Allowance, CreditBalance, Grant, GrantKind, MAX_CREDITS, ResetSchedule, total_overflow,
+    Allowance, CreditBalance, Grant, GrantKind, MAX_CREDITS, PlannedAllowance, ResetSchedule,
+    total_overflow,
 };
 pub use commands::{
     Charge, DeductCredits, DeductOutcome, GrantCredits, GrantOutcome, MAX_REASON_CHARS, Reason,
-    ReserveCredits, ReserveOutcome, ResetCredits, SettleHold, SettleOutcome,
+    ReserveCredits, ReserveOutcome, ResetCredits, ResetTo, SettleHold, SettleOutcome,
 };
 pub use history::{
     HistoryEntry, HistoryId, HistoryKind, HistoryPage, HistoryQuery, HistoryRetention,

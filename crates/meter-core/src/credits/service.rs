@@ -6,7 +6,7 @@ use crate::{
     AccountId, Charge, Clock, CreditBalance, CreditLedger, DeductCredits, DeductOutcome,
     GrantCredits, GrantOutcome, HistoryPage, HistoryQuery, Idempotency, IdempotencyKey,
     InvalidArgument, MAX_CREDITS, MeterError, PlanCatalog, Reason, Recorded, ReserveCredits,
-    ReserveOutcome, ResetCredits, SettleHold, SettleOutcome, StoreError,
+    ReserveOutcome, ResetCredits, ResetTo, SettleHold, SettleOutcome, StoreError,
 };
 
 /// Most feature names an unknown-feature error lists.
@@ -141,7 +141,8 @@ impl<L: CreditLedger, C: Clock> Credits<L, C> {
         self.ledger.history(account, query, self.clock.now()).await
     }
 
-    /// Starts a new period with `total` credits, or the plan's when `None`.
+    /// Starts a new period of the account's plan, with `total` credits
+    /// instead of the plan's when given.
     pub async fn reset(
         &self,
         account: AccountId,
@@ -157,13 +158,13 @@ impl<L: CreditLedger, C: Clock> Credits<L, C> {
             )
             .into());
         }
-        // Until SubscriptionService records plans, every account is on the default plan.
-        let plan = self.catalog.default_plan();
         let requested = total.map_or_else(|| "plan".to_owned(), |t| t.to_string());
         let request = ResetCredits {
             account,
-            total: total.unwrap_or(plan.credits),
-            period: plan.credit_period,
+            to: ResetTo::Plan {
+                total,
+                catalog: Arc::clone(&self.catalog),
+            },
             idempotency: Idempotency::new(key, &["reset", &requested]),
         };
         self.ledger.reset(&request, self.clock.now()).await

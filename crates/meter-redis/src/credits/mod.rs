@@ -12,8 +12,8 @@ use meter_core::{
     AccountId, Allowance, CreditBalance, CreditLedger, CreditPeriod, DeductCredits, DeductOutcome,
     Grant, GrantCredits, GrantKind, GrantOutcome, HistoryEntry, HistoryId, HistoryPage,
     HistoryQuery, HistoryRetention, Idempotency, IdempotencyWindow, InvalidArgument, MAX_CREDITS,
-    MeterError, Recorded, ReserveCredits, ReserveOutcome, ResetCredits, ResetSchedule, SettleHold,
-    SettleOutcome, Settlement, StoreError, Timestamp,
+    MeterError, Recorded, ReserveCredits, ReserveOutcome, ResetCredits, ResetSchedule, ResetTo,
+    SettleHold, SettleOutcome, Settlement, StoreError, Timestamp,
     credits::{MAX_LIVE_GRANTS, MAX_OPEN_HOLDS, total_overflow},
 };
 use redis::Value;
@@ -86,7 +86,7 @@ layout! {
 }
 
 /// `credits/account.lua`: the account in memory, its rules, writes and reply.
-const ACCOUNT: Library = Library {
+pub(crate) const ACCOUNT: Library = Library {
     name: "credits/account.lua",
     source: include_str!("../lua/credits/account.lua"),
 };
@@ -122,12 +122,41 @@ credits_scripts! {
     DEDUCT deduct_script = "deduct.lua";
     /// The grant script: as [`deduct_script`], then amount, kind, expires, wanted id, reason.
     GRANT grant_script = "grant.lua";
-    /// The reset script: as [`deduct_script`], then total, period, next_reset_text, key.
-    RESET reset_script = "reset.lua";
     /// The reserve script: as [`deduct_script`], then amount, expires_text, key, reason.
     RESERVE reserve_script = "reserve.lua";
     /// The settle script: as [`deduct_script`] with the hold's record, then hold id, amount, reason.
     SETTLE settle_script = "settle.lua";
+}
+
+static RESET: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "credits/reset.lua",
+        &[
+            lib::STORED,
+            lib::MUTATION,
+            lib::PERIOD,
+            ACCOUNT,
+            crate::accounts::SUBSCRIPTION,
+        ],
+        &[
+            names::<CreditsHash>(),
+            names::<crate::accounts::ProfileHash>(),
+            names::<crate::accounts::SubscriptionHash>(),
+        ],
+        &[
+            names::<CreditsReply>(),
+            names::<crate::accounts::AccountReply>(),
+        ],
+        include_str!("../lua/credits/reset.lua"),
+    )
+});
+
+/// The reset script: KEYS credits, grants, holds, history, profile,
+/// subscription[, idempotency index, record]; ARGV as [`deduct_script`],
+/// then total and period ('' for the plan's), key, the default plan (name,
+/// interval, price, credits, period) and each plan's name, credits, period.
+pub fn reset_script() -> &'static LuaScript {
+    &RESET
 }
 
 static HISTORY: LazyLock<LuaScript> = LazyLock::new(|| {
@@ -176,6 +205,11 @@ impl RedisCreditLedger {
             keys::holds(account),
             keys::history(account),
         ];
+        if std::ptr::eq(script, &*RESET) {
+            // Reset looks up the account's plan in its subscription.
+            keys.push(keys::profile(account));
+            keys.push(keys::subscription(account));
+        }
         let fingerprint = record.as_ref().map_or("", |(_, fp)| fp).to_owned();
         if let Some((key, _)) = record {
             keys.push(keys::idempotency_index(account));
@@ -276,7 +310,7 @@ impl RedisCreditLedger {
 }
 
 /// Names the account in a corrupt-data error, for the caller.
-fn describe(error: StoreError, account: &AccountId) -> StoreError {
+pub(crate) fn describe(error: StoreError, account: &AccountId) -> StoreError {
     match error {
         StoreError::Corrupt { key, detail, .. } => StoreError::Corrupt {
             what: format!("credits of account {account}"),
@@ -289,7 +323,7 @@ fn describe(error: StoreError, account: &AccountId) -> StoreError {
 
 /// A stored count: a plain decimal integer from 0 to [`MAX_CREDITS`], no
 /// sign, no leading zero (the rule of `lua/lib/stored.lua`).
-fn parse_count(text: &str) -> Option<i64> {
+pub(crate) fn parse_count(text: &str) -> Option<i64> {
     let plain = text == "0"
         || (text.len() <= 16
             && text.starts_with(|c: char| ('1'..='9').contains(&c))
@@ -302,7 +336,7 @@ fn parse_count(text: &str) -> Option<i64> {
 /// A stored time: exactly the form meterd writes, `2026-02-28T10:00:00.000Z`
 /// (the rule of `lua/lib/stored.lua`). A text of that shape that parses as
 /// a real date round-trips, so checking the shape is checking canonical form.
-fn parse_time(text: &str) -> Option<Timestamp> {
+pub(crate) fn parse_time(text: &str) -> Option<Timestamp> {
     const SHAPE: &[u8; 24] = b"dddd-dd-ddTdd:dd:dd.dddZ";
     let bytes = text.as_bytes();
     let shaped = bytes.len() == 24
@@ -318,7 +352,7 @@ fn parse_time(text: &str) -> Option<Timestamp> {
 /// The balance a reply describes: the allowance from its fields, one grant
 /// per text after them. Anything that does not parse is a protocol error
 /// (the scripts checked what they read from storage).
-fn parse_balance(
+pub(crate) fn parse_balance(
     account: &AccountId,
     reply: &CreditsReply,
     grants: &[Option<String>],
@@ -441,18 +475,28 @@ impl CreditLedger for RedisCreditLedger {
         now: Timestamp,
     ) -> Result<Recorded<CreditBalance>, MeterError> {
         let idempotency = request.idempotency.as_ref();
-        let next_reset = request.period.boundary(now, 1).ok_or_else(|| {
-            StoreError::Protocol(format!(
-                "no {} period ends before the year 10000",
-                request.period
-            ))
-        })?;
-        let call = self
-            .mutation(&RESET, &request.account, idempotency, now)
-            .arg(request.total)
-            .arg(request.period.as_str())
-            .arg(next_reset.to_string())
-            .arg(idempotency.map_or("", |i| i.key.as_str()));
+        let mut call = self.mutation(&RESET, &request.account, idempotency, now);
+        match &request.to {
+            ResetTo::Fixed { total, period } => {
+                call = call
+                    .arg(*total)
+                    .arg(period.as_str())
+                    .arg(idempotency.map_or("", |i| i.key.as_str()));
+            }
+            ResetTo::Plan { total, catalog } => {
+                call = call
+                    .arg(total.map(|t| t.to_string()).unwrap_or_default())
+                    .arg("")
+                    .arg(idempotency.map_or("", |i| i.key.as_str()));
+                call = crate::accounts::default_plan_args(call, catalog.default_plan());
+                for plan in catalog.plans() {
+                    call = call
+                        .arg(plan.name.as_str())
+                        .arg(plan.credits)
+                        .arg(plan.credit_period.as_str());
+                }
+            }
+        }
         let recorded = self.run(call, &request.account, idempotency, 0).await?;
         Ok(recorded.map(|(_, balance)| balance))
     }

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use meter_core::{
     AccountId, Allowance, CreditAccount, CreditBalance, CreditPeriod, Grant, GrantKind, Hold,
-    ResetSchedule, StoreError, Timestamp,
+    PlannedAllowance, ResetSchedule, StoreError, Timestamp,
 };
 use redis::Value;
 
@@ -51,7 +51,7 @@ pub(super) async fn balance(
         other => return Err(StoreError::Protocol(format!("HMGET reply {other:?}"))),
     };
     let alone = match hash.meta.as_deref() {
-        Some(meta) => snapshot.meta(meta)?.2,
+        Some(meta) => snapshot.meta(meta)?.alone,
         // No hash, no account: grants and holds are written with it.
         None => hash.total.is_none() && hash.last_update.is_none(),
     };
@@ -72,6 +72,16 @@ pub(super) async fn balance(
             credits.balance(now)
         }
     })
+}
+
+/// The numbers of the credits hash's `meta` field.
+#[derive(Default)]
+struct Meta {
+    seq: u64,
+    period: u64,
+    /// Neither grants nor holds.
+    alone: bool,
+    planned: Option<PlannedAllowance>,
 }
 
 /// Reads one account's stored credits, naming its keys in errors.
@@ -179,8 +189,13 @@ impl<'a> Snapshot<'a> {
                     })?,
             }),
         };
-        let (seq, period, _) = match &hash.meta {
-            None => (0, 0, false),
+        let Meta {
+            seq,
+            period,
+            planned,
+            ..
+        } = match &hash.meta {
+            None => Meta::default(),
             Some(meta) => self.meta(meta)?,
         };
         let mut grants = self.grants(grants)?;
@@ -200,17 +215,28 @@ impl<'a> Snapshot<'a> {
                 .transpose()?,
             seq,
             period,
+            planned,
         }))
     }
 
-    /// `seq|period|grants|held|holdsNext`: the numbers the rules keep, and
-    /// whether the account has neither grants nor holds (the rest is derived
-    /// from the grants and holds, and checked all the same).
-    fn meta(&self, meta: &str) -> Result<(u64, u64, bool), StoreError> {
+    /// `seq|period|grants|held|holdsNext[|planAt|planTotal|planPeriod]`:
+    /// the numbers the rules keep, the planned allowance, and whether the
+    /// account has neither grants nor holds (the rest is derived from the
+    /// grants and holds, and checked all the same).
+    fn meta(&self, meta: &str) -> Result<Meta, StoreError> {
         let bad = || self.corrupt(keys::credits(self.account), "meta", meta);
         let parts: Vec<&str> = meta.split('|').collect();
-        let [seq, period, grants, held, next_hold] = parts[..] else {
-            return Err(bad());
+        let (seq, period, grants, held, next_hold, plan) = match parts[..] {
+            [seq, period, grants, held, next_hold] => (seq, period, grants, held, next_hold, None),
+            [seq, period, grants, held, next_hold, at, total, plan_period] => (
+                seq,
+                period,
+                grants,
+                held,
+                next_hold,
+                Some((at, total, plan_period)),
+            ),
+            _ => return Err(bad()),
         };
         let number = |text: &str| {
             parse_count(text)
@@ -218,11 +244,23 @@ impl<'a> Snapshot<'a> {
                 .ok_or_else(bad)
         };
         let (grants, held) = (number(grants)?, number(held)?);
-        let alone = grants == 0 && held == 0 && next_hold.is_empty();
         if !next_hold.is_empty() {
             parse_time(next_hold).ok_or_else(bad)?;
         }
-        Ok((number(seq)?, number(period)?, alone))
+        let planned = match plan {
+            None => None,
+            Some((at, total, period)) => Some(PlannedAllowance {
+                at: parse_time(at).ok_or_else(bad)?,
+                total: parse_count(total).ok_or_else(bad)?,
+                period: period.parse().map_err(|_| bad())?,
+            }),
+        };
+        Ok(Meta {
+            seq: number(seq)?,
+            period: number(period)?,
+            alone: grants == 0 && held == 0 && next_hold.is_empty(),
+            planned,
+        })
     }
 
     fn grants(&self, fields: &[Value]) -> Result<Vec<Grant>, StoreError> {

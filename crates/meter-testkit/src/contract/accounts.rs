@@ -5,7 +5,7 @@ use std::{future::Future, time::Duration};
 
 use meter_core::{
     AccountStore, CreditLedger, CreditPeriod, GrantCredits, GrantKind, HistoryQuery,
-    IdempotencyWindow, Reason, ReserveCredits, ResetCredits, Timestamp,
+    IdempotencyWindow, Reason, ReserveCredits, ResetCredits, ResetTo, Timestamp,
 };
 
 use super::{account, deduct, key};
@@ -24,6 +24,25 @@ macro_rules! account_store_contract {
             )
             .await;
         }
+
+        $crate::account_store_contract!(@subscription $window => $make;
+            an_account_lives_from_sign_up_to_free_again,
+            older_billing_events_never_roll_a_subscription_back,
+            the_status_decides_the_allowance,
+            concurrent_sign_ups_create_one_account,
+            profiles_change_field_by_field_and_bad_input_writes_nothing,
+        );
+    };
+    (@subscription $window:ident => $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::contract::subscription::$name(
+                    |$window: ::meter_core::IdempotencyWindow| $make,
+                )
+                .await;
+            }
+        )*
     };
 }
 
@@ -47,8 +66,10 @@ where
     for who in [&gone, &kept] {
         let reset = ResetCredits {
             account: who.clone(),
-            total: 100,
-            period: CreditPeriod::Month,
+            to: ResetTo::Fixed {
+                total: 100,
+                period: CreditPeriod::Month,
+            },
             idempotency: None,
         };
         ledger.reset(&reset, now).await.expect("reset");

@@ -6,7 +6,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use meter_core::{
     AccountId, Clock, CreditLedger, CreditPeriod, DeductCredits, GrantCredits, GrantKind,
     HistoryKind, HistoryQuery, HistoryRetention, Idempotency, IdempotencyWindow, MAX_CREDITS,
-    MeterError, Reason, ReserveCredits, ResetCredits, SettleHold, Timestamp,
+    MeterError, Reason, ReserveCredits, ResetCredits, ResetTo, SettleHold, Timestamp,
 };
 
 use super::{account, deduct, key};
@@ -107,8 +107,7 @@ fn history_window() -> HistoryRetention {
 fn reset(who: &AccountId, total: i64, period: CreditPeriod) -> ResetCredits {
     ResetCredits {
         account: who.clone(),
-        total,
-        period,
+        to: ResetTo::Fixed { total, period },
         idempotency: None,
     }
 }

@@ -112,19 +112,28 @@ local function load_account()
     end
     a.period = period
   end
-  -- meta: seq|period|grants|held|holdsNext (CREDITS_HASH). `grants` counts
-  -- the grants hash's fields: at 0, the hash is not read.
-  local meta, count = f[CREDITS_HASH_meta], nil
+  -- meta: seq|period|grants|held|holdsNext[|planAt|planTotal|planPeriod]
+  -- (CREDITS_HASH). `grants` counts the grants hash's fields: at 0, the
+  -- hash is not read. The plan part is the planned allowance, when there is one.
+  local meta, count, planned = f[CREDITS_HASH_meta], nil, ''
   if meta then
-    local seq, number, grants, held, next_hold =
-      string.match(meta, '^(%d+)|(%d+)|(%d+)|(%d+)|([^|]*)$')
+    local seq, number, grants, held, next_hold, rest =
+      string.match(meta, '^(%d+)|(%d+)|(%d+)|(%d+)|([^|]*)(.*)$')
     if not seq then corrupt(CK, 'meta', meta) end
     a.seq, a.period_number = stored_count(CK, 'meta', seq), stored_count(CK, 'meta', number)
     count, a.held = stored_count(CK, 'meta', grants), stored_count(CK, 'meta', held)
     a.holds_next = next_hold ~= '' and stored_time(CK, 'meta', next_hold) or nil
+    if rest ~= '' then
+      local at, total, period = string.match(rest, '^|([^|]+)|(%d+)|(%l+)$')
+      if not at or (period ~= 'day' and period ~= 'week' and period ~= 'month' and period ~= 'year') then
+        corrupt(CK, 'meta', meta)
+      end
+      a.planned = { at = stored_time(CK, 'meta', at), total = stored_count(CK, 'meta', total), period = period }
+      planned = rest
+    end
   end
   -- What was loaded, for save() to write only what changed.
-  a.loaded = { a.total, a.used, a.seq, a.held, a.period_number, count, a.holds_next }
+  a.loaded = { a.total, a.used, a.seq, a.held, a.period_number, count, a.holds_next, planned }
   if count ~= 0 then
     local G = grant_rules(a)
     local raw = redis.call('HGETALL', GK)
@@ -268,8 +277,43 @@ local function hold_rules(a)
   return a.hold_rules
 end
 
--- Applies what fell due by now: the period reset, expired holds, expired grants.
+-- Credits of the grants not expired by now, used or not.
+local function granted(a)
+  local n = 0
+  if #a.grants > 0 then
+    local G = grant_rules(a)
+    for _, g in ipairs(a.grants) do
+      if not G.expired(g) then n = n + g.amount end
+    end
+  end
+  return n
+end
+
+-- Makes `total` credits each `period`, counted from `anchor` (text, at or
+-- before now), the allowance: none used, a new period number. Capped so the
+-- balance stays within MAX_CREDITS. Returns the entry it logs at `time`.
+local function begin_allowance(a, total, period, anchor, time, key)
+  local before = remaining(a)
+  local cap = MAX_CREDITS - granted(a)
+  if total > cap then total = cap end
+  local t = period_math()
+  local _, finish = t.period_containing(t.parse_time(anchor), period, NOW_MS)
+  a.period_number = a.period_number + 1
+  a.total, a.used, a.period, a.anchor, a.reset = total, 0, period, anchor, t.format_time(finish)
+  a.exists = true
+  local e = note(a, time, 'plan_change', total, 0, key, '')
+  e.change = remaining(a) - before
+  return e
+end
+
+-- Applies what fell due by now: a planned allowance whose time came, the
+-- period reset, expired holds, expired grants.
 local function settle(a)
+  if a.planned and NOW_TEXT >= a.planned.at then
+    local p = a.planned
+    a.planned = nil
+    begin_allowance(a, p.total, p.period, p.at, p.at, nil)
+  end
   if a.reset and NOW_TEXT >= a.reset then
     local t = period_math()
     local start, finish = t.period_containing(t.parse_time(a.anchor), a.period, NOW_MS)
@@ -384,10 +428,14 @@ local function save(a)
   if a.reset and f[CREDITS_HASH_resetPeriod] ~= a.period then
     fields[n + 1], fields[n + 2], n = 'resetPeriod', a.period, n + 2
   end
+  local planned = ''
+  if a.planned then
+    planned = '|' .. a.planned.at .. '|' .. int(a.planned.total) .. '|' .. a.planned.period
+  end
   if not f[CREDITS_HASH_meta] or was[3] ~= a.seq or was[4] ~= a.held or was[5] ~= a.period_number
-    or was[6] ~= #a.grants or was[7] ~= a.holds_next then
-    fields[n + 1], fields[n + 2], n = 'meta', string.format('%d|%d|%d|%d|%s', a.seq,
-      a.period_number, #a.grants, a.held, a.holds_next or ''), n + 2
+    or was[6] ~= #a.grants or was[7] ~= a.holds_next or was[8] ~= planned then
+    fields[n + 1], fields[n + 2], n = 'meta', string.format('%d|%d|%d|%d|%s%s', a.seq,
+      a.period_number, #a.grants, a.held, a.holds_next or '', planned), n + 2
   end
   if n > 0 then redis.call('HSET', CK, unpack(fields)) end
   if next(a.grants_dirty) then

@@ -1,0 +1,382 @@
+//! An account's subscription and the rules that change it: which events
+//! apply, what a plan change does to the credit allowance, and the lazy fall
+//! back to the default plan when a subscription ends.
+//!
+//! These are the reference semantics: the embedded store applies them
+//! directly, the Redis scripts implement them in Lua
+//! (`meter-redis/src/lua/account/subscription.lua`), and the contract suite
+//! holds both to them.
+
+use std::{fmt, str::FromStr};
+
+use crate::{
+    BillingInterval, Caller, CreditAccount, CreditPeriod, HistoryEntry, Plan, PlannedAllowance,
+    Timestamp,
+};
+
+/// The state of a subscription: the billing provider's (Stripe's) set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SubscriptionStatus {
+    /// Paid and running: the plan's allowance.
+    Active,
+    /// In a free trial: the plan's allowance.
+    Trialing,
+    /// A renewal payment failed and is being retried: the plan's allowance
+    /// stays meanwhile.
+    PastDue,
+    /// Ended: the default plan's allowance.
+    Canceled,
+    /// Retries gave up with the invoice open: the default plan's allowance.
+    Unpaid,
+    /// The first payment has not succeeded yet: the default plan's allowance.
+    Incomplete,
+    /// The first payment never succeeded: the default plan's allowance.
+    IncompleteExpired,
+    /// Paused (a trial ended without a payment method): the default plan's allowance.
+    Paused,
+}
+
+impl SubscriptionStatus {
+    /// Every status, in the order the API numbers them.
+    pub const ALL: [Self; 8] = [
+        Self::Active,
+        Self::Trialing,
+        Self::PastDue,
+        Self::Canceled,
+        Self::Unpaid,
+        Self::Incomplete,
+        Self::IncompleteExpired,
+        Self::Paused,
+    ];
+
+    /// The stored name, as Stripe writes it (`past_due`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Trialing => "trialing",
+            Self::PastDue => "past_due",
+            Self::Canceled => "canceled",
+            Self::Unpaid => "unpaid",
+            Self::Incomplete => "incomplete",
+            Self::IncompleteExpired => "incomplete_expired",
+            Self::Paused => "paused",
+        }
+    }
+
+    /// Whether an account in this status gets its plan's allowance (else the
+    /// default plan's).
+    pub fn grants_plan(self) -> bool {
+        matches!(self, Self::Active | Self::Trialing | Self::PastDue)
+    }
+}
+
+impl fmt::Display for SubscriptionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SubscriptionStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| format!("{text:?} is not a subscription status"))
+    }
+}
+
+impl BillingInterval {
+    /// The stored name: `month` or `year`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Month => "month",
+            Self::Year => "year",
+        }
+    }
+}
+
+impl FromStr for BillingInterval {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "month" => Ok(Self::Month),
+            "year" => Ok(Self::Year),
+            other => Err(format!("{other:?} is not a billing interval")),
+        }
+    }
+}
+
+/// An account's subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The plan's name.
+    pub plan: String,
+    /// Where the subscription stands.
+    pub status: SubscriptionStatus,
+    /// How often it is billed.
+    pub interval: BillingInterval,
+    /// What each billing interval costs, in micro-units.
+    pub amount_micros: i64,
+    /// When the account moved to this plan.
+    pub purchase_time: Option<Timestamp>,
+    /// When the current billing period started.
+    pub period_start: Option<Timestamp>,
+    /// When the current billing period ends (and renews, or ends the plan).
+    pub renewal_time: Option<Timestamp>,
+    /// Whether the plan ends at `renewal_time` instead of renewing.
+    pub cancel_at_period_end: bool,
+    /// When the subscription was canceled.
+    pub canceled_time: Option<Timestamp>,
+    /// The billing provider's customer id (Stripe `cus_…`).
+    pub customer_id: String,
+    /// The billing provider's subscription id (Stripe `sub_…`).
+    pub subscription_id: String,
+    /// The event time of the last change applied; older events are ignored.
+    pub updated_at: Option<Timestamp>,
+}
+
+impl Subscription {
+    /// The subscription of an account that has none: the default plan, active.
+    pub fn default_for(plan: &Plan) -> Self {
+        Self {
+            plan: plan.name.clone(),
+            status: SubscriptionStatus::Active,
+            interval: plan.billing_interval,
+            amount_micros: plan.price_micros,
+            purchase_time: None,
+            period_start: None,
+            renewal_time: None,
+            cancel_at_period_end: false,
+            canceled_time: None,
+            customer_id: String::new(),
+            subscription_id: String::new(),
+            updated_at: None,
+        }
+    }
+
+    /// The plan whose allowance the account gets: its plan while the status
+    /// grants it, else `default`.
+    pub fn allowance_plan<'a>(&'a self, default: &'a str) -> &'a str {
+        if self.status.grants_plan() {
+            &self.plan
+        } else {
+            default
+        }
+    }
+
+    /// Whether the account pays for a plan now: active or trialing, not on `default`.
+    pub fn is_paying(&self, default: &str) -> bool {
+        matches!(
+            self.status,
+            SubscriptionStatus::Active | SubscriptionStatus::Trialing
+        ) && self.plan != default
+    }
+
+    /// The subscription as of `now`: one that was to end at its period's end
+    /// and reached it is canceled, on `default`, from `renewal_time`.
+    #[must_use]
+    pub fn settled(self, now: Timestamp, default: &Plan) -> Self {
+        match self.renewal_time {
+            Some(end) if self.cancel_at_period_end && end <= now => self.canceled(end, default),
+            _ => self,
+        }
+    }
+
+    /// This subscription canceled at `at`: the default plan, status
+    /// canceled, the billing ids kept.
+    #[must_use]
+    fn canceled(self, at: Timestamp, default: &Plan) -> Self {
+        Self {
+            status: SubscriptionStatus::Canceled,
+            canceled_time: Some(at),
+            purchase_time: Some(at),
+            updated_at: Some(self.updated_at.map_or(at, |t| t.max(at))),
+            customer_id: self.customer_id,
+            subscription_id: self.subscription_id,
+            ..Self::default_for(default)
+        }
+    }
+}
+
+/// A subscription as a billing event describes it (`UpdateSubscription`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionUpdate {
+    /// The plan, which the catalog has.
+    pub plan: String,
+    /// Its status.
+    pub status: SubscriptionStatus,
+    /// How often it is billed.
+    pub interval: BillingInterval,
+    /// What each interval costs, in micro-units.
+    pub amount_micros: i64,
+    /// The billing period's start.
+    pub period_start: Option<Timestamp>,
+    /// The billing period's end.
+    pub period_end: Option<Timestamp>,
+    /// Whether it ends at the period's end.
+    pub cancel_at_period_end: bool,
+    /// The billing provider's customer id; empty keeps the stored one.
+    pub customer_id: String,
+    /// The billing provider's subscription id; empty keeps the stored one.
+    pub subscription_id: String,
+}
+
+/// What a subscription call asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscriptionChange {
+    /// The subscription is now as described.
+    Update(SubscriptionUpdate),
+    /// The plan ends at the end of the billing period (now, without one).
+    CancelAtPeriodEnd,
+    /// The plan ends now.
+    CancelNow,
+}
+
+/// A plan's allowance: credits each period, and the period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanAllowance {
+    /// Credits of each period.
+    pub credits: i64,
+    /// How long each period is.
+    pub period: CreditPeriod,
+}
+
+impl From<&Plan> for PlanAllowance {
+    fn from(plan: &Plan) -> Self {
+        Self {
+            credits: plan.credits,
+            period: plan.credit_period,
+        }
+    }
+}
+
+/// What a subscription change did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeOutcome {
+    /// The subscription after the call.
+    pub subscription: Subscription,
+    /// False when the event was older than the stored subscription and was ignored.
+    pub applied: bool,
+    /// When the allowance resets next, after the call.
+    pub next_credit_reset: Option<Timestamp>,
+}
+
+/// The rules of a subscription change, applied to an account's stored
+/// subscription and credits: `plan` is the allowance of the update's plan
+/// (unused by cancellations), `default` the default plan.
+#[derive(Clone, Copy, Debug)]
+pub struct ChangeRules<'a> {
+    /// The change.
+    pub change: &'a SubscriptionChange,
+    /// The event's time.
+    pub event_time: Timestamp,
+    /// The allowance of the plan an update names.
+    pub plan: PlanAllowance,
+    /// The default plan.
+    pub default: &'a Plan,
+}
+
+impl ChangeRules<'_> {
+    /// Applies the change at `now`: an event older than the stored one is
+    /// ignored; otherwise the subscription is replaced, and a new allowance
+    /// plan (by plan or status) or a new billing period starts that plan's
+    /// allowance, its periods counted from the billing period's start. A
+    /// plan that ends at its period's end has the default plan's allowance
+    /// planned for then.
+    pub fn apply(
+        &self,
+        stored: Option<Subscription>,
+        credits: &mut CreditAccount,
+        now: Timestamp,
+        caller: Caller<'_>,
+        log: &mut Vec<HistoryEntry>,
+    ) -> (Subscription, bool) {
+        let default = self.default;
+        let current = stored.map_or_else(
+            || Subscription::default_for(default),
+            |s| s.settled(now, default),
+        );
+        if current.updated_at.is_some_and(|t| t > self.event_time) {
+            return (current, false);
+        }
+        credits.settle(now, log);
+        let event = self.event_time;
+        let (next, anchor, new_period) = match self.change {
+            SubscriptionChange::Update(u) => {
+                let purchase_time = if u.plan == current.plan {
+                    current.purchase_time.or(u.period_start).or(Some(event))
+                } else {
+                    u.period_start.or(Some(event))
+                };
+                let keep = |given: &str, stored: &str| {
+                    if given.is_empty() { stored } else { given }.to_owned()
+                };
+                let next = Subscription {
+                    plan: u.plan.clone(),
+                    status: u.status,
+                    interval: u.interval,
+                    amount_micros: u.amount_micros,
+                    purchase_time,
+                    period_start: u.period_start,
+                    renewal_time: u.period_end,
+                    cancel_at_period_end: u.cancel_at_period_end,
+                    canceled_time: (u.status == SubscriptionStatus::Canceled)
+                        .then(|| current.canceled_time.unwrap_or(event)),
+                    customer_id: keep(&u.customer_id, &current.customer_id),
+                    subscription_id: keep(&u.subscription_id, &current.subscription_id),
+                    updated_at: Some(event),
+                };
+                let new_period = u.period_start.is_some() && u.period_start != current.period_start;
+                (next, u.period_start.unwrap_or(now), new_period)
+            }
+            SubscriptionChange::CancelAtPeriodEnd if current.renewal_time.is_some() => {
+                let next = Subscription {
+                    cancel_at_period_end: true,
+                    updated_at: Some(event),
+                    ..current.clone()
+                };
+                (next, now, false)
+            }
+            SubscriptionChange::CancelAtPeriodEnd | SubscriptionChange::CancelNow => {
+                let mut next = current.clone().canceled(event.min(now), default);
+                next.updated_at = Some(event);
+                (next, now, false)
+            }
+        };
+        let was = current.allowance_plan(&default.name);
+        let will = next.allowance_plan(&default.name);
+        let planned = match next.renewal_time {
+            Some(at) if next.cancel_at_period_end && will != default.name => {
+                Some(PlannedAllowance {
+                    at,
+                    total: default.credits,
+                    period: default.credit_period,
+                })
+            }
+            _ => None,
+        };
+        if was != will
+            || (new_period && will != default.name)
+            || credits.allowance.schedule.is_none()
+        {
+            let (allowance, anchor) = if will == default.name {
+                (PlanAllowance::from(default), now)
+            } else {
+                (self.plan, anchor)
+            };
+            let start = PlannedAllowance {
+                at: anchor,
+                total: allowance.credits,
+                period: allowance.period,
+            };
+            credits.start_allowance(start, planned, now, caller, log);
+        } else if credits.planned != planned {
+            credits.settle(now, log);
+            credits.planned = planned;
+        }
+        (next, true)
+    }
+}

@@ -1,0 +1,57 @@
+//! The subscription port: what the subscription context needs from a store.
+
+use std::future::Future;
+
+use crate::{
+    AccountId, ChangeOutcome, ChangeSubscription, MeterError, PlanCatalog, Profile, Recorded,
+    RegisterAccount, RegisterOutcome, StoreError, StoredAccount, Timestamp, UpdateProfile,
+};
+
+/// Keeps accounts as a whole: profiles, subscriptions, and the credit
+/// allowance their plans give. Each mutation is one atomic step, with its
+/// idempotency record, as for [`CreditLedger`](crate::CreditLedger); a
+/// call that fails writes nothing.
+pub trait AccountStore: Clone + Send + Sync + 'static {
+    /// The account's profile, stored subscription and balance as of `now`,
+    /// read in one atomic step.
+    fn account(
+        &self,
+        account: &AccountId,
+        catalog: &PlanCatalog,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<StoredAccount, StoreError>> + Send;
+
+    /// Creates the account if it has no profile: the profile with `joined`
+    /// and `last_login` at `now`, the default plan's subscription if it has
+    /// none, and that plan's allowance if its credits have no schedule.
+    /// Otherwise only `last_login` moves to `now`.
+    fn register(
+        &self,
+        request: &RegisterAccount,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Recorded<RegisterOutcome>, MeterError>> + Send;
+
+    /// Applies a subscription change by [`ChangeRules`](crate::ChangeRules).
+    fn change_subscription(
+        &self,
+        request: &ChangeSubscription,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Recorded<ChangeOutcome>, MeterError>> + Send;
+
+    /// Changes the given profile fields; [`MeterError::NotFound`] for an
+    /// account never registered.
+    fn update_profile(
+        &self,
+        request: &UpdateProfile,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Recorded<Profile>, MeterError>> + Send;
+
+    /// Removes every record of the account, in every context (profile,
+    /// subscription, credits, grants, holds, history, idempotency records),
+    /// in one atomic step. `Ok(true)` when the account had a profile or
+    /// credits; deleting twice is fine.
+    fn delete_account(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}

@@ -1,0 +1,668 @@
+//! The behaviour every [`AccountStore`] must show for accounts and
+//! subscriptions, driven through the use cases ([`Subscriptions`],
+//! [`Credits`]) on the fixed clock, run by
+//! [`account_store_contract!`](crate::account_store_contract).
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use meter_core::{
+    AccountStore, Charge, CreditLedger, Credits, GrantCredits, GrantKind, HistoryKind,
+    HistoryQuery, IdempotencyWindow, MeterError, PlanCatalog, ProfileFields, Reason,
+    SubscriptionRequest, SubscriptionStatus, Subscriptions, Timestamp,
+};
+
+use super::{account, key};
+use crate::{FixedClock, timestamp as at};
+
+/// The catalog of these tests: free, a monthly and a yearly plan with
+/// monthly credits.
+const CATALOG: &str = r#"
+[plans.free]
+credits = 100
+billing_interval = "month"
+price_micros = 0
+
+[plans.standard]
+credits = 500
+billing_interval = "month"
+price_micros = 15_000_000
+
+[plans.pro-yearly]
+credits = 1_000
+credit_period = "month"
+billing_interval = "year"
+price_micros = 290_000_000
+"#;
+
+/// Both use cases over one store, on one fixed clock.
+struct World<L, A> {
+    credits: Credits<L, FixedClock>,
+    subscriptions: Subscriptions<A, FixedClock>,
+    clock: FixedClock,
+}
+
+fn world<L: CreditLedger, A: AccountStore>(ledger: L, accounts: A, now: &str) -> World<L, A> {
+    let catalog = Arc::new(PlanCatalog::from_toml("contract", CATALOG).expect("catalog"));
+    let clock = FixedClock::at(now);
+    World {
+        credits: Credits::new(ledger, Arc::clone(&catalog), clock.clone()),
+        subscriptions: Subscriptions::new(accounts, catalog, clock.clone()),
+        clock,
+    }
+}
+
+fn profile(email: &str) -> ProfileFields {
+    ProfileFields {
+        email: Some(email.to_owned()),
+        name: Some("Ada".to_owned()),
+        image: None,
+        role: Some("owner".to_owned()),
+    }
+}
+
+/// A subscription to `plan` in `status` for the billing period `start..end`.
+fn billed(plan: &str, status: SubscriptionStatus, start: &str, end: &str) -> SubscriptionRequest {
+    SubscriptionRequest {
+        plan: plan.to_owned(),
+        status: Some(status),
+        period_start: Some(at(start)),
+        period_end: Some(at(end)),
+        customer_id: "cus_1".to_owned(),
+        subscription_id: "sub_1".to_owned(),
+        ..SubscriptionRequest::default()
+    }
+}
+
+fn charge(credits: i64) -> Charge {
+    Charge::Credits(credits)
+}
+
+async fn spend<L: CreditLedger>(credits: &Credits<L, FixedClock>, who: &str, amount: i64) -> bool {
+    let request = credits
+        .price(account(who), charge(amount), Reason::default(), None)
+        .expect("valid deduct");
+    credits
+        .deduct(&request)
+        .await
+        .expect("deduct")
+        .outcome
+        .applied
+}
+
+/// Sign-up gives the free allowance; an upgrade to a yearly plan starts its
+/// monthly allowance from the billing period's start (a grant untouched);
+/// the allowance resets every month for 13 months, the renewal included;
+/// a cancellation at period end keeps the plan until the renewal time and
+/// then falls back to free, lazily, with the free allowance from then.
+pub async fn an_account_lives_from_sign_up_to_free_again<L, A, G, F, Fut>(make: F)
+where
+    L: CreditLedger,
+    A: AccountStore,
+    F: Fn(IdempotencyWindow) -> Fut,
+    Fut: Future<Output = (L, A, G)>,
+{
+    let window = IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid");
+    let (ledger, accounts, _guard) = make(window).await;
+    let w = world(ledger, accounts, "2026-01-15T09:00:00.000Z");
+    let who = account("u-life");
+
+    let signed = w
+        .subscriptions
+        .register(who.clone(), profile("ada@example.com"), None)
+        .await
+        .expect("register");
+    let (created, view) = signed.outcome;
+    assert!(created);
+    assert_eq!(view.subscription.plan, "free");
+    assert_eq!(view.subscription.status, SubscriptionStatus::Active);
+    assert!(!view.active, "the free plan is not a paying one");
+    assert_eq!(view.balance.allowance.total, 100);
+    assert_eq!(
+        view.balance.reset_time(),
+        Some(at("2026-02-15T09:00:00.000Z"))
+    );
+    assert_eq!(view.profile.joined, at("2026-01-15T09:00:00.000Z"));
+    assert!(spend(&w.credits, "u-life", 30).await);
+    let pack = GrantCredits::new(
+        who.clone(),
+        50,
+        Reason::default(),
+        GrantKind::Paid,
+        None,
+        key("pack-1"),
+        Timestamp::EPOCH,
+    )
+    .expect("valid grant");
+    w.credits.grant(&pack).await.expect("grant");
+
+    w.clock.set("2026-01-20T10:00:00.000Z");
+    let upgraded = w
+        .subscriptions
+        .update(
+            who.clone(),
+            billed(
+                "pro-yearly",
+                SubscriptionStatus::Active,
+                "2026-01-20T10:00:00.000Z",
+                "2027-01-20T10:00:00.000Z",
+            ),
+            Some(at("2026-01-20T10:00:00.000Z")),
+            key("evt_upgrade"),
+        )
+        .await
+        .expect("upgrade")
+        .outcome;
+    assert!(upgraded.applied);
+    assert_eq!(upgraded.subscription.plan, "pro-yearly");
+    assert_eq!(
+        upgraded.subscription.purchase_time,
+        Some(at("2026-01-20T10:00:00.000Z"))
+    );
+    assert_eq!(
+        upgraded.next_credit_reset,
+        Some(at("2026-02-20T10:00:00.000Z")),
+        "monthly credits inside a yearly plan"
+    );
+    let balance = w.credits.balance(&who).await.expect("balance");
+    assert_eq!(
+        (
+            balance.allowance.total,
+            balance.allowance.used,
+            balance.remaining()
+        ),
+        (1_000, 0, 1_050),
+        "the plan's allowance from 0; the pack untouched"
+    );
+    let view = w.subscriptions.account(&who).await.expect("account");
+    assert!(view.active);
+
+    // Thirteen months: each resets the allowance, the renewal at month 12 too.
+    for month in 1..=13u32 {
+        assert!(spend(&w.credits, "u-life", 400).await, "month {month}");
+        let (year, m) = (2026 + (month / 12) as i32, month % 12 + 1);
+        let boundary = format!("{year}-{m:02}-20T10:00:00.000Z");
+        w.clock.set(&boundary);
+        w.clock.advance(Duration::from_secs(3600));
+        if month == 12 {
+            let renewed = w
+                .subscriptions
+                .update(
+                    who.clone(),
+                    billed(
+                        "pro-yearly",
+                        SubscriptionStatus::Active,
+                        "2027-01-20T10:00:00.000Z",
+                        "2028-01-20T10:00:00.000Z",
+                    ),
+                    Some(at("2027-01-20T10:30:00.000Z")),
+                    key("evt_renewal"),
+                )
+                .await
+                .expect("renewal")
+                .outcome;
+            assert!(renewed.applied);
+            assert_eq!(
+                renewed.subscription.purchase_time,
+                Some(at("2026-01-20T10:00:00.000Z")),
+                "the same plan: bought when first bought"
+            );
+        }
+        let balance = w.credits.balance(&who).await.expect("balance");
+        assert_eq!(
+            (balance.allowance.total, balance.allowance.used),
+            (1_000, 0),
+            "month {month} starts afresh"
+        );
+        if month == 12 {
+            assert_eq!(
+                newest_plan_change(&w.credits, &who).await,
+                Some((at("2027-01-20T11:00:00.000Z"), 1_000)),
+                "the renewal started a new allowance"
+            );
+        }
+        let next = if m == 12 {
+            format!("{}-01-20T10:00:00.000Z", year + 1)
+        } else {
+            format!("{year}-{:02}-20T10:00:00.000Z", m + 1)
+        };
+        assert_eq!(balance.reset_time(), Some(at(&next)), "month {month}");
+    }
+
+    w.clock.set("2027-03-01T00:00:00.000Z");
+    let canceled = w
+        .subscriptions
+        .cancel(who.clone(), true, None, key("evt_cancel"))
+        .await
+        .expect("cancel")
+        .outcome;
+    assert_eq!(
+        canceled.subscription.plan, "pro-yearly",
+        "kept until renewal"
+    );
+    assert!(canceled.subscription.cancel_at_period_end);
+    w.clock.set("2028-01-20T09:59:59.999Z");
+    let (before_end, _) = w.subscriptions.subscription(&who).await.expect("read");
+    assert_eq!(before_end.plan, "pro-yearly");
+
+    w.clock.set("2028-01-25T00:00:00.000Z");
+    let (after, next_reset) = w.subscriptions.subscription(&who).await.expect("read");
+    assert_eq!(after.plan, "free");
+    assert_eq!(after.status, SubscriptionStatus::Canceled);
+    assert_eq!(after.canceled_time, Some(at("2028-01-20T10:00:00.000Z")));
+    assert_eq!(after.customer_id, "cus_1", "billing ids kept");
+    assert_eq!(next_reset, Some(at("2028-02-20T10:00:00.000Z")));
+    let view = w.subscriptions.account(&who).await.expect("account");
+    assert!(!view.active);
+    assert_eq!(
+        (view.balance.allowance.total, view.balance.allowance.used),
+        (100, 0),
+        "the free allowance from the renewal time"
+    );
+    // A write settles the same way; the pack is still there.
+    assert!(spend(&w.credits, "u-life", 120).await);
+    let balance = w.credits.balance(&who).await.expect("balance");
+    assert_eq!(balance.remaining(), 30);
+    assert_eq!(
+        newest_plan_change(&w.credits, &who).await,
+        Some((at("2028-01-20T10:00:00.000Z"), 100)),
+        "the fall back is in the history at the renewal time"
+    );
+}
+
+/// The time and amount of the account's newest `plan_change` history entry.
+async fn newest_plan_change<L: CreditLedger>(
+    credits: &Credits<L, FixedClock>,
+    who: &meter_core::AccountId,
+) -> Option<(Timestamp, i64)> {
+    let history = credits
+        .history(who, &HistoryQuery::parse(500, "").expect("query"))
+        .await
+        .expect("history");
+    history
+        .entries
+        .iter()
+        .find(|(_, e)| e.kind == HistoryKind::PlanChange)
+        .map(|(_, e)| (e.time, e.amount))
+}
+
+/// Billing events arrive out of order: an older one is ignored and answers
+/// the stored subscription; a newer one applies; a retry is a replay.
+pub async fn older_billing_events_never_roll_a_subscription_back<L, A, G, F, Fut>(make: F)
+where
+    L: CreditLedger,
+    A: AccountStore,
+    F: Fn(IdempotencyWindow) -> Fut,
+    Fut: Future<Output = (L, A, G)>,
+{
+    let window = IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid");
+    let (ledger, accounts, _guard) = make(window).await;
+    let w = world(ledger, accounts, "2026-05-01T12:00:00.000Z");
+    let who = account("u-order");
+    let update = |plan: &str, event: &str, evt: &str| {
+        w.subscriptions.update(
+            who.clone(),
+            billed(
+                plan,
+                SubscriptionStatus::Active,
+                "2026-05-01T00:00:00.000Z",
+                "2026-06-01T00:00:00.000Z",
+            ),
+            Some(at(event)),
+            key(evt),
+        )
+    };
+    let newer = update("pro-yearly", "2026-05-01T11:00:00.000Z", "evt_2")
+        .await
+        .expect("newer");
+    assert!(
+        newer.outcome.applied,
+        "a first event applies to any account"
+    );
+    assert!(spend(&w.credits, "u-order", 10).await);
+    let older = update("standard", "2026-05-01T10:00:00.000Z", "evt_1")
+        .await
+        .expect("older")
+        .outcome;
+    assert!(!older.applied);
+    assert_eq!(older.subscription.plan, "pro-yearly");
+    assert_eq!(
+        older.subscription.updated_at,
+        Some(at("2026-05-01T11:00:00.000Z"))
+    );
+    let balance = w.credits.balance(&who).await.expect("balance");
+    assert_eq!(
+        (balance.allowance.total, balance.allowance.used),
+        (1_000, 10),
+        "nothing changed"
+    );
+    let retry = update("pro-yearly", "2026-05-01T11:00:00.000Z", "evt_2")
+        .await
+        .expect("retry");
+    assert!(retry.replayed && retry.outcome.applied);
+    assert_eq!(
+        w.credits
+            .balance(&who)
+            .await
+            .expect("balance")
+            .allowance
+            .used,
+        10,
+        "a replay starts no allowance"
+    );
+    // The same period, a later event: not a new period, nothing restarts.
+    let same = update("pro-yearly", "2026-05-01T11:30:00.000Z", "evt_3")
+        .await
+        .expect("same period");
+    assert!(same.outcome.applied && !same.replayed);
+    assert_eq!(
+        w.credits
+            .balance(&who)
+            .await
+            .expect("balance")
+            .allowance
+            .used,
+        10
+    );
+    let down = update("standard", "2026-05-01T11:45:00.000Z", "evt_4")
+        .await
+        .expect("downgrade")
+        .outcome;
+    assert!(down.applied);
+    let balance = w.credits.balance(&who).await.expect("balance");
+    assert_eq!(
+        (balance.allowance.total, balance.allowance.used),
+        (500, 0),
+        "a new plan starts its allowance"
+    );
+    let reused = update("pro-yearly", "2026-05-01T11:50:00.000Z", "evt_4").await;
+    assert!(matches!(
+        reused,
+        Err(MeterError::IdempotencyConflict { .. })
+    ));
+}
+
+/// The status decides which plan's allowance applies: past_due keeps the
+/// plan's, unpaid falls back to the default's, active again restores the
+/// plan's; Reset without a total uses the account's plan; canceling now
+/// falls back at once.
+pub async fn the_status_decides_the_allowance<L, A, G, F, Fut>(make: F)
+where
+    L: CreditLedger,
+    A: AccountStore,
+    F: Fn(IdempotencyWindow) -> Fut,
+    Fut: Future<Output = (L, A, G)>,
+{
+    let window = IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid");
+    let (ledger, accounts, _guard) = make(window).await;
+    let w = world(ledger, accounts, "2026-07-01T00:00:00.000Z");
+    let who = account("u-status");
+    w.subscriptions
+        .register(who.clone(), ProfileFields::default(), None)
+        .await
+        .expect("register");
+    let mut event = at("2026-07-01T00:00:00.000Z").as_millis();
+    for (status, total, used) in [
+        (SubscriptionStatus::Active, 500, 0),
+        (SubscriptionStatus::PastDue, 500, 50),
+        (SubscriptionStatus::Unpaid, 100, 0),
+        (SubscriptionStatus::Active, 500, 0),
+    ] {
+        assert!(spend(&w.credits, "u-status", 50).await);
+        event += 1_000;
+        let outcome = w
+            .subscriptions
+            .update(
+                who.clone(),
+                billed(
+                    "standard",
+                    status,
+                    "2026-07-01T00:00:00.000Z",
+                    "2026-08-01T00:00:00.000Z",
+                ),
+                Timestamp::from_millis(event),
+                None,
+            )
+            .await
+            .expect("update")
+            .outcome;
+        assert_eq!(outcome.subscription.status, status);
+        let balance = w.credits.balance(&who).await.expect("balance");
+        assert_eq!(
+            (balance.allowance.total, balance.allowance.used),
+            (total, used),
+            "{status}"
+        );
+    }
+    w.clock.advance(Duration::from_secs(60));
+    let reset = w
+        .credits
+        .reset(who.clone(), None, None)
+        .await
+        .expect("reset");
+    assert_eq!(reset.outcome.allowance.total, 500, "the plan's credits");
+    let canceled = w
+        .subscriptions
+        .cancel(who.clone(), false, None, None)
+        .await
+        .expect("cancel")
+        .outcome;
+    assert_eq!(
+        (
+            canceled.subscription.plan.as_str(),
+            canceled.subscription.status
+        ),
+        ("free", SubscriptionStatus::Canceled)
+    );
+    let balance = w.credits.balance(&who).await.expect("balance");
+    assert_eq!(balance.allowance.total, 100, "the free allowance now");
+    let reset = w
+        .credits
+        .reset(who.clone(), None, None)
+        .await
+        .expect("reset");
+    assert_eq!(reset.outcome.allowance.total, 100);
+}
+
+/// Twenty concurrent first registrations create one account and allocate
+/// its credits once; later calls move only `last_login`.
+pub async fn concurrent_sign_ups_create_one_account<L, A, G, F, Fut>(make: F)
+where
+    L: CreditLedger,
+    A: AccountStore,
+    F: Fn(IdempotencyWindow) -> Fut,
+    Fut: Future<Output = (L, A, G)>,
+{
+    let window = IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid");
+    let (ledger, accounts, _guard) = make(window).await;
+    let w = Arc::new(world(ledger, accounts, "2026-02-01T08:00:00.000Z"));
+    let who = account("u-race");
+    let calls = (0..20).map(|i| {
+        let w = Arc::clone(&w);
+        let who = who.clone();
+        tokio::spawn(async move {
+            w.subscriptions
+                .register(who, profile(&format!("user{i}@example.com")), None)
+                .await
+                .expect("register")
+                .outcome
+        })
+    });
+    let mut created = 0;
+    let mut emails = Vec::new();
+    for call in calls {
+        let (first, view) = call.await.expect("task");
+        created += usize::from(first);
+        emails.push(view.profile.email);
+    }
+    assert_eq!(created, 1, "one call created the account");
+    emails.dedup();
+    assert_eq!(emails.len(), 1, "every call saw the first profile");
+    let history = w
+        .credits
+        .history(&who, &HistoryQuery::parse(100, "").expect("query"))
+        .await
+        .expect("history");
+    assert_eq!(history.entries.len(), 1, "credits allocated once");
+    assert_eq!(
+        w.credits.balance(&who).await.expect("read").remaining(),
+        100
+    );
+
+    w.clock.advance(Duration::from_secs(60));
+    let (again, view) = w
+        .subscriptions
+        .register(who.clone(), profile("other@example.com"), None)
+        .await
+        .expect("again")
+        .outcome;
+    assert!(!again);
+    assert_eq!(
+        view.profile.email, emails[0],
+        "a later call changes no profile"
+    );
+    assert_eq!(view.profile.joined, at("2026-02-01T08:00:00.000Z"));
+    assert_eq!(view.profile.last_login, at("2026-02-01T08:01:00.000Z"));
+}
+
+/// Profiles change field by field; an account never registered is
+/// NOT_FOUND; bad input writes nothing and does not block the next call.
+pub async fn profiles_change_field_by_field_and_bad_input_writes_nothing<L, A, G, F, Fut>(make: F)
+where
+    L: CreditLedger,
+    A: AccountStore,
+    F: Fn(IdempotencyWindow) -> Fut,
+    Fut: Future<Output = (L, A, G)>,
+{
+    let window = IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid");
+    let (ledger, accounts, _guard) = make(window).await;
+    let w = world(ledger, accounts, "2026-04-01T00:00:00.000Z");
+    let who = account("u-profile");
+    let missing = w.subscriptions.account(&who).await;
+    assert!(
+        matches!(missing, Err(MeterError::NotFound(_))),
+        "{missing:?}"
+    );
+    let missing = w
+        .subscriptions
+        .update_profile(who.clone(), profile("a@example.com"), None)
+        .await;
+    assert!(
+        matches!(missing, Err(MeterError::NotFound(_))),
+        "{missing:?}"
+    );
+    let (sub, _) = w.subscriptions.subscription(&who).await.expect("read");
+    assert_eq!(
+        (sub.plan.as_str(), sub.status),
+        ("free", SubscriptionStatus::Active)
+    );
+
+    w.subscriptions
+        .register(who.clone(), profile("ada@example.com"), None)
+        .await
+        .expect("register");
+    let changed = w
+        .subscriptions
+        .update_profile(
+            who.clone(),
+            ProfileFields {
+                name: Some("Ada Lovelace".into()),
+                role: Some(String::new()),
+                ..ProfileFields::default()
+            },
+            key("profile-1"),
+        )
+        .await
+        .expect("update")
+        .outcome;
+    assert_eq!(
+        (
+            changed.email.as_str(),
+            changed.name.as_str(),
+            changed.role.as_str()
+        ),
+        ("ada@example.com", "Ada Lovelace", "")
+    );
+
+    let field = |result: Result<_, MeterError>| match result {
+        Err(MeterError::InvalidArgument(e)) => e.field,
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    };
+    let bad_email = w
+        .subscriptions
+        .update_profile(who.clone(), profile("not-an-email"), None)
+        .await;
+    assert_eq!(field(bad_email.map(|_| ())), "email");
+    let long = ProfileFields {
+        name: Some("n".repeat(100_000)),
+        ..ProfileFields::default()
+    };
+    let long = w
+        .subscriptions
+        .update_profile(who.clone(), long, None)
+        .await;
+    assert_eq!(field(long.map(|_| ())), "name");
+    let unknown = w
+        .subscriptions
+        .update(
+            who.clone(),
+            billed(
+                "platinum",
+                SubscriptionStatus::Active,
+                "2026-04-01T00:00:00.000Z",
+                "2026-05-01T00:00:00.000Z",
+            ),
+            None,
+            key("evt_bad"),
+        )
+        .await;
+    assert_eq!(field(unknown.map(|_| ())), "plan");
+    let future = w
+        .subscriptions
+        .update(
+            who.clone(),
+            billed(
+                "standard",
+                SubscriptionStatus::Active,
+                "2026-04-01T00:00:00.000Z",
+                "2026-05-01T00:00:00.000Z",
+            ),
+            Some(at("2026-04-02T00:00:00.000Z")),
+            key("evt_bad"),
+        )
+        .await;
+    assert_eq!(field(future.map(|_| ())), "event_time");
+    let no_status = SubscriptionRequest {
+        status: None,
+        ..billed(
+            "standard",
+            SubscriptionStatus::Active,
+            "2026-04-01T00:00:00.000Z",
+            "2026-05-01T00:00:00.000Z",
+        )
+    };
+    let no_status = w
+        .subscriptions
+        .update(who.clone(), no_status, None, None)
+        .await;
+    assert_eq!(field(no_status.map(|_| ())), "status");
+
+    let view = w.subscriptions.account(&who).await.expect("account");
+    assert_eq!(view.profile.name, "Ada Lovelace", "nothing written");
+    assert_eq!(view.subscription.plan, "free");
+    let valid = w
+        .subscriptions
+        .update(
+            who.clone(),
+            billed(
+                "standard",
+                SubscriptionStatus::Active,
+                "2026-04-01T00:00:00.000Z",
+                "2026-05-01T00:00:00.000Z",
+            ),
+            None,
+            key("evt_bad"),
+        )
+        .await
+        .expect("the key of a refused call is free");
+    assert!(valid.outcome.applied && !valid.replayed);
+}
