@@ -177,8 +177,8 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
             .into());
         }
         for (field, id) in [
-            ("customer_id", &request.customer_id),
-            ("subscription_id", &request.subscription_id),
+            ("billing_customer_id", &request.customer_id),
+            ("billing_subscription_id", &request.subscription_id),
         ] {
             check_billing_ref(field, id)?;
         }
