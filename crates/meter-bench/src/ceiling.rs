@@ -8,7 +8,8 @@ use std::{
 };
 
 use meter_core::HistoryRetention;
-use meter_redis::{credits, script::LuaScript};
+use meter_core::PlanCatalog;
+use meter_redis::{accounts, credits, script::LuaScript};
 use tokio::process::Command;
 
 use crate::scenario::{CeilingCommand, SPREAD_ACCOUNTS};
@@ -59,6 +60,43 @@ fn script_head(script: &LuaScript, account: &str) -> Vec<String> {
     args
 }
 
+/// The head of an account script: every key of `account`, the clock, no
+/// idempotency key, the retention, an empty key and the default plan of
+/// deploy/plans.toml.
+fn account_head(script: &LuaScript, account: &str) -> Vec<String> {
+    let retention = HistoryRetention::DEFAULT;
+    let mut args = vec![
+        "EVALSHA".to_owned(),
+        script.hash().to_owned(),
+        "6".to_owned(),
+    ];
+    args.extend(
+        ["credits", "grants", "holds", "history", "profile", "subscription"]
+            .map(|name| format!("user:{{{account}}}:{name}")),
+    );
+    let catalog = PlanCatalog::from_toml("deploy/plans.toml", include_str!("../../../deploy/plans.toml"))
+        .expect("the example catalog parses");
+    let free = catalog.default_plan();
+    args.extend([
+        now_ms().to_string(),
+        now_text(),
+        String::new(),
+        WINDOW_MS.to_owned(),
+        retention.max_entries.to_string(),
+        retention.max_age_millis().to_string(),
+        String::new(),
+        free.name.clone(),
+        free.billing_interval.as_str().to_owned(),
+        free.price_micros.to_string(),
+        free.credits.to_string(),
+        free.credit_period.as_str().to_owned(),
+    ]);
+    args
+}
+
+/// The register script's arguments after the head: the profile.
+const PROFILE: [&str; 4] = ["bench@example.com", "", "", ""];
+
 fn with(mut head: Vec<String>, rest: &[&str]) -> Vec<String> {
     head.extend(rest.iter().map(|a| (*a).to_owned()));
     head
@@ -88,6 +126,8 @@ impl CeilingProbe {
             credits::reset_script(),
             credits::reserve_script(),
             credits::snapshot_script(),
+            accounts::register_script(),
+            accounts::get_script(),
         ] {
             let _: String = script
                 .load_command()
@@ -102,13 +142,24 @@ impl CeilingProbe {
         for account in accounts {
             let args = with(
                 script_head(credits::reset_script(), &account),
-                &[&total, "year", "9999-01-01T00:00:00.000Z", ""],
+                &[&total, "year", ""],
             );
             let funded: Result<Vec<Option<String>>, _> = redis::cmd(&args[0])
                 .arg(&args[1..])
                 .query_async(&mut conn)
                 .await;
             funded.map_err(|e| format!("funding the ceiling accounts: {e}"))?;
+        }
+        // The accounts the login and account-read ceilings use, registered.
+        let mut registered = vec![HOT.to_owned()];
+        registered.extend((0..SPREAD_ACCOUNTS).map(|i| format!("ceiling-login-{i:012}")));
+        for account in registered {
+            let args = with(account_head(accounts::register_script(), &account), &PROFILE);
+            let made: Result<Vec<Option<String>>, _> = redis::cmd(&args[0])
+                .arg(&args[1..])
+                .query_async(&mut conn)
+                .await;
+            made.map_err(|e| format!("registering the ceiling accounts: {e}"))?;
         }
         Ok(Self {
             redis_benchmark,
@@ -163,6 +214,16 @@ impl CeilingProbe {
                 ),
                 1_000_000_000,
             ),
+            CeilingCommand::Login => (
+                with(
+                    account_head(accounts::register_script(), "ceiling-login-__rand_int__"),
+                    &PROFILE,
+                ),
+                SPREAD_ACCOUNTS,
+            ),
+            CeilingCommand::AccountRead => {
+                (account_head(accounts::get_script(), HOT), SPREAD_ACCOUNTS)
+            }
             CeilingCommand::ReserveCycle => (
                 with(
                     script_head(credits::reserve_script(), CYCLE),

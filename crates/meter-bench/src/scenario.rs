@@ -6,13 +6,35 @@
 use std::fmt;
 
 use meter_api::v1::{
-    CommitRequest, DeductRequest, GetBalanceRequest, GrantRequest, ReserveRequest, ResetRequest,
+    CommitRequest, DeductRequest, GetAccountRequest, GetBalanceRequest, GrantRequest, Profile,
+    RegisterAccountRequest, ReserveRequest, ResetRequest,
     credits_service_client::CreditsServiceClient,
+    subscription_service_client::SubscriptionServiceClient,
 };
 use tonic::{Status, transport::Channel};
 
-/// The credits client every scenario drives.
-pub type Client = CreditsServiceClient<Channel>;
+/// The clients every scenario drives, over one channel.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// CreditsService.
+    pub credits: CreditsServiceClient<Channel>,
+    /// SubscriptionService.
+    pub accounts: SubscriptionServiceClient<Channel>,
+}
+
+impl Client {
+    /// Both clients on `channel`.
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            credits: CreditsServiceClient::new(channel.clone()),
+            accounts: SubscriptionServiceClient::new(channel),
+        }
+    }
+}
+
+/// The credits of the default plan (`free` in deploy/plans.toml), which
+/// registration allocates.
+const FREE_CREDITS: i64 = 100;
 
 /// The largest balance meterd accepts: hot accounts start there, so deducts never run dry.
 const MAX_CREDITS: i64 = (1 << 53) - 1;
@@ -61,6 +83,12 @@ pub enum Scenario {
     /// Reserve 2 credits of one hot account, then commit 1: one cycle of
     /// an LLM call, two calls.
     ReserveCommit,
+    /// RegisterAccount of one of 1,000 registered accounts: a login, which
+    /// moves `last_login` only.
+    Login,
+    /// GetAccount of one registered account: profile, subscription and
+    /// balance in one read.
+    GetAccount,
 }
 
 /// What a request did, for the end-state check.
@@ -89,11 +117,15 @@ pub enum CeilingCommand {
     /// call releases the previous hold and makes one, the Redis work of a
     /// reserve-commit cycle in one call.
     ReserveCycle,
+    /// EVALSHA of the register script on one of 1,000 registered accounts.
+    Login,
+    /// EVALSHA of the account read script on one registered account.
+    AccountRead,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::DeductHot,
         Self::DeductHotMany,
         Self::DeductSpread,
@@ -101,6 +133,8 @@ impl Scenario {
         Self::Grant,
         Self::Mixed,
         Self::ReserveCommit,
+        Self::Login,
+        Self::GetAccount,
     ];
 
     /// The name used on the command line and in reports.
@@ -113,6 +147,8 @@ impl Scenario {
             Self::Grant => "grant",
             Self::Mixed => "mixed",
             Self::ReserveCommit => "reserve-commit",
+            Self::Login => "login",
+            Self::GetAccount => "get-account",
         }
     }
 
@@ -155,6 +191,8 @@ impl Scenario {
                 (0.05, CeilingCommand::Grant),
             ],
             Self::ReserveCommit => vec![(1.0, CeilingCommand::ReserveCycle)],
+            Self::Login => vec![(1.0, CeilingCommand::Login)],
+            Self::GetAccount => vec![(1.0, CeilingCommand::AccountRead)],
         }
     }
 
@@ -177,9 +215,20 @@ impl Scenario {
             Self::Mixed => (0..SPREAD_ACCOUNTS)
                 .map(|i| (spread(run, "mixed", i), MIXED_TOTAL))
                 .collect(),
+            Self::Login => {
+                for i in 0..SPREAD_ACCOUNTS {
+                    register(client, spread(run, "login", i)).await?;
+                }
+                Vec::new()
+            }
+            Self::GetAccount => {
+                register(client, profiled(run)).await?;
+                Vec::new()
+            }
         };
         for (account_id, total) in accounts {
             client
+                .credits
                 .reset(ResetRequest {
                     account_id,
                     total: Some(total),
@@ -225,6 +274,33 @@ impl Scenario {
                 _ => grant(client, granted(run, self, worker, seq / 200)).await,
             },
             Self::ReserveCommit => reserve_commit(client, hot(run, self)).await,
+            Self::Login => {
+                if register(client, spread(run, "login", pick)).await? {
+                    Err(Status::data_loss("a login created the account again"))
+                } else {
+                    Ok(Effect::Nothing)
+                }
+            }
+            Self::GetAccount => {
+                let account = client
+                    .accounts
+                    .get_account(GetAccountRequest {
+                        account_id: profiled(run),
+                    })
+                    .await?
+                    .into_inner()
+                    .account
+                    .and_then(|a| a.balance)
+                    .ok_or_else(|| Status::data_loss("no balance in the account"))?;
+                if account.total == FREE_CREDITS {
+                    Ok(Effect::Nothing)
+                } else {
+                    Err(Status::data_loss(format!(
+                        "account total {}, expected {FREE_CREDITS}",
+                        account.total
+                    )))
+                }
+            }
         }
     }
 
@@ -251,7 +327,10 @@ impl Scenario {
                 MAX_CREDITS * SPREAD_ACCOUNTS as i64,
                 spread_names(run, "spread"),
             ),
-            Self::GetBalance => return Ok("every read saw the stored total".into()),
+            Self::GetBalance | Self::GetAccount => {
+                return Ok("every read saw the stored total".into());
+            }
+            Self::Login => (FREE_CREDITS * SPREAD_ACCOUNTS as i64, spread_names(run, "login")),
             Self::Grant => (0, Vec::new()),
             Self::Mixed => (
                 MIXED_TOTAL * SPREAD_ACCOUNTS as i64,
@@ -308,6 +387,10 @@ fn hot(run: &str, scenario: Scenario) -> String {
     format!("{run}-{scenario}")
 }
 
+fn profiled(run: &str) -> String {
+    format!("{run}-account")
+}
+
 fn read(run: &str) -> String {
     format!("{run}-read")
 }
@@ -330,7 +413,7 @@ async fn deduct(client: &mut Client, account_id: String) -> Result<Effect, Statu
         amount: 1,
         ..DeductRequest::default()
     };
-    let applied = client.deduct(request).await?.into_inner().applied;
+    let applied = client.credits.deduct(request).await?.into_inner().applied;
     Ok(if applied {
         Effect::Deducted
     } else {
@@ -344,12 +427,13 @@ async fn grant(client: &mut Client, account_id: String) -> Result<Effect, Status
         amount: 1,
         ..GrantRequest::default()
     };
-    client.grant(request).await?;
+    client.credits.grant(request).await?;
     Ok(Effect::Granted)
 }
 
 async fn reserve_commit(client: &mut Client, account_id: String) -> Result<Effect, Status> {
     let held = client
+        .credits
         .reserve(ReserveRequest {
             account_id: account_id.clone(),
             amount: 2,
@@ -365,6 +449,7 @@ async fn reserve_commit(client: &mut Client, account_id: String) -> Result<Effec
         return Ok(Effect::Nothing);
     }
     client
+        .credits
         .commit(CommitRequest {
             account_id,
             hold_id: held.hold_id,
@@ -375,8 +460,22 @@ async fn reserve_commit(client: &mut Client, account_id: String) -> Result<Effec
     Ok(Effect::Deducted)
 }
 
+/// Registers `account_id`; whether this call created it.
+async fn register(client: &mut Client, account_id: String) -> Result<bool, Status> {
+    let request = RegisterAccountRequest {
+        account_id,
+        profile: Some(Profile {
+            email: "bench@example.com".into(),
+            ..Profile::default()
+        }),
+        idempotency_key: String::new(),
+    };
+    Ok(client.accounts.register_account(request).await?.into_inner().created)
+}
+
 async fn balance(client: &mut Client, account_id: String) -> Result<(i64, i64), Status> {
     let reply = client
+        .credits
         .get_balance(GetBalanceRequest { account_id })
         .await?
         .into_inner();

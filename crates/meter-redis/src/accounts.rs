@@ -16,6 +16,7 @@ use crate::{
     RedisStore,
     credits::{
         ACCOUNT, CreditsHash, CreditsReply, describe, parse_balance, parse_count, parse_time,
+        settled_balance, text,
     },
     keys, layout,
     script::{Layout, Library, LuaScript, ScriptCall, lib, names},
@@ -128,8 +129,32 @@ static PROFILE: LazyLock<LuaScript> = LazyLock::new(|| {
     )
 });
 static GET: LazyLock<LuaScript> = LazyLock::new(|| {
-    account_script("account/get.lua", include_str!("lua/account/get.lua")).reading_only()
+    LuaScript::new(
+        "account/get.lua",
+        &[],
+        &[
+            names::<CreditsHash>(),
+            names::<ProfileHash>(),
+            names::<SubscriptionHash>(),
+        ],
+        &[],
+        include_str!("lua/account/get.lua"),
+    )
+    .reading_only()
 });
+
+/// The register script: KEYS credits, grants, holds, history, profile,
+/// subscription[, idempotency index, record]; ARGV the mutation head, the
+/// history retention, key, the default plan (name, interval, price,
+/// credits, period), email, name, image, role.
+pub fn register_script() -> &'static LuaScript {
+    &REGISTER
+}
+
+/// The account read script: the keys of [`register_script`], no ARGV.
+pub fn get_script() -> &'static LuaScript {
+    &GET
+}
 
 /// Index reads that race with new idempotency records before giving up.
 const DELETE_TRIES: usize = 5;
@@ -394,13 +419,51 @@ impl AccountStore for RedisAccounts {
         catalog: &PlanCatalog,
         now: Timestamp,
     ) -> Result<StoredAccount, StoreError> {
-        let call = self.call(&GET, account, None, catalog.default_plan(), now);
-        let values = self
+        let _ = catalog;
+        let keys = [
+            keys::credits(account),
+            keys::grants(account),
+            keys::holds(account),
+            keys::history(account),
+            keys::profile(account),
+            keys::subscription(account),
+        ];
+        let reply = self
             .store
-            .run_values(call)
+            .run_raw(GET.call(&keys))
             .await
             .map_err(|e| describe(e, account))?;
-        Ok(parse_account(account, values)?.1)
+        let protocol = || StoreError::Protocol(format!("account/get.lua reply for {account}"));
+        let Value::Array(mut parts) = reply else {
+            return Err(protocol());
+        };
+        if parts.len() != 5 {
+            return Err(protocol());
+        }
+        let credits = parts.split_off(2);
+        let hash = |value: Value| -> Result<Vec<Option<String>>, StoreError> {
+            let Value::Array(values) = value else {
+                return Err(protocol());
+            };
+            values
+                .iter()
+                .map(|v| text(v).map_err(|()| protocol()))
+                .collect()
+        };
+        let mut parts = parts.into_iter();
+        let profile = hash(parts.next().ok_or_else(protocol)?)?;
+        let subscription = hash(parts.next().ok_or_else(protocol)?)?;
+        Ok(StoredAccount {
+            profile: parse_profile(
+                account,
+                ProfileHash::from_values(profile).map_err(StoreError::Protocol)?,
+            )?,
+            subscription: parse_subscription(
+                account,
+                SubscriptionHash::from_values(subscription).map_err(StoreError::Protocol)?,
+            )?,
+            balance: settled_balance(account, credits, now)?,
+        })
     }
 
     async fn register(

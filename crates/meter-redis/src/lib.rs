@@ -9,7 +9,7 @@
 //!
 //! This is the only crate that knows Redis. It must not import tonic.
 
-mod accounts;
+pub mod accounts;
 mod cluster;
 mod config;
 mod connection;

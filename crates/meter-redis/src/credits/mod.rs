@@ -5,6 +5,7 @@
 mod snapshot;
 
 pub use snapshot::snapshot_script;
+pub(crate) use snapshot::{settled_balance, text};
 
 use std::sync::LazyLock;
 

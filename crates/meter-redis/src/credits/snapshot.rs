@@ -84,6 +84,23 @@ struct Meta {
     planned: Option<PlannedAllowance>,
 }
 
+/// The balance as of `now` of the account whose credits hash (an `HMGET`
+/// of its layout), grants and holds (`HGETALL`s) are `parts`.
+pub(crate) fn settled_balance(
+    account: &AccountId,
+    parts: Vec<Value>,
+    now: Timestamp,
+) -> Result<CreditBalance, StoreError> {
+    let stored = Snapshot::new(account).read(Value::Array(parts))?;
+    Ok(match stored {
+        None => CreditBalance::default(),
+        Some(mut credits) => {
+            credits.settle(now, &mut Vec::new());
+            credits.balance(now)
+        }
+    })
+}
+
 /// Reads one account's stored credits, naming its keys in errors.
 struct Snapshot<'a> {
     account: &'a AccountId,
@@ -325,7 +342,7 @@ impl<'a> Snapshot<'a> {
 }
 
 /// A bulk string's text; `Ok(None)` for nil, `Err` for anything else.
-pub(super) fn text(value: &Value) -> Result<Option<String>, ()> {
+pub(crate) fn text(value: &Value) -> Result<Option<String>, ()> {
     match value {
         Value::Nil => Ok(None),
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map(Some).map_err(|_| ()),

@@ -1,8 +1,6 @@
--- get.lua: an account's profile, subscription and credits, read in one
--- atomic step; the credits settled by what fell due, nothing written.
+-- get.lua: an account's profile, subscription and credit keys as stored,
+-- read in one atomic step; meterd settles the credits in Rust (as for a
+-- balance read, credits/snapshot.lua). Writes nothing.
 -- KEYS: credits, grants, holds, history, profile, subscription
--- ARGV: now_ms, now_text, '', 1 (mutation.lua), history max entries, max
--- age ms (account.lua)
-local a = load_account()
-settle(a)
-return full_reply('ok', '0', read_PROFILE_HASH(PK), read_SUBSCRIPTION_HASH(SK), a)
+return { read_PROFILE_HASH(KEYS[5]), read_SUBSCRIPTION_HASH(KEYS[6]), read_CREDITS_HASH(KEYS[1]),
+  redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]) }
