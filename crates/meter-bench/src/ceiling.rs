@@ -71,11 +71,21 @@ fn account_head(script: &LuaScript, account: &str) -> Vec<String> {
         "6".to_owned(),
     ];
     args.extend(
-        ["credits", "grants", "holds", "history", "profile", "subscription"]
-            .map(|name| format!("user:{{{account}}}:{name}")),
+        [
+            "credits",
+            "grants",
+            "holds",
+            "history",
+            "profile",
+            "subscription",
+        ]
+        .map(|name| format!("user:{{{account}}}:{name}")),
     );
-    let catalog = PlanCatalog::from_toml("deploy/plans.toml", include_str!("../../../deploy/plans.toml"))
-        .expect("the example catalog parses");
+    let catalog = PlanCatalog::from_toml(
+        "deploy/plans.toml",
+        include_str!("../../../deploy/plans.toml"),
+    )
+    .expect("the example catalog parses");
     let free = catalog.default_plan();
     args.extend([
         now_ms().to_string(),
@@ -154,7 +164,10 @@ impl CeilingProbe {
         let mut registered = vec![HOT.to_owned()];
         registered.extend((0..SPREAD_ACCOUNTS).map(|i| format!("ceiling-login-{i:012}")));
         for account in registered {
-            let args = with(account_head(accounts::register_script(), &account), &PROFILE);
+            let args = with(
+                account_head(accounts::register_script(), &account),
+                &PROFILE,
+            );
             let made: Result<Vec<Option<String>>, _> = redis::cmd(&args[0])
                 .arg(&args[1..])
                 .query_async(&mut conn)

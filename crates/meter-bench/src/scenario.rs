@@ -330,7 +330,10 @@ impl Scenario {
             Self::GetBalance | Self::GetAccount => {
                 return Ok("every read saw the stored total".into());
             }
-            Self::Login => (FREE_CREDITS * SPREAD_ACCOUNTS as i64, spread_names(run, "login")),
+            Self::Login => (
+                FREE_CREDITS * SPREAD_ACCOUNTS as i64,
+                spread_names(run, "login"),
+            ),
             Self::Grant => (0, Vec::new()),
             Self::Mixed => (
                 MIXED_TOTAL * SPREAD_ACCOUNTS as i64,
@@ -470,7 +473,12 @@ async fn register(client: &mut Client, account_id: String) -> Result<bool, Statu
         }),
         idempotency_key: String::new(),
     };
-    Ok(client.accounts.register_account(request).await?.into_inner().created)
+    Ok(client
+        .accounts
+        .register_account(request)
+        .await?
+        .into_inner()
+        .created)
 }
 
 async fn balance(client: &mut Client, account_id: String) -> Result<(i64, i64), Status> {

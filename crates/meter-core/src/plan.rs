@@ -236,9 +236,9 @@ impl TryFrom<RawPlanFields> for PlanFields {
                 raw.credits
             ));
         }
-        if raw.price_micros < 0 {
+        if !(0..=MAX_CREDITS).contains(&raw.price_micros) {
             return Err(format!(
-                "price_micros = {} must not be negative",
+                "price_micros = {} is outside 0..={MAX_CREDITS}",
                 raw.price_micros
             ));
         }

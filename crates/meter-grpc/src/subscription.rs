@@ -303,7 +303,13 @@ impl<S: AccountStore, C: Clock> SubscriptionService for SubscriptionGrpc<S, C> {
         let event_time = optional_time("event_time", request.event_time.as_ref())?;
         let recorded = self
             .subscriptions
-            .cancel(who, request.at_period_end, event_time, key)
+            .cancel(
+                who,
+                request.at_period_end,
+                request.billing_subscription_id,
+                event_time,
+                key,
+            )
             .await
             .map_err(to_status)?;
         let (subscription, applied, replayed) = change_parts(recorded);

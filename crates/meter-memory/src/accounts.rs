@@ -4,8 +4,8 @@
 
 use meter_core::{
     AccountId, AccountStore, ChangeOutcome, ChangeRules, ChangeSubscription, CreditBalance,
-    MeterError, PlanAllowance, PlanCatalog, PlannedAllowance, Profile, Recorded, RegisterAccount,
-    RegisterOutcome, StoreError, StoredAccount, SubscriptionChange, Timestamp, UpdateProfile,
+    MeterError, PlanCatalog, PlannedAllowance, Profile, Recorded, RegisterAccount, RegisterOutcome,
+    StoreError, StoredAccount, Timestamp, UpdateProfile,
 };
 
 use crate::{
@@ -56,7 +56,7 @@ impl AccountStore for MemoryAccounts {
         let caller = caller(idempotency, "");
         let retention = self.store.inner.history_retention;
         let default = request.catalog.default_plan();
-        let recorded = self.store.mutate(
+        self.store.mutate(
             &request.account,
             CONTEXT,
             idempotency,
@@ -64,7 +64,10 @@ impl AccountStore for MemoryAccounts {
             |record: &mut AccountRecord| {
                 if let Some(profile) = &mut record.profile {
                     profile.last_login = now;
-                    return Ok(false);
+                    return Ok(RegisterOutcome {
+                        created: false,
+                        account: stored(record, now),
+                    });
                 }
                 let mut profile = Profile {
                     email: String::new(),
@@ -91,14 +94,12 @@ impl AccountStore for MemoryAccounts {
                     append(&mut record.history, log, now, retention);
                 }
                 record.credits = Some(credits);
-                Ok(true)
+                Ok(RegisterOutcome {
+                    created: true,
+                    account: stored(record, now),
+                })
             },
-        )?;
-        // The account as it is now, also for a replay.
-        let account = self
-            .store
-            .read(&request.account, |record| stored(record, now));
-        Ok(recorded.map(|created| RegisterOutcome { created, account }))
+        )
     }
 
     async fn change_subscription(
@@ -109,19 +110,10 @@ impl AccountStore for MemoryAccounts {
         let idempotency = request.idempotency.as_ref();
         let caller = caller(idempotency, "");
         let retention = self.store.inner.history_retention;
-        let default = request.catalog.default_plan();
-        let plan = match &request.change {
-            SubscriptionChange::Update(update) => request
-                .catalog
-                .get(&update.plan)
-                .map_or_else(|| PlanAllowance::from(default), PlanAllowance::from),
-            _ => PlanAllowance::from(default),
-        };
         let rules = ChangeRules {
             change: &request.change,
             event_time: request.event_time,
-            plan,
-            default,
+            catalog: &request.catalog,
         };
         self.store.mutate(
             &request.account,
@@ -137,7 +129,7 @@ impl AccountStore for MemoryAccounts {
                     now,
                     caller,
                     &mut log,
-                );
+                )?;
                 let next_credit_reset = {
                     let mut view = credits.clone();
                     view.settle(now, &mut Vec::new());

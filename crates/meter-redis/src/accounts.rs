@@ -502,34 +502,55 @@ impl AccountStore for RedisAccounts {
         now: Timestamp,
     ) -> Result<Recorded<ChangeOutcome>, MeterError> {
         let idempotency = request.idempotency.as_ref();
-        let default = request.catalog.default_plan();
-        let call = self.call(&CHANGE, &request.account, idempotency, default, now);
+        let call = self.call(
+            &CHANGE,
+            &request.account,
+            idempotency,
+            request.catalog.default_plan(),
+            now,
+        );
         let time = |t: Option<Timestamp>| t.map(|t| t.to_string()).unwrap_or_default();
-        let call = match &request.change {
-            SubscriptionChange::Update(u) => {
-                let plan = request.catalog.get(&u.plan).unwrap_or(default);
-                call.arg("update")
-                    .arg(request.event_time.to_string())
-                    .arg(u.plan.as_str())
-                    .arg(plan.credits)
-                    .arg(plan.credit_period.as_str())
-                    .arg(u.status.as_str())
-                    .arg(u.interval.as_str())
-                    .arg(u.amount_micros)
-                    .arg(time(u.period_start))
-                    .arg(time(u.period_end))
-                    .arg(if u.cancel_at_period_end { "1" } else { "0" })
-                    .arg(u.customer_id.as_str())
-                    .arg(u.subscription_id.as_str())
-            }
-            SubscriptionChange::CancelAtPeriodEnd => {
-                call.arg("cancel_end").arg(request.event_time.to_string())
-            }
-            SubscriptionChange::CancelNow => {
-                call.arg("cancel_now").arg(request.event_time.to_string())
-            }
+        let event = request.event_time.to_string();
+        let mut call = match &request.change {
+            SubscriptionChange::Update(u) => call
+                .arg("update")
+                .arg(event)
+                .arg(u.plan.as_str())
+                .arg(u.status.as_str())
+                .arg(u.interval.as_str())
+                .arg(u.amount_micros)
+                .arg(time(u.period_start))
+                .arg(time(u.period_end))
+                .arg(if u.cancel_at_period_end { "1" } else { "0" })
+                .arg(u.customer_id.as_str())
+                .arg(u.subscription_id.as_str()),
+            SubscriptionChange::Cancel {
+                at_period_end,
+                subscription_id,
+            } => call
+                .arg(if *at_period_end {
+                    "cancel_end"
+                } else {
+                    "cancel_now"
+                })
+                .arg(event)
+                .arg(&["", "", "", "", "", "", "", ""][..])
+                .arg(subscription_id.as_str()),
         };
+        for plan in request.catalog.plans() {
+            call = call
+                .arg(plan.name.as_str())
+                .arg(plan.credits)
+                .arg(plan.credit_period.as_str());
+        }
         let (head, account) = self.run(call, &request.account, idempotency).await?;
+        if head.status.as_deref() == Some("period_ended") {
+            return Err(MeterError::FailedPrecondition(format!(
+                "the billing period ended at {} and no renewal was recorded; \
+                 record the renewal (UpdateSubscription) first, or cancel now",
+                head.result.as_deref().unwrap_or("?")
+            )));
+        }
         let subscription = account.subscription.ok_or_else(|| {
             StoreError::Protocol(format!(
                 "account/change.lua replied no subscription for {}",

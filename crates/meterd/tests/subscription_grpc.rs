@@ -144,6 +144,20 @@ async fn an_account_lives_its_whole_lifecycle_over_grpc() {
         let (year, m) = (2026 + (month / 12) as i32, month % 12 + 1);
         clock.set(&format!("{year}-{m:02}-20T10:00:00.000Z"));
         clock.advance(Duration::from_secs(60));
+        if month == 12 {
+            let renewed = client
+                .update_subscription(yearly(
+                    "u-grpc",
+                    "2027-01-20T10:00:00.000Z",
+                    "2028-01-20T10:00:00.000Z",
+                    "2027-01-20T10:00:30.000Z",
+                    "evt_renewal",
+                ))
+                .await
+                .expect("renewal")
+                .into_inner();
+            assert!(renewed.applied);
+        }
         let (total, used, _) = allowance(&meterd, "u-grpc").await;
         assert_eq!((total, used), (1_000, 0), "month {month} resets");
     }
@@ -152,8 +166,8 @@ async fn an_account_lives_its_whole_lifecycle_over_grpc() {
         .cancel_subscription(CancelSubscriptionRequest {
             account_id: "u-grpc".into(),
             at_period_end: true,
-            event_time: None,
             idempotency_key: "evt_cancel".into(),
+            ..CancelSubscriptionRequest::default()
         })
         .await
         .expect("cancel")
@@ -162,7 +176,7 @@ async fn an_account_lives_its_whole_lifecycle_over_grpc() {
     assert!(subscription.cancel_at_period_end);
     assert_eq!(subscription.plan, "pro-yearly");
 
-    clock.set("2027-01-20T10:00:00.001Z");
+    clock.set("2028-01-20T10:00:00.001Z");
     let after = client
         .get_subscription(GetSubscriptionRequest {
             account_id: "u-grpc".into(),
@@ -178,7 +192,7 @@ async fn an_account_lives_its_whole_lifecycle_over_grpc() {
     );
     assert_eq!(
         after.next_credit_reset,
-        Some(ts("2027-02-20T10:00:00.000Z"))
+        Some(ts("2028-02-20T10:00:00.000Z"))
     );
     let account = client
         .get_account(GetAccountRequest {
@@ -267,6 +281,20 @@ async fn bad_subscription_input_names_the_field_and_writes_nothing() {
             "billing_customer_id",
             UpdateSubscriptionRequest {
                 billing_customer_id: "cus 1".into(),
+                ..valid()
+            },
+        ),
+        (
+            "amount_micros",
+            UpdateSubscriptionRequest {
+                amount_micros: Some(1 << 60),
+                ..valid()
+            },
+        ),
+        (
+            "plan",
+            UpdateSubscriptionRequest {
+                plan: "p".repeat(100_000),
                 ..valid()
             },
         ),

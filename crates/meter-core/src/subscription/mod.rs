@@ -23,9 +23,12 @@ pub use record::{
 pub use store::AccountStore;
 
 use crate::{
-    AccountId, BillingInterval, Clock, Idempotency, IdempotencyKey, InvalidArgument, MeterError,
-    PlanCatalog, Recorded, StoreError, Timestamp,
+    AccountId, BillingInterval, Clock, Idempotency, IdempotencyKey, InvalidArgument, MAX_CREDITS,
+    MeterError, PlanCatalog, Recorded, StoreError, Timestamp,
 };
+
+/// Longest plan name, in characters (the catalog's limit).
+pub const MAX_PLAN_NAME_CHARS: usize = 64;
 
 /// Longest billing-provider id (customer, subscription), in characters.
 pub const MAX_BILLING_REF_CHARS: usize = 255;
@@ -141,6 +144,16 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
         event_time: Option<Timestamp>,
         key: Option<IdempotencyKey>,
     ) -> Result<Recorded<ChangeOutcome>, MeterError> {
+        if request.plan.chars().count() > MAX_PLAN_NAME_CHARS {
+            return Err(InvalidArgument::new(
+                "plan",
+                format!(
+                    "is {} characters long; plan names are at most {MAX_PLAN_NAME_CHARS}",
+                    request.plan.chars().count()
+                ),
+            )
+            .into());
+        }
         let Some(plan) = self.catalog.get(&request.plan) else {
             let known: Vec<&str> = self.catalog.plans().map(|p| p.name.as_str()).collect();
             return Err(InvalidArgument::new(
@@ -160,10 +173,10 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
             )
         })?;
         let amount_micros = request.amount_micros.unwrap_or(plan.price_micros);
-        if amount_micros < 0 {
+        if !(0..=MAX_CREDITS).contains(&amount_micros) {
             return Err(InvalidArgument::new(
                 "amount_micros",
-                format!("is {amount_micros}; it must not be negative"),
+                format!("is {amount_micros}; it must be from 0 to {MAX_CREDITS}"),
             )
             .into());
         }
@@ -194,6 +207,8 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
             subscription_id: request.subscription_id,
         };
         let time = |t: Option<Timestamp>| t.map(|t| t.to_string()).unwrap_or_default();
+        // The event time as sent: a retry without one is the same request.
+        let sent = time(event_time);
         let event_time = self.event_time(event_time)?;
         let fingerprint = [
             "update".to_owned(),
@@ -206,7 +221,7 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
             update.cancel_at_period_end.to_string(),
             update.customer_id.clone(),
             update.subscription_id.clone(),
-            event_time.to_string(),
+            sent,
         ];
         let parts: Vec<&str> = fingerprint.iter().map(String::as_str).collect();
         self.change(
@@ -218,28 +233,32 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
         .await
     }
 
-    /// Cancels the subscription now or at the end of its billing period.
+    /// Cancels the subscription now or at the end of its billing period;
+    /// with a `subscription_id`, only that billing subscription.
     pub async fn cancel(
         &self,
         account: AccountId,
         at_period_end: bool,
+        subscription_id: String,
         event_time: Option<Timestamp>,
         key: Option<IdempotencyKey>,
     ) -> Result<Recorded<ChangeOutcome>, MeterError> {
+        check_billing_ref("billing_subscription_id", &subscription_id)?;
+        let sent = event_time.map(|t| t.to_string()).unwrap_or_default();
         let event_time = self.event_time(event_time)?;
-        let change = if at_period_end {
-            SubscriptionChange::CancelAtPeriodEnd
-        } else {
-            SubscriptionChange::CancelNow
-        };
         let idempotency = Idempotency::new(
             key,
             &[
                 "cancel",
                 &at_period_end.to_string(),
-                &event_time.to_string(),
+                &subscription_id,
+                &sent,
             ],
         );
+        let change = SubscriptionChange::Cancel {
+            at_period_end,
+            subscription_id,
+        };
         self.change(account, change, event_time, idempotency).await
     }
 
@@ -279,9 +298,15 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
             idempotency,
             catalog: Arc::clone(&self.catalog),
         };
-        self.store
-            .change_subscription(&request, self.clock.now())
-            .await
+        let now = self.clock.now();
+        let recorded = self.store.change_subscription(&request, now).await?;
+        // As of now: a plan whose period's end has passed reads as ended.
+        Ok(recorded.map(|mut outcome| {
+            outcome.subscription = outcome
+                .subscription
+                .settled(now, self.catalog.default_plan());
+            outcome
+        }))
     }
 
     /// The event's time, `now` without one; refused further ahead than the skew.

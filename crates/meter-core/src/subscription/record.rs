@@ -10,8 +10,8 @@
 use std::{fmt, str::FromStr};
 
 use crate::{
-    BillingInterval, Caller, CreditAccount, CreditPeriod, HistoryEntry, Plan, PlannedAllowance,
-    Timestamp,
+    BillingInterval, Caller, CreditAccount, CreditPeriod, HistoryEntry, MeterError, Plan,
+    PlanCatalog, PlannedAllowance, Timestamp,
 };
 
 /// The state of a subscription: the billing provider's (Stripe's) set.
@@ -37,6 +37,21 @@ pub enum SubscriptionStatus {
 }
 
 impl SubscriptionStatus {
+    /// Where the status sits in a subscription's life, for ordering two
+    /// events of the same second (Stripe's times are whole seconds): a later
+    /// stage wins, so `incomplete` never follows `active` of the same
+    /// second. Canceled and expired are last.
+    pub fn stage(self) -> u8 {
+        match self {
+            Self::Incomplete => 0,
+            Self::Trialing => 1,
+            Self::Active => 2,
+            Self::PastDue => 3,
+            Self::Unpaid | Self::Paused => 4,
+            Self::Canceled | Self::IncompleteExpired => 5,
+        }
+    }
+
     /// Every status, in the order the API numbers them.
     pub const ALL: [Self; 8] = [
         Self::Active,
@@ -186,13 +201,16 @@ impl Subscription {
     }
 
     /// This subscription canceled at `at`: the default plan, status
-    /// canceled, the billing ids kept.
+    /// canceled, the billing ids kept; one canceled before keeps its times.
     #[must_use]
     fn canceled(self, at: Timestamp, default: &Plan) -> Self {
+        let before = (self.status == SubscriptionStatus::Canceled && self.plan == default.name)
+            .then_some(self.canceled_time)
+            .flatten();
         Self {
             status: SubscriptionStatus::Canceled,
-            canceled_time: Some(at),
-            purchase_time: Some(at),
+            canceled_time: Some(before.unwrap_or(at)),
+            purchase_time: Some(before.unwrap_or(at)),
             updated_at: Some(self.updated_at.map_or(at, |t| t.max(at))),
             customer_id: self.customer_id,
             subscription_id: self.subscription_id,
@@ -229,10 +247,34 @@ pub struct SubscriptionUpdate {
 pub enum SubscriptionChange {
     /// The subscription is now as described.
     Update(SubscriptionUpdate),
-    /// The plan ends at the end of the billing period (now, without one).
-    CancelAtPeriodEnd,
-    /// The plan ends now.
-    CancelNow,
+    /// The plan ends: at the end of the billing period (now, without one),
+    /// or now.
+    Cancel {
+        /// At the end of the billing period rather than now.
+        at_period_end: bool,
+        /// The billing subscription canceled; empty for whichever is stored.
+        subscription_id: String,
+    },
+}
+
+impl SubscriptionChange {
+    /// The status the change leaves the subscription in.
+    fn status(&self) -> SubscriptionStatus {
+        match self {
+            Self::Update(u) => u.status,
+            Self::Cancel { .. } => SubscriptionStatus::Canceled,
+        }
+    }
+
+    /// The billing subscription the event is about; empty when unsaid.
+    fn subscription_id(&self) -> &str {
+        match self {
+            Self::Update(u) => &u.subscription_id,
+            Self::Cancel {
+                subscription_id, ..
+            } => subscription_id,
+        }
+    }
 }
 
 /// A plan's allowance: credits each period, and the period.
@@ -265,27 +307,36 @@ pub struct ChangeOutcome {
 }
 
 /// The rules of a subscription change, applied to an account's stored
-/// subscription and credits: `plan` is the allowance of the update's plan
-/// (unused by cancellations), `default` the default plan.
+/// subscription and credits, with the plans of `catalog`.
 #[derive(Clone, Copy, Debug)]
 pub struct ChangeRules<'a> {
     /// The change.
     pub change: &'a SubscriptionChange,
     /// The event's time.
     pub event_time: Timestamp,
-    /// The allowance of the plan an update names.
-    pub plan: PlanAllowance,
-    /// The default plan.
-    pub default: &'a Plan,
+    /// The plan catalog.
+    pub catalog: &'a PlanCatalog,
 }
 
 impl ChangeRules<'_> {
-    /// Applies the change at `now`: an event older than the stored one is
-    /// ignored; otherwise the subscription is replaced, and a new allowance
-    /// plan (by plan or status) or a new billing period starts that plan's
-    /// allowance, its periods counted from the billing period's start. A
-    /// plan that ends at its period's end has the default plan's allowance
-    /// planned for then.
+    /// Applies the change at `now`. Ignored (`Ok((stored, false))`): an
+    /// event older than the stored one, or of the same second and an
+    /// earlier stage ([`SubscriptionStatus::stage`]); an event about
+    /// another billing subscription than the stored paying one, unless it
+    /// grants a plan itself; a cancellation of an account without a
+    /// subscription. Otherwise the subscription is replaced (period and
+    /// billing ids left out keep the stored ones; a period older than the
+    /// stored one is not taken), and the credits follow:
+    /// - a new allowance plan (by plan or status) starts that plan's
+    ///   allowance afresh, its periods counted from the billing period's start;
+    /// - a later billing period of the same plan starts a fresh allowance
+    ///   unless its period already started lazily at that boundary, which
+    ///   it keeps (used credits stay used);
+    /// - a plan that ends at its period's end has the default plan's
+    ///   allowance planned for then.
+    ///
+    /// A cancellation at period end of a billing period that already ended
+    /// (its renewal not recorded) is [`MeterError::FailedPrecondition`].
     pub fn apply(
         &self,
         stored: Option<Subscription>,
@@ -293,23 +344,70 @@ impl ChangeRules<'_> {
         now: Timestamp,
         caller: Caller<'_>,
         log: &mut Vec<HistoryEntry>,
-    ) -> (Subscription, bool) {
-        let default = self.default;
-        let current = stored.map_or_else(
-            || Subscription::default_for(default),
-            |s| s.settled(now, default),
-        );
-        if current.updated_at.is_some_and(|t| t > self.event_time) {
-            return (current, false);
+    ) -> Result<(Subscription, bool), MeterError> {
+        let default = self.catalog.default_plan();
+        let Some(stored) = stored else {
+            if let SubscriptionChange::Cancel { .. } = self.change {
+                return Ok((Subscription::default_for(default), false));
+            }
+            return self.applied(
+                Subscription::default_for(default),
+                credits,
+                now,
+                caller,
+                log,
+            );
+        };
+        self.applied(stored.settled(now, default), credits, now, caller, log)
+    }
+
+    fn applied(
+        &self,
+        current: Subscription,
+        credits: &mut CreditAccount,
+        now: Timestamp,
+        caller: Caller<'_>,
+        log: &mut Vec<HistoryEntry>,
+    ) -> Result<(Subscription, bool), MeterError> {
+        let default = self.catalog.default_plan();
+        let event = self.event_time;
+        let older = current.updated_at.is_some_and(|t| {
+            t > event || (t == event && self.change.status().stage() < current.status.stage())
+        });
+        let about = self.change.subscription_id();
+        let other = !about.is_empty()
+            && !current.subscription_id.is_empty()
+            && about != current.subscription_id
+            && current.is_paying(&default.name)
+            && !self.change.status().grants_plan();
+        if older || other {
+            return Ok((current, false));
         }
         credits.settle(now, log);
-        let event = self.event_time;
         let (next, anchor, new_period) = match self.change {
             SubscriptionChange::Update(u) => {
-                let purchase_time = if u.plan == current.plan {
-                    current.purchase_time.or(u.period_start).or(Some(event))
+                let stale = matches!(
+                    (u.period_start, current.period_start),
+                    (Some(given), Some(stored)) if given < stored
+                );
+                let period_start = if stale || u.period_start.is_none() {
+                    current.period_start
                 } else {
-                    u.period_start.or(Some(event))
+                    u.period_start
+                };
+                let renewal_time = if stale {
+                    current.renewal_time
+                } else if u.period_end.is_some() {
+                    u.period_end
+                } else if period_start == current.period_start {
+                    current.renewal_time
+                } else {
+                    None
+                };
+                let purchase_time = if u.plan == current.plan {
+                    current.purchase_time.or(period_start).or(Some(event))
+                } else {
+                    period_start.or(Some(event))
                 };
                 let keep = |given: &str, stored: &str| {
                     if given.is_empty() { stored } else { given }.to_owned()
@@ -320,8 +418,8 @@ impl ChangeRules<'_> {
                     interval: u.interval,
                     amount_micros: u.amount_micros,
                     purchase_time,
-                    period_start: u.period_start,
-                    renewal_time: u.period_end,
+                    period_start,
+                    renewal_time,
                     cancel_at_period_end: u.cancel_at_period_end,
                     canceled_time: (u.status == SubscriptionStatus::Canceled)
                         .then(|| current.canceled_time.unwrap_or(event)),
@@ -329,10 +427,19 @@ impl ChangeRules<'_> {
                     subscription_id: keep(&u.subscription_id, &current.subscription_id),
                     updated_at: Some(event),
                 };
-                let new_period = u.period_start.is_some() && u.period_start != current.period_start;
-                (next, u.period_start.unwrap_or(now), new_period)
+                let new_period = period_start.is_some() && period_start != current.period_start;
+                (next, period_start.unwrap_or(now), new_period)
             }
-            SubscriptionChange::CancelAtPeriodEnd if current.renewal_time.is_some() => {
+            SubscriptionChange::Cancel {
+                at_period_end: true,
+                ..
+            } if current.renewal_time.is_some() => {
+                if let Some(end) = current.renewal_time.filter(|end| *end <= now) {
+                    return Err(MeterError::FailedPrecondition(format!(
+                        "the billing period ended at {end} and no renewal was recorded; \
+                         record the renewal (UpdateSubscription) first, or cancel now"
+                    )));
+                }
                 let next = Subscription {
                     cancel_at_period_end: true,
                     updated_at: Some(event),
@@ -340,7 +447,7 @@ impl ChangeRules<'_> {
                 };
                 (next, now, false)
             }
-            SubscriptionChange::CancelAtPeriodEnd | SubscriptionChange::CancelNow => {
+            SubscriptionChange::Cancel { .. } => {
                 let mut next = current.clone().canceled(event.min(now), default);
                 next.updated_at = Some(event);
                 (next, now, false)
@@ -358,25 +465,38 @@ impl ChangeRules<'_> {
             }
             _ => None,
         };
-        if was != will
-            || (new_period && will != default.name)
-            || credits.allowance.schedule.is_none()
-        {
-            let (allowance, anchor) = if will == default.name {
-                (PlanAllowance::from(default), now)
-            } else {
-                (self.plan, anchor)
-            };
-            let start = PlannedAllowance {
+        let plan = self.catalog.get(will).unwrap_or(default);
+        let start = if will == default.name {
+            PlannedAllowance {
+                at: now,
+                total: plan.credits,
+                period: plan.credit_period,
+            }
+        } else {
+            PlannedAllowance {
                 at: anchor,
-                total: allowance.credits,
-                period: allowance.period,
-            };
+                total: plan.credits,
+                period: plan.credit_period,
+            }
+        };
+        let running_since = credits
+            .allowance
+            .schedule
+            .and_then(|s| s.period.period_containing(s.anchor, now))
+            .map(|(start, _)| start);
+        if was != will || running_since.is_none() {
             credits.start_allowance(start, planned, now, caller, log);
-        } else if credits.planned != planned {
-            credits.settle(now, log);
+        } else if new_period && will != default.name {
+            if running_since >= next.period_start {
+                credits.renew_allowance(start, planned, now, caller, log);
+            } else {
+                credits.start_allowance(start, planned, now, caller, log);
+            }
+        } else {
             credits.planned = planned;
         }
-        (next, true)
+        // A fall back planned for a time already past happens now.
+        credits.settle(now, log);
+        Ok((next, true))
     }
 }

@@ -31,6 +31,7 @@ macro_rules! account_store_contract {
             the_status_decides_the_allowance,
             concurrent_sign_ups_create_one_account,
             profiles_change_field_by_field_and_bad_input_writes_nothing,
+            billing_events_as_they_really_come,
         );
     };
     (@subscription $window:ident => $make:expr; $($name:ident),* $(,)?) => {

@@ -184,6 +184,7 @@ where
         w.clock.set(&boundary);
         w.clock.advance(Duration::from_secs(3600));
         if month == 12 {
+            assert!(spend(&w.credits, "u-life", 50).await);
             let renewed = w
                 .subscriptions
                 .update(
@@ -208,18 +209,13 @@ where
             );
         }
         let balance = w.credits.balance(&who).await.expect("balance");
+        let used_since_boundary = if month == 12 { 50 } else { 0 };
         assert_eq!(
             (balance.allowance.total, balance.allowance.used),
-            (1_000, 0),
-            "month {month} starts afresh"
+            (1_000, used_since_boundary),
+            "month {month} starts afresh at its boundary; the renewal webhook after \
+             it gives no second allowance"
         );
-        if month == 12 {
-            assert_eq!(
-                newest_plan_change(&w.credits, &who).await,
-                Some((at("2027-01-20T11:00:00.000Z"), 1_000)),
-                "the renewal started a new allowance"
-            );
-        }
         let next = if m == 12 {
             format!("{}-01-20T10:00:00.000Z", year + 1)
         } else {
@@ -231,7 +227,7 @@ where
     w.clock.set("2027-03-01T00:00:00.000Z");
     let canceled = w
         .subscriptions
-        .cancel(who.clone(), true, None, key("evt_cancel"))
+        .cancel(who.clone(), true, String::new(), None, key("evt_cancel"))
         .await
         .expect("cancel")
         .outcome;
@@ -442,7 +438,7 @@ where
     assert_eq!(reset.outcome.allowance.total, 500, "the plan's credits");
     let canceled = w
         .subscriptions
-        .cancel(who.clone(), false, None, None)
+        .cancel(who.clone(), false, String::new(), None, None)
         .await
         .expect("cancel")
         .outcome;
@@ -665,4 +661,266 @@ where
         .await
         .expect("the key of a refused call is free");
     assert!(valid.outcome.applied && !valid.replayed);
+}
+
+/// What billing really sends: a renewal webhook that comes after the
+/// allowance already reset at the boundary (what was used since stays
+/// used), two events of the same second in the wrong order, events about
+/// another billing subscription, status-only updates, late cancellations,
+/// retries without an event time, and cancellations of nothing.
+pub async fn billing_events_as_they_really_come<L, A, G, F, Fut>(make: F)
+where
+    L: CreditLedger,
+    A: AccountStore,
+    F: Fn(IdempotencyWindow) -> Fut,
+    Fut: Future<Output = (L, A, G)>,
+{
+    let window = IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid");
+    let (ledger, accounts, _guard) = make(window).await;
+    let w = world(ledger, accounts, "2026-01-01T00:00:00.000Z");
+    let who = account("u-real");
+    let event = |text: &str| Some(at(text));
+    let update = |request: SubscriptionRequest, time: &str, evt: &str| {
+        w.subscriptions
+            .update(who.clone(), request, event(time), key(evt))
+    };
+    let monthly = |status, start: &str, end: &str, sub: &str| SubscriptionRequest {
+        subscription_id: sub.to_owned(),
+        ..billed("standard", status, start, end)
+    };
+    let first = update(
+        monthly(
+            SubscriptionStatus::Active,
+            "2026-01-01T00:00:00.000Z",
+            "2026-02-01T00:00:00.000Z",
+            "sub_Y",
+        ),
+        "2026-01-01T00:00:00.000Z",
+        "evt_1",
+    )
+    .await
+    .expect("subscribe");
+    assert!(first.outcome.applied);
+    assert!(spend(&w.credits, "u-real", 100).await);
+
+    // Same second, earlier stage, delivered second: ignored.
+    let tie = update(
+        monthly(
+            SubscriptionStatus::Incomplete,
+            "2026-01-01T00:00:00.000Z",
+            "2026-02-01T00:00:00.000Z",
+            "sub_Y",
+        ),
+        "2026-01-01T00:00:00.000Z",
+        "evt_0",
+    )
+    .await
+    .expect("tie")
+    .outcome;
+    assert!(!tie.applied);
+    assert_eq!(tie.subscription.status, SubscriptionStatus::Active);
+
+    // Another billing subscription expiring: ignored, as is its deletion.
+    w.clock.set("2026-01-02T00:00:00.000Z");
+    let other = update(
+        monthly(
+            SubscriptionStatus::IncompleteExpired,
+            "2026-01-01T00:00:00.000Z",
+            "2026-02-01T00:00:00.000Z",
+            "sub_X",
+        ),
+        "2026-01-02T00:00:00.000Z",
+        "evt_x",
+    )
+    .await
+    .expect("other")
+    .outcome;
+    assert!(!other.applied);
+    let other_cancel = w
+        .subscriptions
+        .cancel(
+            who.clone(),
+            false,
+            "sub_X".into(),
+            None,
+            key("evt_x_deleted"),
+        )
+        .await
+        .expect("other cancel")
+        .outcome;
+    assert!(!other_cancel.applied);
+    assert_eq!(other_cancel.subscription.plan, "standard");
+
+    // A status-only update keeps the billing period.
+    let status_only = SubscriptionRequest {
+        period_start: None,
+        period_end: None,
+        ..monthly(
+            SubscriptionStatus::PastDue,
+            "2026-01-01T00:00:00.000Z",
+            "2026-02-01T00:00:00.000Z",
+            "",
+        )
+    };
+    let past_due = update(status_only, "2026-01-02T00:00:01.000Z", "evt_2")
+        .await
+        .expect("past due")
+        .outcome;
+    assert!(past_due.applied);
+    assert_eq!(
+        (
+            past_due.subscription.period_start,
+            past_due.subscription.renewal_time
+        ),
+        (
+            event("2026-01-01T00:00:00.000Z"),
+            event("2026-02-01T00:00:00.000Z")
+        )
+    );
+    assert_eq!(past_due.subscription.subscription_id, "sub_Y");
+    assert_eq!(
+        w.credits.balance(&who).await.expect("read").allowance.used,
+        100
+    );
+
+    // The renewal webhook comes an hour after the boundary, when 200 more
+    // were used: they stay used.
+    w.clock.set("2026-02-01T01:00:00.000Z");
+    assert!(spend(&w.credits, "u-real", 200).await);
+    let renewal = update(
+        monthly(
+            SubscriptionStatus::Active,
+            "2026-02-01T00:00:00.000Z",
+            "2026-03-01T00:00:00.000Z",
+            "sub_Y",
+        ),
+        "2026-02-01T00:00:05.000Z",
+        "evt_3",
+    )
+    .await
+    .expect("renewal")
+    .outcome;
+    assert!(renewal.applied);
+    assert_eq!(renewal.next_credit_reset, event("2026-03-01T00:00:00.000Z"));
+    let balance = w.credits.balance(&who).await.expect("read");
+    assert_eq!(
+        (balance.allowance.total, balance.allowance.used),
+        (500, 200),
+        "the renewal gives no second allowance"
+    );
+    // An older period's event does not move the period back.
+    let stale = update(
+        monthly(
+            SubscriptionStatus::Active,
+            "2026-01-01T00:00:00.000Z",
+            "2026-02-01T00:00:00.000Z",
+            "sub_Y",
+        ),
+        "2026-02-01T00:00:06.000Z",
+        "evt_4",
+    )
+    .await
+    .expect("stale period")
+    .outcome;
+    assert_eq!(
+        stale.subscription.period_start,
+        event("2026-02-01T00:00:00.000Z")
+    );
+    assert_eq!(
+        w.credits.balance(&who).await.expect("read").allowance.used,
+        200
+    );
+
+    // A retry without an event time is the same request: a replay.
+    let cancel = || {
+        w.subscriptions
+            .cancel(who.clone(), true, String::new(), None, key("evt_cancel"))
+    };
+    let first_cancel = cancel().await.expect("cancel");
+    w.clock.advance(Duration::from_secs(1));
+    let retried = cancel().await.expect("retry");
+    assert!(retried.replayed && !first_cancel.replayed);
+
+    // Canceling at the end of a period that already ended, its renewal not
+    // recorded, is refused; nothing changes.
+    let late = world_account_cancel_late(&w, &who).await;
+    assert!(
+        matches!(late, Err(MeterError::FailedPrecondition(_))),
+        "{late:?}"
+    );
+
+    // Canceling now twice keeps the first cancellation's time.
+    w.clock.set("2026-02-10T00:00:00.000Z");
+    let now_1 = w
+        .subscriptions
+        .cancel(who.clone(), false, String::new(), None, None)
+        .await
+        .expect("cancel now")
+        .outcome;
+    w.clock.set("2026-02-11T00:00:00.000Z");
+    let now_2 = w
+        .subscriptions
+        .cancel(who.clone(), false, String::new(), None, None)
+        .await
+        .expect("cancel again")
+        .outcome;
+    assert_eq!(
+        now_1.subscription.canceled_time,
+        event("2026-02-10T00:00:00.000Z")
+    );
+    assert_eq!(
+        now_2.subscription.canceled_time,
+        now_1.subscription.canceled_time
+    );
+    assert_eq!(
+        w.credits.balance(&who).await.expect("read").allowance.total,
+        100,
+        "free from the first cancellation"
+    );
+
+    // Nothing to cancel on an account without a subscription.
+    let nobody = account("u-nobody");
+    let nothing = w
+        .subscriptions
+        .cancel(nobody.clone(), false, String::new(), None, None)
+        .await
+        .expect("cancel nothing")
+        .outcome;
+    assert!(!nothing.applied);
+    assert_eq!(
+        w.credits.balance(&nobody).await.expect("read").last_update,
+        None,
+        "nothing written"
+    );
+}
+
+/// A cancellation at period end of `who` after its billing period ended
+/// (the clock moved past it, no renewal recorded).
+async fn world_account_cancel_late<L: CreditLedger, A: AccountStore>(
+    w: &World<L, A>,
+    who: &meter_core::AccountId,
+) -> Result<(), MeterError> {
+    let late = account("u-late");
+    w.subscriptions
+        .update(
+            late.clone(),
+            billed(
+                "standard",
+                SubscriptionStatus::Active,
+                "2026-01-05T00:00:00.000Z",
+                "2026-01-25T00:00:00.000Z",
+            ),
+            Some(at("2026-01-05T00:00:00.000Z")),
+            None,
+        )
+        .await?;
+    let _ = who;
+    let refused = w
+        .subscriptions
+        .cancel(late.clone(), true, String::new(), None, None)
+        .await
+        .map(|_| ());
+    let (after, _) = w.subscriptions.subscription(&late).await?;
+    assert!(!after.cancel_at_period_end, "nothing written");
+    refused
 }

@@ -14,6 +14,8 @@ if not profile[PROFILE_HASH_joined] then
   out[ACCOUNT_REPLY_status] = 'not_found'
   return out
 end
+stored_time(key, 'joined', profile[PROFILE_HASH_joined])
+stored_time(key, 'lastLogin', profile[PROFILE_HASH_lastLogin] or '')
 out[ACCOUNT_REPLY_status] = 'ok'
 local given = { PROFILE_HASH_email, PROFILE_HASH_name, PROFILE_HASH_image, PROFILE_HASH_role }
 for i = 1, #profile do profile[i] = profile[i] or '' end

@@ -17,6 +17,7 @@ settle(a)
 local created, profile_writes, new_subscription = '0', nil, nil
 if profile[PROFILE_HASH_joined] then
   stored_time(PK, 'joined', profile[PROFILE_HASH_joined])
+  stored_time(PK, 'lastLogin', profile[PROFILE_HASH_lastLogin] or '')
   profile[PROFILE_HASH_lastLogin] = NOW_TEXT
   profile_writes = { 'lastLogin', NOW_TEXT }
 else

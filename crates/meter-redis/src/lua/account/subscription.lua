@@ -11,6 +11,9 @@ local PK, SK = KEYS[5], KEYS[6]
 
 -- Statuses that get the plan's allowance; the rest get the default plan's.
 local GRANTING = { active = true, trialing = true, past_due = true }
+-- Where each status sits in a subscription's life (SubscriptionStatus::stage).
+local STAGE = { incomplete = 0, trialing = 1, active = 2, past_due = 3, unpaid = 4, paused = 4,
+  canceled = 5, incomplete_expired = 5 }
 local STATUSES = { active = true, trialing = true, past_due = true, canceled = true, unpaid = true,
   incomplete = true, incomplete_expired = true, paused = true }
 
@@ -55,9 +58,11 @@ local function load_subscription()
   return s
 end
 
--- `s` canceled at `at`: the default plan, status canceled, billing ids kept.
+-- `s` canceled at `at`: the default plan, status canceled, billing ids
+-- kept; one canceled before keeps its times.
 local function canceled(s, at, d)
   local c = default_subscription(d)
+  if s.status == 'canceled' and s.plan == d.name and s.canceledTime then at = s.canceledTime end
   c.status, c.canceledTime, c.purchaseTime = 'canceled', at, at
   c.updatedAt = (s.updatedAt and s.updatedAt > at) and s.updatedAt or at
   c.customerId, c.subscriptionId = s.customerId, s.subscriptionId
@@ -72,6 +77,20 @@ local function settled_subscription(s, d)
     return canceled(s, s.renewalTime, d)
   end
   return s
+end
+
+-- The credits and period of plan `name`, from the (name, credits, period)
+-- triples of ARGV from `first` on; the default plan's when not there.
+local function plan_allowance(name, first, d)
+  for i = first, #ARGV, 3 do
+    if ARGV[i] == name then return tonumber(ARGV[i + 1]), ARGV[i + 2] end
+  end
+  return d.credits, d.period
+end
+
+-- Whether the subscription pays for a plan: active or trialing, not the default.
+local function is_paying(s, d)
+  return (s.status == 'active' or s.status == 'trialing') and s.plan ~= d.name
 end
 
 -- The plan whose allowance the account gets.

@@ -15,10 +15,7 @@ if period == '' then
   local d = default_plan(10)
   local name = allowance_plan(settled_subscription(load_subscription(), d), d)
   local credits
-  credits, period = d.credits, d.period
-  for i = 15, #ARGV, 3 do
-    if ARGV[i] == name then credits, period = tonumber(ARGV[i + 1]), ARGV[i + 2] end
-  end
+  credits, period = plan_allowance(name, 15, d)
   total = total or credits
 end
 local a = load_account()
