@@ -500,3 +500,115 @@ impl ChangeRules<'_> {
         Ok((next, true))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const CATALOG: &str = r#"
+[plans.free]
+credits = 100
+billing_interval = "month"
+price_micros = 0
+
+[plans.yearly]
+credits = 1000
+credit_period = "month"
+billing_interval = "year"
+price_micros = 100000000
+"#;
+
+    fn yearly(start: Timestamp, end: Timestamp) -> SubscriptionChange {
+        SubscriptionChange::Update(SubscriptionUpdate {
+            plan: "yearly".into(),
+            status: SubscriptionStatus::Active,
+            interval: BillingInterval::Year,
+            amount_micros: 100_000_000,
+            period_start: Some(start),
+            period_end: Some(end),
+            cancel_at_period_end: false,
+            customer_id: String::new(),
+            subscription_id: "sub_1".into(),
+        })
+    }
+
+    proptest! {
+        /// A yearly plan's monthly credits, through the credits path: after
+        /// the plan starts at any instant, at every later time the
+        /// allowance's period is the calendar month (anchor day kept,
+        /// clamped to short months) of the period module; spending in one
+        /// period never reaches the next; a renewal webhook at any delay
+        /// after the year's end keeps what was used since; and a plan
+        /// canceled at period end falls back to free exactly at its end.
+        #[test]
+        fn a_yearly_plan_resets_monthly_by_the_period_module(
+            start_ms in 946_684_800_000i64..4_102_444_800_000,
+            steps in proptest::collection::vec((1i64..40 * 86_400_000, 0i64..50), 1..30),
+            renewal_delay in 0i64..3 * 86_400_000,
+        ) {
+            let catalog = PlanCatalog::from_toml("test", CATALOG).expect("catalog");
+            let start = Timestamp::from_millis(start_ms).expect("in range");
+            let end = CreditPeriod::Year.boundary(start, 1).expect("in range");
+            let mut credits = CreditAccount::default();
+            let mut log = Vec::new();
+            let change = yearly(start, end);
+            let rules = ChangeRules { change: &change, event_time: start, catalog: &catalog };
+            let (subscription, applied) = rules
+                .apply(None, &mut credits, start, Caller::default(), &mut log)
+                .expect("applies");
+            prop_assert!(applied);
+            let mut now = start;
+            let mut used = 0;
+            for (step, spend) in steps {
+                let next = Timestamp::from_millis(now.as_millis() + step).expect("in range");
+                if next >= end {
+                    break;
+                }
+                let (period_start, period_end) = CreditPeriod::Month
+                    .period_containing(start, next)
+                    .expect("in range");
+                if period_start > now {
+                    used = 0;
+                }
+                now = next;
+                credits.settle(now, &mut log);
+                prop_assert_eq!(credits.allowance.period_end(), Some(period_end));
+                prop_assert_eq!(credits.allowance.used, used);
+                if credits.deduct(spend, now, Caller::default(), &mut log) {
+                    used += spend.min(1000);
+                }
+            }
+            // The renewal webhook, some time after the year's end.
+            let late = Timestamp::from_millis(end.as_millis() + renewal_delay).expect("in range");
+            credits.settle(late, &mut log);
+            let spent = i64::from(credits.deduct(7, late, Caller::default(), &mut log)) * 7;
+            let next_end = CreditPeriod::Year.boundary(start, 2).expect("in range");
+            let renewal = yearly(end, next_end);
+            let rules = ChangeRules { change: &renewal, event_time: late, catalog: &catalog };
+            let (renewed, applied) = rules
+                .apply(Some(subscription), &mut credits, late, Caller::default(), &mut log)
+                .expect("renews");
+            prop_assert!(applied);
+            prop_assert_eq!(credits.allowance.used, spent);
+            prop_assert_eq!(
+                credits.allowance.period_end(),
+                CreditPeriod::Month.period_containing(end, late).map(|(_, e)| e)
+            );
+            // Canceled at the period's end: free from exactly then.
+            let cancel = SubscriptionChange::Cancel { at_period_end: true, subscription_id: String::new() };
+            let rules = ChangeRules { change: &cancel, event_time: late, catalog: &catalog };
+            rules
+                .apply(Some(renewed), &mut credits, late, Caller::default(), &mut log)
+                .expect("cancels");
+            let after = Timestamp::from_millis(next_end.as_millis() + 1).expect("in range");
+            credits.settle(after, &mut log);
+            prop_assert_eq!(credits.allowance.total, 100);
+            prop_assert_eq!(
+                credits.allowance.schedule.map(|s| s.anchor),
+                Some(next_end)
+            );
+        }
+    }
+}
