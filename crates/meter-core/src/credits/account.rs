@@ -414,34 +414,23 @@ impl CreditAccount {
         tag(&mut log[at], caller);
     }
 
-    /// Moves the running allowance period onto a new anchor without
-    /// starting it again: `start.total` credits a period (capped as in
-    /// [`CreditAccount::start_allowance`]), the periods counted from
-    /// `start.at` (at most `now`), `used` and the period number kept, and
-    /// `planned` to replace it later. Logs a plan change only when
-    /// `remaining` changes.
+    /// Keeps the running allowance period and its schedule for a renewal:
+    /// `total` credits a period from now on (capped as in
+    /// [`CreditAccount::start_allowance`]), `used` and the period number
+    /// kept, and `planned` to replace it later. Logs a plan change only
+    /// when `remaining` changes.
     pub fn renew_allowance(
         &mut self,
-        start: PlannedAllowance,
+        total: i64,
         planned: Option<PlannedAllowance>,
         now: Timestamp,
         caller: Caller<'_>,
         log: &mut Vec<HistoryEntry>,
     ) {
         self.settle(now, log);
-        let total = start.total.min(MAX_CREDITS - self.granted(now));
+        let total = total.min(MAX_CREDITS - self.granted(now));
         let before = self.remaining();
-        let anchor = start.at.min(now);
         self.allowance.total = total;
-        self.allowance.schedule =
-            start
-                .period
-                .period_containing(anchor, now)
-                .map(|(_, next_reset)| ResetSchedule {
-                    anchor,
-                    period: start.period,
-                    next_reset,
-                });
         self.planned = planned;
         let change = self.remaining() - before;
         if change != 0 {

@@ -180,6 +180,9 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
             )
             .into());
         }
+        if let Some(start) = request.period_start {
+            self.not_ahead("current_period_start", start)?;
+        }
         if let (Some(start), Some(end)) = (request.period_start, request.period_end)
             && end <= start
         {
@@ -311,14 +314,23 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
 
     /// The event's time, `now` without one; refused further ahead than the skew.
     fn event_time(&self, event_time: Option<Timestamp>) -> Result<Timestamp, InvalidArgument> {
+        match event_time {
+            None => Ok(self.clock.now()),
+            Some(time) => self.not_ahead("event_time", time),
+        }
+    }
+
+    /// `time` unless it is further ahead of the clock than the skew.
+    fn not_ahead(
+        &self,
+        field: &'static str,
+        time: Timestamp,
+    ) -> Result<Timestamp, InvalidArgument> {
         let now = self.clock.now();
-        let Some(time) = event_time else {
-            return Ok(now);
-        };
         let skew = i64::try_from(self.max_event_skew.as_millis()).unwrap_or(i64::MAX);
         if time.as_millis() > now.as_millis().saturating_add(skew) {
             return Err(InvalidArgument::new(
-                "event_time",
+                field,
                 format!(
                     "is {time}, more than {:?} ahead of meterd's clock ({now}; --max-event-skew)",
                     self.max_event_skew

@@ -201,17 +201,20 @@ impl Subscription {
     }
 
     /// This subscription canceled at `at`: the default plan, status
-    /// canceled, the billing ids kept; one canceled before keeps its times.
+    /// canceled, the billing ids and last event time kept; one canceled
+    /// before keeps its times.
     #[must_use]
     fn canceled(self, at: Timestamp, default: &Plan) -> Self {
-        let before = (self.status == SubscriptionStatus::Canceled && self.plan == default.name)
+        let before = (self.status == SubscriptionStatus::Canceled)
             .then_some(self.canceled_time)
             .flatten();
         Self {
             status: SubscriptionStatus::Canceled,
             canceled_time: Some(before.unwrap_or(at)),
             purchase_time: Some(before.unwrap_or(at)),
-            updated_at: Some(self.updated_at.map_or(at, |t| t.max(at))),
+            // The last event applied is still the last: one older than the
+            // end (a resume sent before it, delivered late) still applies.
+            updated_at: self.updated_at,
             customer_id: self.customer_id,
             subscription_id: self.subscription_id,
             ..Self::default_for(default)
@@ -321,17 +324,19 @@ pub struct ChangeRules<'a> {
 impl ChangeRules<'_> {
     /// Applies the change at `now`. Ignored (`Ok((stored, false))`): an
     /// event older than the stored one, or of the same second and an
-    /// earlier stage ([`SubscriptionStatus::stage`]); an event about
-    /// another billing subscription than the stored paying one, unless it
-    /// grants a plan itself; a cancellation of an account without a
-    /// subscription. Otherwise the subscription is replaced (period and
+    /// earlier stage ([`SubscriptionStatus::stage`]) of the same billing
+    /// subscription; an event about another billing subscription than the
+    /// one whose plan the account has, unless it grants a plan itself; a
+    /// cancellation of a subscription to the default plan (or of none). Otherwise the subscription is replaced (period and
     /// billing ids left out keep the stored ones; a period older than the
     /// stored one is not taken), and the credits follow:
     /// - a new allowance plan (by plan or status) starts that plan's
     ///   allowance afresh, its periods counted from the billing period's start;
-    /// - a later billing period of the same plan starts a fresh allowance
-    ///   unless its period already started lazily at that boundary, which
-    ///   it keeps (used credits stay used);
+    /// - a later billing period of the same plan (a renewal) keeps the
+    ///   running allowance and its schedule when its credit period began
+    ///   at or after the billing period's start (the lazy reset at the
+    ///   boundary: used credits stay used), or when the billing period
+    ///   starts a moment ahead; else it starts the allowance afresh;
     /// - a plan that ends at its period's end has the default plan's
     ///   allowance planned for then.
     ///
@@ -371,16 +376,21 @@ impl ChangeRules<'_> {
     ) -> Result<(Subscription, bool), MeterError> {
         let default = self.catalog.default_plan();
         let event = self.event_time;
-        let older = current.updated_at.is_some_and(|t| {
-            t > event || (t == event && self.change.status().stage() < current.status.stage())
-        });
         let about = self.change.subscription_id();
-        let other = !about.is_empty()
+        let another = !about.is_empty()
             && !current.subscription_id.is_empty()
-            && about != current.subscription_id
-            && current.is_paying(&default.name)
+            && about != current.subscription_id;
+        // Within one billing subscription, the same second goes by stage.
+        let older = current.updated_at.is_some_and(|t| {
+            t > event
+                || (t == event && !another && self.change.status().stage() < current.status.stage())
+        });
+        let other = another
+            && current.allowance_plan(&default.name) != default.name
             && !self.change.status().grants_plan();
-        if older || other {
+        let nothing_to_cancel = matches!(self.change, SubscriptionChange::Cancel { .. })
+            && current.plan == default.name;
+        if older || other || nothing_to_cancel {
             return Ok((current, false));
         }
         credits.settle(now, log);
@@ -479,16 +489,22 @@ impl ChangeRules<'_> {
                 period: plan.credit_period,
             }
         };
-        let running_since = credits
-            .allowance
-            .schedule
-            .and_then(|s| s.period.period_containing(s.anchor, now))
-            .map(|(start, _)| start);
+        // When the running credit period began (its anchor, if that is
+        // still ahead: a clock that went back).
+        let running_since = credits.allowance.schedule.map(|s| {
+            s.period
+                .period_containing(s.anchor, now)
+                .map_or(s.anchor, |(start, _)| start)
+        });
         if was != will || running_since.is_none() {
             credits.start_allowance(start, planned, now, caller, log);
         } else if new_period && will != default.name {
-            if running_since >= next.period_start {
-                credits.renew_allowance(start, planned, now, caller, log);
+            // A renewal: the allowance already reset at the boundary (or
+            // will, when the period starts a moment ahead), on a schedule
+            // that keeps the anchor day through short months.
+            let period_start = next.period_start.unwrap_or(now);
+            if running_since.is_some_and(|since| since >= period_start) || period_start > now {
+                credits.renew_allowance(start.total, planned, now, caller, log);
             } else {
                 credits.start_allowance(start, planned, now, caller, log);
             }
@@ -592,9 +608,10 @@ price_micros = 100000000
                 .expect("renews");
             prop_assert!(applied);
             prop_assert_eq!(credits.allowance.used, spent);
+            // The schedule keeps the first anchor (its day survives short months).
             prop_assert_eq!(
                 credits.allowance.period_end(),
-                CreditPeriod::Month.period_containing(end, late).map(|(_, e)| e)
+                CreditPeriod::Month.period_containing(start, late).map(|(_, e)| e)
             );
             // Canceled at the period's end: free from exactly then.
             let cancel = SubscriptionChange::Cancel { at_period_end: true, subscription_id: String::new() };

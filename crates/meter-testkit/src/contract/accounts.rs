@@ -32,6 +32,7 @@ macro_rules! account_store_contract {
             concurrent_sign_ups_create_one_account,
             profiles_change_field_by_field_and_bad_input_writes_nothing,
             billing_events_as_they_really_come,
+            renewals_and_switches_never_give_a_second_allowance,
         );
     };
     (@subscription $window:ident => $make:expr; $($name:ident),* $(,)?) => {

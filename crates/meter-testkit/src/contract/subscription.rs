@@ -924,3 +924,236 @@ async fn world_account_cancel_late<L: CreditLedger, A: AccountStore>(
     assert!(!after.cancel_at_period_end, "nothing written");
     refused
 }
+
+/// Renewals of a plan billed on the 31st keep one allowance per period
+/// through short months; a renewal stamped a moment ahead of the clock
+/// waits for the boundary; a switch of billing subscriptions in one second
+/// lands on the new one whatever the delivery order; a past-due account
+/// ignores another subscription's expiry; a free account has nothing to cancel.
+pub async fn renewals_and_switches_never_give_a_second_allowance<L, A, G, F, Fut>(make: F)
+where
+    L: CreditLedger,
+    A: AccountStore,
+    F: Fn(IdempotencyWindow) -> Fut,
+    Fut: Future<Output = (L, A, G)>,
+{
+    let window = IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid");
+    let (ledger, accounts, _guard) = make(window).await;
+    let w = world(ledger, accounts, "2026-01-31T00:00:00.000Z");
+    let who = account("u-31st");
+    let monthly = |start: &str, end: &str, sub: &str, status| SubscriptionRequest {
+        subscription_id: sub.to_owned(),
+        ..billed("standard", status, start, end)
+    };
+    let periods = [
+        "2026-01-31T00:00:00.000Z",
+        "2026-02-28T00:00:00.000Z",
+        "2026-03-31T00:00:00.000Z",
+        "2026-04-30T00:00:00.000Z",
+        "2026-05-31T00:00:00.000Z",
+    ];
+    for (i, pair) in periods.windows(2).enumerate() {
+        let (start, end) = (pair[0], pair[1]);
+        // The webhook an hour after the boundary; 300 spent meanwhile.
+        w.clock.set(start);
+        w.clock.advance(Duration::from_secs(3600));
+        if i > 0 {
+            assert!(spend(&w.credits, "u-31st", 300).await, "period {i}");
+        }
+        let renewal = w
+            .subscriptions
+            .update(
+                who.clone(),
+                monthly(start, end, "sub_1", SubscriptionStatus::Active),
+                Some(at(start)),
+                key(&format!("evt_{i}")),
+            )
+            .await
+            .expect("renewal")
+            .outcome;
+        assert!(renewal.applied);
+        assert_eq!(renewal.next_credit_reset, Some(at(end)), "period {i}");
+        let balance = w.credits.balance(&who).await.expect("read");
+        let used = if i == 0 { 0 } else { 300 };
+        assert_eq!(
+            (balance.allowance.total, balance.allowance.used),
+            (500, used),
+            "period {i}: one allowance, what was used since the boundary stays used"
+        );
+        assert!(spend(&w.credits, "u-31st", 100).await);
+    }
+
+    // A renewal stamped two minutes ahead of meterd's clock: the running
+    // period runs to its end, then resets on the same schedule.
+    w.clock.set("2026-06-30T23:58:00.000Z");
+    let early = w
+        .subscriptions
+        .update(
+            who.clone(),
+            monthly(
+                "2026-06-30T00:00:00.000Z",
+                "2026-07-31T00:00:00.000Z",
+                "sub_1",
+                SubscriptionStatus::Active,
+            ),
+            Some(at("2026-06-30T00:00:00.000Z")),
+            key("evt_early"),
+        )
+        .await;
+    assert!(early.is_ok(), "{early:?}");
+    let ahead = w
+        .subscriptions
+        .update(
+            who.clone(),
+            monthly(
+                "2026-07-31T00:00:00.000Z",
+                "2026-08-31T00:00:00.000Z",
+                "sub_1",
+                SubscriptionStatus::Active,
+            ),
+            Some(at("2026-07-31T00:00:00.000Z")),
+            key("evt_ahead"),
+        )
+        .await;
+    assert!(
+        matches!(ahead, Err(MeterError::InvalidArgument(ref e)) if e.field == "current_period_start"),
+        "a month ahead is refused: {ahead:?}"
+    );
+    w.clock.set("2026-07-30T23:58:00.000Z");
+    assert!(spend(&w.credits, "u-31st", 50).await);
+    let used_before = w.credits.balance(&who).await.expect("read").allowance.used;
+    let soon = w
+        .subscriptions
+        .update(
+            who.clone(),
+            monthly(
+                "2026-07-31T00:00:00.000Z",
+                "2026-08-31T00:00:00.000Z",
+                "sub_1",
+                SubscriptionStatus::Active,
+            ),
+            Some(at("2026-07-31T00:00:00.000Z")),
+            key("evt_soon"),
+        )
+        .await
+        .expect("two minutes ahead")
+        .outcome;
+    assert!(soon.applied);
+    assert_eq!(
+        w.credits.balance(&who).await.expect("read").allowance.used,
+        used_before,
+        "nothing restarts before the boundary"
+    );
+    w.clock.set("2026-07-31T00:00:01.000Z");
+    let balance = w.credits.balance(&who).await.expect("read");
+    assert_eq!(
+        (balance.allowance.used, balance.reset_time()),
+        (0, Some(at("2026-08-31T00:00:00.000Z")))
+    );
+
+    // Past due, then another subscription's expiry: ignored.
+    let past_due = w
+        .subscriptions
+        .update(
+            who.clone(),
+            monthly(
+                "2026-07-31T00:00:00.000Z",
+                "2026-08-31T00:00:00.000Z",
+                "sub_1",
+                SubscriptionStatus::PastDue,
+            ),
+            Some(at("2026-07-31T00:00:01.000Z")),
+            None,
+        )
+        .await
+        .expect("past due")
+        .outcome;
+    assert!(past_due.applied);
+    let expired = w
+        .subscriptions
+        .update(
+            who.clone(),
+            monthly(
+                "2026-07-30T00:00:00.000Z",
+                "2026-08-30T00:00:00.000Z",
+                "sub_abandoned",
+                SubscriptionStatus::IncompleteExpired,
+            ),
+            Some(at("2026-07-31T00:00:01.000Z")),
+            None,
+        )
+        .await
+        .expect("other")
+        .outcome;
+    assert!(!expired.applied);
+    assert_eq!(expired.subscription.subscription_id, "sub_1");
+
+    // Switching billing subscriptions in one second, either delivery order.
+    for (n, cancel_first) in [(0, true), (1, false)] {
+        let switcher = account(&format!("u-switch-{n}"));
+        let old = || {
+            w.subscriptions.update(
+                switcher.clone(),
+                monthly(
+                    "2026-07-01T00:00:00.000Z",
+                    "2026-08-01T00:00:00.000Z",
+                    "sub_old",
+                    SubscriptionStatus::Active,
+                ),
+                Some(at("2026-07-01T00:00:00.000Z")),
+                None,
+            )
+        };
+        old().await.expect("old subscription");
+        let second = Some(at("2026-07-31T00:00:00.000Z"));
+        let cancel = || {
+            w.subscriptions
+                .cancel(switcher.clone(), false, "sub_old".into(), second, None)
+        };
+        let new = || {
+            w.subscriptions.update(
+                switcher.clone(),
+                SubscriptionRequest {
+                    plan: "pro-yearly".into(),
+                    ..monthly(
+                        "2026-07-31T00:00:00.000Z",
+                        "2027-07-31T00:00:00.000Z",
+                        "sub_new",
+                        SubscriptionStatus::Active,
+                    )
+                },
+                second,
+                None,
+            )
+        };
+        if cancel_first {
+            cancel().await.expect("cancel");
+            new().await.expect("new");
+        } else {
+            new().await.expect("new");
+            let late = cancel().await.expect("cancel").outcome;
+            assert!(!late.applied, "the old subscription's deletion is ignored");
+        }
+        let (now_on, _) = w.subscriptions.subscription(&switcher).await.expect("read");
+        assert_eq!(
+            (now_on.plan.as_str(), now_on.subscription_id.as_str()),
+            ("pro-yearly", "sub_new"),
+            "cancel first: {cancel_first}"
+        );
+    }
+
+    // A registered free account has nothing to cancel.
+    let free = account("u-free");
+    w.subscriptions
+        .register(free.clone(), ProfileFields::default(), None)
+        .await
+        .expect("register");
+    let nothing = w
+        .subscriptions
+        .cancel(free.clone(), false, String::new(), None, None)
+        .await
+        .expect("cancel")
+        .outcome;
+    assert!(!nothing.applied);
+    assert_eq!(nothing.subscription.status, SubscriptionStatus::Active);
+}

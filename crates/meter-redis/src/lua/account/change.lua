@@ -33,16 +33,17 @@ local function ignored()
 end
 
 local status = mode == 'update' and ARGV[16] or 'canceled'
-if not stored and mode ~= 'update' then return ignored() end
-if current.updatedAt and (current.updatedAt > event
-    or (current.updatedAt == event and STAGE[status] < STAGE[current.status])) then
-  return ignored()
-end
 local about = ARGV[23]
-if about ~= '' and current.subscriptionId ~= '' and about ~= current.subscriptionId
-    and is_paying(current, d) and not GRANTING[status] then
+local another = about ~= '' and current.subscriptionId ~= '' and about ~= current.subscriptionId
+-- Within one billing subscription, the same second goes by stage.
+if current.updatedAt and (current.updatedAt > event
+    or (current.updatedAt == event and not another and STAGE[status] < STAGE[current.status])) then
   return ignored()
 end
+if another and allowance_plan(current, d) ~= d.name and not GRANTING[status] then
+  return ignored()
+end
+if mode ~= 'update' and current.plan == d.name then return ignored() end
 settle(a)
 local nxt, anchor, new_period = nil, NOW_TEXT, false
 if mode == 'update' then
@@ -97,19 +98,19 @@ if a.reset then
   local t = period_math()
   running_since = t.format_time(t.period_containing(t.parse_time(a.anchor), a.period, NOW_MS))
 end
-if was ~= will or not running_since
-    or (new_period and will ~= d.name and running_since < nxt.periodStart) then
+-- A renewal keeps the running allowance when it already reset at the
+-- boundary (or will: the period starts a moment ahead).
+local renewal = new_period and will ~= d.name and running_since
+  and (running_since >= nxt.periodStart or nxt.periodStart > NOW_TEXT)
+if was ~= will or not running_since or (new_period and will ~= d.name and not renewal) then
   begin_allowance(a, total, period, anchor, NOW_TEXT, ARGV[7])
-elseif new_period and will ~= d.name then
-  -- The billing period's first credit period already began at its
-  -- boundary: move the schedule onto the new anchor, keep what was used.
+elseif renewal then
+  -- Keep the schedule (its anchor day survives short months) and what
+  -- was used; the plan's credits may have changed.
   local before = remaining(a)
   local cap = MAX_CREDITS - granted(a)
   if total > cap then total = cap end
-  local t = period_math()
-  local _, finish = t.period_containing(t.parse_time(anchor), period, NOW_MS)
-  a.total, a.period, a.anchor, a.reset = total, period, anchor, t.format_time(finish)
-  a.dirty = true
+  if total ~= a.total then a.total, a.dirty = total, true end
   local change = remaining(a) - before
   if change ~= 0 then
     local e = note(a, NOW_TEXT, 'plan_change', total, 0, ARGV[7], '')

@@ -58,13 +58,13 @@ local function load_subscription()
   return s
 end
 
--- `s` canceled at `at`: the default plan, status canceled, billing ids
--- kept; one canceled before keeps its times.
+-- `s` canceled at `at`: the default plan, status canceled, billing ids and
+-- last event time kept; one canceled before keeps its times.
 local function canceled(s, at, d)
   local c = default_subscription(d)
-  if s.status == 'canceled' and s.plan == d.name and s.canceledTime then at = s.canceledTime end
+  if s.status == 'canceled' and s.canceledTime then at = s.canceledTime end
   c.status, c.canceledTime, c.purchaseTime = 'canceled', at, at
-  c.updatedAt = (s.updatedAt and s.updatedAt > at) and s.updatedAt or at
+  c.updatedAt = s.updatedAt
   c.customerId, c.subscriptionId = s.customerId, s.subscriptionId
   return c
 end
@@ -86,11 +86,6 @@ local function plan_allowance(name, first, d)
     if ARGV[i] == name then return tonumber(ARGV[i + 1]), ARGV[i + 2] end
   end
   return d.credits, d.period
-end
-
--- Whether the subscription pays for a plan: active or trialing, not the default.
-local function is_paying(s, d)
-  return (s.status == 'active' or s.status == 'trialing') and s.plan ~= d.name
 end
 
 -- The plan whose allowance the account gets.
