@@ -37,17 +37,25 @@ pub struct CeilingProbe {
 /// The idempotency window the scripts are called with (unused without a key).
 const WINDOW_MS: &str = "86400000";
 
-/// The arguments every credits script starts with after its keys: the
-/// clock, no idempotency key, and meterd's default history retention.
+/// `EVALSHA` of a credits script on the account's credit keys, with the head every
+/// credits script starts with.
 fn script_head(script: &LuaScript, account: &str) -> Vec<String> {
+    head(script, account, &["credits", "grants", "holds", "history"])
+}
+
+/// `EVALSHA` of `script` on the keys `names` of `account`, then the clock,
+/// no idempotency key, and meterd's default history retention.
+fn head(script: &LuaScript, account: &str, names: &[&str]) -> Vec<String> {
     let retention = HistoryRetention::DEFAULT;
     let mut args = vec![
         "EVALSHA".to_owned(),
         script.hash().to_owned(),
-        "4".to_owned(),
+        names.len().to_string(),
     ];
     args.extend(
-        ["credits", "grants", "holds", "history"].map(|name| format!("user:{{{account}}}:{name}")),
+        names
+            .iter()
+            .map(|name| format!("user:{{{account}}}:{name}")),
     );
     args.extend([
         now_ms().to_string(),
@@ -60,40 +68,25 @@ fn script_head(script: &LuaScript, account: &str) -> Vec<String> {
     args
 }
 
-/// The head of an account script: every key of `account`, the clock, no
-/// idempotency key, the retention, an empty key and the default plan of
-/// deploy/plans.toml.
+/// The head of an account script: every key of `account`, the arguments of
+/// [`head`], an empty key and the default plan of deploy/plans.toml.
 fn account_head(script: &LuaScript, account: &str) -> Vec<String> {
-    let retention = HistoryRetention::DEFAULT;
-    let mut args = vec![
-        "EVALSHA".to_owned(),
-        script.hash().to_owned(),
-        "6".to_owned(),
+    let keys = [
+        "credits",
+        "grants",
+        "holds",
+        "history",
+        "profile",
+        "subscription",
     ];
-    args.extend(
-        [
-            "credits",
-            "grants",
-            "holds",
-            "history",
-            "profile",
-            "subscription",
-        ]
-        .map(|name| format!("user:{{{account}}}:{name}")),
-    );
     let catalog = PlanCatalog::from_toml(
         "deploy/plans.toml",
         include_str!("../../../deploy/plans.toml"),
     )
     .expect("the example catalog parses");
     let free = catalog.default_plan();
+    let mut args = head(script, account, &keys);
     args.extend([
-        now_ms().to_string(),
-        now_text(),
-        String::new(),
-        WINDOW_MS.to_owned(),
-        retention.max_entries.to_string(),
-        retention.max_age_millis().to_string(),
         String::new(),
         free.name.clone(),
         free.billing_interval.as_str().to_owned(),
