@@ -4,8 +4,8 @@
 
 use meter_core::{
     AccountId, AccountStore, ChangeOutcome, ChangeRules, ChangeSubscription, CreditBalance,
-    MeterError, PlanCatalog, PlannedAllowance, Profile, Recorded, RegisterAccount, RegisterOutcome,
-    StoreError, StoredAccount, Timestamp, UpdateProfile,
+    MeterError, PlannedAllowance, Profile, Recorded, RegisterAccount, RegisterOutcome, StoreError,
+    StoredAccount, Timestamp, UpdateProfile,
 };
 
 use crate::{
@@ -41,7 +41,6 @@ impl AccountStore for MemoryAccounts {
     async fn account(
         &self,
         account: &AccountId,
-        _catalog: &PlanCatalog,
         now: Timestamp,
     ) -> Result<StoredAccount, StoreError> {
         Ok(self.store.read(account, |record| stored(record, now)))

@@ -6,9 +6,9 @@ use std::sync::LazyLock;
 
 use meter_core::{
     AccountId, AccountStore, BillingInterval, ChangeOutcome, ChangeSubscription, CreditBalance,
-    HistoryRetention, Idempotency, IdempotencyWindow, MeterError, Plan, PlanCatalog, Profile,
-    Recorded, RegisterAccount, RegisterOutcome, StoreError, StoredAccount, Subscription,
-    SubscriptionChange, SubscriptionStatus, Timestamp, UpdateProfile,
+    HistoryRetention, Idempotency, IdempotencyWindow, MeterError, Plan, Profile, Recorded,
+    RegisterAccount, RegisterOutcome, StoreError, StoredAccount, Subscription, SubscriptionChange,
+    SubscriptionStatus, Timestamp, UpdateProfile,
 };
 use redis::Value;
 
@@ -416,10 +416,8 @@ impl AccountStore for RedisAccounts {
     async fn account(
         &self,
         account: &AccountId,
-        catalog: &PlanCatalog,
         now: Timestamp,
     ) -> Result<StoredAccount, StoreError> {
-        let _ = catalog;
         let keys = [
             keys::credits(account),
             keys::grants(account),

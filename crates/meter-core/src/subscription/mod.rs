@@ -118,7 +118,7 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
     /// The account as of now; [`MeterError::NotFound`] if never registered.
     pub async fn account(&self, account: &AccountId) -> Result<AccountView, MeterError> {
         let now = self.clock.now();
-        let stored = self.store.account(account, &self.catalog, now).await?;
+        let stored = self.store.account(account, now).await?;
         self.view(account, stored, now)
     }
 
@@ -129,7 +129,7 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
         account: &AccountId,
     ) -> Result<(Subscription, Option<Timestamp>), MeterError> {
         let now = self.clock.now();
-        let stored = self.store.account(account, &self.catalog, now).await?;
+        let stored = self.store.account(account, now).await?;
         Ok((
             self.settled(stored.subscription, now),
             stored.balance.reset_time(),

@@ -3,8 +3,8 @@
 use std::future::Future;
 
 use crate::{
-    AccountId, ChangeOutcome, ChangeSubscription, MeterError, PlanCatalog, Profile, Recorded,
-    RegisterAccount, RegisterOutcome, StoreError, StoredAccount, Timestamp, UpdateProfile,
+    AccountId, ChangeOutcome, ChangeSubscription, MeterError, Profile, Recorded, RegisterAccount,
+    RegisterOutcome, StoreError, StoredAccount, Timestamp, UpdateProfile,
 };
 
 /// Keeps accounts as a whole: profiles, subscriptions, and the credit
@@ -17,7 +17,6 @@ pub trait AccountStore: Clone + Send + Sync + 'static {
     fn account(
         &self,
         account: &AccountId,
-        catalog: &PlanCatalog,
         now: Timestamp,
     ) -> impl Future<Output = Result<StoredAccount, StoreError>> + Send;
 

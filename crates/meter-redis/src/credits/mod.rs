@@ -147,6 +147,8 @@ static RESET: LazyLock<LuaScript> = LazyLock::new(|| {
         &[
             names::<CreditsReply>(),
             names::<crate::accounts::AccountReply>(),
+            names::<crate::accounts::ProfileHash>(),
+            names::<crate::accounts::SubscriptionHash>(),
         ],
         include_str!("../lua/credits/reset.lua"),
     )
@@ -190,9 +192,10 @@ impl RedisCreditLedger {
         }
     }
 
-    /// A call of `script` on the account's keys (and, with `record`, the
-    /// account's idempotency index and the record), with the arguments every credits
-    /// script starts with (`lua/lib/mutation.lua`, `lua/credits/account.lua`).
+    /// A call of `script` on the account's credit keys (and, with `record`,
+    /// the account's idempotency index and the record), with the arguments
+    /// every credits script starts with (`lua/lib/mutation.lua`,
+    /// `lua/credits/account.lua`).
     fn call(
         &self,
         script: &'static LuaScript,
@@ -200,17 +203,24 @@ impl RedisCreditLedger {
         record: Option<(String, &str)>,
         now: Timestamp,
     ) -> ScriptCall {
-        let mut keys = vec![
+        let keys = vec![
             keys::credits(account),
             keys::grants(account),
             keys::holds(account),
             keys::history(account),
         ];
-        if std::ptr::eq(script, &*RESET) {
-            // Reset looks up the account's plan in its subscription.
-            keys.push(keys::profile(account));
-            keys.push(keys::subscription(account));
-        }
+        self.call_on(script, keys, account, record, now)
+    }
+
+    /// [`Self::call`] on the given data keys.
+    fn call_on(
+        &self,
+        script: &'static LuaScript,
+        mut keys: Vec<String>,
+        account: &AccountId,
+        record: Option<(String, &str)>,
+        now: Timestamp,
+    ) -> ScriptCall {
         let fingerprint = record.as_ref().map_or("", |(_, fp)| fp).to_owned();
         if let Some((key, _)) = record {
             keys.push(keys::idempotency_index(account));
@@ -476,7 +486,23 @@ impl CreditLedger for RedisCreditLedger {
         now: Timestamp,
     ) -> Result<Recorded<CreditBalance>, MeterError> {
         let idempotency = request.idempotency.as_ref();
-        let mut call = self.mutation(&RESET, &request.account, idempotency, now);
+        let account = &request.account;
+        // Reset looks up the account's plan in its subscription.
+        let keys = vec![
+            keys::credits(account),
+            keys::grants(account),
+            keys::holds(account),
+            keys::history(account),
+            keys::profile(account),
+            keys::subscription(account),
+        ];
+        let record = idempotency.map(|idem| {
+            (
+                keys::credits_idempotency(account, &idem.key),
+                idem.fingerprint.as_str(),
+            )
+        });
+        let mut call = self.call_on(&RESET, keys, account, record, now);
         match &request.to {
             ResetTo::Fixed { total, period } => {
                 call = call
