@@ -5,7 +5,8 @@
 //!   [`time`], [`clock`] and [`period`] (when), [`plan`] (the catalog),
 //!   [`error`] (one error type every context reports), [`secret`].
 //! - Contexts: [`credits`], [`subscription`] (accounts as a whole:
-//!   registration, profiles, plans and billing periods, deletion); stats and usage follow the same
+//!   registration, profiles, plans and billing periods, deletion),
+//!   [`stats`] (activity for dashboards); usage follows the same
 //!   shape (rules, commands, a port, a use-case service). Rate limiting shares
 //!   nothing with accounts or plans and gets a crate of its own.
 //!
@@ -20,6 +21,7 @@ pub mod idempotency;
 pub mod period;
 pub mod plan;
 pub mod secret;
+pub mod stats;
 pub mod subscription;
 pub mod time;
 
@@ -37,6 +39,10 @@ pub use idempotency::{Idempotency, IdempotencyKey, IdempotencyWindow, Recorded};
 pub use period::CreditPeriod;
 pub use plan::{BillingInterval, CatalogError, MetricLimit, Plan, PlanCatalog};
 pub use secret::Secret;
+pub use stats::{
+    ActivityStats, Conversation, LoginOutcome, RecordConversation, RecordLogin, ResetStats,
+    SetMood, Stats, StatsStore, StatsView,
+};
 pub use subscription::{
     AccountStore, AccountView, ChangeOutcome, ChangeRules, ChangeSubscription, PlanAllowance,
     Profile, ProfileFields, RegisterAccount, RegisterOutcome, StoredAccount, Subscription,

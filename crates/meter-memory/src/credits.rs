@@ -289,6 +289,11 @@ mod tests {
 
     meter_testkit::credit_ledger_contract!(window, retention => async move { (MemoryStore::new(window).with_history_retention(retention).credits(), ()) });
 
+    meter_testkit::stats_store_contract!(window => async move {
+        let store = MemoryStore::new(window);
+        (store.stats(), store.accounts(), ())
+    });
+
     meter_testkit::account_store_contract!(window => async move {
         let store = MemoryStore::new(window);
         (store.credits(), store.accounts(), ())

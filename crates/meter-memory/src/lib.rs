@@ -11,6 +11,7 @@
 
 mod accounts;
 mod credits;
+mod stats;
 
 use std::{
     any::Any,
@@ -26,6 +27,7 @@ use meter_core::{
 
 pub use accounts::MemoryAccounts;
 pub use credits::MemoryCreditLedger;
+pub use stats::MemoryStats;
 
 /// Lock shards: enough that concurrent calls on different accounts rarely wait.
 const SHARDS: usize = 16;
@@ -51,6 +53,7 @@ struct AccountRecord {
     history: credits::History,
     profile: Option<Profile>,
     subscription: Option<Subscription>,
+    stats: Option<stats::StatsRecord>,
 }
 
 impl AccountRecord {
@@ -103,6 +106,13 @@ impl MemoryStore {
     /// The credits port on this store.
     pub fn credits(&self) -> MemoryCreditLedger {
         MemoryCreditLedger::new(self.clone())
+    }
+
+    /// The stats port on this store.
+    pub fn stats(&self) -> MemoryStats {
+        MemoryStats {
+            store: self.clone(),
+        }
     }
 
     /// The accounts port on this store.

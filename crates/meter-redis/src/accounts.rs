@@ -365,7 +365,7 @@ fn parse_profile(account: &AccountId, hash: ProfileHash) -> Result<Option<Profil
 }
 
 /// The subscription a [`SubscriptionHash`] holds; `None` without a plan.
-fn parse_subscription(
+pub(crate) fn parse_subscription(
     account: &AccountId,
     hash: SubscriptionHash,
 ) -> Result<Option<Subscription>, StoreError> {

@@ -43,6 +43,22 @@ pub fn subscription(account: &AccountId) -> String {
     format!("user:{{{account}}}:subscription")
 }
 
+/// The account's activity stats: a hash with the fields of
+/// [`StatsHash`](crate::stats::StatsHash).
+pub fn stats(account: &AccountId) -> String {
+    format!("user:{{{account}}}:stats")
+}
+
+/// The account's recent conversations: a list of JSON objects, newest first.
+pub fn stats_recent(account: &AccountId) -> String {
+    format!("user:{{{account}}}:stats:recent")
+}
+
+/// The conversation ids counted since the last stats reset: a set.
+pub fn stats_seen(account: &AccountId) -> String {
+    format!("user:{{{account}}}:stats:seen")
+}
+
 /// The account's index of idempotency records: a sorted set of their keys
 /// by expiry (ms), so that every record of the account can be found without
 /// scanning (DeleteAccount).
@@ -61,6 +77,9 @@ pub fn account_keys(account: &AccountId) -> Vec<String> {
         history(account),
         profile(account),
         subscription(account),
+        stats(account),
+        stats_recent(account),
+        stats_seen(account),
         idempotency_index(account),
     ]
 }
@@ -68,6 +87,11 @@ pub fn account_keys(account: &AccountId) -> Vec<String> {
 /// The remembered outcome of one idempotent subscription call (a JSON string with a TTL).
 pub fn account_idempotency(account: &AccountId, key: &IdempotencyKey) -> String {
     format!("user:{{{account}}}:idem:account:{}", key.as_str())
+}
+
+/// The remembered outcome of one idempotent stats call (a JSON string with a TTL).
+pub fn stats_idempotency(account: &AccountId, key: &IdempotencyKey) -> String {
+    format!("user:{{{account}}}:idem:stats:{}", key.as_str())
 }
 
 /// The remembered settlement of a hold (a JSON string with a TTL).

@@ -18,9 +18,11 @@ pub mod keys;
 mod pipeliner;
 pub mod script;
 pub mod slot;
+pub mod stats;
 mod store;
 
 pub use accounts::RedisAccounts;
 pub use config::{InvalidRedisUrl, RedisConfig};
 pub use credits::RedisCreditLedger;
+pub use stats::RedisStats;
 pub use store::RedisStore;

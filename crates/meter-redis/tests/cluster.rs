@@ -85,6 +85,16 @@ mod contract {
             cluster,
         )
     });
+
+    meter_testkit::stats_store_contract!(window => async move {
+        let cluster = RedisCluster::start();
+        let store = store_on(&cluster).await;
+        (
+            meter_redis::RedisStats::new(store.clone(), window),
+            meter_redis::RedisAccounts::new(store, window, HistoryRetention::DEFAULT),
+            cluster,
+        )
+    });
 }
 
 /// `count` accounts whose slots are spread over every master of `cluster`.

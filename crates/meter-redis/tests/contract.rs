@@ -24,3 +24,19 @@ mod accounts {
         )
     });
 }
+
+mod stats {
+    use meter_core::HistoryRetention;
+    use meter_redis::{RedisAccounts, RedisConfig, RedisStats, RedisStore};
+    use meter_testkit::RedisServer;
+
+    meter_testkit::stats_store_contract!(window => async move {
+        let server = RedisServer::start();
+        let store = RedisStore::open(&RedisConfig::new(server.url())).expect("valid url");
+        (
+            RedisStats::new(store.clone(), window),
+            RedisAccounts::new(store, window, HistoryRetention::DEFAULT),
+            server,
+        )
+    });
+}

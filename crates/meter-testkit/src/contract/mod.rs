@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod credits;
+pub mod stats;
 pub mod subscription;
 
 use meter_core::{AccountId, DeductCredits, IdempotencyKey, Reason};

@@ -1,0 +1,300 @@
+//! The stats context: per-account activity for dashboards (conversations, a
+//! mood score, days active and login streaks by the user's local day, the
+//! recent conversations), with the plan read from the subscription.
+
+mod record;
+mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::NaiveDate;
+use chrono_tz::Tz;
+
+pub use record::{Conversation, LoginOutcome, Stats, local_day};
+pub use store::StatsStore;
+
+use crate::{
+    AccountId, Clock, Idempotency, IdempotencyKey, InvalidArgument, MeterError, PlanCatalog,
+    Recorded, StoreError, Timestamp, account::check_token,
+};
+
+/// Longest conversation id, in characters.
+pub const MAX_CONVERSATION_ID_CHARS: usize = 128;
+/// Longest conversation title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+/// Longest conversation summary, in characters.
+pub const MAX_SUMMARY_CHARS: usize = 2_000;
+/// Most recent conversations a store may be asked to keep.
+pub const MAX_RECENT: usize = 100;
+
+/// `RecordLogin`, checked.
+#[derive(Clone, Debug)]
+pub struct RecordLogin {
+    /// The account.
+    pub account: AccountId,
+    /// The user's local day of the login.
+    pub day: NaiveDate,
+    /// Present when the caller sent an idempotency key.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// `RecordConversation`, checked.
+#[derive(Clone, Debug)]
+pub struct RecordConversation {
+    /// The account.
+    pub account: AccountId,
+    /// The conversation.
+    pub conversation: Conversation,
+    /// How many recent conversations to keep.
+    pub keep: usize,
+    /// Present when the caller sent an idempotency key.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// `SetMood`, checked.
+#[derive(Clone, Debug)]
+pub struct SetMood {
+    /// The account.
+    pub account: AccountId,
+    /// The score in tenths, 0..=100.
+    pub tenths: i64,
+    /// Present when the caller sent an idempotency key.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// `ResetStats`.
+#[derive(Clone, Debug)]
+pub struct ResetStats {
+    /// The account.
+    pub account: AccountId,
+    /// Present when the caller sent an idempotency key.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An account's stats as callers see them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsView {
+    /// The stats.
+    pub stats: Stats,
+    /// The plan of the account's subscription as of now.
+    pub plan: String,
+}
+
+/// The stats use cases.
+#[derive(Debug)]
+pub struct ActivityStats<S, C> {
+    store: S,
+    catalog: Arc<PlanCatalog>,
+    clock: C,
+    recent: usize,
+    max_skew: Duration,
+}
+
+impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
+    /// Stats over `store`, the plan's default from `catalog`, time from `clock`.
+    pub fn new(store: S, catalog: Arc<PlanCatalog>, clock: C) -> Self {
+        Self {
+            store,
+            catalog,
+            clock,
+            recent: Self::DEFAULT_RECENT,
+            max_skew: Self::DEFAULT_MAX_SKEW,
+        }
+    }
+
+    /// Recent conversations kept unless configured.
+    pub const DEFAULT_RECENT: usize = 3;
+    /// How far ahead of the clock a reported time may be unless configured.
+    pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
+
+    /// The same, keeping the newest `recent` conversations (1..=100).
+    #[must_use]
+    pub fn with_recent(mut self, recent: usize) -> Self {
+        self.recent = recent.clamp(1, MAX_RECENT);
+        self
+    }
+
+    /// The same, accepting times up to `skew` ahead of the clock.
+    #[must_use]
+    pub fn with_max_skew(mut self, skew: Duration) -> Self {
+        self.max_skew = skew;
+        self
+    }
+
+    /// The account's stats and plan.
+    pub async fn get(&self, account: &AccountId) -> Result<StatsView, StoreError> {
+        let now = self.clock.now();
+        let (stats, subscription) = self.store.stats(account, now).await?;
+        let default = self.catalog.default_plan();
+        let plan =
+            subscription.map_or_else(|| default.name.clone(), |s| s.settled(now, default).plan);
+        Ok(StatsView { stats, plan })
+    }
+
+    /// Counts a login at `time` (now when `None`) on its local day in
+    /// `time_zone` (an IANA name; UTC when empty).
+    pub async fn record_login(
+        &self,
+        account: AccountId,
+        time: Option<Timestamp>,
+        time_zone: &str,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Recorded<LoginOutcome>, MeterError> {
+        let zone = parse_zone(time_zone)?;
+        let time = self.not_ahead("time", time)?;
+        let day = local_day(time, zone);
+        let idempotency = Idempotency::new(key, &["login", &day.to_string()]);
+        let request = RecordLogin {
+            account,
+            day,
+            idempotency,
+        };
+        self.store.record_login(&request, self.clock.now()).await
+    }
+
+    /// Counts a conversation once by its id.
+    pub async fn record_conversation(
+        &self,
+        account: AccountId,
+        conversation_id: &str,
+        title: &str,
+        summary: &str,
+        time: Option<Timestamp>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Recorded<(bool, StatsView)>, MeterError> {
+        check_token(
+            "conversation_id",
+            conversation_id,
+            MAX_CONVERSATION_ID_CHARS,
+            |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '+' | '-'),
+            "A-Za-z0-9._:@+-",
+        )?;
+        check_text("title", title, MAX_TITLE_CHARS, false)?;
+        check_text("summary", summary, MAX_SUMMARY_CHARS, true)?;
+        let time = self.not_ahead("time", time)?;
+        let idempotency = Idempotency::new(
+            key,
+            &[
+                "conversation",
+                conversation_id,
+                title,
+                summary,
+                &time.to_string(),
+            ],
+        );
+        let request = RecordConversation {
+            account: account.clone(),
+            conversation: Conversation {
+                id: conversation_id.to_owned(),
+                title: title.to_owned(),
+                summary: summary.to_owned(),
+                time,
+            },
+            keep: self.recent,
+            idempotency,
+        };
+        let recorded = self
+            .store
+            .record_conversation(&request, self.clock.now())
+            .await?;
+        let plan = self.get(&account).await?.plan;
+        Ok(recorded.map(|(counted, stats)| (counted, StatsView { stats, plan })))
+    }
+
+    /// Sets the mood score: 0 to 10, one decimal kept.
+    pub async fn set_mood(
+        &self,
+        account: AccountId,
+        score: f64,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Recorded<Stats>, MeterError> {
+        if !score.is_finite() || !(0.0..=10.0).contains(&score) {
+            return Err(InvalidArgument::new(
+                "score",
+                format!("is {score}; it must be a number from 0 to 10"),
+            )
+            .into());
+        }
+        // In 0..=100 by the check above.
+        #[allow(clippy::cast_possible_truncation)]
+        let tenths = (score * 10.0).round() as i64;
+        let idempotency = Idempotency::new(key, &["mood", &tenths.to_string()]);
+        let request = SetMood {
+            account,
+            tenths,
+            idempotency,
+        };
+        self.store.set_mood(&request, self.clock.now()).await
+    }
+
+    /// Starts the account's stats again from zero.
+    pub async fn reset(
+        &self,
+        account: AccountId,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Recorded<Stats>, MeterError> {
+        let request = ResetStats {
+            account,
+            idempotency: Idempotency::new(key, &["reset"]),
+        };
+        self.store.reset(&request, self.clock.now()).await
+    }
+
+    /// `time`, or now; refused further ahead of the clock than the skew.
+    fn not_ahead(
+        &self,
+        field: &'static str,
+        time: Option<Timestamp>,
+    ) -> Result<Timestamp, InvalidArgument> {
+        let now = self.clock.now();
+        let Some(time) = time else {
+            return Ok(now);
+        };
+        let skew = i64::try_from(self.max_skew.as_millis()).unwrap_or(i64::MAX);
+        if time.as_millis() > now.as_millis().saturating_add(skew) {
+            return Err(InvalidArgument::new(
+                field,
+                format!(
+                    "is {time}, more than {:?} ahead of meterd's clock ({now})",
+                    self.max_skew
+                ),
+            ));
+        }
+        Ok(time)
+    }
+}
+
+/// An IANA time zone; UTC for an empty name.
+pub fn parse_zone(name: &str) -> Result<Tz, InvalidArgument> {
+    if name.is_empty() {
+        return Ok(Tz::UTC);
+    }
+    name.parse::<Tz>().map_err(|_| {
+        InvalidArgument::new(
+            "time_zone",
+            format!("{name:?} is not an IANA time zone (e.g. America/New_York, Europe/Paris, UTC)"),
+        )
+    })
+}
+
+/// A text of at most `max` characters without control characters
+/// (newlines and tabs allowed when `multiline`).
+fn check_text(
+    field: &'static str,
+    text: &str,
+    max: usize,
+    multiline: bool,
+) -> Result<(), InvalidArgument> {
+    let chars = text.chars().count();
+    if chars > max {
+        return Err(InvalidArgument::new(
+            field,
+            format!("is {chars} characters long; at most {max} are accepted"),
+        ));
+    }
+    let allowed = |c: char| multiline && matches!(c, '\n' | '\t');
+    if text.chars().any(|c| c.is_control() && !allowed(c)) {
+        return Err(InvalidArgument::new(field, "contains a control character"));
+    }
+    Ok(())
+}
