@@ -41,7 +41,7 @@ pub use plan::{BillingInterval, CatalogError, MetricLimit, Plan, PlanCatalog};
 pub use secret::Secret;
 pub use stats::{
     ActivityStats, Conversation, LoginOutcome, RecordConversation, RecordLogin, ResetStats,
-    SetMood, Stats, StatsStore, StatsView,
+    SetMood, Stats, StatsOutcome, StatsStore, StatsView,
 };
 pub use subscription::{
     AccountStore, AccountView, ChangeOutcome, ChangeRules, ChangeSubscription, PlanAllowance,

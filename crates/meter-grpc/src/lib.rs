@@ -6,11 +6,13 @@
 
 mod bounds;
 mod credits;
+mod stats;
 mod status;
 mod subscription;
 mod throttle;
 
 pub use bounds::{Bounded, BoundedCall, InFlight, Slot};
 pub use credits::CreditsGrpc;
+pub use stats::StatsGrpc;
 pub use status::to_status;
 pub use subscription::SubscriptionGrpc;

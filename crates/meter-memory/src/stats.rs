@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use meter_core::{
     AccountId, LoginOutcome, MeterError, RecordConversation, RecordLogin, Recorded, ResetStats,
-    SetMood, Stats, StatsStore, StoreError, Subscription, Timestamp,
+    SetMood, Stats, StatsOutcome, StatsStore, StoreError, Subscription, Timestamp,
 };
 
 use crate::{AccountRecord, MemoryStore};
@@ -42,6 +42,31 @@ impl MemoryStats {
             now,
             |record: &mut AccountRecord| {
                 Ok(change(record.stats.get_or_insert_with(Default::default)))
+            },
+        )
+    }
+
+    /// [`Self::change`], answering the stats with the stored subscription.
+    fn change_stats(
+        &self,
+        account: &AccountId,
+        idempotency: Option<&meter_core::Idempotency>,
+        now: Timestamp,
+        change: impl FnOnce(&mut StatsRecord) -> bool,
+    ) -> Result<Recorded<StatsOutcome>, MeterError> {
+        self.store.mutate(
+            account,
+            CONTEXT,
+            idempotency,
+            now,
+            |record: &mut AccountRecord| {
+                let stats = record.stats.get_or_insert_with(Default::default);
+                let counted = change(stats);
+                Ok(StatsOutcome {
+                    counted,
+                    stats: stats.stats.clone(),
+                    subscription: record.subscription.clone(),
+                })
             },
         )
     }
@@ -82,8 +107,8 @@ impl StatsStore for MemoryStats {
         &self,
         request: &RecordConversation,
         now: Timestamp,
-    ) -> Result<Recorded<(bool, Stats)>, MeterError> {
-        self.change(
+    ) -> Result<Recorded<StatsOutcome>, MeterError> {
+        self.change_stats(
             &request.account,
             request.idempotency.as_ref(),
             now,
@@ -94,7 +119,7 @@ impl StatsStore for MemoryStats {
                         .stats
                         .record_conversation(request.conversation.clone(), request.keep);
                 }
-                (new, record.stats.clone())
+                new
             },
         )
     }
@@ -103,14 +128,14 @@ impl StatsStore for MemoryStats {
         &self,
         request: &SetMood,
         now: Timestamp,
-    ) -> Result<Recorded<Stats>, MeterError> {
-        self.change(
+    ) -> Result<Recorded<StatsOutcome>, MeterError> {
+        self.change_stats(
             &request.account,
             request.idempotency.as_ref(),
             now,
             |record| {
                 record.stats.mood_tenths = Some(request.tenths);
-                record.stats.clone()
+                true
             },
         )
     }
@@ -119,14 +144,14 @@ impl StatsStore for MemoryStats {
         &self,
         request: &ResetStats,
         now: Timestamp,
-    ) -> Result<Recorded<Stats>, MeterError> {
-        self.change(
+    ) -> Result<Recorded<StatsOutcome>, MeterError> {
+        self.change_stats(
             &request.account,
             request.idempotency.as_ref(),
             now,
             |record| {
                 *record = StatsRecord::default();
-                Stats::default()
+                true
             },
         )
     }

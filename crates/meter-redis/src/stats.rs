@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 use chrono::NaiveDate;
 use meter_core::{
     AccountId, Conversation, Idempotency, IdempotencyWindow, LoginOutcome, MeterError,
-    RecordConversation, RecordLogin, Recorded, ResetStats, SetMood, Stats, StatsStore, StoreError,
-    Subscription, Timestamp,
+    RecordConversation, RecordLogin, Recorded, ResetStats, SetMood, Stats, StatsOutcome,
+    StatsStore, StoreError, Subscription, Timestamp,
 };
 use redis::Value;
 
@@ -60,8 +60,12 @@ fn stats_script(name: &'static str, body: &str) -> LuaScript {
     LuaScript::new(
         name,
         &[lib::STORED, lib::MUTATION, STATS],
-        &[names::<StatsHash>()],
-        &[names::<StatsReply>(), names::<StatsHash>()],
+        &[names::<StatsHash>(), names::<SubscriptionHash>()],
+        &[
+            names::<StatsReply>(),
+            names::<StatsHash>(),
+            names::<SubscriptionHash>(),
+        ],
         body,
     )
 }
@@ -89,7 +93,7 @@ static GET: LazyLock<LuaScript> = LazyLock::new(|| {
     .reading_only()
 });
 
-/// The login script: KEYS stats, recent, seen[, idempotency index, record];
+/// The login script: KEYS stats, recent, seen, subscription[, idempotency index, record];
 /// ARGV the mutation head, the local day and the day before.
 pub fn login_script() -> &'static LuaScript {
     &LOGIN
@@ -124,6 +128,7 @@ impl RedisStats {
             keys::stats(account),
             keys::stats_recent(account),
             keys::stats_seen(account),
+            keys::subscription(account),
         ];
         if let Some(idem) = idempotency {
             keys.push(keys::idempotency_index(account));
@@ -137,14 +142,14 @@ impl RedisStats {
             .arg(self.window.as_millis())
     }
 
-    /// Runs a stats script: whether its `result` is `1`, whether replayed,
-    /// and the stats it answers.
+    /// Runs a stats script: whether its `result` is `1`, the stats and the
+    /// subscription it answers, and whether it was replayed.
     async fn run(
         &self,
         call: ScriptCall,
         account: &AccountId,
         idempotency: Option<&Idempotency>,
-    ) -> Result<Recorded<(bool, Stats)>, MeterError> {
+    ) -> Result<Recorded<StatsOutcome>, MeterError> {
         let mut values = self
             .store
             .run_values(call)
@@ -169,7 +174,7 @@ impl RedisStats {
                 return Err(StoreError::Protocol(format!("stats script status {other:?}")).into());
             }
         }
-        let stats = parse_stats(account, rest).map_err(|e| match e {
+        let (stats, subscription) = parse_reply(account, rest).map_err(|e| match e {
             StoreError::Corrupt { key, detail, .. } => {
                 StoreError::Protocol(format!("stats reply for {account}: {key} {detail}"))
             }
@@ -177,9 +182,36 @@ impl RedisStats {
         })?;
         Ok(Recorded {
             replayed: head.replayed.as_deref() == Some("1"),
-            outcome: (head.result.as_deref() == Some("1"), stats),
+            outcome: StatsOutcome {
+                counted: head.result.as_deref() == Some("1"),
+                stats,
+                subscription,
+            },
         })
     }
+}
+
+/// The stats and subscription of a reply's values: the [`StatsHash`]'s,
+/// the [`SubscriptionHash`]'s, then the recent conversations' JSON texts.
+fn parse_reply(
+    account: &AccountId,
+    mut values: Vec<Option<String>>,
+) -> Result<(Stats, Option<Subscription>), StoreError> {
+    let (stats_len, sub_len) = (StatsHash::NAMES.len(), SubscriptionHash::NAMES.len());
+    if values.len() < stats_len + sub_len {
+        return Err(StoreError::Protocol(format!(
+            "stats reply for {account}: short"
+        )));
+    }
+    let recent = values.split_off(stats_len + sub_len);
+    let sub = values.split_off(stats_len);
+    values.extend(recent);
+    let stats = parse_stats(account, values)?;
+    let subscription = parse_subscription(
+        account,
+        SubscriptionHash::from_values(sub).map_err(StoreError::Protocol)?,
+    )?;
+    Ok((stats, subscription))
 }
 
 /// The stats of a [`StatsHash`]'s values followed by the recent
@@ -316,11 +348,11 @@ impl StatsStore for RedisStats {
             .arg(request.day.to_string())
             .arg(before);
         let recorded = self.run(call, &request.account, idempotency).await?;
-        Ok(recorded.map(|(first, stats)| LoginOutcome {
-            first_login_today: first,
-            days_active: stats.days_active,
-            login_streak: stats.login_streak,
-            longest_streak: stats.longest_streak,
+        Ok(recorded.map(|o| LoginOutcome {
+            first_login_today: o.counted,
+            days_active: o.stats.days_active,
+            login_streak: o.stats.login_streak,
+            longest_streak: o.stats.longest_streak,
         }))
     }
 
@@ -328,7 +360,7 @@ impl StatsStore for RedisStats {
         &self,
         request: &RecordConversation,
         now: Timestamp,
-    ) -> Result<Recorded<(bool, Stats)>, MeterError> {
+    ) -> Result<Recorded<StatsOutcome>, MeterError> {
         let idempotency = request.idempotency.as_ref();
         let c = &request.conversation;
         let call = self
@@ -345,23 +377,21 @@ impl StatsStore for RedisStats {
         &self,
         request: &SetMood,
         now: Timestamp,
-    ) -> Result<Recorded<Stats>, MeterError> {
+    ) -> Result<Recorded<StatsOutcome>, MeterError> {
         let idempotency = request.idempotency.as_ref();
         let call = self
             .call(&MOOD, &request.account, idempotency, now)
             .arg(request.tenths);
-        let recorded = self.run(call, &request.account, idempotency).await?;
-        Ok(recorded.map(|(_, stats)| stats))
+        self.run(call, &request.account, idempotency).await
     }
 
     async fn reset(
         &self,
         request: &ResetStats,
         now: Timestamp,
-    ) -> Result<Recorded<Stats>, MeterError> {
+    ) -> Result<Recorded<StatsOutcome>, MeterError> {
         let idempotency = request.idempotency.as_ref();
         let call = self.call(&RESET, &request.account, idempotency, now);
-        let recorded = self.run(call, &request.account, idempotency).await?;
-        Ok(recorded.map(|(_, stats)| stats))
+        self.run(call, &request.account, idempotency).await
     }
 }

@@ -124,6 +124,9 @@ pub struct ServiceArgs {
     /// The longest ttl Reserve accepts.
     #[arg(long, env = "METERD_MAX_HOLD_TTL", default_value = defaults::MAX_HOLD_TTL, value_parser = parse_duration)]
     pub max_hold_ttl: Duration,
+    /// Recent conversations kept per account by StatsService (1..=100).
+    #[arg(long, env = "METERD_RECENT_CONVERSATIONS", default_value_t = 3)]
+    pub recent_conversations: usize,
     /// How far ahead of meterd's clock a billing event's time may be (at most 1d).
     #[arg(long, env = "METERD_MAX_EVENT_SKEW", default_value = defaults::MAX_EVENT_SKEW, value_parser = parse_duration)]
     pub max_event_skew: Duration,
@@ -176,6 +179,8 @@ pub struct Config {
     pub max_hold_ttl: Duration,
     /// How far ahead of the clock a billing event's time may be.
     pub max_event_skew: Duration,
+    /// Recent conversations kept per account.
+    pub recent_conversations: usize,
     /// How often store health is checked.
     pub health_interval: Duration,
     /// How long meterd keeps serving after reporting NOT_SERVING on SIGTERM.
@@ -197,6 +202,7 @@ impl Config {
             history: HistoryRetention::DEFAULT,
             max_hold_ttl: duration(defaults::MAX_HOLD_TTL)?,
             max_event_skew: duration(defaults::MAX_EVENT_SKEW)?,
+            recent_conversations: 3,
             health_interval: duration(defaults::HEALTH_INTERVAL)?,
             shutdown_delay: duration(defaults::SHUTDOWN_DELAY)?,
             shutdown_grace: duration(defaults::SHUTDOWN_GRACE)?,
@@ -228,6 +234,9 @@ pub enum ConfigError {
     /// The longest hold is out of range.
     #[error("--max-hold-ttl ({0:?}) must be from 1s to 30d")]
     MaxHoldTtl(Duration),
+    /// The recent conversations kept are out of range.
+    #[error("--recent-conversations ({0}) must be from 1 to 100")]
+    RecentConversations(usize),
     /// The event skew is out of range.
     #[error("--max-event-skew ({0:?}) must be at most 1d")]
     MaxEventSkew(Duration),
@@ -304,11 +313,21 @@ impl Cli {
             .map_err(ConfigError::History)?,
             max_hold_ttl: check_hold_ttl(self.service.max_hold_ttl)?,
             max_event_skew: check_event_skew(self.service.max_event_skew)?,
+            recent_conversations: check_recent(self.service.recent_conversations)?,
             health_interval: self.service.health_interval,
             shutdown_delay: self.grpc.shutdown_delay,
             shutdown_grace: self.grpc.shutdown_grace,
             max_in_flight: self.grpc.max_in_flight,
         })
+    }
+}
+
+/// `recent` if it is from 1 to 100.
+fn check_recent(recent: usize) -> Result<usize, ConfigError> {
+    if (1..=meter_core::stats::MAX_RECENT).contains(&recent) {
+        Ok(recent)
+    } else {
+        Err(ConfigError::RecentConversations(recent))
     }
 }
 

@@ -14,10 +14,11 @@ use std::{future::Future, sync::Arc};
 
 use meter_api::v1::{
     credits_service_server::{self, CreditsServiceServer},
+    stats_service_server::{self, StatsServiceServer},
     subscription_service_server::{self, SubscriptionServiceServer},
 };
-use meter_core::{Clock, Credits, Subscriptions, SystemClock};
-use meter_grpc::{CreditsGrpc, InFlight, SubscriptionGrpc};
+use meter_core::{ActivityStats, Clock, Credits, Subscriptions, SystemClock};
+use meter_grpc::{CreditsGrpc, InFlight, StatsGrpc, SubscriptionGrpc};
 use meter_redis::RedisStore;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
@@ -30,6 +31,7 @@ pub use stores::{MemoryStores, RedisStores, Stores};
 pub const SERVICE_NAMES: &[&str] = &[
     credits_service_server::SERVICE_NAME,
     subscription_service_server::SERVICE_NAME,
+    stats_service_server::SERVICE_NAME,
 ];
 
 /// How meterd was asked to stop.
@@ -106,8 +108,17 @@ async fn serve<S: Stores, C: Clock + Clone>(
             .with_max_hold_ttl(config.max_hold_ttl),
     );
     let subscriptions = Arc::new(
-        Subscriptions::new(stores.accounts(), Arc::clone(&config.catalog), clock)
-            .with_max_event_skew(config.max_event_skew),
+        Subscriptions::new(
+            stores.accounts(),
+            Arc::clone(&config.catalog),
+            clock.clone(),
+        )
+        .with_max_event_skew(config.max_event_skew),
+    );
+    let stats = Arc::new(
+        ActivityStats::new(stores.stats(), Arc::clone(&config.catalog), clock)
+            .with_recent(config.recent_conversations)
+            .with_max_skew(config.max_event_skew),
     );
     let stores = Arc::new(stores);
     let (phase_tx, phase) = watch::channel(Phase::Serving);
@@ -171,6 +182,7 @@ async fn serve<S: Stores, C: Clock + Clone>(
                     subscriptions,
                 ))),
             )
+            .add_service(in_flight.bound(StatsServiceServer::new(StatsGrpc::new(stats))))
             .serve_with_incoming_shutdown(incoming, drain);
 
     let grace = config.shutdown_grace;

@@ -6,9 +6,11 @@
 
 use std::future::Future;
 
-use meter_core::{AccountStore, CreditLedger, HistoryRetention, IdempotencyWindow, StoreError};
-use meter_memory::{MemoryAccounts, MemoryCreditLedger, MemoryStore};
-use meter_redis::{RedisAccounts, RedisCreditLedger, RedisStore};
+use meter_core::{
+    AccountStore, CreditLedger, HistoryRetention, IdempotencyWindow, StatsStore, StoreError,
+};
+use meter_memory::{MemoryAccounts, MemoryCreditLedger, MemoryStats, MemoryStore};
+use meter_redis::{RedisAccounts, RedisCreditLedger, RedisStats, RedisStore};
 
 /// Every storage port meterd serves, from one backend.
 pub trait Stores: Send + Sync + 'static {
@@ -18,11 +20,17 @@ pub trait Stores: Send + Sync + 'static {
     /// The accounts port.
     type Accounts: AccountStore;
 
+    /// The stats port.
+    type Stats: StatsStore;
+
     /// The credits port on this backend.
     fn credits(&self) -> Self::Credits;
 
     /// The accounts port on this backend.
     fn accounts(&self) -> Self::Accounts;
+
+    /// The stats port on this backend.
+    fn stats(&self) -> Self::Stats;
 
     /// Checks that the backend answers; `Err` while it does not.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -46,6 +54,7 @@ impl MemoryStores {
 impl Stores for MemoryStores {
     type Credits = MemoryCreditLedger;
     type Accounts = MemoryAccounts;
+    type Stats = MemoryStats;
 
     fn credits(&self) -> Self::Credits {
         self.0.credits()
@@ -53,6 +62,10 @@ impl Stores for MemoryStores {
 
     fn accounts(&self) -> Self::Accounts {
         self.0.accounts()
+    }
+
+    fn stats(&self) -> Self::Stats {
+        self.0.stats()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -85,6 +98,7 @@ impl RedisStores {
 impl Stores for RedisStores {
     type Credits = RedisCreditLedger;
     type Accounts = RedisAccounts;
+    type Stats = RedisStats;
 
     fn credits(&self) -> Self::Credits {
         RedisCreditLedger::new(self.store.clone(), self.window, self.history)
@@ -92,6 +106,10 @@ impl Stores for RedisStores {
 
     fn accounts(&self) -> Self::Accounts {
         RedisAccounts::new(self.store.clone(), self.window, self.history)
+    }
+
+    fn stats(&self) -> Self::Stats {
+        RedisStats::new(self.store.clone(), self.window)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -237,6 +237,7 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
         "meter.v1.CreditsService",
+        "meter.v1.StatsService",
         "meter.v1.SubscriptionService",
     ];
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 use meter_api::v1::{
     BillingInterval, CancelSubscriptionRequest, CommitRequest, CreditPeriod, DeductRequest,
     DeleteAccountRequest, GetAccountRequest, GetSubscriptionRequest, GrantRequest,
-    ListPlansRequest, Profile, RegisterAccountRequest, ReserveRequest, ResetRequest,
-    SubscriptionStatus, UpdateProfileRequest, UpdateSubscriptionRequest,
+    ListPlansRequest, Profile, RecordConversationRequest, RecordLoginRequest,
+    RegisterAccountRequest, ReserveRequest, ResetRequest, SubscriptionStatus, UpdateProfileRequest,
+    UpdateSubscriptionRequest, stats_service_client::StatsServiceClient,
     subscription_service_client::SubscriptionServiceClient,
 };
 use meter_testkit::{FixedClock, RedisServer, timestamp};
@@ -505,6 +506,26 @@ async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others
             .await
             .expect("profile");
     }
+    let mut stats = StatsServiceClient::new(meterd.channel());
+    for account in ["org_del", "org_stay"] {
+        stats
+            .record_login(RecordLoginRequest {
+                account_id: account.into(),
+                idempotency_key: "login-1".into(),
+                ..RecordLoginRequest::default()
+            })
+            .await
+            .expect("login");
+        stats
+            .record_conversation(RecordConversationRequest {
+                account_id: account.into(),
+                conversation_id: "conv-1".into(),
+                title: "Hello".into(),
+                ..RecordConversationRequest::default()
+            })
+            .await
+            .expect("conversation");
+    }
     let before = keys_of(&redis, "org_del").await;
     for part in [
         "credits",
@@ -513,6 +534,9 @@ async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others
         "profile",
         "subscription",
         "idempotency",
+        "stats",
+        "stats:recent",
+        "stats:seen",
     ] {
         assert!(
             before.iter().any(|k| k.ends_with(&format!("}}:{part}"))),

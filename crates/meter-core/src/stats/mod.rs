@@ -15,7 +15,7 @@ pub use store::StatsStore;
 
 use crate::{
     AccountId, Clock, Idempotency, IdempotencyKey, InvalidArgument, MeterError, PlanCatalog,
-    Recorded, StoreError, Timestamp, account::check_token,
+    Recorded, StoreError, Subscription, Timestamp, account::check_token,
 };
 
 /// Longest conversation id, in characters.
@@ -69,6 +69,18 @@ pub struct ResetStats {
     pub account: AccountId,
     /// Present when the caller sent an idempotency key.
     pub idempotency: Option<Idempotency>,
+}
+
+/// What a stats mutation answers: the stats after it, with the account's
+/// stored subscription read in the same step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsOutcome {
+    /// False for a conversation recorded before (nothing changed).
+    pub counted: bool,
+    /// The stats after the call.
+    pub stats: Stats,
+    /// The account's subscription as stored.
+    pub subscription: Option<Subscription>,
 }
 
 /// An account's stats as callers see them.
@@ -125,10 +137,21 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
     pub async fn get(&self, account: &AccountId) -> Result<StatsView, StoreError> {
         let now = self.clock.now();
         let (stats, subscription) = self.store.stats(account, now).await?;
+        Ok(self.view(stats, subscription, now))
+    }
+
+    /// The stats with the plan of `subscription` as of `now`.
+    fn view(&self, stats: Stats, subscription: Option<Subscription>, now: Timestamp) -> StatsView {
         let default = self.catalog.default_plan();
         let plan =
             subscription.map_or_else(|| default.name.clone(), |s| s.settled(now, default).plan);
-        Ok(StatsView { stats, plan })
+        StatsView { stats, plan }
+    }
+
+    /// The outcome of a mutation as callers see it.
+    fn outcome(&self, recorded: Recorded<StatsOutcome>) -> Recorded<(bool, StatsView)> {
+        let now = self.clock.now();
+        recorded.map(|o| (o.counted, self.view(o.stats, o.subscription, now)))
     }
 
     /// Counts a login at `time` (now when `None`) on its local day in
@@ -183,7 +206,7 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
             ],
         );
         let request = RecordConversation {
-            account: account.clone(),
+            account,
             conversation: Conversation {
                 id: conversation_id.to_owned(),
                 title: title.to_owned(),
@@ -197,8 +220,7 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
             .store
             .record_conversation(&request, self.clock.now())
             .await?;
-        let plan = self.get(&account).await?.plan;
-        Ok(recorded.map(|(counted, stats)| (counted, StatsView { stats, plan })))
+        Ok(self.outcome(recorded))
     }
 
     /// Sets the mood score: 0 to 10, one decimal kept.
@@ -207,7 +229,7 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
         account: AccountId,
         score: f64,
         key: Option<IdempotencyKey>,
-    ) -> Result<Recorded<Stats>, MeterError> {
+    ) -> Result<Recorded<StatsView>, MeterError> {
         if !score.is_finite() || !(0.0..=10.0).contains(&score) {
             return Err(InvalidArgument::new(
                 "score",
@@ -224,7 +246,8 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
             tenths,
             idempotency,
         };
-        self.store.set_mood(&request, self.clock.now()).await
+        let recorded = self.store.set_mood(&request, self.clock.now()).await?;
+        Ok(self.outcome(recorded).map(|(_, view)| view))
     }
 
     /// Starts the account's stats again from zero.
@@ -232,12 +255,13 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
         &self,
         account: AccountId,
         key: Option<IdempotencyKey>,
-    ) -> Result<Recorded<Stats>, MeterError> {
+    ) -> Result<Recorded<StatsView>, MeterError> {
         let request = ResetStats {
             account,
             idempotency: Idempotency::new(key, &["reset"]),
         };
-        self.store.reset(&request, self.clock.now()).await
+        let recorded = self.store.reset(&request, self.clock.now()).await?;
+        Ok(self.outcome(recorded).map(|(_, view)| view))
     }
 
     /// `time`, or now; refused further ahead of the clock than the skew.

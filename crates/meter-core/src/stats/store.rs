@@ -4,7 +4,7 @@ use std::future::Future;
 
 use crate::{
     AccountId, LoginOutcome, MeterError, RecordConversation, RecordLogin, Recorded, ResetStats,
-    SetMood, Stats, StoreError, Subscription, Timestamp,
+    SetMood, Stats, StatsOutcome, StoreError, Subscription, Timestamp,
 };
 
 /// Keeps every account's activity stats; each mutation is one atomic step
@@ -26,19 +26,20 @@ pub trait StatsStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Recorded<LoginOutcome>, MeterError>> + Send;
 
     /// Counts a conversation by [`Stats::record_conversation`] unless its id
-    /// was recorded before (since the last reset): `false` and no change then.
+    /// was recorded before (since the last reset): `counted = false` and no
+    /// change then.
     fn record_conversation(
         &self,
         request: &RecordConversation,
         now: Timestamp,
-    ) -> impl Future<Output = Result<Recorded<(bool, Stats)>, MeterError>> + Send;
+    ) -> impl Future<Output = Result<Recorded<StatsOutcome>, MeterError>> + Send;
 
     /// Sets the mood score.
     fn set_mood(
         &self,
         request: &SetMood,
         now: Timestamp,
-    ) -> impl Future<Output = Result<Recorded<Stats>, MeterError>> + Send;
+    ) -> impl Future<Output = Result<Recorded<StatsOutcome>, MeterError>> + Send;
 
     /// Starts the account's stats again from zero (the conversation ids
     /// seen forgotten).
@@ -46,5 +47,5 @@ pub trait StatsStore: Clone + Send + Sync + 'static {
         &self,
         request: &ResetStats,
         now: Timestamp,
-    ) -> impl Future<Output = Result<Recorded<Stats>, MeterError>> + Send;
+    ) -> impl Future<Output = Result<Recorded<StatsOutcome>, MeterError>> + Send;
 }

@@ -297,7 +297,11 @@ where
         .await
         .expect("mood")
         .outcome;
-    assert_eq!(set.mood_tenths, Some(73), "7.25 keeps one decimal: 7.3");
+    assert_eq!(
+        set.stats.mood_tenths,
+        Some(73),
+        "7.25 keeps one decimal: 7.3"
+    );
     for bad in [
         f64::NAN,
         f64::INFINITY,
@@ -336,7 +340,7 @@ where
         .await
         .expect("reset")
         .outcome;
-    assert_eq!(reset, meter_core::Stats::default());
+    assert_eq!(reset.stats, meter_core::Stats::default());
     assert_eq!(
         w.stats.get(&who).await.expect("read").stats,
         meter_core::Stats::default()
@@ -373,6 +377,16 @@ where
         .await
         .expect("upgrade");
     assert_eq!(w.stats.get(&who).await.expect("read").plan, "pro");
+    let mood = w
+        .stats
+        .set_mood(who.clone(), 5.0, None)
+        .await
+        .expect("mood")
+        .outcome;
+    assert_eq!(
+        mood.plan, "pro",
+        "a mutation answers the plan, read in the same step"
+    );
     w.clock.advance(Duration::from_secs(60));
     w.subscriptions
         .cancel(who.clone(), false, String::new(), None, None)

@@ -1,6 +1,6 @@
 -- conversation.lua: count a conversation once by its id and keep the
 -- newest `keep` in the recent list (meter_core::Stats::record_conversation).
--- KEYS: stats, recent, seen[, idempotency index, record]
+-- KEYS: stats, recent, seen, subscription[, idempotency index, record]
 -- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), id, title,
 -- summary, time, keep
 local replay = recall(new_STATS_REPLY, STATS_REPLY_status, STATS_REPLY_replayed)
@@ -19,7 +19,7 @@ if new then
   table.insert(recent, at, entry)
   while #recent > keep do table.remove(recent) end
 end
-local out = stats_reply('ok', new and '1' or '0', s, recent)
+local out = stats_reply('ok', new and '1' or '0', s, recent, true)
 remember(out)
 if new then
   redis.call('SADD', CK, id)

@@ -1,5 +1,5 @@
 -- login.lua: count a login on the user's local day (meter_core::Stats::record_login).
--- KEYS: stats, recent, seen[, idempotency index, record]
+-- KEYS: stats, recent, seen, subscription[, idempotency index, record]
 -- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), the local
 -- day and the day before it (YYYY-MM-DD)
 local replay = recall(new_STATS_REPLY, STATS_REPLY_status, STATS_REPLY_replayed)
@@ -13,7 +13,7 @@ if first then
   if s.streak > s.longest then s.longest = s.streak end
   s.last = day
 end
-local out = stats_reply('ok', first and '1' or '0', s, {})
+local out = stats_reply('ok', first and '1' or '0', s, {}, false)
 remember(out)
 if first then save_stats(s) end
 return out

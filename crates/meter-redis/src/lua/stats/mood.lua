@@ -1,12 +1,12 @@
 -- mood.lua: set the mood score (in tenths, 0..100).
--- KEYS: stats, recent, seen[, idempotency index, record]
+-- KEYS: stats, recent, seen, subscription[, idempotency index, record]
 -- ARGV: now_ms, now_text, fingerprint, window_ms (mutation.lua), tenths
 local replay = recall(new_STATS_REPLY, STATS_REPLY_status, STATS_REPLY_replayed)
 if replay then return replay end
 local s = load_stats()
 local recent = load_recent()
 s.mood = tonumber(ARGV[5])
-local out = stats_reply('ok', '1', s, recent)
+local out = stats_reply('ok', '1', s, recent, true)
 remember(out)
 save_stats(s)
 return out

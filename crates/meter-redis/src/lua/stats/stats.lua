@@ -4,10 +4,11 @@
 --
 -- KEYS[1] stats hash (STATS_HASH), KEYS[2] recent conversations (a list of
 -- JSON objects {id, title, summary, time}, newest first), KEYS[3] the
--- conversation ids counted since the last reset (a set). Everything is
--- read and checked first, written last.
+-- conversation ids counted since the last reset (a set), KEYS[4] the
+-- subscription hash (read for the plan). Everything is read and checked
+-- first, written last.
 
-local SK, RK, CK = KEYS[1], KEYS[2], KEYS[3]
+local SK, RK, CK, UK = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 -- The stored stats, checked; zeros without any.
 local function load_stats()
@@ -70,11 +71,14 @@ local function stats_fields(s)
 end
 
 -- The reply of a stats script: status, result, replayed, the stats hash's
--- fields, then the recent conversations (JSON), newest first.
-local function stats_reply(status, result, s, recent)
+-- fields, the subscription hash's (when `with_plan`; else empty), then the
+-- recent conversations (JSON), newest first.
+local function stats_reply(status, result, s, recent, with_plan)
   local out = new_STATS_REPLY()
   out[STATS_REPLY_status], out[STATS_REPLY_result], out[STATS_REPLY_replayed] = status, result, '0'
   for _, value in ipairs(stats_fields(s)) do out[#out + 1] = value end
+  local sub = with_plan and read_SUBSCRIPTION_HASH(UK) or new_SUBSCRIPTION_HASH()
+  for i = 1, #sub do out[#out + 1] = sub[i] or '' end
   for _, c in ipairs(recent) do out[#out + 1] = c.text end
   return out
 end
