@@ -174,10 +174,12 @@ impl AccountStore for MemoryAccounts {
 
     async fn delete_account(&self, account: &AccountId) -> Result<bool, StoreError> {
         let mut shard = self.store.shard(account);
-        let existed = shard
-            .accounts
-            .remove(account)
-            .is_some_and(|record| record.profile.is_some() || record.credits.is_some());
+        let existed = shard.accounts.remove(account).is_some_and(|record| {
+            record.profile.is_some()
+                || record.credits.is_some()
+                || record.subscription.is_some()
+                || record.stats.is_some()
+        });
         // The expiry queue's entries of this account's records are skipped
         // when they come up (forget_expired drops only what is there).
         shard.remembered.retain(|(owner, _, _), _| owner != account);

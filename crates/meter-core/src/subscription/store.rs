@@ -46,9 +46,9 @@ pub trait AccountStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Recorded<Profile>, MeterError>> + Send;
 
     /// Removes every record of the account, in every context (profile,
-    /// subscription, credits, grants, holds, history, idempotency records),
-    /// in one atomic step. `Ok(true)` when the account had a profile or
-    /// credits; deleting twice is fine.
+    /// subscription, credits, grants, holds, history, stats, idempotency
+    /// records), in one atomic step. `Ok(true)` when the account had
+    /// anything besides idempotency records; deleting twice is fine.
     fn delete_account(
         &self,
         account: &AccountId,

@@ -352,6 +352,21 @@ where
         .expect("record")
         .outcome;
     assert!(counted, "after a reset the id counts again");
+    assert!(
+        w.subscriptions.delete_account(&who).await.expect("delete"),
+        "an account with stats only had something to delete"
+    );
+    assert_eq!(
+        w.stats.get(&who).await.expect("read").stats,
+        meter_core::Stats::default()
+    );
+    let (counted, _) = w
+        .stats
+        .record_conversation(who.clone(), "c1", "t", "", None, None)
+        .await
+        .expect("record")
+        .outcome;
+    assert!(counted, "the ids seen went with the account");
 }
 
 /// The plan of GetStats is the subscription's, read with the stats.
