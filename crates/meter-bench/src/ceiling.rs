@@ -9,7 +9,7 @@ use std::{
 
 use meter_core::HistoryRetention;
 use meter_core::PlanCatalog;
-use meter_redis::{accounts, credits, script::LuaScript};
+use meter_redis::{accounts, credits, script::LuaScript, stats};
 use tokio::process::Command;
 
 use crate::scenario::{CeilingCommand, SPREAD_ACCOUNTS};
@@ -131,6 +131,8 @@ impl CeilingProbe {
             credits::snapshot_script(),
             accounts::register_script(),
             accounts::get_script(),
+            stats::login_script(),
+            stats::get_script(),
         ] {
             let _: String = script
                 .load_command()
@@ -167,6 +169,29 @@ impl CeilingProbe {
                 .await;
             made.map_err(|e| format!("registering the ceiling accounts: {e}"))?;
         }
+        // The account the stats-read ceiling reads has stats.
+        let mut login = vec![
+            "EVALSHA".to_owned(),
+            stats::login_script().hash().to_owned(),
+            "4".to_owned(),
+        ];
+        login.extend(
+            ["stats", "stats:recent", "stats:seen", "subscription"]
+                .map(|name| format!("user:{{{HOT}}}:{name}")),
+        );
+        login.extend([
+            now_ms().to_string(),
+            now_text(),
+            String::new(),
+            WINDOW_MS.to_owned(),
+            now_text()[..10].to_owned(),
+            "1970-01-01".to_owned(),
+        ]);
+        let counted: Result<Vec<Option<String>>, _> = redis::cmd(&login[0])
+            .arg(&login[1..])
+            .query_async(&mut conn)
+            .await;
+        counted.map_err(|e| format!("a login for the stats ceiling: {e}"))?;
         Ok(Self {
             redis_benchmark,
             host,
@@ -227,6 +252,38 @@ impl CeilingProbe {
                 ),
                 SPREAD_ACCOUNTS,
             ),
+            CeilingCommand::StatsLogin => {
+                let mut args = vec![
+                    "EVALSHA".to_owned(),
+                    stats::login_script().hash().to_owned(),
+                    "4".to_owned(),
+                ];
+                args.extend(
+                    ["stats", "stats:recent", "stats:seen", "subscription"]
+                        .map(|name| format!("user:{{ceiling-stats-__rand_int__}}:{name}")),
+                );
+                let today = now_text()[..10].to_owned();
+                args.extend([
+                    now_ms().to_string(),
+                    now_text(),
+                    String::new(),
+                    WINDOW_MS.to_owned(),
+                ]);
+                args.extend([today, "1970-01-01".to_owned()]);
+                (args, SPREAD_ACCOUNTS)
+            }
+            CeilingCommand::StatsRead => {
+                let mut args = vec![
+                    "EVALSHA".to_owned(),
+                    stats::get_script().hash().to_owned(),
+                    "4".to_owned(),
+                ];
+                args.extend(
+                    ["stats", "stats:recent", "stats:seen", "subscription"]
+                        .map(|name| format!("user:{{{HOT}}}:{name}")),
+                );
+                (args, SPREAD_ACCOUNTS)
+            }
             CeilingCommand::AccountRead => {
                 (account_head(accounts::get_script(), HOT), SPREAD_ACCOUNTS)
             }

@@ -6,9 +6,10 @@
 use std::fmt;
 
 use meter_api::v1::{
-    CommitRequest, DeductRequest, GetAccountRequest, GetBalanceRequest, GrantRequest, Profile,
-    RegisterAccountRequest, ReserveRequest, ResetRequest,
-    credits_service_client::CreditsServiceClient,
+    CommitRequest, DeductRequest, GetAccountRequest, GetBalanceRequest, GetStatsRequest,
+    GrantRequest, Profile, RecordLoginRequest, RegisterAccountRequest, ReserveRequest,
+    ResetRequest, credits_service_client::CreditsServiceClient,
+    stats_service_client::StatsServiceClient,
     subscription_service_client::SubscriptionServiceClient,
 };
 use tonic::{Status, transport::Channel};
@@ -20,6 +21,8 @@ pub struct Client {
     pub credits: CreditsServiceClient<Channel>,
     /// SubscriptionService.
     pub accounts: SubscriptionServiceClient<Channel>,
+    /// StatsService.
+    pub stats: StatsServiceClient<Channel>,
 }
 
 impl Client {
@@ -27,7 +30,8 @@ impl Client {
     pub fn new(channel: Channel) -> Self {
         Self {
             credits: CreditsServiceClient::new(channel.clone()),
-            accounts: SubscriptionServiceClient::new(channel),
+            accounts: SubscriptionServiceClient::new(channel.clone()),
+            stats: StatsServiceClient::new(channel),
         }
     }
 }
@@ -89,6 +93,11 @@ pub enum Scenario {
     /// GetAccount of one registered account: profile, subscription and
     /// balance in one read.
     GetAccount,
+    /// RecordLogin of one of 1,000 accounts, in New York time: every
+    /// login of a web app (each account's first counts the day).
+    RecordLogin,
+    /// GetStats of one account: the dashboard's poll.
+    GetStats,
 }
 
 /// What a request did, for the end-state check.
@@ -121,11 +130,16 @@ pub enum CeilingCommand {
     Login,
     /// EVALSHA of the account read script on one registered account.
     AccountRead,
+    /// EVALSHA of the login script on one of 1,000 accounts (after the
+    /// first, a login of a day already counted).
+    StatsLogin,
+    /// EVALSHA of the stats read script on one account.
+    StatsRead,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::DeductHot,
         Self::DeductHotMany,
         Self::DeductSpread,
@@ -135,6 +149,8 @@ impl Scenario {
         Self::ReserveCommit,
         Self::Login,
         Self::GetAccount,
+        Self::RecordLogin,
+        Self::GetStats,
     ];
 
     /// The name used on the command line and in reports.
@@ -149,6 +165,8 @@ impl Scenario {
             Self::ReserveCommit => "reserve-commit",
             Self::Login => "login",
             Self::GetAccount => "get-account",
+            Self::RecordLogin => "record-login",
+            Self::GetStats => "get-stats",
         }
     }
 
@@ -193,6 +211,8 @@ impl Scenario {
             Self::ReserveCommit => vec![(1.0, CeilingCommand::ReserveCycle)],
             Self::Login => vec![(1.0, CeilingCommand::Login)],
             Self::GetAccount => vec![(1.0, CeilingCommand::AccountRead)],
+            Self::RecordLogin => vec![(1.0, CeilingCommand::StatsLogin)],
+            Self::GetStats => vec![(1.0, CeilingCommand::StatsRead)],
         }
     }
 
@@ -223,6 +243,11 @@ impl Scenario {
             }
             Self::GetAccount => {
                 register(client, profiled(run)).await?;
+                Vec::new()
+            }
+            Self::RecordLogin => Vec::new(),
+            Self::GetStats => {
+                record_login(client, profiled(run)).await?;
                 Vec::new()
             }
         };
@@ -281,6 +306,33 @@ impl Scenario {
                     Ok(Effect::Nothing)
                 }
             }
+            Self::RecordLogin => {
+                let first = record_login(client, spread(run, "stats", pick)).await?;
+                Ok(if first {
+                    Effect::Granted
+                } else {
+                    Effect::Nothing
+                })
+            }
+            Self::GetStats => {
+                let stats = client
+                    .stats
+                    .get_stats(GetStatsRequest {
+                        account_id: profiled(run),
+                    })
+                    .await?
+                    .into_inner()
+                    .stats
+                    .ok_or_else(|| Status::data_loss("no stats in the reply"))?;
+                if stats.days_active == 1 && stats.plan == "free" {
+                    Ok(Effect::Nothing)
+                } else {
+                    Err(Status::data_loss(format!(
+                        "stats read days_active {} on plan {:?}",
+                        stats.days_active, stats.plan
+                    )))
+                }
+            }
             Self::GetAccount => {
                 let account = client
                     .accounts
@@ -327,8 +379,34 @@ impl Scenario {
                 MAX_CREDITS * SPREAD_ACCOUNTS as i64,
                 spread_names(run, "spread"),
             ),
-            Self::GetBalance | Self::GetAccount => {
+            Self::GetBalance | Self::GetAccount | Self::GetStats => {
                 return Ok("every read saw the stored total".into());
+            }
+            Self::RecordLogin => {
+                let mut days = 0;
+                for account in spread_names(run, "stats") {
+                    let stats = client
+                        .stats
+                        .get_stats(GetStatsRequest {
+                            account_id: account,
+                        })
+                        .await
+                        .map_err(|s| format!("reading the end state: {s}"))?
+                        .into_inner()
+                        .stats
+                        .ok_or("no stats in the reply")?;
+                    days += stats.days_active;
+                }
+                let counted = i64::try_from(granted_count).unwrap_or(i64::MAX);
+                return if days == counted {
+                    Ok(format!(
+                        "{days} days active over the accounts = the logins that were a day's first"
+                    ))
+                } else {
+                    Err(format!(
+                        "stored days active {days}, first logins reported {counted}"
+                    ))
+                };
             }
             Self::Login => (
                 FREE_CREDITS * SPREAD_ACCOUNTS as i64,
@@ -461,6 +539,21 @@ async fn reserve_commit(client: &mut Client, account_id: String) -> Result<Effec
         })
         .await?;
     Ok(Effect::Deducted)
+}
+
+/// Records a login of `account_id` in New York time; whether it was the day's first.
+async fn record_login(client: &mut Client, account_id: String) -> Result<bool, Status> {
+    let request = RecordLoginRequest {
+        account_id,
+        time_zone: "America/New_York".into(),
+        ..RecordLoginRequest::default()
+    };
+    Ok(client
+        .stats
+        .record_login(request)
+        .await?
+        .into_inner()
+        .first_login_today)
 }
 
 /// Registers `account_id`; whether this call created it.
