@@ -99,7 +99,7 @@ impl StatsStore for MemoryStats {
             &request.account,
             request.idempotency.as_ref(),
             now,
-            |record| record.stats.record_login(request.day),
+            |record| record.stats.record_login(request.day, request.before),
         )
     }
 
@@ -145,13 +145,19 @@ impl StatsStore for MemoryStats {
         request: &ResetStats,
         now: Timestamp,
     ) -> Result<Recorded<StatsOutcome>, MeterError> {
-        self.change_stats(
+        // Nothing stays behind, as on Redis (the keys are deleted).
+        self.store.mutate(
             &request.account,
+            CONTEXT,
             request.idempotency.as_ref(),
             now,
-            |record| {
-                *record = StatsRecord::default();
-                true
+            |record: &mut AccountRecord| {
+                record.stats = None;
+                Ok(StatsOutcome {
+                    counted: true,
+                    stats: Stats::default(),
+                    subscription: record.subscription.clone(),
+                })
             },
         )
     }

@@ -338,15 +338,10 @@ impl StatsStore for RedisStats {
         now: Timestamp,
     ) -> Result<Recorded<LoginOutcome>, MeterError> {
         let idempotency = request.idempotency.as_ref();
-        let before = request
-            .day
-            .pred_opt()
-            .map(|d| d.to_string())
-            .unwrap_or_default();
         let call = self
             .call(&LOGIN, &request.account, idempotency, now)
             .arg(request.day.to_string())
-            .arg(before);
+            .arg(request.before.to_string());
         let recorded = self.run(call, &request.account, idempotency).await?;
         Ok(recorded.map(|o| LoginOutcome {
             first_login_today: o.counted,

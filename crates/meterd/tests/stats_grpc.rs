@@ -181,7 +181,7 @@ async fn streaks_local_days_recent_conversations_moods_and_the_plan() {
     let set = client
         .set_mood(SetMoodRequest {
             account_id: "u-streak".into(),
-            score: 6.66,
+            score: Some(6.66),
             idempotency_key: String::new(),
         })
         .await
@@ -194,7 +194,7 @@ async fn streaks_local_days_recent_conversations_moods_and_the_plan() {
         let refused = client
             .set_mood(SetMoodRequest {
                 account_id: "u-streak".into(),
-                score: bad,
+                score: Some(bad),
                 idempotency_key: String::new(),
             })
             .await

@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
 
-pub use record::{Conversation, LoginOutcome, Stats, local_day};
+pub use record::{Conversation, LoginOutcome, Stats, local_day, local_days};
 pub use store::StatsStore;
 
 use crate::{
@@ -34,6 +34,8 @@ pub struct RecordLogin {
     pub account: AccountId,
     /// The user's local day of the login.
     pub day: NaiveDate,
+    /// The user's local day before it.
+    pub before: NaiveDate,
     /// Present when the caller sent an idempotency key.
     pub idempotency: Option<Idempotency>,
 }
@@ -145,6 +147,9 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
         let default = self.catalog.default_plan();
         let plan =
             subscription.map_or_else(|| default.name.clone(), |s| s.settled(now, default).plan);
+        let mut stats = stats;
+        // A list kept under a larger --recent-conversations shows as many as now.
+        stats.recent.truncate(self.recent);
         StatsView { stats, plan }
     }
 
@@ -164,12 +169,15 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
         key: Option<IdempotencyKey>,
     ) -> Result<Recorded<LoginOutcome>, MeterError> {
         let zone = parse_zone(time_zone)?;
-        let time = self.not_ahead("time", time)?;
-        let day = local_day(time, zone);
-        let idempotency = Idempotency::new(key, &["login", &day.to_string()]);
+        // The time as sent: a retry without one is the same request.
+        let sent = time.map(|t| t.to_string()).unwrap_or_default();
+        let time = self.checked_time("time", time)?;
+        let (day, before) = local_days(time, zone);
+        let idempotency = Idempotency::new(key, &["login", &sent, zone.name()]);
         let request = RecordLogin {
             account,
             day,
+            before,
             idempotency,
         };
         self.store.record_login(&request, self.clock.now()).await
@@ -194,16 +202,11 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
         )?;
         check_text("title", title, MAX_TITLE_CHARS, false)?;
         check_text("summary", summary, MAX_SUMMARY_CHARS, true)?;
-        let time = self.not_ahead("time", time)?;
+        let sent = time.map(|t| t.to_string()).unwrap_or_default();
+        let time = self.checked_time("time", time)?;
         let idempotency = Idempotency::new(
             key,
-            &[
-                "conversation",
-                conversation_id,
-                title,
-                summary,
-                &time.to_string(),
-            ],
+            &["conversation", conversation_id, title, summary, &sent],
         );
         let request = RecordConversation {
             account,
@@ -223,13 +226,16 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
         Ok(self.outcome(recorded))
     }
 
-    /// Sets the mood score: 0 to 10, one decimal kept.
+    /// Sets the mood score (required): 0 to 10, one decimal kept.
     pub async fn set_mood(
         &self,
         account: AccountId,
-        score: f64,
+        score: Option<f64>,
         key: Option<IdempotencyKey>,
     ) -> Result<Recorded<StatsView>, MeterError> {
+        let Some(score) = score else {
+            return Err(InvalidArgument::new("score", "is required: a number from 0 to 10").into());
+        };
         if !score.is_finite() || !(0.0..=10.0).contains(&score) {
             return Err(InvalidArgument::new(
                 "score",
@@ -264,16 +270,25 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
         Ok(self.outcome(recorded).map(|(_, view)| view))
     }
 
-    /// `time`, or now; refused further ahead of the clock than the skew.
-    fn not_ahead(
+    /// `time`, or now; refused before 2000 (an unset timestamp sent as
+    /// zero is 1970) or further ahead of the clock than the skew.
+    fn checked_time(
         &self,
         field: &'static str,
         time: Option<Timestamp>,
     ) -> Result<Timestamp, InvalidArgument> {
+        /// 2000-01-01T00:00:00Z.
+        const EARLIEST_MILLIS: i64 = 946_684_800_000;
         let now = self.clock.now();
         let Some(time) = time else {
             return Ok(now);
         };
+        if time.as_millis() < EARLIEST_MILLIS {
+            return Err(InvalidArgument::new(
+                field,
+                format!("is {time}, before 2000; leave it unset for now"),
+            ));
+        }
         let skew = i64::try_from(self.max_skew.as_millis()).unwrap_or(i64::MAX);
         if time.as_millis() > now.as_millis().saturating_add(skew) {
             return Err(InvalidArgument::new(
@@ -288,17 +303,40 @@ impl<S: StatsStore, C: Clock> ActivityStats<S, C> {
     }
 }
 
-/// An IANA time zone; UTC for an empty name.
+/// Longest time zone name accepted, in characters (IANA names are shorter).
+const MAX_ZONE_CHARS: usize = 64;
+
+/// An IANA time zone, matched exactly or else ignoring case; UTC for an
+/// empty name.
 pub fn parse_zone(name: &str) -> Result<Tz, InvalidArgument> {
     if name.is_empty() {
         return Ok(Tz::UTC);
     }
-    name.parse::<Tz>().map_err(|_| {
-        InvalidArgument::new(
+    if name.len() > MAX_ZONE_CHARS {
+        return Err(InvalidArgument::new(
             "time_zone",
-            format!("{name:?} is not an IANA time zone (e.g. America/New_York, Europe/Paris, UTC)"),
-        )
-    })
+            format!(
+                "is {} characters long; IANA names are at most {MAX_ZONE_CHARS}",
+                name.len()
+            ),
+        ));
+    }
+    name.parse::<Tz>()
+        .ok()
+        .or_else(|| {
+            chrono_tz::TZ_VARIANTS
+                .iter()
+                .find(|zone| zone.name().eq_ignore_ascii_case(name))
+                .copied()
+        })
+        .ok_or_else(|| {
+            InvalidArgument::new(
+                "time_zone",
+                format!(
+                    "{name:?} is not an IANA time zone (e.g. America/New_York, Europe/Paris, UTC)"
+                ),
+            )
+        })
 }
 
 /// A text of at most `max` characters without control characters

@@ -63,18 +63,34 @@ pub fn local_day(time: Timestamp, zone: Tz) -> NaiveDate {
         .date_naive()
 }
 
+/// The local day of `time` in `zone` and the local day before it, which is
+/// not always the calendar's: a zone may skip a date (Pacific/Apia skipped
+/// 2011-12-30).
+pub fn local_days(time: Timestamp, zone: Tz) -> (NaiveDate, NaiveDate) {
+    const HOUR: i64 = 3_600_000;
+    let day = local_day(time, zone);
+    // A local day lasts at most 25 hours (a skipped one, none): stepping
+    // back an hour at a time reaches the day before within 26 steps.
+    let before = (1..=26)
+        .filter_map(|hours| Timestamp::from_millis(time.as_millis() - hours * HOUR))
+        .map(|t| local_day(t, zone))
+        .find(|d| *d != day)
+        .or_else(|| day.pred_opt())
+        .unwrap_or(day);
+    (day, before)
+}
+
 impl Stats {
-    /// Counts a login on the local day `day`: the first of a day adds one
-    /// to `days_active` and continues the streak from the day before (or
-    /// starts it again after a gap). A day at or before the last one
-    /// counted changes nothing (logins are counted in time order).
-    pub fn record_login(&mut self, day: NaiveDate) -> LoginOutcome {
+    /// Counts a login on the local day `day`, whose local day before (the
+    /// zone's calendar may skip a date) is `before`: the first of a day adds
+    /// one to `days_active` and continues the streak when the last day
+    /// counted was `before` (or starts it again after a gap). A day at or
+    /// before the last one counted changes nothing (logins are counted in
+    /// time order).
+    pub fn record_login(&mut self, day: NaiveDate, before: NaiveDate) -> LoginOutcome {
         let first = self.last_login_date.is_none_or(|last| day > last);
         if first {
-            let continues = self
-                .last_login_date
-                .and_then(|last| last.succ_opt())
-                .is_some_and(|next| next == day);
+            let continues = self.last_login_date == Some(before);
             self.login_streak = if continues { self.login_streak + 1 } else { 1 };
             self.days_active += 1;
             self.longest_streak = self.longest_streak.max(self.login_streak);
@@ -136,15 +152,16 @@ mod tests {
         let start = date("2026-05-01");
         for n in 0..10 {
             let day = start.checked_add_days(Days::new(n)).expect("day");
-            let first = stats.record_login(day);
+            let before = day.pred_opt().expect("day");
+            let first = stats.record_login(day, before);
             assert!(first.first_login_today);
             assert!(
-                !stats.record_login(day).first_login_today,
+                !stats.record_login(day, before).first_login_today,
                 "twice a day counts once"
             );
             assert_eq!(first.login_streak, i64::try_from(n).expect("small") + 1);
         }
-        let after_gap = stats.record_login(date("2026-05-13"));
+        let after_gap = stats.record_login(date("2026-05-13"), date("2026-05-12"));
         assert_eq!(
             (
                 after_gap.days_active,
@@ -153,8 +170,25 @@ mod tests {
             ),
             (11, 1, 10)
         );
-        let earlier = stats.record_login(date("2026-05-12"));
+        let earlier = stats.record_login(date("2026-05-12"), date("2026-05-11"));
         assert!(!earlier.first_login_today, "an earlier day is not counted");
+    }
+
+    #[test]
+    fn a_skipped_date_does_not_break_a_streak() {
+        // Samoa moved across the date line: 2011-12-29 was followed by 2011-12-31.
+        let apia: Tz = "Pacific/Apia".parse().expect("zone");
+        let mut stats = Stats::default();
+        for time in [
+            "2011-12-28T22:00:00Z",
+            "2011-12-29T22:00:00Z",
+            "2011-12-30T22:00:00Z",
+        ] {
+            let (day, before) = local_days(ts(time), apia);
+            stats.record_login(day, before);
+        }
+        assert_eq!(stats.last_login_date, Some(date("2011-12-31")));
+        assert_eq!((stats.days_active, stats.login_streak), (3, 3));
     }
 
     proptest! {
@@ -176,8 +210,8 @@ mod tests {
             let step = 20 * 60 * 1000;
             for i in 0..(40 * 72) {
                 let time = Timestamp::from_millis(start_ms + i * step).expect("in range");
-                let day = local_day(time, zone);
-                let outcome = stats.record_login(day);
+                let (day, before) = local_days(time, zone);
+                let outcome = stats.record_login(day, before);
                 prop_assert_eq!(outcome.first_login_today, days.insert(day));
             }
             prop_assert_eq!(stats.days_active, i64::try_from(days.len()).expect("small"));

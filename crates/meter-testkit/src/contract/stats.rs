@@ -170,6 +170,8 @@ where
         .record_login(who.clone(), None, "", key("login-1"))
         .await
         .expect("login");
+    // A retry a moment later, still without a time: the same request.
+    w.clock.advance(Duration::from_millis(250));
     let again = w
         .stats
         .record_login(who.clone(), None, "", key("login-1"))
@@ -177,6 +179,19 @@ where
         .expect("login");
     assert!(!replayed.replayed && again.replayed);
     assert_eq!(again.outcome, replayed.outcome);
+    let zero = w
+        .stats
+        .record_login(who.clone(), Some(at("1970-01-01T00:00:00.000Z")), "", None)
+        .await;
+    assert!(
+        matches!(zero, Err(MeterError::InvalidArgument(ref e)) if e.field == "time"),
+        "an unset timestamp sent as zero: {zero:?}"
+    );
+    let any_case = w
+        .stats
+        .record_login(account("u-case"), None, "america/new_york", None)
+        .await;
+    assert!(any_case.is_ok(), "{any_case:?}");
 }
 
 /// Fifty logins of one instant: one is the first of the day, the day counts once.
@@ -248,13 +263,22 @@ where
     let (counted, _) = record("c2", "2026-05-03T10:00:00.000Z").await;
     assert!(!counted, "the same id counts once");
     record("c4", "2026-05-04T10:00:00.000Z").await;
+    // A retry without a time, a moment later, with its key: a replay.
+    let retry = || {
+        w.stats
+            .record_conversation(who.clone(), "c5", "t", "", None, key("conv-5"))
+    };
+    let first = retry().await.expect("record");
+    w.clock.advance(Duration::from_millis(250));
+    let again = retry().await.expect("retry");
+    assert!(again.replayed && !first.replayed);
     let (counted, view) = record("c0", "2026-04-30T10:00:00.000Z").await;
-    assert!(counted);
-    assert_eq!(view.stats.conversations, 5);
+    assert!(counted, "older than every one kept: counted, not listed");
+    assert_eq!(view.stats.conversations, 6);
     let ids: Vec<&str> = view.stats.recent.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(ids, ["c4", "c2", "c3"], "the newest three, newest first");
-    assert_eq!(view.stats.recent[0].title, "Title c4");
-    assert_eq!(view.stats.recent[0].summary, "A summary,\nwith lines");
+    assert_eq!(ids, ["c5", "c4", "c2"], "the newest three, newest first");
+    assert_eq!(view.stats.recent[1].title, "Title c4");
+    assert_eq!(view.stats.recent[1].summary, "A summary,\nwith lines");
     let read = w.stats.get(&who).await.expect("read");
     assert_eq!(read.stats, view.stats);
     let bad = w
@@ -275,7 +299,7 @@ where
     );
     assert_eq!(
         w.stats.get(&who).await.expect("read").stats.conversations,
-        5
+        6
     );
 }
 
@@ -293,7 +317,7 @@ where
     let who = account("u-mood");
     let set = w
         .stats
-        .set_mood(who.clone(), 7.25, None)
+        .set_mood(who.clone(), Some(7.25), None)
         .await
         .expect("mood")
         .outcome;
@@ -303,22 +327,23 @@ where
         "7.25 keeps one decimal: 7.3"
     );
     for bad in [
-        f64::NAN,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        -0.1,
-        10.05,
-        11.0,
+        None,
+        Some(f64::NAN),
+        Some(f64::INFINITY),
+        Some(f64::NEG_INFINITY),
+        Some(-0.1),
+        Some(10.05),
+        Some(11.0),
     ] {
         let refused = w.stats.set_mood(who.clone(), bad, None).await;
         assert!(
             matches!(refused, Err(MeterError::InvalidArgument(ref e)) if e.field == "score"),
-            "{bad}: {refused:?}"
+            "{bad:?}: {refused:?}"
         );
     }
     for edge in [0.0, 10.0] {
         w.stats
-            .set_mood(who.clone(), edge, None)
+            .set_mood(who.clone(), Some(edge), None)
             .await
             .expect("edge");
     }
@@ -355,6 +380,18 @@ where
     assert!(
         w.subscriptions.delete_account(&who).await.expect("delete"),
         "an account with stats only had something to delete"
+    );
+    let reset_only = account("u-reset-only");
+    w.stats
+        .reset(reset_only.clone(), None)
+        .await
+        .expect("reset");
+    assert!(
+        !w.subscriptions
+            .delete_account(&reset_only)
+            .await
+            .expect("delete"),
+        "a reset leaves nothing behind"
     );
     assert_eq!(
         w.stats.get(&who).await.expect("read").stats,
@@ -394,7 +431,7 @@ where
     assert_eq!(w.stats.get(&who).await.expect("read").plan, "pro");
     let mood = w
         .stats
-        .set_mood(who.clone(), 5.0, None)
+        .set_mood(who.clone(), Some(5.0), None)
         .await
         .expect("mood")
         .outcome;

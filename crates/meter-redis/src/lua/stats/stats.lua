@@ -25,8 +25,10 @@ local function load_stats()
     longest = count(STATS_HASH_longestStreak, 'longestStreak'),
     last = f[STATS_HASH_lastLoginDate] or nil,
   }
-  if s.last and not string.find(s.last, '^%d%d%d%d%-%d%d%-%d%d$') then
-    corrupt(SK, 'lastLoginDate', s.last)
+  if s.last then
+    -- A real calendar date, checked as the date of a stored time.
+    if not string.find(s.last, '^%d%d%d%d%-%d%d%-%d%d$') then corrupt(SK, 'lastLoginDate', s.last) end
+    stored_time(SK, 'lastLoginDate', s.last .. 'T00:00:00.000Z')
   end
   local mood = f[STATS_HASH_moodScore]
   if mood then
