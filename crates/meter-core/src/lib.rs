@@ -24,6 +24,7 @@ pub mod secret;
 pub mod stats;
 pub mod subscription;
 pub mod time;
+pub mod usage;
 
 pub use account::AccountId;
 pub use clock::{Clock, SystemClock};
@@ -37,7 +38,7 @@ pub use credits::{
 pub use error::{InvalidArgument, MeterError, StoreError};
 pub use idempotency::{Idempotency, IdempotencyKey, IdempotencyWindow, Recorded};
 pub use period::CreditPeriod;
-pub use plan::{BillingInterval, CatalogError, MetricLimit, Plan, PlanCatalog};
+pub use plan::{BillingInterval, CatalogError, MetricKind, MetricLimit, Plan, PlanCatalog};
 pub use secret::Secret;
 pub use stats::{
     ActivityStats, Conversation, LoginOutcome, RecordConversation, RecordLogin, ResetStats,
@@ -50,3 +51,4 @@ pub use subscription::{
     UpdateProfile,
 };
 pub use time::Timestamp;
+pub use usage::{Bill, BillLine, BillOverflow, QuotaDecision, UsagePeriod, compute_bill, quota};

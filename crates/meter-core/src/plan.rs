@@ -65,6 +65,8 @@ pub struct PlanCatalog {
     prices: BTreeMap<String, i64>,
     /// The currency of every amount of money, lowercase ISO 4217 (`usd`).
     currency: String,
+    /// The usage metrics declared, by name, with their kind.
+    metrics: BTreeMap<String, MetricKind>,
 }
 
 /// Why a catalog file was refused: the file, and toml's line, column and problem.
@@ -97,6 +99,69 @@ struct CatalogFile {
     plans: BTreeMap<String, PlanFields>,
     #[serde(default)]
     prices: BTreeMap<FeatureName, Price>,
+    #[serde(default)]
+    metrics: BTreeMap<MetricName, MetricFields>,
+}
+
+/// How a usage metric adds up over a period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    /// A counter: the period's usage is the sum of what was reported.
+    #[default]
+    Sum,
+    /// A gauge (e.g. storage used): the period's usage is the peak reported.
+    Max,
+}
+
+impl MetricKind {
+    /// The stored name: `sum` or `max`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sum => "sum",
+            Self::Max => "max",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricFields {
+    #[serde(default)]
+    kind: MetricKind,
+}
+
+/// A metric name of the catalog, checked where toml can say its line.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+struct MetricName(String);
+
+impl TryFrom<String> for MetricName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        check_metric(&name)?;
+        Ok(Self(name))
+    }
+}
+
+/// Longest metric name, in characters.
+pub const MAX_METRIC_CHARS: usize = 64;
+
+/// Checks a usage metric name: 1–64 characters of `a-z0-9_.-`; `Err` says why not.
+pub fn check_metric(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_METRIC_CHARS
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "metric name {name:?} must be 1-{MAX_METRIC_CHARS} characters of a-z0-9_.-"
+        ))
+    }
 }
 
 fn default_currency() -> Currency {
@@ -243,7 +308,7 @@ impl TryFrom<RawPlanFields> for PlanFields {
             ));
         }
         for (metric, limit) in &raw.usage {
-            check_name("metric", metric)?;
+            check_metric(metric)?;
             if limit.included.is_some_and(|n| n < 0) || limit.overage_micros < 0 {
                 return Err(format!(
                     "usage.{metric}: included and overage_micros must not be negative"
@@ -326,11 +391,17 @@ impl PlanCatalog {
             .into_iter()
             .map(|(FeatureName(name), Price(credits))| (name, credits))
             .collect();
+        let metrics = file
+            .metrics
+            .into_iter()
+            .map(|(MetricName(name), fields)| (name, fields.kind))
+            .collect();
         Ok(Self {
             plans,
             default_plan,
             prices,
             currency: file.currency.0,
+            metrics,
         })
     }
 
@@ -362,6 +433,16 @@ impl PlanCatalog {
     /// The currency of every amount of money, lowercase ISO 4217 (`usd`).
     pub fn currency(&self) -> &str {
         &self.currency
+    }
+
+    /// The usage metrics the catalog declares (`[metrics.NAME]`), with their kind.
+    pub fn metrics(&self) -> &BTreeMap<String, MetricKind> {
+        &self.metrics
+    }
+
+    /// How `metric` adds up: as declared, else a counter.
+    pub fn metric_kind(&self, metric: &str) -> MetricKind {
+        self.metrics.get(metric).copied().unwrap_or_default()
     }
 }
 
