@@ -3,24 +3,37 @@
 //! Every context reports [`MeterError`], so the transport keeps one
 //! exhaustive mapping from errors to status codes.
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 /// A request field that is missing or malformed; nothing was written.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[error("{field}: {problem}")]
 pub struct InvalidArgument {
-    /// The request field at fault, as named in the API (`account_id`, `amount`).
-    pub field: &'static str,
+    /// The request field at fault, as named in the API (`account_id`,
+    /// `amount`, `events[3].metric`).
+    pub field: Cow<'static, str>,
     /// What is wrong with it and what is accepted instead.
     pub problem: String,
 }
 
 impl InvalidArgument {
     /// A problem with `field`.
-    pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<Cow<'static, str>>, problem: impl Into<String>) -> Self {
         Self {
-            field,
+            field: field.into(),
             problem: problem.into(),
+        }
+    }
+
+    /// The same problem, of the field inside the repeated field `list` at `index`
+    /// (`events[3].metric`).
+    #[must_use]
+    pub fn at(self, list: &str, index: usize) -> Self {
+        Self {
+            field: format!("{list}[{index}].{}", self.field).into(),
+            problem: self.problem,
         }
     }
 }

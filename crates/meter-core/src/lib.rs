@@ -51,4 +51,7 @@ pub use subscription::{
     UpdateProfile,
 };
 pub use time::Timestamp;
-pub use usage::{Bill, BillLine, BillOverflow, QuotaDecision, UsagePeriod, compute_bill, quota};
+pub use usage::{
+    Bill, BillLine, BillOverflow, CheckQuota, EventOutcome, EventRejected, QuotaDecision,
+    RawUsageEvent, RecordUsage, UsageEvent, UsagePeriod, UsageStore, compute_bill, quota,
+};

@@ -179,6 +179,7 @@ impl AccountStore for MemoryAccounts {
                 || record.credits.is_some()
                 || record.subscription.is_some()
                 || record.stats.is_some()
+                || record.usage.is_some()
         });
         // The expiry queue's entries of this account's records are skipped
         // when they come up (forget_expired drops only what is there).

@@ -289,6 +289,12 @@ mod tests {
 
     meter_testkit::credit_ledger_contract!(window, retention => async move { (MemoryStore::new(window).with_history_retention(retention).credits(), ()) });
 
+    meter_testkit::usage_store_contract!(async move {
+        let window = meter_core::IdempotencyWindow::new(std::time::Duration::from_secs(3600))
+            .expect("valid window");
+        (MemoryStore::new(window).usage(), ())
+    });
+
     meter_testkit::stats_store_contract!(window => async move {
         let store = MemoryStore::new(window);
         (store.stats(), store.accounts(), ())

@@ -12,6 +12,7 @@
 mod accounts;
 mod credits;
 mod stats;
+mod usage;
 
 use std::{
     any::Any,
@@ -28,6 +29,7 @@ use meter_core::{
 pub use accounts::MemoryAccounts;
 pub use credits::MemoryCreditLedger;
 pub use stats::MemoryStats;
+pub use usage::MemoryUsage;
 
 /// Lock shards: enough that concurrent calls on different accounts rarely wait.
 const SHARDS: usize = 16;
@@ -54,6 +56,7 @@ struct AccountRecord {
     profile: Option<Profile>,
     subscription: Option<Subscription>,
     stats: Option<stats::StatsRecord>,
+    usage: Option<usage::UsageRecord>,
 }
 
 impl AccountRecord {
@@ -106,6 +109,13 @@ impl MemoryStore {
     /// The credits port on this store.
     pub fn credits(&self) -> MemoryCreditLedger {
         MemoryCreditLedger::new(self.clone())
+    }
+
+    /// The usage port on this store.
+    pub fn usage(&self) -> MemoryUsage {
+        MemoryUsage {
+            store: self.clone(),
+        }
     }
 
     /// The stats port on this store.

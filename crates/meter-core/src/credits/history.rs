@@ -290,8 +290,8 @@ mod tests {
         );
         for bad in [-1, 501, i32::MIN] {
             assert_eq!(
-                HistoryQuery::parse(bad, "").map_err(|e| e.field),
-                Err("page_size")
+                HistoryQuery::parse(bad, "").map_err(|e| e.field.into_owned()),
+                Err("page_size".to_owned())
             );
         }
     }

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod credits;
 pub mod stats;
 pub mod subscription;
+pub mod usage;
 
 use meter_core::{AccountId, DeductCredits, IdempotencyKey, Reason};
 

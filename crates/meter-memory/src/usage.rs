@@ -1,0 +1,171 @@
+//! [`UsageStore`] on the embedded store: per account, totals by period and
+//! metric with their expiry, and the event ids seen with theirs.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use meter_core::{
+    AccountId, CheckQuota, EventOutcome, MetricKind, QuotaDecision, RecordUsage, StoreError,
+    Timestamp, UsagePeriod, UsageStore, quota,
+};
+
+use crate::{AccountRecord, MemoryStore};
+
+/// An account's usage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct UsageRecord {
+    /// Totals by period, with when the period is forgotten.
+    totals: BTreeMap<UsagePeriod, (Timestamp, BTreeMap<String, i64>)>,
+    /// Event ids counted, with when each is forgotten.
+    seen: HashMap<String, Timestamp>,
+    /// The same ids in the order they were counted, to forget them cheaply.
+    order: VecDeque<(Timestamp, String)>,
+}
+
+fn later(time: Timestamp, by: std::time::Duration) -> Timestamp {
+    let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+    Timestamp::from_millis(time.as_millis().saturating_add(millis)).unwrap_or(Timestamp::MAX)
+}
+
+impl UsageRecord {
+    /// Drops what expired by `now`.
+    fn forget(&mut self, now: Timestamp) {
+        self.totals.retain(|_, (expires, _)| *expires > now);
+        while let Some((expires, _)) = self.order.front() {
+            if *expires > now {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front()
+                && self.seen.get(&id).is_some_and(|e| *e <= now)
+            {
+                self.seen.remove(&id);
+            }
+        }
+    }
+
+    fn total(&self, period: UsagePeriod, metric: &str) -> i64 {
+        self.totals
+            .get(&period)
+            .and_then(|(_, metrics)| metrics.get(metric))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Records the events of `request`, in order.
+    fn record(&mut self, request: &RecordUsage, now: Timestamp) -> Vec<EventOutcome> {
+        self.forget(now);
+        let mut outcomes = Vec::with_capacity(request.events.len());
+        for (event, kind) in &request.events {
+            if self.seen.contains_key(&event.event_id) {
+                outcomes.push(EventOutcome::Duplicate);
+                continue;
+            }
+            let forget_id = later(now, request.dedupe_window);
+            self.seen.insert(event.event_id.clone(), forget_id);
+            self.order.push_back((forget_id, event.event_id.clone()));
+            let month = UsagePeriod::month_of(event.time);
+            let day = UsagePeriod::day_of(event.time);
+            let mut totals = [0; 2];
+            for (i, (period, retention)) in [
+                (month, request.month_retention),
+                (day, request.day_retention),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let expires = later(period.end().unwrap_or(Timestamp::MAX), retention);
+                let (stored_expiry, metrics) = self
+                    .totals
+                    .entry(period)
+                    .or_insert_with(|| (expires, BTreeMap::new()));
+                *stored_expiry = (*stored_expiry).max(expires);
+                let value = metrics.entry(event.metric.clone()).or_insert(0);
+                *value = match kind {
+                    MetricKind::Sum => *value + event.value,
+                    MetricKind::Max => (*value).max(event.value),
+                };
+                totals[i] = *value;
+            }
+            outcomes.push(EventOutcome::Recorded {
+                month_total: totals[0],
+                day_total: totals[1],
+            });
+        }
+        outcomes
+    }
+}
+
+/// The usage store on the embedded store.
+#[derive(Clone, Debug)]
+pub struct MemoryUsage {
+    pub(crate) store: MemoryStore,
+}
+
+impl UsageStore for MemoryUsage {
+    async fn record(
+        &self,
+        request: &RecordUsage,
+        now: Timestamp,
+    ) -> Result<Vec<EventOutcome>, StoreError> {
+        let recorded = self.store.mutate(
+            &request.account,
+            "usage",
+            None,
+            now,
+            |record: &mut AccountRecord| {
+                Ok(record
+                    .usage
+                    .get_or_insert_with(Default::default)
+                    .record(request, now))
+            },
+        );
+        recorded
+            .map(|r| r.outcome)
+            .map_err(|e| StoreError::Protocol(e.to_string()))
+    }
+
+    async fn check_quota(
+        &self,
+        request: &CheckQuota,
+        now: Timestamp,
+    ) -> Result<(QuotaDecision, Option<EventOutcome>), StoreError> {
+        let recorded = self.store.mutate(
+            &request.account,
+            "usage",
+            None,
+            now,
+            |record: &mut AccountRecord| {
+                let usage = record.usage.get_or_insert_with(Default::default);
+                usage.forget(now);
+                let used = usage.total(UsagePeriod::month_of(now), &request.metric);
+                let decision = quota(request.limit, request.hard, used, request.amount);
+                let outcome = match &request.consume {
+                    Some(consume) if decision.allowed => {
+                        usage.record(consume, now).into_iter().next()
+                    }
+                    _ => None,
+                };
+                Ok((decision, outcome))
+            },
+        );
+        recorded
+            .map(|r| r.outcome)
+            .map_err(|e| StoreError::Protocol(e.to_string()))
+    }
+
+    async fn usage(
+        &self,
+        account: &AccountId,
+        period: UsagePeriod,
+        now: Timestamp,
+    ) -> Result<BTreeMap<String, i64>, StoreError> {
+        Ok(self.store.read(account, |record| {
+            record
+                .usage
+                .as_ref()
+                .and_then(|u| u.totals.get(&period))
+                .filter(|(expires, _)| *expires > now)
+                .map(|(_, metrics)| metrics.clone())
+                .unwrap_or_default()
+        }))
+    }
+}
