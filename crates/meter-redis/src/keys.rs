@@ -59,6 +59,22 @@ pub fn stats_seen(account: &AccountId) -> String {
     format!("user:{{{account}}}:stats:seen")
 }
 
+/// The account's usage of one month or day: a hash of metric to value,
+/// expiring by itself, listed in the account's index.
+pub fn usage_period(account: &AccountId, period: meter_core::UsagePeriod) -> String {
+    let kind = match period {
+        meter_core::UsagePeriod::Month(_) => "m",
+        meter_core::UsagePeriod::Day(_) => "d",
+    };
+    format!("user:{{{account}}}:usage:{kind}:{period}")
+}
+
+/// The usage event ids counted within the dedupe window: a sorted set of
+/// id to when it is forgotten (ms).
+pub fn usage_seen(account: &AccountId) -> String {
+    format!("user:{{{account}}}:usage:seen")
+}
+
 /// The account's index of idempotency records: a sorted set of their keys
 /// by expiry (ms), so that every record of the account can be found without
 /// scanning (DeleteAccount).
@@ -80,6 +96,7 @@ pub fn account_keys(account: &AccountId) -> Vec<String> {
         stats(account),
         stats_recent(account),
         stats_seen(account),
+        usage_seen(account),
         idempotency_index(account),
     ]
 }

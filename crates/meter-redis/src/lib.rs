@@ -20,9 +20,11 @@ pub mod script;
 pub mod slot;
 pub mod stats;
 mod store;
+pub mod usage;
 
 pub use accounts::RedisAccounts;
 pub use config::{InvalidRedisUrl, RedisConfig};
 pub use credits::RedisCreditLedger;
 pub use stats::RedisStats;
 pub use store::RedisStore;
+pub use usage::RedisUsage;

@@ -86,6 +86,12 @@ mod contract {
         )
     });
 
+    meter_testkit::usage_store_contract!(async move {
+        let cluster = RedisCluster::start();
+        let store = store_on(&cluster).await;
+        (meter_redis::RedisUsage::new(store), cluster)
+    });
+
     meter_testkit::stats_store_contract!(window => async move {
         let cluster = RedisCluster::start();
         let store = store_on(&cluster).await;

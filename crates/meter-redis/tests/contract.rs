@@ -40,3 +40,14 @@ mod stats {
         )
     });
 }
+
+mod usage {
+    use meter_redis::{RedisConfig, RedisStore, RedisUsage};
+    use meter_testkit::RedisServer;
+
+    meter_testkit::usage_store_contract!(async move {
+        let server = RedisServer::start();
+        let store = RedisStore::open(&RedisConfig::new(server.url())).expect("valid url");
+        (RedisUsage::new(store), server)
+    });
+}

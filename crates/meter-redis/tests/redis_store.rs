@@ -815,3 +815,61 @@ async fn an_account_with_thousands_of_idempotency_records_is_deleted_whole() {
     let left: Vec<String> = conn.keys("*{u-busy}*").await.expect("keys");
     assert_eq!(left, Vec::<String>::new());
 }
+
+/// Every usage key written expires by itself, is listed in the account's
+/// index, and goes with DeleteAccount; another account's stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_keys_expire_by_themselves_and_go_with_the_account() {
+    use meter_core::{AccountStore, MetricKind, RecordUsage, UsageEvent, UsageStore};
+
+    let server = RedisServer::start();
+    let (store, _) = ledger_on(&config(&server));
+    let usage = meter_redis::RedisUsage::new(store.clone());
+    let now = at("2026-12-01T10:00:00.000Z");
+    for who in ["u-metered", "u-other"] {
+        let events = (0..3)
+            .map(|i| {
+                let event = UsageEvent {
+                    account: account(who),
+                    metric: "api_request".into(),
+                    value: 2,
+                    event_id: format!("e{i}"),
+                    time: Timestamp::from_millis(now.as_millis() - i * 86_400_000).expect("time"),
+                    metadata: BTreeMap::new(),
+                };
+                (event, MetricKind::Sum)
+            })
+            .collect();
+        let request = RecordUsage {
+            account: account(who),
+            events,
+            dedupe_window: HOUR,
+            month_retention: Duration::from_secs(90 * 86_400),
+            day_retention: Duration::from_secs(35 * 86_400),
+        };
+        usage.record(&request, now).await.expect("record");
+    }
+    let mut conn = server.connection().await;
+    let written: Vec<String> = conn.keys("*{u-metered}*").await.expect("keys");
+    // seen ids, the index, two months and three days.
+    assert_eq!(written.len(), 7, "{written:?}");
+    for key in &written {
+        let ttl: i64 = conn.pttl(key).await.expect("pttl");
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
+    let accounts = meter_redis::RedisAccounts::new(
+        store,
+        IdempotencyWindow::new(HOUR).expect("valid window"),
+        HistoryRetention::DEFAULT,
+    );
+    assert!(
+        accounts
+            .delete_account(&account("u-metered"))
+            .await
+            .expect("delete")
+    );
+    let left: Vec<String> = conn.keys("*{u-metered}*").await.expect("keys");
+    assert_eq!(left, Vec::<String>::new());
+    let other: Vec<String> = conn.keys("*{u-other}*").await.expect("keys");
+    assert_eq!(other.len(), 7);
+}
