@@ -52,6 +52,6 @@ pub use subscription::{
 };
 pub use time::Timestamp;
 pub use usage::{
-    Bill, BillLine, BillOverflow, CheckQuota, EventOutcome, EventRejected, QuotaDecision,
-    RawUsageEvent, RecordUsage, UsageEvent, UsagePeriod, UsageStore, compute_bill, quota,
+    Bill, BillLine, BillOverflow, CheckQuota, EventOutcome, QuotaDecision, RawUsageEvent,
+    RecordUsage, Usage, UsageEvent, UsagePeriod, UsageSettings, UsageStore, compute_bill, quota,
 };

@@ -10,9 +10,11 @@ mod stats;
 mod status;
 mod subscription;
 mod throttle;
+mod usage;
 
 pub use bounds::{Bounded, BoundedCall, InFlight, Slot};
 pub use credits::CreditsGrpc;
 pub use stats::StatsGrpc;
 pub use status::to_status;
 pub use subscription::SubscriptionGrpc;
+pub use usage::UsageGrpc;

@@ -124,6 +124,24 @@ pub struct ServiceArgs {
     /// The longest ttl Reserve accepts.
     #[arg(long, env = "METERD_MAX_HOLD_TTL", default_value = defaults::MAX_HOLD_TTL, value_parser = parse_duration)]
     pub max_hold_ttl: Duration,
+    /// How long a usage event id is remembered: the same id within it counts once (at most 30d).
+    #[arg(long, env = "METERD_USAGE_DEDUPE_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub usage_dedupe_window: Duration,
+    /// How long a month's usage is kept after the month ends.
+    #[arg(long, env = "METERD_USAGE_MONTH_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub usage_month_retention: Duration,
+    /// How long a day's usage is kept after the day ends.
+    #[arg(long, env = "METERD_USAGE_DAY_RETENTION", default_value = "35d", value_parser = parse_duration)]
+    pub usage_day_retention: Duration,
+    /// How long after a month ends its usage events are still accepted.
+    #[arg(long, env = "METERD_USAGE_GRACE", default_value = "3d", value_parser = parse_duration)]
+    pub usage_grace: Duration,
+    /// Most usage events in one RecordUsage call (1..=100000).
+    #[arg(long, env = "METERD_USAGE_MAX_EVENTS", default_value_t = 1_000)]
+    pub usage_max_events: usize,
+    /// Accept only the usage metrics the plan catalog declares ([metrics.NAME]).
+    #[arg(long, env = "METERD_STRICT_METRICS")]
+    pub strict_metrics: bool,
     /// Recent conversations kept per account by StatsService (1..=100).
     #[arg(long, env = "METERD_RECENT_CONVERSATIONS", default_value_t = 3)]
     pub recent_conversations: usize,
@@ -181,6 +199,8 @@ pub struct Config {
     pub max_event_skew: Duration,
     /// Recent conversations kept per account.
     pub recent_conversations: usize,
+    /// How usage events are counted and kept.
+    pub usage: meter_core::UsageSettings,
     /// How often store health is checked.
     pub health_interval: Duration,
     /// How long meterd keeps serving after reporting NOT_SERVING on SIGTERM.
@@ -203,6 +223,7 @@ impl Config {
             max_hold_ttl: duration(defaults::MAX_HOLD_TTL)?,
             max_event_skew: duration(defaults::MAX_EVENT_SKEW)?,
             recent_conversations: 3,
+            usage: meter_core::UsageSettings::default(),
             health_interval: duration(defaults::HEALTH_INTERVAL)?,
             shutdown_delay: duration(defaults::SHUTDOWN_DELAY)?,
             shutdown_grace: duration(defaults::SHUTDOWN_GRACE)?,
@@ -234,6 +255,9 @@ pub enum ConfigError {
     /// The longest hold is out of range.
     #[error("--max-hold-ttl ({0:?}) must be from 1s to 30d")]
     MaxHoldTtl(Duration),
+    /// A usage setting is out of range.
+    #[error("{0}")]
+    Usage(String),
     /// The recent conversations kept are out of range.
     #[error("--recent-conversations ({0}) must be from 1 to 100")]
     RecentConversations(usize),
@@ -289,6 +313,7 @@ impl Cli {
                 response: self.redis.redis_timeout,
             });
         }
+        let usage = self.usage_settings()?;
         // `REDIS_URL=` (set but empty, as templates often leave it) means not set.
         let store = match self.redis.redis_url.filter(|url| !url.is_empty()) {
             None => StoreConfig::Memory,
@@ -314,10 +339,42 @@ impl Cli {
             max_hold_ttl: check_hold_ttl(self.service.max_hold_ttl)?,
             max_event_skew: check_event_skew(self.service.max_event_skew)?,
             recent_conversations: check_recent(self.service.recent_conversations)?,
+            usage,
             health_interval: self.service.health_interval,
             shutdown_delay: self.grpc.shutdown_delay,
             shutdown_grace: self.grpc.shutdown_grace,
             max_in_flight: self.grpc.max_in_flight,
+        })
+    }
+}
+
+impl Cli {
+    /// The usage settings of the flags, checked.
+    fn usage_settings(&self) -> Result<meter_core::UsageSettings, ConfigError> {
+        let service = &self.service;
+        let bad = |problem: String| Err(ConfigError::Usage(problem));
+        if service.usage_dedupe_window.is_zero()
+            || service.usage_dedupe_window > IdempotencyWindow::MAX
+        {
+            return bad(format!(
+                "--usage-dedupe-window ({:?}) must be from 1ms to 30d",
+                service.usage_dedupe_window
+            ));
+        }
+        if !(1..=100_000).contains(&service.usage_max_events) {
+            return bad(format!(
+                "--usage-max-events ({}) must be from 1 to 100000",
+                service.usage_max_events
+            ));
+        }
+        Ok(meter_core::UsageSettings {
+            dedupe_window: service.usage_dedupe_window,
+            month_retention: service.usage_month_retention,
+            day_retention: service.usage_day_retention,
+            grace: service.usage_grace,
+            max_skew: service.max_event_skew,
+            max_events: service.usage_max_events,
+            strict_metrics: service.strict_metrics,
         })
     }
 }

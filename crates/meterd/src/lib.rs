@@ -16,9 +16,10 @@ use meter_api::v1::{
     credits_service_server::{self, CreditsServiceServer},
     stats_service_server::{self, StatsServiceServer},
     subscription_service_server::{self, SubscriptionServiceServer},
+    usage_service_server::{self, UsageServiceServer},
 };
-use meter_core::{ActivityStats, Clock, Credits, Subscriptions, SystemClock};
-use meter_grpc::{CreditsGrpc, InFlight, StatsGrpc, SubscriptionGrpc};
+use meter_core::{ActivityStats, Clock, Credits, Subscriptions, SystemClock, Usage};
+use meter_grpc::{CreditsGrpc, InFlight, StatsGrpc, SubscriptionGrpc, UsageGrpc};
 use meter_redis::RedisStore;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
@@ -32,6 +33,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     credits_service_server::SERVICE_NAME,
     subscription_service_server::SERVICE_NAME,
     stats_service_server::SERVICE_NAME,
+    usage_service_server::SERVICE_NAME,
 ];
 
 /// How meterd was asked to stop.
@@ -115,6 +117,12 @@ async fn serve<S: Stores, C: Clock + Clone>(
         )
         .with_max_event_skew(config.max_event_skew),
     );
+    let usage = Arc::new(Usage::new(
+        stores.usage(),
+        Arc::clone(&config.catalog),
+        clock.clone(),
+        config.usage,
+    ));
     let stats = Arc::new(
         ActivityStats::new(stores.stats(), Arc::clone(&config.catalog), clock)
             .with_recent(config.recent_conversations)
@@ -183,6 +191,7 @@ async fn serve<S: Stores, C: Clock + Clone>(
                 ))),
             )
             .add_service(in_flight.bound(StatsServiceServer::new(StatsGrpc::new(stats))))
+            .add_service(in_flight.bound(UsageServiceServer::new(UsageGrpc::new(usage))))
             .serve_with_incoming_shutdown(incoming, drain);
 
     let grace = config.shutdown_grace;

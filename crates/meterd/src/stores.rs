@@ -8,9 +8,10 @@ use std::future::Future;
 
 use meter_core::{
     AccountStore, CreditLedger, HistoryRetention, IdempotencyWindow, StatsStore, StoreError,
+    UsageStore,
 };
-use meter_memory::{MemoryAccounts, MemoryCreditLedger, MemoryStats, MemoryStore};
-use meter_redis::{RedisAccounts, RedisCreditLedger, RedisStats, RedisStore};
+use meter_memory::{MemoryAccounts, MemoryCreditLedger, MemoryStats, MemoryStore, MemoryUsage};
+use meter_redis::{RedisAccounts, RedisCreditLedger, RedisStats, RedisStore, RedisUsage};
 
 /// Every storage port meterd serves, from one backend.
 pub trait Stores: Send + Sync + 'static {
@@ -23,6 +24,9 @@ pub trait Stores: Send + Sync + 'static {
     /// The stats port.
     type Stats: StatsStore;
 
+    /// The usage port.
+    type Usage: UsageStore;
+
     /// The credits port on this backend.
     fn credits(&self) -> Self::Credits;
 
@@ -31,6 +35,9 @@ pub trait Stores: Send + Sync + 'static {
 
     /// The stats port on this backend.
     fn stats(&self) -> Self::Stats;
+
+    /// The usage port on this backend.
+    fn usage(&self) -> Self::Usage;
 
     /// Checks that the backend answers; `Err` while it does not.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -55,6 +62,7 @@ impl Stores for MemoryStores {
     type Credits = MemoryCreditLedger;
     type Accounts = MemoryAccounts;
     type Stats = MemoryStats;
+    type Usage = MemoryUsage;
 
     fn credits(&self) -> Self::Credits {
         self.0.credits()
@@ -66,6 +74,10 @@ impl Stores for MemoryStores {
 
     fn stats(&self) -> Self::Stats {
         self.0.stats()
+    }
+
+    fn usage(&self) -> Self::Usage {
+        self.0.usage()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -99,6 +111,7 @@ impl Stores for RedisStores {
     type Credits = RedisCreditLedger;
     type Accounts = RedisAccounts;
     type Stats = RedisStats;
+    type Usage = RedisUsage;
 
     fn credits(&self) -> Self::Credits {
         RedisCreditLedger::new(self.store.clone(), self.window, self.history)
@@ -110,6 +123,10 @@ impl Stores for RedisStores {
 
     fn stats(&self) -> Self::Stats {
         RedisStats::new(self.store.clone(), self.window)
+    }
+
+    fn usage(&self) -> Self::Usage {
+        RedisUsage::new(self.store.clone())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

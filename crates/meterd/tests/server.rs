@@ -239,6 +239,7 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
         "meter.v1.CreditsService",
         "meter.v1.StatsService",
         "meter.v1.SubscriptionService",
+        "meter.v1.UsageService",
     ];
 
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(meterd.channel());

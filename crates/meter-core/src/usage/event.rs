@@ -47,16 +47,6 @@ pub struct RawUsageEvent {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Why one event of a batch was refused: its index, the field and the problem.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("events[{index}].{}", .error)]
-pub struct EventRejected {
-    /// The event's index in the call.
-    pub index: usize,
-    /// The field at fault and what is wrong with it.
-    pub error: InvalidArgument,
-}
-
 impl UsageEvent {
     /// Checks `raw`, with `now` for an unset time.
     pub fn check(raw: RawUsageEvent, now: Timestamp) -> Result<Self, InvalidArgument> {

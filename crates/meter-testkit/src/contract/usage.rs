@@ -20,6 +20,7 @@ macro_rules! usage_store_contract {
             events_count_once_into_their_month_and_day,
             gauges_keep_the_peak_and_periods_expire,
             racing_callers_never_both_take_the_last_unit,
+            closed_months_are_rejected_and_strict_metrics_refused,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -315,4 +316,78 @@ where
         .await
         .expect("read");
     assert_eq!(read.get("sms"), Some(&100));
+}
+
+/// Through the use cases: an event of a month closed longer ago than the
+/// grace is rejected (and nothing written) while the rest of the call is
+/// recorded; in strict mode an undeclared metric refuses the whole call,
+/// naming the event's index.
+pub async fn closed_months_are_rejected_and_strict_metrics_refused<S, G, F, Fut>(make: F)
+where
+    S: UsageStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = (S, G)>,
+{
+    use meter_core::{MeterError, PlanCatalog, RawUsageEvent, Usage, UsageSettings};
+
+    let (store, _guard) = make().await;
+    let catalog = Arc::new(
+        PlanCatalog::from_toml(
+            "contract",
+            "[metrics.api_request]\n[plans.free]\ncredits = 1\nbilling_interval = \"month\"\nprice_micros = 0\n",
+        )
+        .expect("catalog"),
+    );
+    let clock = crate::FixedClock::at("2026-12-03T00:00:00.000Z");
+    let strict = UsageSettings {
+        strict_metrics: true,
+        ..UsageSettings::default()
+    };
+    let usage = Usage::new(store, catalog, clock, strict);
+    let raw = |id: &str, metric: &str, time: &str| RawUsageEvent {
+        account_id: "u-grace".into(),
+        metric: metric.into(),
+        value: 1,
+        event_id: id.into(),
+        time: Some(at(time)),
+        metadata: BTreeMap::new(),
+    };
+    let outcomes = usage
+        .record(vec![
+            raw("old", "api_request", "2026-10-31T12:00:00.000Z"),
+            raw("late", "api_request", "2026-11-30T12:00:00.000Z"),
+            raw("now", "api_request", "2026-12-02T12:00:00.000Z"),
+        ])
+        .await
+        .expect("record");
+    assert!(matches!(outcomes[0], EventOutcome::Rejected(ref why) if why.contains("2026-10")));
+    assert!(
+        matches!(outcomes[1], EventOutcome::Recorded { .. }),
+        "November is within the grace"
+    );
+    assert!(matches!(outcomes[2], EventOutcome::Recorded { .. }));
+    let (_, october) = usage
+        .usage(&account("u-grace"), "2026-10", &[])
+        .await
+        .expect("read");
+    assert!(october.is_empty(), "the rejected event wrote nothing");
+    let strictly = usage
+        .record(vec![
+            raw("a", "api_request", "2026-12-02T12:00:00.000Z"),
+            raw("b", "sms", "2026-12-02T12:00:00.000Z"),
+        ])
+        .await;
+    assert!(
+        matches!(strictly, Err(MeterError::InvalidArgument(ref e)) if e.field == "events[1].metric"),
+        "{strictly:?}"
+    );
+    let (_, december) = usage
+        .usage(&account("u-grace"), "2026-12", &[])
+        .await
+        .expect("read");
+    assert_eq!(
+        december.get("api_request"),
+        Some(&1),
+        "the refused call wrote nothing"
+    );
 }

@@ -1,0 +1,201 @@
+//! UsageService end to end: the real meterd on a real redis-server, real gRPC.
+
+mod support;
+
+use meter_api::v1::{
+    EventStatus, GetUsageRequest, RecordUsageRequest, UsageEvent,
+    usage_service_client::UsageServiceClient,
+};
+use meter_testkit::{FixedClock, RedisServer, timestamp};
+use support::Meterd;
+use tonic::Code;
+
+fn ts(text: &str) -> prost_types::Timestamp {
+    let millis = timestamp(text).as_millis();
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).expect("in range"),
+    }
+}
+
+fn event(account: &str, id: String, time: &str) -> UsageEvent {
+    UsageEvent {
+        account_id: account.into(),
+        metric: "api_request".into(),
+        value: 1,
+        event_id: id,
+        time: Some(ts(time)),
+        metadata: Default::default(),
+    }
+}
+
+/// The same 10,000 events sent twice by 8 concurrent callers count once;
+/// the month rolls over at UTC midnight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_events_sent_twice_concurrently_count_once() {
+    let redis = RedisServer::start();
+    let clock = FixedClock::at("2027-01-01T00:10:00.000Z");
+    let meterd =
+        Meterd::start_with_clock(support::config(support::redis(redis.url())), clock).await;
+    // 10,000 events: half on Dec 31, half on Jan 1, over 4 accounts.
+    let events: Vec<UsageEvent> = (0..10_000)
+        .map(|i| {
+            let time = if i % 2 == 0 {
+                "2026-12-31T23:59:59.999Z"
+            } else {
+                "2027-01-01T00:00:00.000Z"
+            };
+            event(&format!("org_{}", i % 4), format!("evt-{i}"), time)
+        })
+        .collect();
+    let callers: Vec<_> = (0..8)
+        .map(|caller| {
+            let mut client = UsageServiceClient::new(meterd.channel());
+            // Each event twice overall: callers c and c + 4 send the same slice.
+            let slice: Vec<UsageEvent> =
+                events[(caller % 4) * 2_500..(caller % 4 + 1) * 2_500].to_vec();
+            tokio::spawn(async move {
+                let mut recorded = 0;
+                for chunk in slice.chunks(500) {
+                    let reply = client
+                        .record_usage(RecordUsageRequest {
+                            events: chunk.to_vec(),
+                        })
+                        .await
+                        .expect("record")
+                        .into_inner();
+                    recorded += reply.recorded;
+                    assert_eq!(reply.recorded + reply.duplicates, 500);
+                }
+                recorded
+            })
+        })
+        .collect();
+    let mut recorded = 0;
+    for caller in callers {
+        recorded += caller.await.expect("task");
+    }
+    assert_eq!(recorded, 10_000, "each event counted once");
+    let mut client = UsageServiceClient::new(meterd.channel());
+    let mut december = 0;
+    let mut january = 0;
+    for n in 0..4 {
+        for (period, total) in [("2026-12", &mut december), ("2027-01", &mut january)] {
+            let reply = client
+                .get_usage(GetUsageRequest {
+                    account_id: format!("org_{n}"),
+                    period: period.into(),
+                    metrics: vec!["api_request".into()],
+                })
+                .await
+                .expect("usage")
+                .into_inner();
+            *total += reply.values["api_request"];
+        }
+    }
+    assert_eq!(
+        (december, january),
+        (5_000, 5_000),
+        "rollover at UTC midnight"
+    );
+}
+
+#[tokio::test]
+async fn bad_events_name_the_field_and_index_and_write_nothing() {
+    let meterd = Meterd::memory().await;
+    let mut client = UsageServiceClient::new(meterd.channel());
+    let good = || UsageEvent {
+        account_id: "org_1".into(),
+        metric: "api_request".into(),
+        value: 1,
+        event_id: "e-1".into(),
+        time: None,
+        metadata: Default::default(),
+    };
+    for (bad, field) in [
+        (
+            UsageEvent {
+                value: -1,
+                ..good()
+            },
+            "events[1].value",
+        ),
+        (
+            UsageEvent {
+                value: 1 << 60,
+                ..good()
+            },
+            "events[1].value",
+        ),
+        (
+            UsageEvent {
+                event_id: String::new(),
+                ..good()
+            },
+            "events[1].event_id",
+        ),
+        (
+            UsageEvent {
+                metric: "Bad Metric".into(),
+                ..good()
+            },
+            "events[1].metric",
+        ),
+    ] {
+        let refused = client
+            .record_usage(RecordUsageRequest {
+                events: vec![
+                    UsageEvent {
+                        event_id: "e-0".into(),
+                        ..good()
+                    },
+                    bad,
+                ],
+            })
+            .await
+            .expect_err(field);
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with(&format!("{field}: ")),
+            "{}",
+            refused.message()
+        );
+    }
+    for period in ["2025-13", "2025-02-30", "last-month"] {
+        let refused = client
+            .get_usage(GetUsageRequest {
+                account_id: "org_1".into(),
+                period: period.into(),
+                metrics: vec![],
+            })
+            .await
+            .expect_err(period);
+        assert!(
+            refused.message().starts_with("period: "),
+            "{}",
+            refused.message()
+        );
+    }
+    let empty = client
+        .get_usage(GetUsageRequest {
+            account_id: "org_1".into(),
+            period: "2026-12".into(),
+            metrics: vec![],
+        })
+        .await
+        .expect("usage")
+        .into_inner();
+    assert!(
+        empty.values.is_empty(),
+        "nothing was written: {:?}",
+        empty.values
+    );
+    let first = client
+        .record_usage(RecordUsageRequest {
+            events: vec![good()],
+        })
+        .await
+        .expect("record")
+        .into_inner();
+    assert_eq!(first.results[0].status(), EventStatus::Recorded);
+}
