@@ -52,6 +52,7 @@ pub use subscription::{
 };
 pub use time::Timestamp;
 pub use usage::{
-    Bill, BillLine, BillOverflow, CheckQuota, EventOutcome, QuotaDecision, RawUsageEvent,
-    RecordUsage, Usage, UsageEvent, UsagePeriod, UsageSettings, UsageStore, compute_bill, quota,
+    Bill, BillLine, BillOverflow, CheckQuota, EventOutcome, QuotaDecision, QuotaOutcome,
+    RawUsageEvent, RecordUsage, Usage, UsageEvent, UsagePeriod, UsageSettings, UsageStore,
+    compute_bill, plan_limit, quota,
 };

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use meter_api::v1::{
-    EventResult, EventStatus, GetUsageRequest, GetUsageResponse, RecordUsageRequest,
-    RecordUsageResponse, usage_service_server::UsageService,
+    CheckQuotaRequest, CheckQuotaResponse, EventResult, EventStatus, GetUsageRequest,
+    GetUsageResponse, RecordUsageRequest, RecordUsageResponse, usage_service_server::UsageService,
 };
-use meter_core::{Clock, EventOutcome, RawUsageEvent, Usage, UsageStore};
+use meter_core::{Clock, EventOutcome, RawUsageEvent, Usage, UsagePeriod, UsageStore};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    credits::{account, from_timestamp},
+    credits::{account, from_timestamp, idempotency_key, timestamp},
     status::{invalid_argument, to_status},
 };
 
@@ -111,6 +111,31 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
         Ok(Response::new(GetUsageResponse {
             period: period.to_string(),
             values: values.into_iter().collect(),
+        }))
+    }
+
+    async fn check_quota(
+        &self,
+        request: Request<CheckQuotaRequest>,
+    ) -> Result<Response<CheckQuotaResponse>, Status> {
+        let request = request.into_inner();
+        let who = account(&request.account_id)?;
+        let key = idempotency_key(&request.idempotency_key)?;
+        let outcome = self
+            .usage
+            .check_quota(who, &request.metric, request.amount, request.consume, key)
+            .await
+            .map_err(to_status)?;
+        let decision = outcome.decision;
+        Ok(Response::new(CheckQuotaResponse {
+            allowed: decision.allowed,
+            unlimited: decision.limit.is_none(),
+            limit: decision.limit.unwrap_or(0),
+            used: decision.used,
+            remaining: decision.remaining.unwrap_or(0),
+            period_end: UsagePeriod::month_of(self.usage.now()).end().map(timestamp),
+            plan: outcome.plan,
+            duplicate: outcome.consumed == Some(EventOutcome::Duplicate),
         }))
     }
 }

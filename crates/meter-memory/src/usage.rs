@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use meter_core::{
-    AccountId, CheckQuota, EventOutcome, MetricKind, QuotaDecision, RecordUsage, StoreError,
-    Timestamp, UsagePeriod, UsageStore, quota,
+    AccountId, CheckQuota, EventOutcome, MetricKind, QuotaOutcome, RecordUsage, StoreError,
+    Timestamp, UsagePeriod, UsageStore, plan_limit, quota,
 };
 
 use crate::{AccountRecord, MemoryStore};
@@ -127,24 +127,37 @@ impl UsageStore for MemoryUsage {
         &self,
         request: &CheckQuota,
         now: Timestamp,
-    ) -> Result<(QuotaDecision, Option<EventOutcome>), StoreError> {
+    ) -> Result<QuotaOutcome, StoreError> {
         let recorded = self.store.mutate(
             &request.account,
             "usage",
             None,
             now,
             |record: &mut AccountRecord| {
+                let catalog = &request.catalog;
+                let default = catalog.default_plan();
+                let plan = record
+                    .subscription
+                    .clone()
+                    .map(|s| s.settled(now, default))
+                    .and_then(|s| catalog.get(s.allowance_plan(&default.name)).cloned())
+                    .unwrap_or_else(|| default.clone());
+                let (limit, hard) = plan_limit(&plan, &request.metric);
                 let usage = record.usage.get_or_insert_with(Default::default);
                 usage.forget(now);
                 let used = usage.total(UsagePeriod::month_of(now), &request.metric);
-                let decision = quota(request.limit, request.hard, used, request.amount);
-                let outcome = match &request.consume {
+                let decision = quota(limit, hard, used, request.amount);
+                let consumed = match &request.consume {
                     Some(consume) if decision.allowed => {
                         usage.record(consume, now).into_iter().next()
                     }
                     _ => None,
                 };
-                Ok((decision, outcome))
+                Ok(QuotaOutcome {
+                    plan: plan.name,
+                    decision,
+                    consumed,
+                })
             },
         );
         recorded

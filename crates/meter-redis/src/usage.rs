@@ -5,16 +5,17 @@
 use std::{collections::BTreeMap, sync::LazyLock, time::Duration};
 
 use meter_core::{
-    AccountId, CheckQuota, EventOutcome, QuotaDecision, RecordUsage, StoreError, Timestamp,
-    UsagePeriod, UsageStore,
+    AccountId, CheckQuota, EventOutcome, QuotaOutcome, RecordUsage, StoreError, Timestamp,
+    UsagePeriod, UsageStore, plan_limit,
 };
 use redis::Value;
 
 use crate::{
     RedisStore,
+    accounts::{ProfileHash, SubscriptionHash},
     credits::{parse_count, text},
     keys,
-    script::{Library, LuaScript, lib},
+    script::{Library, LuaScript, lib, names},
 };
 
 /// `usage/usage.lua`: counting an event into its month and day.
@@ -35,9 +36,13 @@ static RECORD: LazyLock<LuaScript> = LazyLock::new(|| {
 static QUOTA: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new(
         "usage/quota.lua",
-        &[lib::STORED, USAGE],
-        &[],
-        &[],
+        &[lib::STORED, USAGE, crate::accounts::SUBSCRIPTION],
+        &[names::<ProfileHash>(), names::<SubscriptionHash>()],
+        &[
+            names::<crate::accounts::AccountReply>(),
+            names::<ProfileHash>(),
+            names::<SubscriptionHash>(),
+        ],
         include_str!("lua/usage/quota.lua"),
     )
 });
@@ -54,7 +59,7 @@ static READ: LazyLock<LuaScript> = LazyLock::new(|| {
 });
 
 /// The record script: KEYS seen ids, index, the period hashes; ARGV now_ms,
-/// window_ms, then 8 per event (id, metric, value, kind, month key position,
+/// window_ms, now_text, then 8 per event (id, metric, value, kind, month key position,
 /// month expiry, day key position, day expiry).
 pub fn record_script() -> &'static LuaScript {
     &RECORD
@@ -152,7 +157,12 @@ impl UsageStore for RedisUsage {
                 expiry(day, request.day_retention).to_string(),
             ]);
         }
-        let call = RECORD.call(&keys).arg(args);
+        let call = RECORD
+            .call(&keys)
+            .arg(args[0].as_str())
+            .arg(args[1].as_str())
+            .arg(now.to_string())
+            .arg(&args[2..]);
         let reply = self.store.run_raw(call).await?;
         texts(reply, "usage/record.lua")?
             .iter()
@@ -164,7 +174,7 @@ impl UsageStore for RedisUsage {
         &self,
         request: &CheckQuota,
         now: Timestamp,
-    ) -> Result<(QuotaDecision, Option<EventOutcome>), StoreError> {
+    ) -> Result<QuotaOutcome, StoreError> {
         let account = &request.account;
         let (month, day) = (UsagePeriod::month_of(now), UsagePeriod::day_of(now));
         let keys = [
@@ -172,44 +182,64 @@ impl UsageStore for RedisUsage {
             keys::idempotency_index(account),
             keys::usage_period(account, month),
             keys::usage_period(account, day),
+            keys::profile(account),
+            keys::subscription(account),
         ];
         let window = request
             .consume
             .as_ref()
             .map_or(1, |c| millis(c.dedupe_window).max(1));
-        let mut call = QUOTA
+        let call = QUOTA
             .call(&keys)
             .arg(now.as_millis())
             .arg(window)
+            .arg(now.to_string())
             .arg(request.metric.as_str())
-            .arg(request.amount)
-            .arg(request.limit.map(|l| l.to_string()).unwrap_or_default())
-            .arg(if request.hard { "1" } else { "0" });
-        if let Some(consume) = &request.consume
-            && let Some((event, kind)) = consume.events.first()
+            .arg(request.amount);
+        let mut call = crate::accounts::default_plan_args(call, request.catalog.default_plan());
+        call = match request
+            .consume
+            .as_ref()
+            .and_then(|c| c.events.first().map(|(event, kind)| (c, event, kind)))
         {
             // Consumed units count in the month and day of now.
-            call = call
+            Some((consume, event, kind)) => call
                 .arg(event.event_id.as_str())
                 .arg(event.value)
                 .arg(kind.as_str())
                 .arg(expiry(month, consume.month_retention))
-                .arg(expiry(day, consume.day_retention));
+                .arg(expiry(day, consume.day_retention)),
+            None => call.arg(&["", "", "", "", ""][..]),
+        };
+        for plan in request.catalog.plans() {
+            let (limit, hard) = plan_limit(plan, &request.metric);
+            call = call
+                .arg(plan.name.as_str())
+                .arg(limit.map(|l| l.to_string()).unwrap_or_default())
+                .arg(if hard { "1" } else { "0" });
         }
         let reply = texts(self.store.run_raw(call).await?, "usage/quota.lua")?;
-        let [allowed, used, event] = &reply[..] else {
+        let [allowed, used, event, plan, limit, hard] = &reply[..] else {
             return Err(StoreError::Protocol("usage/quota.lua reply".into()));
         };
-        let used = parse_count(used)
-            .ok_or_else(|| StoreError::Protocol(format!("usage/quota.lua used {used:?}")))?;
-        let mut decision = meter_core::quota(request.limit, request.hard, used, request.amount);
-        decision.allowed = allowed == "1";
-        let outcome = if event.is_empty() {
+        let bad = |what: &str| StoreError::Protocol(format!("usage/quota.lua {what}"));
+        let used = parse_count(used).ok_or_else(|| bad("used"))?;
+        let limit = if limit.is_empty() {
             None
         } else {
-            Some(outcome(event)?)
+            Some(parse_count(limit).ok_or_else(|| bad("limit"))?)
         };
-        Ok((decision, outcome))
+        let mut decision = meter_core::quota(limit, hard == "1", used, request.amount);
+        decision.allowed = allowed == "1";
+        Ok(QuotaOutcome {
+            plan: plan.clone(),
+            decision,
+            consumed: if event.is_empty() {
+                None
+            } else {
+                Some(outcome(event)?)
+            },
+        })
     }
 
     async fn usage(

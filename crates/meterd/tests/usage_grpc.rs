@@ -199,3 +199,121 @@ async fn bad_events_name_the_field_and_index_and_write_nothing() {
         .into_inner();
     assert_eq!(first.results[0].status(), EventStatus::Recorded);
 }
+
+/// 100 tasks racing for the last 10 units of the account's plan's quota:
+/// exactly 10 are allowed, and the month's usage is the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_racers_for_the_last_ten_units_get_exactly_ten() {
+    use meter_api::v1::{
+        CheckQuotaRequest, SubscriptionStatus, UpdateSubscriptionRequest,
+        subscription_service_client::SubscriptionServiceClient,
+    };
+
+    let redis = RedisServer::start();
+    let meterd = Meterd::redis(redis.url()).await;
+    // free (deploy/plans.toml) includes 1,000 API requests a month, hard.
+    let mut client = UsageServiceClient::new(meterd.channel());
+    let seed = client
+        .record_usage(RecordUsageRequest {
+            events: vec![UsageEvent {
+                account_id: "org_race".into(),
+                metric: "api_request".into(),
+                value: 990,
+                event_id: "seed".into(),
+                time: None,
+                metadata: Default::default(),
+            }],
+        })
+        .await
+        .expect("seed")
+        .into_inner();
+    assert_eq!(seed.recorded, 1);
+    let racers: Vec<_> = (0..100)
+        .map(|i| {
+            let mut client = UsageServiceClient::new(meterd.channel());
+            tokio::spawn(async move {
+                client
+                    .check_quota(CheckQuotaRequest {
+                        account_id: "org_race".into(),
+                        metric: "api_request".into(),
+                        amount: 1,
+                        consume: true,
+                        idempotency_key: format!("call-{i}"),
+                    })
+                    .await
+                    .expect("quota")
+                    .into_inner()
+            })
+        })
+        .collect();
+    let mut allowed = 0;
+    for racer in racers {
+        let reply = racer.await.expect("task");
+        assert_eq!((reply.plan.as_str(), reply.limit), ("free", 1_000));
+        allowed += usize::from(reply.allowed);
+    }
+    assert_eq!(allowed, 10);
+    let check = client
+        .check_quota(CheckQuotaRequest {
+            account_id: "org_race".into(),
+            metric: "api_request".into(),
+            amount: 0,
+            consume: false,
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("quota")
+        .into_inner();
+    assert_eq!((check.used, check.remaining), (1_000, 0));
+    assert!(check.period_end.is_some());
+    let unlimited = client
+        .check_quota(CheckQuotaRequest {
+            account_id: "org_race".into(),
+            metric: "email_sent".into(),
+            amount: 1,
+            consume: true,
+            idempotency_key: "mail-1".into(),
+        })
+        .await
+        .expect("quota")
+        .into_inner();
+    assert!(unlimited.unlimited && unlimited.allowed, "free does not limit email_sent");
+    // On pro, the plan's limit applies.
+    SubscriptionServiceClient::new(meterd.channel())
+        .update_subscription(UpdateSubscriptionRequest {
+            account_id: "org_race".into(),
+            plan: "pro".into(),
+            status: SubscriptionStatus::Active.into(),
+            ..UpdateSubscriptionRequest::default()
+        })
+        .await
+        .expect("upgrade");
+    let pro = client
+        .check_quota(CheckQuotaRequest {
+            account_id: "org_race".into(),
+            metric: "api_request".into(),
+            amount: 5_000,
+            consume: true,
+            idempotency_key: "big-1".into(),
+        })
+        .await
+        .expect("quota")
+        .into_inner();
+    assert_eq!(
+        (pro.plan.as_str(), pro.limit, pro.allowed),
+        ("pro", 100_000, true)
+    );
+    let again = client
+        .check_quota(CheckQuotaRequest {
+            account_id: "org_race".into(),
+            metric: "api_request".into(),
+            amount: 5_000,
+            consume: true,
+            idempotency_key: "big-1".into(),
+        })
+        .await
+        .expect("quota")
+        .into_inner();
+    assert!(again.duplicate, "the same key takes nothing twice");
+    assert_eq!(again.used, 6_000);
+}

@@ -17,12 +17,13 @@ pub use event::{
     UsageEvent,
 };
 pub use period::UsagePeriod;
-pub use store::{CheckQuota, RecordUsage, UsageStore};
+pub use store::{CheckQuota, QuotaOutcome, RecordUsage, UsageStore, plan_limit};
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use crate::{
-    AccountId, Clock, InvalidArgument, MeterError, PlanCatalog, Timestamp, plan::check_metric,
+    AccountId, Clock, IdempotencyKey, InvalidArgument, MeterError, PlanCatalog, Timestamp,
+    plan::check_metric,
 };
 
 /// How the usage use cases treat events.
@@ -201,6 +202,75 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
             .map(|m| (m.clone(), used.get(m).copied().unwrap_or(0)))
             .collect();
         Ok((period, picked))
+    }
+
+    /// Checks whether `amount` more of `metric` fits the account's plan
+    /// this month and, with `consume`, records it as usage in the same
+    /// atomic step when it does. The idempotency key names the consumed
+    /// event (a retry is a duplicate, taking nothing twice); without one
+    /// each call is a new event.
+    pub async fn check_quota(
+        &self,
+        account: AccountId,
+        metric: &str,
+        amount: i64,
+        consume: bool,
+        key: Option<IdempotencyKey>,
+    ) -> Result<QuotaOutcome, MeterError> {
+        check_metric(metric).map_err(|problem| InvalidArgument::new("metric", problem))?;
+        if !(0..=crate::MAX_CREDITS).contains(&amount) {
+            return Err(InvalidArgument::new(
+                "amount",
+                format!("is {amount}; it must be from 0 to {}", crate::MAX_CREDITS),
+            )
+            .into());
+        }
+        let now = self.clock.now();
+        let consume = consume.then(|| {
+            let event_id = key.map_or_else(
+                || self.fresh_event_id(now),
+                |k| format!("quota:{}", k.as_str()),
+            );
+            let event = UsageEvent {
+                account: account.clone(),
+                metric: metric.to_owned(),
+                value: amount,
+                event_id,
+                time: now,
+                metadata: BTreeMap::new(),
+            };
+            RecordUsage {
+                account: account.clone(),
+                events: vec![(event, self.catalog.metric_kind(metric))],
+                dedupe_window: self.settings.dedupe_window,
+                month_retention: self.settings.month_retention,
+                day_retention: self.settings.day_retention,
+            }
+        });
+        let request = CheckQuota {
+            account,
+            metric: metric.to_owned(),
+            amount,
+            catalog: Arc::clone(&self.catalog),
+            consume,
+        };
+        Ok(self.store.check_quota(&request, now).await?)
+    }
+
+    /// An event id no other call makes: this process's random tag, the
+    /// time and a counter.
+    fn fresh_event_id(&self, now: Timestamp) -> String {
+        use std::{
+            hash::{BuildHasher, RandomState},
+            sync::{
+                LazyLock,
+                atomic::{AtomicU64, Ordering},
+            },
+        };
+        static TAG: LazyLock<u64> = LazyLock::new(|| RandomState::new().hash_one(0u8));
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        format!("quota:{:016x}:{}:{n}", *TAG, now.as_millis())
     }
 
     /// The time now, by the service's clock.

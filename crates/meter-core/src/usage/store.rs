@@ -1,10 +1,10 @@
 //! The usage port: what the usage context needs from a store.
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use crate::{
-    AccountId, EventOutcome, MetricKind, QuotaDecision, StoreError, Timestamp, UsageEvent,
-    UsagePeriod,
+    AccountId, EventOutcome, MetricKind, Plan, PlanCatalog, QuotaDecision, StoreError, Timestamp,
+    UsageEvent, UsagePeriod,
 };
 
 /// Events of one account to record, each with its metric's kind.
@@ -22,24 +22,41 @@ pub struct RecordUsage {
     pub day_retention: Duration,
 }
 
-/// A quota check of one metric for the month of `now`, and with `event`,
-/// the units it takes when they fit.
+/// A quota check of one metric for the month of `now`, against the limit
+/// of the account's plan (by its subscription as of `now`, inside the
+/// atomic step), and with `consume`, the units it takes when they fit.
 #[derive(Clone, Debug)]
 pub struct CheckQuota {
     /// The account.
     pub account: AccountId,
     /// The metric.
     pub metric: String,
-    /// How the metric adds up.
-    pub kind: MetricKind,
     /// The units asked for.
     pub amount: i64,
-    /// The plan's limit for a month; `None` for unlimited.
-    pub limit: Option<i64>,
-    /// Whether the limit is hard (no overage price).
-    pub hard: bool,
+    /// The catalog the plans' limits come from.
+    pub catalog: Arc<PlanCatalog>,
     /// The usage event recording the units when they fit; `None` to check only.
     pub consume: Option<RecordUsage>,
+}
+
+/// The limit a plan sets on `metric`: `None` for unlimited (not listed, or
+/// no `included`), and whether it is hard (no overage price).
+pub fn plan_limit(plan: &Plan, metric: &str) -> (Option<i64>, bool) {
+    match plan.usage.get(metric) {
+        Some(limit) => (limit.included, limit.overage_micros == 0),
+        None => (None, false),
+    }
+}
+
+/// What a quota check answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaOutcome {
+    /// The plan whose limit applied.
+    pub plan: String,
+    /// The decision.
+    pub decision: QuotaDecision,
+    /// What recording the consumed units did (when asked and allowed).
+    pub consumed: Option<EventOutcome>,
 }
 
 /// Keeps every account's usage, per metric, month and day; each call is
@@ -61,7 +78,7 @@ pub trait UsageStore: Clone + Send + Sync + 'static {
         &self,
         request: &CheckQuota,
         now: Timestamp,
-    ) -> impl Future<Output = Result<(QuotaDecision, Option<EventOutcome>), StoreError>> + Send;
+    ) -> impl Future<Output = Result<QuotaOutcome, StoreError>> + Send;
 
     /// The account's usage in `period` (a month or a day), by metric; empty
     /// for a period past its retention.

@@ -270,17 +270,25 @@ where
         .await
         .expect("seed");
     let store = Arc::new(store);
+    // The free plan (the account has no subscription) allows 100 SMS, hard.
+    let catalog = Arc::new(
+        meter_core::PlanCatalog::from_toml(
+            "contract",
+            "[plans.free]\ncredits = 1\nbilling_interval = \"month\"\nprice_micros = 0\n\
+             [plans.free.usage.sms]\nincluded = 100\n",
+        )
+        .expect("catalog"),
+    );
     let tasks: Vec<_> = (0..100)
         .map(|i| {
             let store = Arc::clone(&store);
+            let catalog = Arc::clone(&catalog);
             tokio::spawn(async move {
                 let request = CheckQuota {
                     account: account("u-quota"),
                     metric: "sms".into(),
-                    kind: MetricKind::Sum,
                     amount: 1,
-                    limit: Some(100),
-                    hard: true,
+                    catalog: Arc::clone(&catalog),
                     consume: Some(batch(
                         "u-quota",
                         vec![(
@@ -301,7 +309,12 @@ where
         .collect();
     let mut allowed = 0;
     for task in tasks {
-        let (decision, outcome) = task.await.expect("task");
+        let meter_core::QuotaOutcome {
+            plan,
+            decision,
+            consumed: outcome,
+        } = task.await.expect("task");
+        assert_eq!((plan.as_str(), decision.limit), ("free", Some(100)));
         if decision.allowed {
             allowed += 1;
             assert!(matches!(outcome, Some(EventOutcome::Recorded { .. })));

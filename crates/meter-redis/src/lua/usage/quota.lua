@@ -1,20 +1,37 @@
 -- quota.lua: check a quota against the month's usage and, when it fits,
 -- count the event that consumes it, in one atomic step (racing callers
--- never both take the last unit).
--- KEYS: seen ids, index, the month hash of now, the day hash of now
--- ARGV: now_ms, window_ms, metric, amount, limit ('' unlimited), hard (1/0),
--- then to consume: id, value, kind, month expiry ms, day expiry ms
--- Replies: allowed (1/0), used before, and the event's outcome ('' when
--- nothing was consumed).
-local metric, amount, limit, hard = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6] == '1'
+-- never both take the last unit). The limit is the account's plan's, by
+-- its subscription as of now (account/subscription.lua).
+-- KEYS: seen ids, index, the month hash of now, the day hash of now, the
+-- profile (unused), the subscription
+-- ARGV: now_ms, window_ms, now_text, metric, amount, the default plan
+-- (name, interval, price, credits, period), then to consume ('' for a
+-- check only): id, value, kind, month expiry ms, day expiry ms; then each
+-- plan's name, limit ('' for unlimited) and hard (1/0)
+-- Replies: allowed (1/0), used before, the event's outcome ('' when
+-- nothing was consumed), the plan, its limit ('' unlimited), hard (1/0).
+local metric, amount = ARGV[4], tonumber(ARGV[5])
+local d = default_plan(6)
+local plan = allowance_plan(settled_subscription(load_subscription(), d), d)
+local found, limit, hard = false, '', false
+for i = 16, #ARGV, 3 do
+  if ARGV[i] == plan then found, limit, hard = true, ARGV[i + 1], ARGV[i + 2] == '1' end
+end
+if not found then
+  -- A plan the catalog no longer has: the default plan's limit.
+  plan = d.name
+  for i = 16, #ARGV, 3 do
+    if ARGV[i] == plan then limit, hard = ARGV[i + 1], ARGV[i + 2] == '1' end
+  end
+end
 local stored = redis.call('HGET', KEYS[3], metric)
 local used = stored and stored_count(KEYS[3], metric, stored) or 0
 local allowed = limit == '' or not hard or used + amount <= tonumber(limit)
 local outcome = ''
-if allowed and ARGV[7] then
+if allowed and ARGV[11] ~= '' then
   forget_seen()
-  outcome = record_event(ARGV[7], metric, tonumber(ARGV[8]), ARGV[9], KEYS[3], tonumber(ARGV[10]),
-    KEYS[4], tonumber(ARGV[11]))
+  outcome = record_event(ARGV[11], metric, tonumber(ARGV[12]), ARGV[13], KEYS[3],
+    tonumber(ARGV[14]), KEYS[4], tonumber(ARGV[15]))
   keep_alive()
 end
-return { allowed and '1' or '0', string.format('%d', used), outcome }
+return { allowed and '1' or '0', string.format('%d', used), outcome, plan, limit, hard and '1' or '0' }

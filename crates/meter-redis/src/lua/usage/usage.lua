@@ -3,13 +3,14 @@
 -- KEYS[1] the event ids counted (a sorted set: id -> when it is forgotten,
 -- ms), KEYS[2] the account's index of keys to delete with it (the
 -- idempotency index: key -> expiry ms), then the period hashes (metric ->
--- value) the events fall in. ARGV[1] now_ms, ARGV[2] the dedupe window ms.
+-- value) the events fall in. ARGV[1] now_ms, ARGV[2] the dedupe window ms,
+-- ARGV[3] now as stored text.
 -- A period hash expires at its period's end plus its retention (by the
 -- caller's clock), set when written; the index lives as long as its
 -- longest-lived key.
 
 local SEEN, INDEX = KEYS[1], KEYS[2]
-local NOW_MS, WINDOW = tonumber(ARGV[1]), tonumber(ARGV[2])
+local NOW_MS, WINDOW, NOW_TEXT = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local index_until = 0
 
 -- Adds (`sum`) or raises to (`max`) `metric` of the period hash `key` by
