@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use meter_api::v1::{
-    CheckQuotaRequest, CheckQuotaResponse, EventResult, EventStatus, GetUsageRequest,
-    GetUsageResponse, RecordUsageRequest, RecordUsageResponse, usage_service_server::UsageService,
+    self, CheckQuotaRequest, CheckQuotaResponse, ComputeBillRequest, ComputeBillResponse,
+    EventResult, EventStatus, GetUsageRequest, GetUsageResponse, RecordUsageRequest,
+    RecordUsageResponse, usage_service_server::UsageService,
 };
 use meter_core::{Clock, EventOutcome, RawUsageEvent, Usage, UsagePeriod, UsageStore};
 use tonic::{Request, Response, Status};
@@ -136,6 +137,40 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
             period_end: UsagePeriod::month_of(self.usage.now()).end().map(timestamp),
             plan: outcome.plan,
             duplicate: outcome.consumed == Some(EventOutcome::Duplicate),
+        }))
+    }
+
+    async fn compute_bill(
+        &self,
+        request: Request<ComputeBillRequest>,
+    ) -> Result<Response<ComputeBillResponse>, Status> {
+        let request = request.into_inner();
+        let who = account(&request.account_id)?;
+        let bill = self
+            .usage
+            .bill(&who, &request.period)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ComputeBillResponse {
+            bill: Some(v1::Bill {
+                plan: bill.plan,
+                base_price_micros: bill.base_price_micros,
+                lines: bill
+                    .lines
+                    .into_iter()
+                    .map(|l| v1::BillLine {
+                        metric: l.metric,
+                        used: l.used,
+                        included: l.included,
+                        overage_units: l.overage_units,
+                        unit_price_micros: l.unit_price_micros,
+                        amount_micros: l.amount_micros,
+                    })
+                    .collect(),
+                total_micros: bill.total_micros,
+                currency: bill.currency,
+                period: request.period,
+            }),
         }))
     }
 }

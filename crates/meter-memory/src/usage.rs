@@ -165,6 +165,24 @@ impl UsageStore for MemoryUsage {
             .map_err(|e| StoreError::Protocol(e.to_string()))
     }
 
+    async fn usage_and_subscription(
+        &self,
+        account: &AccountId,
+        period: UsagePeriod,
+        now: Timestamp,
+    ) -> Result<(BTreeMap<String, i64>, Option<meter_core::Subscription>), StoreError> {
+        Ok(self.store.read(account, |record| {
+            let usage = record
+                .usage
+                .as_ref()
+                .and_then(|u| u.totals.get(&period))
+                .filter(|(expires, _)| *expires > now)
+                .map(|(_, metrics)| metrics.clone())
+                .unwrap_or_default();
+            (usage, record.subscription.clone())
+        }))
+    }
+
     async fn usage(
         &self,
         account: &AccountId,

@@ -58,6 +58,17 @@ static READ: LazyLock<LuaScript> = LazyLock::new(|| {
     .reading_only()
 });
 
+static BILL: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "usage/bill.lua",
+        &[],
+        &[names::<SubscriptionHash>()],
+        &[],
+        include_str!("lua/usage/bill.lua"),
+    )
+    .reading_only()
+});
+
 /// The record script: KEYS seen ids, index, the period hashes; ARGV now_ms,
 /// window_ms, now_text, then 8 per event (id, metric, value, kind, month key position,
 /// month expiry, day key position, day expiry).
@@ -100,6 +111,27 @@ fn texts(reply: Value, what: &str) -> Result<Vec<String>, StoreError> {
     values
         .iter()
         .map(|v| text(v).ok().flatten().ok_or_else(protocol))
+        .collect()
+}
+
+/// The metric -> value pairs of a period hash's `HGETALL`.
+fn parse_usage(
+    account: &AccountId,
+    key: &str,
+    values: Vec<String>,
+) -> Result<BTreeMap<String, i64>, StoreError> {
+    values
+        .chunks(2)
+        .map(|pair| match pair {
+            [metric, value] => parse_count(value)
+                .map(|v| (metric.clone(), v))
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: format!("usage of account {account}"),
+                    key: key.to_owned(),
+                    detail: format!("field {metric} holds {value:?}"),
+                }),
+            _ => Err(StoreError::Protocol("HGETALL reply".into())),
+        })
         .collect()
 }
 
@@ -242,6 +274,41 @@ impl UsageStore for RedisUsage {
         })
     }
 
+    async fn usage_and_subscription(
+        &self,
+        account: &AccountId,
+        period: UsagePeriod,
+        now: Timestamp,
+    ) -> Result<(BTreeMap<String, i64>, Option<meter_core::Subscription>), StoreError> {
+        let key = keys::usage_period(account, period);
+        let call = BILL
+            .call(&[
+                key.clone(),
+                keys::idempotency_index(account),
+                keys::subscription(account),
+            ])
+            .arg(now.as_millis());
+        let protocol = || StoreError::Protocol(format!("usage/bill.lua reply for {account}"));
+        let Value::Array(parts) = self.store.run_raw(call).await? else {
+            return Err(protocol());
+        };
+        let [usage, subscription] = <[Value; 2]>::try_from(parts).map_err(|_| protocol())?;
+        let usage = parse_usage(account, &key, texts(usage, "usage/bill.lua")?)?;
+        let Value::Array(fields) = subscription else {
+            return Err(protocol());
+        };
+        let fields = fields
+            .iter()
+            .map(|v| text(v).map_err(|()| protocol()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let subscription = crate::accounts::parse_subscription(
+            account,
+            <SubscriptionHash as crate::script::Layout>::from_values(fields)
+                .map_err(StoreError::Protocol)?,
+        )?;
+        Ok((usage, subscription))
+    }
+
     async fn usage(
         &self,
         account: &AccountId,
@@ -253,20 +320,6 @@ impl UsageStore for RedisUsage {
             .call(&[key.clone(), keys::idempotency_index(account)])
             .arg(now.as_millis());
         let values = texts(self.store.run_raw(call).await?, "usage/read.lua")?;
-        values
-            .chunks(2)
-            .map(|pair| match pair {
-                [metric, value] => {
-                    parse_count(value)
-                        .map(|v| (metric.clone(), v))
-                        .ok_or_else(|| StoreError::Corrupt {
-                            what: format!("usage of account {account}"),
-                            key: key.clone(),
-                            detail: format!("field {metric} holds {value:?}"),
-                        })
-                }
-                _ => Err(StoreError::Protocol("HGETALL reply".into())),
-            })
-            .collect()
+        parse_usage(account, &key, values)
     }
 }

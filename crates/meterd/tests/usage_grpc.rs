@@ -277,7 +277,10 @@ async fn a_hundred_racers_for_the_last_ten_units_get_exactly_ten() {
         .await
         .expect("quota")
         .into_inner();
-    assert!(unlimited.unlimited && unlimited.allowed, "free does not limit email_sent");
+    assert!(
+        unlimited.unlimited && unlimited.allowed,
+        "free does not limit email_sent"
+    );
     // On pro, the plan's limit applies.
     SubscriptionServiceClient::new(meterd.channel())
         .update_subscription(UpdateSubscriptionRequest {
@@ -316,4 +319,101 @@ async fn a_hundred_racers_for_the_last_ten_units_get_exactly_ten() {
         .into_inner();
     assert!(again.duplicate, "the same key takes nothing twice");
     assert_eq!(again.used, 6_000);
+}
+
+/// A month with overages on two metrics on pro (deploy/plans.toml) is
+/// billed as computed by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bill_with_overages_on_two_metrics_equals_the_table_by_hand() {
+    use meter_api::v1::{
+        ComputeBillRequest, SubscriptionStatus, UpdateSubscriptionRequest,
+        subscription_service_client::SubscriptionServiceClient,
+    };
+
+    let redis = RedisServer::start();
+    let clock = FixedClock::at("2026-12-20T12:00:00.000Z");
+    let meterd =
+        Meterd::start_with_clock(support::config(support::redis(redis.url())), clock).await;
+    SubscriptionServiceClient::new(meterd.channel())
+        .update_subscription(UpdateSubscriptionRequest {
+            account_id: "org_bill".into(),
+            plan: "pro".into(),
+            status: SubscriptionStatus::Active.into(),
+            ..UpdateSubscriptionRequest::default()
+        })
+        .await
+        .expect("upgrade");
+    let mut client = UsageServiceClient::new(meterd.channel());
+    let events = [
+        ("api_request", 60_000, "a1"),
+        ("api_request", 40_500, "a2"),
+        ("email_sent", 10_010, "m1"),
+        ("sms", 7, "s1"),
+    ]
+    .map(|(metric, value, id)| UsageEvent {
+        account_id: "org_bill".into(),
+        metric: metric.into(),
+        value,
+        event_id: id.into(),
+        time: Some(ts("2026-12-10T09:00:00.000Z")),
+        metadata: Default::default(),
+    });
+    client
+        .record_usage(RecordUsageRequest {
+            events: events.to_vec(),
+        })
+        .await
+        .expect("record");
+    let bill = client
+        .compute_bill(ComputeBillRequest {
+            account_id: "org_bill".into(),
+            period: "2026-12".into(),
+        })
+        .await
+        .expect("bill")
+        .into_inner()
+        .bill
+        .expect("bill");
+    /// metric, used, included, overage units, unit price, amount.
+    type Row<'a> = (&'a str, i64, Option<i64>, i64, i64, i64);
+    let table: Vec<Row<'_>> = bill
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.metric.as_str(),
+                l.used,
+                l.included,
+                l.overage_units,
+                l.unit_price_micros,
+                l.amount_micros,
+            )
+        })
+        .collect();
+    assert_eq!(
+        table,
+        [
+            // 500 requests over 100,000 at 100 µ$ each; 10 emails over 10,000 at 1,000.
+            ("api_request", 100_500, Some(100_000), 500, 100, 50_000),
+            ("email_sent", 10_010, Some(10_000), 10, 1_000, 10_000),
+            ("sms", 7, None, 0, 0, 0),
+        ]
+    );
+    assert_eq!(
+        (
+            bill.plan.as_str(),
+            bill.base_price_micros,
+            bill.total_micros,
+            bill.currency.as_str()
+        ),
+        ("pro", 29_000_000, 29_060_000, "usd")
+    );
+    let day = client
+        .compute_bill(ComputeBillRequest {
+            account_id: "org_bill".into(),
+            period: "2026-12-10".into(),
+        })
+        .await
+        .expect_err("a day");
+    assert_eq!(day.code(), Code::InvalidArgument);
 }

@@ -273,6 +273,33 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
         format!("quota:{:016x}:{}:{n}", *TAG, now.as_millis())
     }
 
+    /// What `period` (a month, `YYYY-MM`) costs the account on its plan
+    /// (its subscription's, as of the end of the month or now, whichever
+    /// comes first): the base price and each metric's overage.
+    pub async fn bill(&self, account: &AccountId, period: &str) -> Result<Bill, MeterError> {
+        let month = UsagePeriod::parse("period", period)?;
+        if !matches!(month, UsagePeriod::Month(_)) {
+            return Err(InvalidArgument::new(
+                "period",
+                format!("{period:?} is a day; a bill is of a month (YYYY-MM)"),
+            )
+            .into());
+        }
+        let now = self.clock.now();
+        let (usage, subscription) = self
+            .store
+            .usage_and_subscription(account, month, now)
+            .await?;
+        let default = self.catalog.default_plan();
+        let at = month.end().map_or(now, |end| end.min(now));
+        let plan = subscription
+            .map(|s| s.settled(at, default))
+            .and_then(|s| self.catalog.get(&s.plan))
+            .unwrap_or(default);
+        compute_bill(plan, &usage, self.catalog.currency())
+            .map_err(|overflow| InvalidArgument::new("period", format!("{overflow}")).into())
+    }
+
     /// The time now, by the service's clock.
     pub fn now(&self) -> Timestamp {
         self.clock.now()

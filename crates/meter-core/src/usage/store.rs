@@ -3,8 +3,8 @@
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use crate::{
-    AccountId, EventOutcome, MetricKind, Plan, PlanCatalog, QuotaDecision, StoreError, Timestamp,
-    UsageEvent, UsagePeriod,
+    AccountId, EventOutcome, MetricKind, Plan, PlanCatalog, QuotaDecision, StoreError,
+    Subscription, Timestamp, UsageEvent, UsagePeriod,
 };
 
 /// Events of one account to record, each with its metric's kind.
@@ -79,6 +79,15 @@ pub trait UsageStore: Clone + Send + Sync + 'static {
         request: &CheckQuota,
         now: Timestamp,
     ) -> impl Future<Output = Result<QuotaOutcome, StoreError>> + Send;
+
+    /// The account's usage in `period` with its stored subscription, read
+    /// in one atomic step (a bill's inputs).
+    fn usage_and_subscription(
+        &self,
+        account: &AccountId,
+        period: UsagePeriod,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(BTreeMap<String, i64>, Option<Subscription>), StoreError>> + Send;
 
     /// The account's usage in `period` (a month or a day), by metric; empty
     /// for a period past its retention.
