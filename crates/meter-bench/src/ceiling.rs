@@ -9,7 +9,7 @@ use std::{
 
 use meter_core::HistoryRetention;
 use meter_core::PlanCatalog;
-use meter_redis::{accounts, credits, script::LuaScript, stats};
+use meter_redis::{accounts, credits, script::LuaScript, stats, usage};
 use tokio::process::Command;
 
 use crate::scenario::{CeilingCommand, SPREAD_ACCOUNTS};
@@ -133,6 +133,7 @@ impl CeilingProbe {
             accounts::get_script(),
             stats::login_script(),
             stats::get_script(),
+            usage::record_script(),
         ] {
             let _: String = script
                 .load_command()
@@ -271,6 +272,49 @@ impl CeilingProbe {
                 ]);
                 args.extend([today, "1970-01-01".to_owned()]);
                 (args, SPREAD_ACCOUNTS)
+            }
+            CeilingCommand::UsageRecord | CeilingCommand::UsageRecordBatch => {
+                let events = if *command == CeilingCommand::UsageRecord {
+                    1
+                } else {
+                    crate::scenario::USAGE_BATCH
+                };
+                let now = now_ms();
+                let month = meter_core::UsagePeriod::month_of(
+                    meter_core::Timestamp::from_millis(now).unwrap_or(meter_core::Timestamp::EPOCH),
+                );
+                let day = meter_core::UsagePeriod::day_of(
+                    meter_core::Timestamp::from_millis(now).unwrap_or(meter_core::Timestamp::EPOCH),
+                );
+                let tag = "ceiling-usage-__rand_int__";
+                let mut args = vec![
+                    "EVALSHA".to_owned(),
+                    usage::record_script().hash().to_owned(),
+                    "4".to_owned(),
+                    format!("user:{{{tag}}}:usage:seen"),
+                    format!("user:{{{tag}}}:idempotency"),
+                    format!("user:{{{tag}}}:usage:m:{month}"),
+                    format!("user:{{{tag}}}:usage:d:{day}"),
+                    now.to_string(),
+                    "86400000".to_owned(),
+                    now_text(),
+                ];
+                let expires = (now + 90 * 86_400_000).to_string();
+                for i in 0..events {
+                    args.extend([
+                        format!("e-{i}-__rand_int__"),
+                        "api_request".to_owned(),
+                        "1".to_owned(),
+                        "sum".to_owned(),
+                        "3".to_owned(),
+                        expires.clone(),
+                        "4".to_owned(),
+                        expires.clone(),
+                    ]);
+                }
+                // New ids every time (as meterd's scenario sends): a
+                // random number from a billion names the account and ids.
+                (args, 1_000_000_000)
             }
             CeilingCommand::StatsRead => {
                 let mut args = vec![

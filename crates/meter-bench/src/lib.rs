@@ -35,7 +35,7 @@ use crate::{
 #[command(name = "meter-bench", version)]
 pub struct Args {
     /// Scenarios, comma-separated: deduct-hot, deduct-hot-many, deduct-spread, get-balance,
-    /// grant, mixed, reserve-commit, login, get-account, record-login, get-stats; or `standard` (all of them on Redis; deduct-hot,
+    /// grant, mixed, reserve-commit, login, get-account, record-login, get-stats, record-usage, record-usage-batch; or `standard` (all of them on Redis; deduct-hot,
     /// deduct-spread, get-balance and mixed on a cluster; deduct-hot, deduct-hot-many,
     /// get-balance, mixed and reserve-commit on the embedded store).
     #[arg(long, value_delimiter = ',', default_value = "standard")]

@@ -7,10 +7,11 @@ use std::fmt;
 
 use meter_api::v1::{
     CommitRequest, DeductRequest, GetAccountRequest, GetBalanceRequest, GetStatsRequest,
-    GrantRequest, Profile, RecordLoginRequest, RegisterAccountRequest, ReserveRequest,
-    ResetRequest, credits_service_client::CreditsServiceClient,
-    stats_service_client::StatsServiceClient,
+    GetUsageRequest, GrantRequest, Profile, RecordLoginRequest, RecordUsageRequest,
+    RegisterAccountRequest, ReserveRequest, ResetRequest, UsageEvent,
+    credits_service_client::CreditsServiceClient, stats_service_client::StatsServiceClient,
     subscription_service_client::SubscriptionServiceClient,
+    usage_service_client::UsageServiceClient,
 };
 use tonic::{Status, transport::Channel};
 
@@ -23,6 +24,8 @@ pub struct Client {
     pub accounts: SubscriptionServiceClient<Channel>,
     /// StatsService.
     pub stats: StatsServiceClient<Channel>,
+    /// UsageService.
+    pub usage: UsageServiceClient<Channel>,
 }
 
 impl Client {
@@ -31,7 +34,8 @@ impl Client {
         Self {
             credits: CreditsServiceClient::new(channel.clone()),
             accounts: SubscriptionServiceClient::new(channel.clone()),
-            stats: StatsServiceClient::new(channel),
+            stats: StatsServiceClient::new(channel.clone()),
+            usage: UsageServiceClient::new(channel),
         }
     }
 }
@@ -98,7 +102,14 @@ pub enum Scenario {
     RecordLogin,
     /// GetStats of one account: the dashboard's poll.
     GetStats,
+    /// RecordUsage of one event (a new id each) on one of 1,000 accounts.
+    RecordUsage,
+    /// RecordUsage of 100 events (new ids) of one of 1,000 accounts per call.
+    RecordUsageBatch,
 }
+
+/// Events per call of `record-usage-batch`.
+pub const USAGE_BATCH: usize = 100;
 
 /// What a request did, for the end-state check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,11 +146,15 @@ pub enum CeilingCommand {
     StatsLogin,
     /// EVALSHA of the stats read script on one account.
     StatsRead,
+    /// EVALSHA of the usage record script with one new event.
+    UsageRecord,
+    /// EVALSHA of the usage record script with 100 new events.
+    UsageRecordBatch,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::DeductHot,
         Self::DeductHotMany,
         Self::DeductSpread,
@@ -151,6 +166,8 @@ impl Scenario {
         Self::GetAccount,
         Self::RecordLogin,
         Self::GetStats,
+        Self::RecordUsage,
+        Self::RecordUsageBatch,
     ];
 
     /// The name used on the command line and in reports.
@@ -167,6 +184,8 @@ impl Scenario {
             Self::GetAccount => "get-account",
             Self::RecordLogin => "record-login",
             Self::GetStats => "get-stats",
+            Self::RecordUsage => "record-usage",
+            Self::RecordUsageBatch => "record-usage-batch",
         }
     }
 
@@ -213,6 +232,8 @@ impl Scenario {
             Self::GetAccount => vec![(1.0, CeilingCommand::AccountRead)],
             Self::RecordLogin => vec![(1.0, CeilingCommand::StatsLogin)],
             Self::GetStats => vec![(1.0, CeilingCommand::StatsRead)],
+            Self::RecordUsage => vec![(1.0, CeilingCommand::UsageRecord)],
+            Self::RecordUsageBatch => vec![(1.0, CeilingCommand::UsageRecordBatch)],
         }
     }
 
@@ -245,7 +266,7 @@ impl Scenario {
                 register(client, profiled(run)).await?;
                 Vec::new()
             }
-            Self::RecordLogin => Vec::new(),
+            Self::RecordLogin | Self::RecordUsage | Self::RecordUsageBatch => Vec::new(),
             Self::GetStats => {
                 record_login(client, profiled(run)).await?;
                 Vec::new()
@@ -304,6 +325,41 @@ impl Scenario {
                     Err(Status::data_loss("a login created the account again"))
                 } else {
                     Ok(Effect::Nothing)
+                }
+            }
+            Self::RecordUsage | Self::RecordUsageBatch => {
+                let size = if self == Self::RecordUsage {
+                    1
+                } else {
+                    USAGE_BATCH
+                };
+                let account_id = spread(run, "usage", pick);
+                // New ids across the warm-up and the measured run (both
+                // count `seq` from 0).
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let first = NEXT.fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
+                let events = (0..size as u64)
+                    .map(|i| UsageEvent {
+                        account_id: account_id.clone(),
+                        metric: "api_request".into(),
+                        value: 1,
+                        event_id: format!("{run}-{}", first + i),
+                        time: None,
+                        metadata: Default::default(),
+                    })
+                    .collect();
+                let reply = client
+                    .usage
+                    .record_usage(RecordUsageRequest { events })
+                    .await?
+                    .into_inner();
+                if reply.recorded == i64::try_from(size).unwrap_or(i64::MAX) {
+                    Ok(Effect::Granted)
+                } else {
+                    Err(Status::data_loss(format!(
+                        "{} of {size} new events recorded",
+                        reply.recorded
+                    )))
                 }
             }
             Self::RecordLogin => {
@@ -381,6 +437,24 @@ impl Scenario {
             ),
             Self::GetBalance | Self::GetAccount | Self::GetStats => {
                 return Ok("every read saw the stored total".into());
+            }
+            Self::RecordUsage | Self::RecordUsageBatch => {
+                let per_call = if self == Self::RecordUsage {
+                    1
+                } else {
+                    USAGE_BATCH
+                };
+                let expected = granted_count * per_call as u64;
+                let stored = usage_total(client, run).await?;
+                return if stored == expected {
+                    Ok(format!(
+                        "stored usage = {stored} events = the events answered recorded"
+                    ))
+                } else {
+                    Err(format!(
+                        "stored usage {stored}, events answered recorded {expected}"
+                    ))
+                };
             }
             Self::RecordLogin => {
                 let mut days = 0;
@@ -539,6 +613,34 @@ async fn reserve_commit(client: &mut Client, account_id: String) -> Result<Effec
         })
         .await?;
     Ok(Effect::Deducted)
+}
+
+/// The `api_request` usage of this month over the usage scenarios' accounts.
+async fn usage_total(client: &mut Client, run: &str) -> Result<u64, String> {
+    let month = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+        meter_core::UsagePeriod::month_of(
+            meter_core::Timestamp::from_millis(now).unwrap_or(meter_core::Timestamp::EPOCH),
+        )
+        .to_string()
+    };
+    let mut total = 0u64;
+    for account in spread_names(run, "usage") {
+        let reply = client
+            .usage
+            .get_usage(GetUsageRequest {
+                account_id: account,
+                period: month.clone(),
+                metrics: vec!["api_request".into()],
+            })
+            .await
+            .map_err(|s| format!("reading the end state: {s}"))?
+            .into_inner();
+        total += u64::try_from(reply.values.get("api_request").copied().unwrap_or(0)).unwrap_or(0);
+    }
+    Ok(total)
 }
 
 /// Records a login of `account_id` in New York time; whether it was the day's first.

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use meter_core::{
-    AccountId, CheckQuota, EventOutcome, MetricKind, QuotaOutcome, RecordUsage, StoreError,
-    Timestamp, UsagePeriod, UsageStore, plan_limit, quota,
+    AccountId, CheckQuota, EventOutcome, MAX_CREDITS, MetricKind, QuotaOutcome, RecordUsage,
+    StoreError, Timestamp, UsagePeriod, UsageStore, plan_limit, quota, usage::TOTAL_OVERFLOW,
 };
 
 use crate::{AccountRecord, MemoryStore};
@@ -50,7 +50,7 @@ impl UsageRecord {
             .unwrap_or(0)
     }
 
-    /// Records the events of `request`, in order.
+    /// Records the events of `request`, in order (the rules of `usage/usage.lua`).
     fn record(&mut self, request: &RecordUsage, now: Timestamp) -> Vec<EventOutcome> {
         self.forget(now);
         let mut outcomes = Vec::with_capacity(request.events.len());
@@ -59,35 +59,43 @@ impl UsageRecord {
                 outcomes.push(EventOutcome::Duplicate);
                 continue;
             }
+            let periods = [
+                (UsagePeriod::month_of(event.time), request.month_retention),
+                (UsagePeriod::day_of(event.time), request.day_retention),
+            ];
+            let totals = periods.map(|(period, _)| {
+                let now_value = self.total(period, &event.metric);
+                let total = match kind {
+                    MetricKind::Sum => now_value.saturating_add(event.value),
+                    MetricKind::Max => now_value.max(event.value),
+                };
+                (now_value, total)
+            });
+            if totals.iter().any(|(_, total)| *total > MAX_CREDITS) {
+                outcomes.push(EventOutcome::Rejected(TOTAL_OVERFLOW.to_owned()));
+                continue;
+            }
             let forget_id = later(now, request.dedupe_window);
             self.seen.insert(event.event_id.clone(), forget_id);
             self.order.push_back((forget_id, event.event_id.clone()));
-            let month = UsagePeriod::month_of(event.time);
-            let day = UsagePeriod::day_of(event.time);
-            let mut totals = [0; 2];
-            for (i, (period, retention)) in [
-                (month, request.month_retention),
-                (day, request.day_retention),
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            for ((period, retention), (now_value, total)) in periods.into_iter().zip(totals) {
                 let expires = later(period.end().unwrap_or(Timestamp::MAX), retention);
+                // As on Redis: a total that did not change writes nothing.
+                if total == now_value && !self.totals.contains_key(&period) {
+                    continue;
+                }
                 let (stored_expiry, metrics) = self
                     .totals
                     .entry(period)
                     .or_insert_with(|| (expires, BTreeMap::new()));
-                *stored_expiry = (*stored_expiry).max(expires);
-                let value = metrics.entry(event.metric.clone()).or_insert(0);
-                *value = match kind {
-                    MetricKind::Sum => *value + event.value,
-                    MetricKind::Max => (*value).max(event.value),
-                };
-                totals[i] = *value;
+                *stored_expiry = expires;
+                if total != now_value {
+                    metrics.insert(event.metric.clone(), total);
+                }
             }
             outcomes.push(EventOutcome::Recorded {
-                month_total: totals[0],
-                day_total: totals[1],
+                month_total: totals[0].1,
+                day_total: totals[1].1,
             });
         }
         outcomes
@@ -146,12 +154,27 @@ impl UsageStore for MemoryUsage {
                 let usage = record.usage.get_or_insert_with(Default::default);
                 usage.forget(now);
                 let used = usage.total(UsagePeriod::month_of(now), &request.metric);
-                let decision = quota(limit, hard, used, request.amount);
-                let consumed = match &request.consume {
-                    Some(consume) if decision.allowed => {
-                        usage.record(consume, now).into_iter().next()
+                let mut decision = quota(limit, hard, request.kind, used, request.amount);
+                let retried = request.consume.as_ref().is_some_and(|c| {
+                    c.events
+                        .first()
+                        .is_some_and(|(e, _)| usage.seen.contains_key(&e.event_id))
+                });
+                let consumed = if retried {
+                    // A retry of a call that took its units: allowed, nothing taken.
+                    decision.allowed = true;
+                    Some(EventOutcome::Duplicate)
+                } else {
+                    match &request.consume {
+                        Some(consume) if decision.allowed => {
+                            let outcome = usage.record(consume, now).into_iter().next();
+                            if matches!(outcome, Some(EventOutcome::Rejected(_))) {
+                                decision.allowed = false;
+                            }
+                            outcome
+                        }
+                        _ => None,
                     }
-                    _ => None,
                 };
                 Ok(QuotaOutcome {
                     plan: plan.name,

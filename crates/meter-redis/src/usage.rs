@@ -140,6 +140,11 @@ fn outcome(text: &str) -> Result<EventOutcome, StoreError> {
     if text == "dup" {
         return Ok(EventOutcome::Duplicate);
     }
+    if text == "overflow" {
+        return Ok(EventOutcome::Rejected(
+            meter_core::usage::TOTAL_OVERFLOW.to_owned(),
+        ));
+    }
     let parts: Vec<&str> = text.split('|').collect();
     match parts[..] {
         ["ok", month, day] => match (parse_count(month), parse_count(day)) {
@@ -241,7 +246,10 @@ impl UsageStore for RedisUsage {
                 .arg(kind.as_str())
                 .arg(expiry(month, consume.month_retention))
                 .arg(expiry(day, consume.day_retention)),
-            None => call.arg(&["", "", "", "", ""][..]),
+            None => call
+                .arg(&["", ""][..])
+                .arg(request.kind.as_str())
+                .arg(&["", ""][..]),
         };
         for plan in request.catalog.plans() {
             let (limit, hard) = plan_limit(plan, &request.metric);
@@ -261,7 +269,8 @@ impl UsageStore for RedisUsage {
         } else {
             Some(parse_count(limit).ok_or_else(|| bad("limit"))?)
         };
-        let mut decision = meter_core::quota(limit, hard == "1", used, request.amount);
+        let mut decision =
+            meter_core::quota(limit, hard == "1", request.kind, used, request.amount);
         decision.allowed = allowed == "1";
         Ok(QuotaOutcome {
             plan: plan.clone(),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{MAX_CREDITS, Plan};
+use crate::{MAX_CREDITS, MetricKind, Plan};
 
 /// One metric's line of a bill.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,9 +110,20 @@ pub struct QuotaDecision {
 }
 
 /// Whether `amount` more of a metric fits under `limit` when `used` are
-/// used. A limit whose overage has a price is soft (`hard = false`): it
-/// always allows, and reports what is left before overage.
-pub fn quota(limit: Option<i64>, hard: bool, used: i64, amount: i64) -> QuotaDecision {
+/// used (for a gauge, whether the level `amount` is within it). A limit
+/// whose overage has a price is soft (`hard = false`): it always allows,
+/// and reports what is left before overage.
+pub fn quota(
+    limit: Option<i64>,
+    hard: bool,
+    kind: MetricKind,
+    used: i64,
+    amount: i64,
+) -> QuotaDecision {
+    let wanted = match kind {
+        MetricKind::Sum => used.saturating_add(amount),
+        MetricKind::Max => amount,
+    };
     match limit {
         None => QuotaDecision {
             allowed: true,
@@ -121,7 +132,7 @@ pub fn quota(limit: Option<i64>, hard: bool, used: i64, amount: i64) -> QuotaDec
             remaining: None,
         },
         Some(limit) => QuotaDecision {
-            allowed: !hard || used.saturating_add(amount) <= limit,
+            allowed: !hard || wanted <= limit,
             limit: Some(limit),
             used,
             remaining: Some((limit - used).max(0)),
@@ -229,8 +240,9 @@ overage_micros = 0
 
     #[test]
     fn quotas_are_hard_soft_or_unlimited() {
+        let sum = MetricKind::Sum;
         assert_eq!(
-            quota(Some(10), true, 9, 1),
+            quota(Some(10), true, sum, 9, 1),
             QuotaDecision {
                 allowed: true,
                 limit: Some(10),
@@ -238,12 +250,18 @@ overage_micros = 0
                 remaining: Some(1)
             }
         );
-        assert!(!quota(Some(10), true, 9, 2).allowed);
+        assert!(!quota(Some(10), true, sum, 9, 2).allowed);
         assert!(
-            quota(Some(10), false, 9, 2).allowed,
+            quota(Some(10), false, sum, 9, 2).allowed,
             "a priced overage is a soft limit"
         );
-        assert_eq!(quota(None, true, 1_000_000, 5).limit, None);
-        assert_eq!(quota(Some(10), true, 15, 0).remaining, Some(0));
+        assert_eq!(quota(None, true, sum, 1_000_000, 5).limit, None);
+        assert_eq!(quota(Some(10), true, sum, 15, 0).remaining, Some(0));
+        let max = MetricKind::Max;
+        assert!(
+            quota(Some(50), true, max, 40, 20).allowed,
+            "a gauge's level 20 is within 50"
+        );
+        assert!(!quota(Some(50), true, max, 4, 51).allowed);
     }
 }

@@ -17,6 +17,10 @@ pub use event::{
     UsageEvent,
 };
 pub use period::UsagePeriod;
+
+/// Why an event whose period total would pass 2^53 − 1 is rejected.
+pub const TOTAL_OVERFLOW: &str =
+    "its period's total would pass 2^53 - 1, the most a total holds exactly";
 pub use store::{CheckQuota, QuotaOutcome, RecordUsage, UsageStore, plan_limit};
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -218,6 +222,13 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
         key: Option<IdempotencyKey>,
     ) -> Result<QuotaOutcome, MeterError> {
         check_metric(metric).map_err(|problem| InvalidArgument::new("metric", problem))?;
+        if self.settings.strict_metrics && !self.catalog.metrics().contains_key(metric) {
+            return Err(InvalidArgument::new(
+                "metric",
+                format!("{metric:?} is not a metric of the catalog (--strict-metrics)"),
+            )
+            .into());
+        }
         if !(0..=crate::MAX_CREDITS).contains(&amount) {
             return Err(InvalidArgument::new(
                 "amount",
@@ -229,7 +240,8 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
         let consume = consume.then(|| {
             let event_id = key.map_or_else(
                 || self.fresh_event_id(now),
-                |k| format!("quota:{}", k.as_str()),
+                // `/` is in no event id RecordUsage accepts: no collision.
+                |k| format!("quota/{}", k.as_str()),
             );
             let event = UsageEvent {
                 account: account.clone(),
@@ -250,6 +262,7 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
         let request = CheckQuota {
             account,
             metric: metric.to_owned(),
+            kind: self.catalog.metric_kind(metric),
             amount,
             catalog: Arc::clone(&self.catalog),
             consume,
@@ -270,12 +283,13 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
         static TAG: LazyLock<u64> = LazyLock::new(|| RandomState::new().hash_one(0u8));
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        format!("quota:{:016x}:{}:{n}", *TAG, now.as_millis())
+        format!("quota/{:016x}/{}/{n}", *TAG, now.as_millis())
     }
 
     /// What `period` (a month, `YYYY-MM`) costs the account on its plan
-    /// (its subscription's, as of the end of the month or now, whichever
-    /// comes first): the base price and each metric's overage.
+    /// (the plan whose allowance its subscription gives, as of the end of
+    /// the month or now, whichever comes first): the base price (0 for a
+    /// yearly plan, billed yearly) and each metric's overage.
     pub async fn bill(&self, account: &AccountId, period: &str) -> Result<Bill, MeterError> {
         let month = UsagePeriod::parse("period", period)?;
         if !matches!(month, UsagePeriod::Month(_)) {
@@ -292,12 +306,19 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
             .await?;
         let default = self.catalog.default_plan();
         let at = month.end().map_or(now, |end| end.min(now));
-        let plan = subscription
-            .map(|s| s.settled(at, default))
-            .and_then(|s| self.catalog.get(&s.plan))
+        let settled = subscription.map(|s| s.settled(at, default));
+        let plan = settled
+            .as_ref()
+            .and_then(|s| self.catalog.get(s.allowance_plan(&default.name)))
             .unwrap_or(default);
-        compute_bill(plan, &usage, self.catalog.currency())
-            .map_err(|overflow| InvalidArgument::new("period", format!("{overflow}")).into())
+        let mut bill = compute_bill(plan, &usage, self.catalog.currency())
+            .map_err(|overflow| MeterError::FailedPrecondition(overflow.to_string()))?;
+        if plan.billing_interval == crate::BillingInterval::Year {
+            // A yearly plan's price is billed yearly, not in a month's bill.
+            bill.total_micros -= bill.base_price_micros;
+            bill.base_price_micros = 0;
+        }
+        Ok(bill)
     }
 
     /// The time now, by the service's clock.

@@ -31,7 +31,9 @@ pub struct CheckQuota {
     pub account: AccountId,
     /// The metric.
     pub metric: String,
-    /// The units asked for.
+    /// How the metric adds up.
+    pub kind: MetricKind,
+    /// The units asked for (for a gauge, the level).
     pub amount: i64,
     /// The catalog the plans' limits come from.
     pub catalog: Arc<PlanCatalog>,

@@ -128,6 +128,34 @@ where
         .await
         .expect("record");
     assert_eq!(again, [EventOutcome::Duplicate], "across calls too");
+    // A total past 2^53 - 1 is rejected, and the event's id stays free.
+    let big = store
+        .record(
+            &batch(
+                "u-use",
+                vec![
+                    (
+                        event(
+                            "u-use",
+                            "tokens",
+                            meter_core::MAX_CREDITS,
+                            "t1",
+                            "2026-12-30T10:00:00.000Z",
+                        ),
+                        sum,
+                    ),
+                    (
+                        event("u-use", "tokens", 1, "t2", "2026-12-30T10:00:00.000Z"),
+                        sum,
+                    ),
+                ],
+            ),
+            now,
+        )
+        .await
+        .expect("record");
+    assert!(matches!(big[0], EventOutcome::Recorded { .. }));
+    assert!(matches!(big[1], EventOutcome::Rejected(_)), "{big:?}");
     let period = |text| UsagePeriod::parse("period", text).expect("period");
     let december = store
         .usage(&account("u-use"), period("2026-12"), now)
@@ -135,7 +163,11 @@ where
         .expect("read");
     assert_eq!(
         december,
-        BTreeMap::from([("api_request".to_owned(), 5), ("email_sent".to_owned(), 2)])
+        BTreeMap::from([
+            ("api_request".to_owned(), 5),
+            ("email_sent".to_owned(), 2),
+            ("tokens".to_owned(), meter_core::MAX_CREDITS),
+        ])
     );
     let mut days = BTreeMap::new();
     for day in ["2026-12-30", "2026-12-31"] {
@@ -287,6 +319,7 @@ where
                 let request = CheckQuota {
                     account: account("u-quota"),
                     metric: "sms".into(),
+                    kind: MetricKind::Sum,
                     amount: 1,
                     catalog: Arc::clone(&catalog),
                     consume: Some(batch(
@@ -329,6 +362,43 @@ where
         .await
         .expect("read");
     assert_eq!(read.get("sms"), Some(&100));
+    // A retry of a call that took a unit, at the limit: allowed, nothing taken.
+    for i in 0..100 {
+        let retry = CheckQuota {
+            account: account("u-quota"),
+            metric: "sms".into(),
+            kind: MetricKind::Sum,
+            amount: 1,
+            catalog: Arc::clone(&catalog),
+            consume: Some(batch(
+                "u-quota",
+                vec![(
+                    event(
+                        "u-quota",
+                        "sms",
+                        1,
+                        &format!("take-{i}"),
+                        "2026-03-10T12:00:00.000Z",
+                    ),
+                    MetricKind::Sum,
+                )],
+            )),
+        };
+        let outcome = store.check_quota(&retry, now).await.expect("retry");
+        if outcome.consumed == Some(EventOutcome::Duplicate) {
+            assert!(
+                outcome.decision.allowed,
+                "a retry of a taken unit is allowed"
+            );
+        } else {
+            assert!(!outcome.decision.allowed, "the others are still refused");
+        }
+    }
+    let read = store
+        .usage(&account("u-quota"), march, now)
+        .await
+        .expect("read");
+    assert_eq!(read.get("sms"), Some(&100), "retries took nothing");
 }
 
 /// Through the use cases: an event of a month closed longer ago than the
