@@ -333,7 +333,7 @@ impl Scenario {
                 } else {
                     USAGE_BATCH
                 };
-                let account_id = spread(run, "usage", pick);
+                let account_id = spread(run, self.name(), pick);
                 // New ids across the warm-up and the measured run (both
                 // count `seq` from 0).
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -445,7 +445,7 @@ impl Scenario {
                     USAGE_BATCH
                 };
                 let expected = granted_count * per_call as u64;
-                let stored = usage_total(client, run).await?;
+                let stored = usage_total(client, run, self).await?;
                 return if stored == expected {
                     Ok(format!(
                         "stored usage = {stored} events = the events answered recorded"
@@ -615,8 +615,8 @@ async fn reserve_commit(client: &mut Client, account_id: String) -> Result<Effec
     Ok(Effect::Deducted)
 }
 
-/// The `api_request` usage of this month over the usage scenarios' accounts.
-async fn usage_total(client: &mut Client, run: &str) -> Result<u64, String> {
+/// The `api_request` usage of this month over the accounts of `scenario`.
+async fn usage_total(client: &mut Client, run: &str, scenario: Scenario) -> Result<u64, String> {
     let month = {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -627,7 +627,7 @@ async fn usage_total(client: &mut Client, run: &str) -> Result<u64, String> {
         .to_string()
     };
     let mut total = 0u64;
-    for account in spread_names(run, "usage") {
+    for account in spread_names(run, scenario.name()) {
         let reply = client
             .usage
             .get_usage(GetUsageRequest {
