@@ -10,17 +10,9 @@ use meter_api::v1::{
     stats_service_client::StatsServiceClient,
     subscription_service_client::SubscriptionServiceClient,
 };
-use meter_testkit::{FixedClock, RedisServer, timestamp};
-use support::Meterd;
+use meter_testkit::{FixedClock, RedisServer};
+use support::{Meterd, ts};
 use tonic::{Code, transport::Channel};
-
-fn ts(text: &str) -> prost_types::Timestamp {
-    let millis = timestamp(text).as_millis();
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).expect("in range"),
-    }
-}
 
 /// meterd on a fresh redis-server, keeping `recent` conversations, on `clock`.
 async fn meterd(redis: &RedisServer, clock: &FixedClock, recent: usize) -> Meterd {

@@ -6,17 +6,9 @@ use meter_api::v1::{
     EventStatus, GetUsageRequest, RecordUsageRequest, UsageEvent,
     usage_service_client::UsageServiceClient,
 };
-use meter_testkit::{FixedClock, RedisServer, timestamp};
-use support::Meterd;
+use meter_testkit::{FixedClock, RedisServer};
+use support::{Meterd, ts};
 use tonic::Code;
-
-fn ts(text: &str) -> prost_types::Timestamp {
-    let millis = timestamp(text).as_millis();
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).expect("in range"),
-    }
-}
 
 fn event(account: &str, id: String, time: &str) -> UsageEvent {
     UsageEvent {

@@ -27,6 +27,15 @@ pub struct Meterd {
     task: Option<JoinHandle<Result<(), meterd::RunError>>>,
 }
 
+/// The protobuf timestamp of a test time (`2026-03-10T12:00:00.000Z`).
+pub fn ts(text: &str) -> prost_types::Timestamp {
+    let millis = meter_testkit::timestamp(text).as_millis();
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).expect("in range"),
+    }
+}
+
 /// The settings of most tests: short health interval, 1 h idempotency window.
 pub fn config(store: StoreConfig) -> Config {
     Config {
