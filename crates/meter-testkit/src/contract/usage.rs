@@ -278,6 +278,30 @@ where
     assert!(gone.is_empty(), "{gone:?}");
 }
 
+/// A quota check of `u-quota` consuming one SMS as the event `take-<i>`.
+fn take_one_sms(catalog: &Arc<meter_core::PlanCatalog>, i: usize) -> CheckQuota {
+    CheckQuota {
+        account: account("u-quota"),
+        metric: "sms".into(),
+        kind: MetricKind::Sum,
+        amount: 1,
+        catalog: Arc::clone(catalog),
+        consume: Some(batch(
+            "u-quota",
+            vec![(
+                event(
+                    "u-quota",
+                    "sms",
+                    1,
+                    &format!("take-{i}"),
+                    "2026-03-10T12:00:00.000Z",
+                ),
+                MetricKind::Sum,
+            )],
+        )),
+    }
+}
+
 /// 100 callers racing for the last 10 units of a hard limit: exactly 10 take one.
 pub async fn racing_callers_never_both_take_the_last_unit<S, G, F, Fut>(make: F)
 where
@@ -316,26 +340,7 @@ where
             let store = Arc::clone(&store);
             let catalog = Arc::clone(&catalog);
             tokio::spawn(async move {
-                let request = CheckQuota {
-                    account: account("u-quota"),
-                    metric: "sms".into(),
-                    kind: MetricKind::Sum,
-                    amount: 1,
-                    catalog: Arc::clone(&catalog),
-                    consume: Some(batch(
-                        "u-quota",
-                        vec![(
-                            event(
-                                "u-quota",
-                                "sms",
-                                1,
-                                &format!("take-{i}"),
-                                "2026-03-10T12:00:00.000Z",
-                            ),
-                            MetricKind::Sum,
-                        )],
-                    )),
-                };
+                let request = take_one_sms(&catalog, i);
                 store.check_quota(&request, now).await.expect("quota")
             })
         })
@@ -364,26 +369,7 @@ where
     assert_eq!(read.get("sms"), Some(&100));
     // A retry of a call that took a unit, at the limit: allowed, nothing taken.
     for i in 0..100 {
-        let retry = CheckQuota {
-            account: account("u-quota"),
-            metric: "sms".into(),
-            kind: MetricKind::Sum,
-            amount: 1,
-            catalog: Arc::clone(&catalog),
-            consume: Some(batch(
-                "u-quota",
-                vec![(
-                    event(
-                        "u-quota",
-                        "sms",
-                        1,
-                        &format!("take-{i}"),
-                        "2026-03-10T12:00:00.000Z",
-                    ),
-                    MetricKind::Sum,
-                )],
-            )),
-        };
+        let retry = take_one_sms(&catalog, i);
         let outcome = store.check_quota(&retry, now).await.expect("retry");
         if outcome.consumed == Some(EventOutcome::Duplicate) {
             assert!(
