@@ -52,7 +52,7 @@ pub use subscription::{
 };
 pub use time::Timestamp;
 pub use usage::{
-    Bill, BillLine, BillOverflow, CheckQuota, EventOutcome, QuotaDecision, QuotaOutcome,
-    RawUsageEvent, RecordUsage, Usage, UsageEvent, UsagePeriod, UsageSettings, UsageStore,
-    compute_bill, plan_limit, quota,
+    Bill, BillLine, BillOverflow, CheckQuota, Consumer, EventLogPage, EventOutcome, LoggedEvent,
+    QuotaDecision, QuotaOutcome, RawUsageEvent, RecordUsage, Usage, UsageEvent, UsagePeriod,
+    UsageRetention, UsageSettings, UsageStore, compute_bill, plan_limit, quota,
 };

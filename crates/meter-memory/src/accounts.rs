@@ -184,6 +184,8 @@ impl AccountStore for MemoryAccounts {
         // The expiry queue's entries of this account's records are skipped
         // when they come up (forget_expired drops only what is there).
         shard.remembered.retain(|(owner, _, _), _| owner != account);
+        // Under the account's lock, as recording raises them.
+        self.store.rankings().remove(account);
         Ok(existed)
     }
 }

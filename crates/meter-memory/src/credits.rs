@@ -292,7 +292,8 @@ mod tests {
     meter_testkit::usage_store_contract!(async move {
         let window = meter_core::IdempotencyWindow::new(std::time::Duration::from_secs(3600))
             .expect("valid window");
-        (MemoryStore::new(window).usage(), ())
+        let store = MemoryStore::new(window);
+        (store.usage(), store.accounts(), ())
     });
 
     meter_testkit::stats_store_contract!(window => async move {

@@ -46,6 +46,7 @@ struct Inner {
     hasher: RandomState,
     idempotency_window: IdempotencyWindow,
     history_retention: HistoryRetention,
+    rankings: usage::Rankings,
 }
 
 /// Everything the store keeps about one account, one field per context.
@@ -102,6 +103,7 @@ impl MemoryStore {
                 hasher: RandomState::new(),
                 idempotency_window,
                 history_retention,
+                rankings: usage::Rankings::default(),
             }),
         }
     }
@@ -130,6 +132,11 @@ impl MemoryStore {
         MemoryAccounts {
             store: self.clone(),
         }
+    }
+
+    /// The top-consumer rankings.
+    fn rankings(&self) -> &usage::Rankings {
+        &self.inner.rankings
     }
 
     fn shard(&self, account: &AccountId) -> MutexGuard<'_, Shard> {

@@ -1,14 +1,128 @@
 //! [`UsageStore`] on the embedded store: per account, totals by period and
-//! metric with their expiry, and the event ids seen with theirs.
+//! metric with their expiry, the event ids seen with theirs, and the event
+//! log; the top-consumer rankings beside the accounts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use std::sync::Mutex;
+
 use meter_core::{
-    AccountId, CheckQuota, EventOutcome, MAX_CREDITS, MetricKind, QuotaOutcome, RecordUsage,
-    StoreError, Timestamp, UsagePeriod, UsageStore, plan_limit, quota, usage::TOTAL_OVERFLOW,
+    AccountId, CheckQuota, Consumer, EventLogPage, EventOutcome, LoggedEvent, MAX_CREDITS,
+    MetricKind, QuotaOutcome, RecordUsage, StoreError, Timestamp, UsagePeriod, UsageRetention,
+    UsageStore, plan_limit, quota, usage::TOTAL_OVERFLOW,
 };
 
 use crate::{AccountRecord, MemoryStore};
+
+/// The top-consumer rankings: per metric and period, each account's total
+/// and when the ranking is forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct Rankings {
+    rankings: Mutex<HashMap<(String, UsagePeriod), Ranking>>,
+}
+
+#[derive(Debug)]
+struct Ranking {
+    expires: Timestamp,
+    totals: HashMap<AccountId, i64>,
+}
+
+impl Rankings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, UsagePeriod), Ranking>> {
+        self.rankings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Raises `account`'s place in each ranking the recorded events
+    /// changed to its new total (as Redis's `ZADD GT`).
+    fn raise(
+        &self,
+        account: &AccountId,
+        request: &RecordUsage,
+        outcomes: &[EventOutcome],
+        now: Timestamp,
+    ) {
+        let mut rankings = self.lock();
+        rankings.retain(|_, ranking| ranking.expires > now);
+        for ((event, _), outcome) in request.events.iter().zip(outcomes) {
+            let EventOutcome::Recorded {
+                month_total,
+                day_total,
+            } = outcome
+            else {
+                continue;
+            };
+            let retention = request.retention;
+            for (period, total, kept) in [
+                (
+                    UsagePeriod::month_of(event.time),
+                    *month_total,
+                    retention.month,
+                ),
+                (UsagePeriod::day_of(event.time), *day_total, retention.day),
+            ] {
+                if total == 0 {
+                    continue;
+                }
+                let expires = later(period.end().unwrap_or(Timestamp::MAX), kept);
+                let ranking = rankings
+                    .entry((event.metric.clone(), period))
+                    .or_insert_with(|| Ranking {
+                        expires,
+                        totals: HashMap::new(),
+                    });
+                ranking.expires = expires;
+                let place = ranking.totals.entry(account.clone()).or_insert(total);
+                *place = (*place).max(total);
+            }
+        }
+    }
+
+    /// Takes `account` out of every ranking.
+    pub(crate) fn remove(&self, account: &AccountId) {
+        let mut rankings = self.lock();
+        for ranking in rankings.values_mut() {
+            ranking.totals.remove(account);
+        }
+        rankings.retain(|_, ranking| !ranking.totals.is_empty());
+    }
+
+    fn top(
+        &self,
+        metric: &str,
+        period: UsagePeriod,
+        limit: usize,
+        now: Timestamp,
+    ) -> Vec<Consumer> {
+        let rankings = self.lock();
+        let Some(ranking) = rankings
+            .get(&(metric.to_owned(), period))
+            .filter(|r| r.expires > now)
+        else {
+            return Vec::new();
+        };
+        let mut top: Vec<Consumer> = ranking
+            .totals
+            .iter()
+            .map(|(account, used)| Consumer {
+                account: account.clone(),
+                used: *used,
+            })
+            .collect();
+        // Redis's order: by score, then by member, both descending.
+        top.sort_by(|a, b| {
+            b.used.cmp(&a.used).then_with(|| {
+                b.account
+                    .as_str()
+                    .as_bytes()
+                    .cmp(a.account.as_str().as_bytes())
+            })
+        });
+        top.truncate(limit);
+        top
+    }
+}
 
 /// An account's usage.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,6 +133,8 @@ pub(crate) struct UsageRecord {
     seen: HashMap<String, Timestamp>,
     /// The same ids in the order they were counted, to forget them cheaply.
     order: VecDeque<(Timestamp, String)>,
+    /// Events with metadata, oldest first, each with its cursor (ms, n).
+    log: VecDeque<((i64, u64), LoggedEvent)>,
 }
 
 fn later(time: Timestamp, by: std::time::Duration) -> Timestamp {
@@ -50,6 +166,31 @@ impl UsageRecord {
             .unwrap_or(0)
     }
 
+    /// Adds `event` to the log, after its newest entry, keeping at most
+    /// `retention.log_entries`.
+    fn log(&mut self, event: &meter_core::UsageEvent, retention: UsageRetention, now: Timestamp) {
+        let cursor = match self.log.back() {
+            // Ids follow the clock; one that went back continues after the newest.
+            Some(((ms, n), _)) if *ms >= now.as_millis() => (*ms, n + 1),
+            _ => (now.as_millis(), 0),
+        };
+        self.log.push_back((
+            cursor,
+            LoggedEvent {
+                event: event.clone(),
+                recorded_at: now,
+                cursor: format!("{}-{}", cursor.0, cursor.1),
+            },
+        ));
+        let age = i64::try_from(retention.log_age.as_millis()).unwrap_or(i64::MAX);
+        let oldest = now.as_millis().saturating_sub(age);
+        while self.log.len() > retention.log_entries
+            || self.log.front().is_some_and(|((ms, _), _)| *ms < oldest)
+        {
+            self.log.pop_front();
+        }
+    }
+
     /// Records the events of `request`, in order (the rules of `usage/usage.lua`).
     fn record(&mut self, request: &RecordUsage, now: Timestamp) -> Vec<EventOutcome> {
         self.forget(now);
@@ -60,8 +201,8 @@ impl UsageRecord {
                 continue;
             }
             let periods = [
-                (UsagePeriod::month_of(event.time), request.month_retention),
-                (UsagePeriod::day_of(event.time), request.day_retention),
+                (UsagePeriod::month_of(event.time), request.retention.month),
+                (UsagePeriod::day_of(event.time), request.retention.day),
             ];
             let totals = periods.map(|(period, _)| {
                 let now_value = self.total(period, &event.metric);
@@ -75,7 +216,7 @@ impl UsageRecord {
                 outcomes.push(EventOutcome::Rejected(TOTAL_OVERFLOW.to_owned()));
                 continue;
             }
-            let forget_id = later(now, request.dedupe_window);
+            let forget_id = later(now, request.retention.dedupe_window);
             self.seen.insert(event.event_id.clone(), forget_id);
             self.order.push_back((forget_id, event.event_id.clone()));
             for ((period, retention), (now_value, total)) in periods.into_iter().zip(totals) {
@@ -92,6 +233,9 @@ impl UsageRecord {
                 if total != now_value {
                     metrics.insert(event.metric.clone(), total);
                 }
+            }
+            if !event.metadata.is_empty() {
+                self.log(event, request.retention, now);
             }
             outcomes.push(EventOutcome::Recorded {
                 month_total: totals[0].1,
@@ -120,10 +264,15 @@ impl UsageStore for MemoryUsage {
             None,
             now,
             |record: &mut AccountRecord| {
-                Ok(record
+                let outcomes = record
                     .usage
                     .get_or_insert_with(Default::default)
-                    .record(request, now))
+                    .record(request, now);
+                // Under the account's lock, so DeleteAccount never misses it.
+                self.store
+                    .rankings()
+                    .raise(&request.account, request, &outcomes, now);
+                Ok(outcomes)
             },
         );
         recorded
@@ -167,7 +316,11 @@ impl UsageStore for MemoryUsage {
                 } else {
                     match &request.consume {
                         Some(consume) if decision.allowed => {
-                            let outcome = usage.record(consume, now).into_iter().next();
+                            let outcomes = usage.record(consume, now);
+                            self.store
+                                .rankings()
+                                .raise(&consume.account, consume, &outcomes, now);
+                            let outcome = outcomes.into_iter().next();
                             if matches!(outcome, Some(EventOutcome::Rejected(_))) {
                                 decision.allowed = false;
                             }
@@ -220,6 +373,51 @@ impl UsageStore for MemoryUsage {
                 .filter(|(expires, _)| *expires > now)
                 .map(|(_, metrics)| metrics.clone())
                 .unwrap_or_default()
+        }))
+    }
+
+    async fn top_consumers(
+        &self,
+        metric: &str,
+        period: UsagePeriod,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<Consumer>, StoreError> {
+        Ok(self.store.rankings().top(metric, period, limit, now))
+    }
+
+    async fn events(
+        &self,
+        account: &AccountId,
+        page: &EventLogPage,
+        now: Timestamp,
+    ) -> Result<(Vec<LoggedEvent>, Option<String>), StoreError> {
+        let oldest = now
+            .as_millis()
+            .saturating_sub(i64::try_from(page.retention.log_age.as_millis()).unwrap_or(i64::MAX));
+        let before = page.before.as_deref().and_then(|cursor| {
+            let (ms, n) = cursor.split_once('-')?;
+            Some((ms.parse::<i64>().ok()?, n.parse::<u64>().ok()?))
+        });
+        Ok(self.store.read(account, |record| {
+            let Some(usage) = &record.usage else {
+                return (Vec::new(), None);
+            };
+            let mut shown = usage
+                .log
+                .iter()
+                .rev()
+                .take(page.retention.log_entries)
+                .filter(|(cursor, _)| cursor.0 >= oldest)
+                .filter(|(cursor, _)| before.is_none_or(|b| *cursor < b))
+                .filter(|(_, e)| page.metric.as_ref().is_none_or(|m| *m == e.event.metric))
+                .map(|(_, e)| e.clone());
+            let events: Vec<LoggedEvent> = shown.by_ref().take(page.size).collect();
+            let next = match shown.next() {
+                Some(_) => events.last().map(|e| e.cursor.clone()),
+                None => None,
+            };
+            (events, next)
         }))
     }
 }

@@ -639,17 +639,22 @@ impl AccountStore for RedisAccounts {
             }
             let mut listing = redis::cmd("ZRANGE");
             listing.arg(&index).arg(0).arg(-1);
-            let records: Vec<String> = match self.store.command(listing, &index).await? {
-                Value::Array(items) => items
-                    .into_iter()
-                    .map(|item| match item {
-                        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
-                        _ => None,
-                    })
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| StoreError::Protocol("ZRANGE reply".into()))?,
-                other => return Err(StoreError::Protocol(format!("ZRANGE reply {other:?}"))),
-            };
+            let records = members(self.store.command(listing, &index).await?)?;
+            // The rankings the account is in (other slots on Redis
+            // Cluster), left before its keys go: a failure leaves the
+            // list for the retry.
+            let ranks = keys::usage_ranks(account);
+            let mut listing = redis::cmd("ZRANGE");
+            listing.arg(&ranks).arg(0).arg(-1);
+            let rankings = members(self.store.command(listing, &ranks).await?)?;
+            let leaves = rankings.iter().map(|ranking| {
+                let mut leave = redis::cmd("ZREM");
+                leave.arg(ranking).arg(account.as_str());
+                self.store.command(leave, ranking)
+            });
+            for left in futures_util::future::join_all(leaves).await {
+                left?;
+            }
             let mut keys = fixed.clone();
             keys.extend(records);
             let call = DELETE.call(&keys).arg(fixed.len());
@@ -666,5 +671,20 @@ impl AccountStore for RedisAccounts {
         Err(StoreError::Overloaded(format!(
             "idempotent calls on account {account} kept adding records during {DELETE_TRIES} tries to delete it; nothing was deleted"
         )))
+    }
+}
+
+/// The members of a `ZRANGE` reply.
+fn members(reply: Value) -> Result<Vec<String>, StoreError> {
+    match reply {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+                _ => None,
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| StoreError::Protocol("ZRANGE reply".into())),
+        other => Err(StoreError::Protocol(format!("ZRANGE reply {other:?}"))),
     }
 }

@@ -75,6 +75,27 @@ pub fn usage_seen(account: &AccountId) -> String {
     format!("user:{{{account}}}:usage:seen")
 }
 
+/// The rankings of top consumers the account is in: a sorted set of their
+/// keys by expiry (ms), so DeleteAccount can take the account out of them.
+pub fn usage_ranks(account: &AccountId) -> String {
+    format!("user:{{{account}}}:usage:ranks")
+}
+
+/// The account's usage events that carried metadata: a stream, entries
+/// `e` (`id|metric|value|time_ms`) and `m` (the metadata as JSON), trimmed
+/// to about the most entries shown and expiring its retention after the
+/// newest entry.
+pub fn usage_log(account: &AccountId) -> String {
+    format!("user:{{{account}}}:usage:log")
+}
+
+/// The top consumers of `metric` in `period`: a sorted set of account id
+/// by usage, shared by every account (so in a slot of its own on Redis
+/// Cluster), expiring with the period's usage.
+pub fn usage_ranking(metric: &str, period: meter_core::UsagePeriod) -> String {
+    format!("usage:top:{metric}:{period}")
+}
+
 /// The account's index of idempotency records: a sorted set of their keys
 /// by expiry (ms), so that every record of the account can be found without
 /// scanning (DeleteAccount).
@@ -97,6 +118,8 @@ pub fn account_keys(account: &AccountId) -> Vec<String> {
         stats_recent(account),
         stats_seen(account),
         usage_seen(account),
+        usage_ranks(account),
+        usage_log(account),
         idempotency_index(account),
     ]
 }

@@ -51,6 +51,12 @@ pub mod lib {
         name: "lib/mutation.lua",
         source: include_str!("lua/lib/mutation.lua"),
     };
+    /// `stream_floor()`: where a newest-first read of a bounded log stops.
+    /// Needs [`STORED`].
+    pub const STREAM: Library = Library {
+        name: "lib/stream.lua",
+        source: include_str!("lua/lib/stream.lua"),
+    };
     /// `period_math()`: the billing-period calendar of `meter_core::period`.
     pub const PERIOD: Library = Library {
         name: "lib/period.lua",
@@ -255,6 +261,20 @@ impl LuaScript {
             "{}: keys in several cluster slots",
             self.name
         );
+        let mut command = redis::cmd("EVALSHA");
+        command.arg(&self.hash).arg(keys.len()).arg(keys);
+        ScriptCall {
+            script: self,
+            command,
+            slot,
+        }
+    }
+
+    /// A call of this script on `keys` of several slots, sent where the
+    /// first key lives: only for one Redis node ([`crate::RedisStore::is_cluster`]
+    /// false), where keys of any slots meet.
+    pub fn call_on_one_node<K: AsRef<[u8]> + ToRedisArgs>(&'static self, keys: &[K]) -> ScriptCall {
+        let slot = keys.first().map(|key| key_slot(key.as_ref()));
         let mut command = redis::cmd("EVALSHA");
         command.arg(&self.hash).arg(keys.len()).arg(keys);
         ScriptCall {

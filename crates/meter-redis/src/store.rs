@@ -109,6 +109,12 @@ impl RedisStore {
         value.extract_error().map_err(|e| sort_command_error(&e))
     }
 
+    /// Whether Redis is a cluster (keys of different slots may live on
+    /// different nodes) rather than one node.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.nodes, Nodes::Cluster(_))
+    }
+
     /// On a cluster just opened, waits for its slot map (as a call on one
     /// node waits for its first connection).
     async fn ready(&self) -> Result<(), StoreError> {

@@ -1,12 +1,16 @@
 //! [`UsageStore`] on Redis: per account, a hash per month and per day
 //! (metric -> value) expiring by itself, the event ids counted in a sorted
-//! set, every period hash listed in the account's index for DeleteAccount.
+//! set, every period hash listed in the account's index for DeleteAccount,
+//! the events with metadata in a stream; per metric and period, a sorted
+//! set of the top consumers, raised in the same script on one Redis node
+//! and right after it on Redis Cluster.
 
 use std::{collections::BTreeMap, sync::LazyLock, time::Duration};
 
 use meter_core::{
-    AccountId, CheckQuota, EventOutcome, QuotaOutcome, RecordUsage, StoreError, Timestamp,
-    UsagePeriod, UsageStore, plan_limit,
+    AccountId, CheckQuota, Consumer, EventLogPage, EventOutcome, LoggedEvent, QuotaOutcome,
+    RecordUsage, StoreError, Timestamp, UsageEvent, UsagePeriod, UsageRetention, UsageStore,
+    plan_limit,
 };
 use redis::Value;
 
@@ -15,7 +19,7 @@ use crate::{
     accounts::{ProfileHash, SubscriptionHash},
     credits::{parse_count, text},
     keys,
-    script::{Library, LuaScript, lib, names},
+    script::{Library, LuaScript, ScriptCall, lib, names},
 };
 
 /// `usage/usage.lua`: counting an event into its month and day.
@@ -47,6 +51,27 @@ static QUOTA: LazyLock<LuaScript> = LazyLock::new(|| {
     )
 });
 
+static TOP: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "usage/top.lua",
+        &[],
+        &[],
+        &[],
+        include_str!("lua/usage/top.lua"),
+    )
+});
+
+static LOG: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "usage/log.lua",
+        &[lib::STORED, lib::STREAM],
+        &[],
+        &[],
+        include_str!("lua/usage/log.lua"),
+    )
+    .reading_only()
+});
+
 static READ: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new(
         "usage/read.lua",
@@ -69,11 +94,21 @@ static BILL: LazyLock<LuaScript> = LazyLock::new(|| {
     .reading_only()
 });
 
-/// The record script: KEYS seen ids, index, the period hashes; ARGV now_ms,
-/// window_ms, now_text, then 8 per event (id, metric, value, kind, month key position,
-/// month expiry, day key position, day expiry).
+/// The record script (`usage/record.lua` says its keys and arguments).
 pub fn record_script() -> &'static LuaScript {
     &RECORD
+}
+
+/// The record script's arguments for the events of `account` recorded at
+/// `now`, and their keys, as [`RedisUsage`] sends them on one Redis node:
+/// for measuring the script alone (`make bench`).
+pub fn record_call(
+    account: &AccountId,
+    events: &[(UsageEvent, meter_core::MetricKind)],
+    now: Timestamp,
+) -> (Vec<String>, Vec<String>) {
+    let batch = Batch::plan(account, events, UsageRetention::default(), now, true);
+    (batch.keys, batch.args)
 }
 
 /// The usage store on Redis.
@@ -135,6 +170,209 @@ fn parse_usage(
         .collect()
 }
 
+/// The rankings a batch touches: (metric, period) -> number in the
+/// script's list (1-based), and their keys with their position in KEYS.
+#[derive(Default)]
+struct Rankings {
+    numbers: BTreeMap<(String, UsagePeriod), usize>,
+    keys: Vec<(String, usize)>,
+}
+
+impl Rankings {
+    /// The number of the ranking of `metric` in `period`, its key added to
+    /// `keys` when `in_keys` (one Redis node).
+    fn number(
+        &mut self,
+        metric: &str,
+        period: UsagePeriod,
+        keys: &mut Vec<String>,
+        in_keys: bool,
+    ) -> usize {
+        if let Some(number) = self.numbers.get(&(metric.to_owned(), period)) {
+            return *number;
+        }
+        let key = keys::usage_ranking(metric, period);
+        let at = if in_keys {
+            keys.push(key.clone());
+            keys.len()
+        } else {
+            0
+        };
+        self.keys.push((key, at));
+        self.numbers
+            .insert((metric.to_owned(), period), self.keys.len());
+        self.keys.len()
+    }
+}
+
+/// The common keys and header arguments of the usage scripts (`usage/usage.lua`).
+fn usage_keys(account: &AccountId) -> Vec<String> {
+    vec![
+        keys::usage_seen(account),
+        keys::idempotency_index(account),
+        keys::usage_ranks(account),
+        keys::usage_log(account),
+    ]
+}
+
+fn usage_header(
+    account: &AccountId,
+    retention: UsageRetention,
+    now: Timestamp,
+    rankings: &Rankings,
+) -> Vec<String> {
+    let mut args = vec![
+        now.as_millis().to_string(),
+        millis(retention.dedupe_window).max(1).to_string(),
+        now.to_string(),
+        account.to_string(),
+        retention.log_entries.max(1).to_string(),
+        millis(retention.log_age).max(1).to_string(),
+        rankings.keys.len().to_string(),
+    ];
+    for (key, at) in &rankings.keys {
+        args.extend([key.clone(), at.to_string()]);
+    }
+    args
+}
+
+/// A record script call planned: its keys and arguments, and the rankings.
+struct Batch {
+    keys: Vec<String>,
+    args: Vec<String>,
+    rankings: Rankings,
+}
+
+impl Batch {
+    fn plan(
+        account: &AccountId,
+        events: &[(UsageEvent, meter_core::MetricKind)],
+        retention: UsageRetention,
+        now: Timestamp,
+        one_node: bool,
+    ) -> Self {
+        let mut keys = usage_keys(account);
+        let mut position = BTreeMap::new();
+        let mut slot = |period: UsagePeriod, keys: &mut Vec<String>| {
+            *position.entry(period).or_insert_with(|| {
+                keys.push(keys::usage_period(account, period));
+                keys.len()
+            })
+        };
+        let mut rankings = Rankings::default();
+        let mut per_event = Vec::with_capacity(events.len() * 12);
+        for (event, kind) in events {
+            let (month, day) = (
+                UsagePeriod::month_of(event.time),
+                UsagePeriod::day_of(event.time),
+            );
+            let (month_at, day_at) = (slot(month, &mut keys), slot(day, &mut keys));
+            let month_top = rankings.number(&event.metric, month, &mut keys, one_node);
+            let day_top = rankings.number(&event.metric, day, &mut keys, one_node);
+            let metadata = if event.metadata.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&event.metadata).unwrap_or_default()
+            };
+            per_event.extend([
+                event.event_id.clone(),
+                event.metric.clone(),
+                event.value.to_string(),
+                kind.as_str().to_owned(),
+                month_at.to_string(),
+                expiry(month, retention.month).to_string(),
+                day_at.to_string(),
+                expiry(day, retention.day).to_string(),
+                month_top.to_string(),
+                day_top.to_string(),
+                metadata,
+                event.time.as_millis().to_string(),
+            ]);
+        }
+        let mut args = usage_header(account, retention, now, &rankings);
+        args.extend(per_event);
+        Self {
+            keys,
+            args,
+            rankings,
+        }
+    }
+}
+
+impl RedisUsage {
+    /// A script call on `keys`: routed by the account's slot on a cluster,
+    /// with keys of other slots (rankings) on one node.
+    fn call(&self, script: &'static LuaScript, keys: &[String]) -> ScriptCall {
+        if self.store.is_cluster() {
+            script.call(keys)
+        } else {
+            script.call_on_one_node(keys)
+        }
+    }
+
+    /// On Redis Cluster, raises the account in the rankings its recorded
+    /// events changed (`totals`: ranking key -> new total), each in its own
+    /// slot, after the record script. A failure leaves a ranking behind
+    /// until the account's next event there; the usage itself is recorded.
+    async fn raise_rankings(
+        &self,
+        account: &AccountId,
+        totals: BTreeMap<String, (i64, i64)>,
+        now: Timestamp,
+    ) {
+        let raises = totals.into_iter().map(|(key, (total, expires))| {
+            let ttl = expires.saturating_sub(now.as_millis());
+            let call = TOP
+                .call(std::slice::from_ref(&key))
+                .arg(total)
+                .arg(account.as_str())
+                .arg(ttl);
+            async move {
+                if ttl < 1 {
+                    return;
+                }
+                if let Err(error) = self.store.run_raw(call).await {
+                    tracing::warn!(%account, ranking = %key, %error, "top consumers not raised; the next event of the account raises it");
+                }
+            }
+        });
+        futures_util::future::join_all(raises).await;
+    }
+}
+
+/// The new total of each ranking the `outcomes` of `events` changed, with
+/// the ranking's expiry (ms).
+fn raised(
+    events: &[(UsageEvent, meter_core::MetricKind)],
+    outcomes: &[EventOutcome],
+    retention: UsageRetention,
+) -> BTreeMap<String, (i64, i64)> {
+    let mut totals: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for ((event, _), outcome) in events.iter().zip(outcomes) {
+        let EventOutcome::Recorded {
+            month_total,
+            day_total,
+        } = outcome
+        else {
+            continue;
+        };
+        let month = UsagePeriod::month_of(event.time);
+        let day = UsagePeriod::day_of(event.time);
+        for (period, total, kept) in [
+            (month, *month_total, retention.month),
+            (day, *day_total, retention.day),
+        ] {
+            if total > 0 {
+                let entry = totals
+                    .entry(keys::usage_ranking(&event.metric, period))
+                    .or_insert((0, expiry(period, kept)));
+                entry.0 = entry.0.max(total);
+            }
+        }
+    }
+    totals
+}
+
 /// An event outcome as a script answers it.
 fn outcome(text: &str) -> Result<EventOutcome, StoreError> {
     if text == "dup" {
@@ -165,46 +403,19 @@ impl UsageStore for RedisUsage {
         now: Timestamp,
     ) -> Result<Vec<EventOutcome>, StoreError> {
         let account = &request.account;
-        let mut keys = vec![keys::usage_seen(account), keys::idempotency_index(account)];
-        let mut position = BTreeMap::new();
-        let mut slot = |period: UsagePeriod, keys: &mut Vec<String>| {
-            *position.entry(period).or_insert_with(|| {
-                keys.push(keys::usage_period(account, period));
-                keys.len()
-            })
-        };
-        let mut args: Vec<String> = vec![
-            now.as_millis().to_string(),
-            millis(request.dedupe_window).max(1).to_string(),
-        ];
-        for (event, kind) in &request.events {
-            let (month, day) = (
-                UsagePeriod::month_of(event.time),
-                UsagePeriod::day_of(event.time),
-            );
-            let (month_at, day_at) = (slot(month, &mut keys), slot(day, &mut keys));
-            args.extend([
-                event.event_id.clone(),
-                event.metric.clone(),
-                event.value.to_string(),
-                kind.as_str().to_owned(),
-                month_at.to_string(),
-                expiry(month, request.month_retention).to_string(),
-                day_at.to_string(),
-                expiry(day, request.day_retention).to_string(),
-            ]);
-        }
-        let call = RECORD
-            .call(&keys)
-            .arg(args[0].as_str())
-            .arg(args[1].as_str())
-            .arg(now.to_string())
-            .arg(&args[2..]);
+        let cluster = self.store.is_cluster();
+        let batch = Batch::plan(account, &request.events, request.retention, now, !cluster);
+        let call = self.call(&RECORD, &batch.keys).arg(&batch.args[..]);
         let reply = self.store.run_raw(call).await?;
-        texts(reply, "usage/record.lua")?
+        let outcomes = texts(reply, "usage/record.lua")?
             .iter()
             .map(|t| outcome(t))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        if cluster && !batch.rankings.keys.is_empty() {
+            let totals = raised(&request.events, &outcomes, request.retention);
+            self.raise_rankings(account, totals, now).await;
+        }
+        Ok(outcomes)
     }
 
     async fn check_quota(
@@ -214,23 +425,27 @@ impl UsageStore for RedisUsage {
     ) -> Result<QuotaOutcome, StoreError> {
         let account = &request.account;
         let (month, day) = (UsagePeriod::month_of(now), UsagePeriod::day_of(now));
-        let keys = [
-            keys::usage_seen(account),
-            keys::idempotency_index(account),
-            keys::usage_period(account, month),
-            keys::usage_period(account, day),
+        let cluster = self.store.is_cluster();
+        let mut keys = usage_keys(account);
+        keys.extend([
             keys::profile(account),
             keys::subscription(account),
-        ];
-        let window = request
+            keys::usage_period(account, month),
+            keys::usage_period(account, day),
+        ]);
+        let mut rankings = Rankings::default();
+        if request.consume.is_some() {
+            // Rankings 1 and 2: the month's and the day's.
+            rankings.number(&request.metric, month, &mut keys, !cluster);
+            rankings.number(&request.metric, day, &mut keys, !cluster);
+        }
+        let retention = request
             .consume
             .as_ref()
-            .map_or(1, |c| millis(c.dedupe_window).max(1));
-        let call = QUOTA
-            .call(&keys)
-            .arg(now.as_millis())
-            .arg(window)
-            .arg(now.to_string())
+            .map_or_else(UsageRetention::default, |c| c.retention);
+        let call = self
+            .call(&QUOTA, &keys)
+            .arg(usage_header(account, retention, now, &rankings))
             .arg(request.metric.as_str())
             .arg(request.amount);
         let mut call = crate::accounts::default_plan_args(call, request.catalog.default_plan());
@@ -244,8 +459,8 @@ impl UsageStore for RedisUsage {
                 .arg(event.event_id.as_str())
                 .arg(event.value)
                 .arg(kind.as_str())
-                .arg(expiry(month, consume.month_retention))
-                .arg(expiry(day, consume.day_retention)),
+                .arg(expiry(month, consume.retention.month))
+                .arg(expiry(day, consume.retention.day)),
             None => call
                 .arg(&["", ""][..])
                 .arg(request.kind.as_str())
@@ -272,14 +487,23 @@ impl UsageStore for RedisUsage {
         let mut decision =
             meter_core::quota(limit, hard == "1", request.kind, used, request.amount);
         decision.allowed = allowed == "1";
+        let consumed = if event.is_empty() {
+            None
+        } else {
+            Some(outcome(event)?)
+        };
+        if let (true, Some(consume), Some(recorded)) = (cluster, &request.consume, &consumed) {
+            let totals = raised(
+                &consume.events,
+                std::slice::from_ref(recorded),
+                consume.retention,
+            );
+            self.raise_rankings(account, totals, now).await;
+        }
         Ok(QuotaOutcome {
             plan: plan.clone(),
             decision,
-            consumed: if event.is_empty() {
-                None
-            } else {
-                Some(outcome(event)?)
-            },
+            consumed,
         })
     }
 
@@ -330,5 +554,110 @@ impl UsageStore for RedisUsage {
             .arg(now.as_millis());
         let values = texts(self.store.run_raw(call).await?, "usage/read.lua")?;
         parse_usage(account, &key, values)
+    }
+
+    async fn top_consumers(
+        &self,
+        metric: &str,
+        period: UsagePeriod,
+        limit: usize,
+        _now: Timestamp,
+    ) -> Result<Vec<Consumer>, StoreError> {
+        let key = keys::usage_ranking(metric, period);
+        let mut command = redis::cmd("ZREVRANGE");
+        command
+            .arg(&key)
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .arg("WITHSCORES");
+        let values = texts(self.store.command(command, &key).await?, "ZREVRANGE")?;
+        values
+            .chunks(2)
+            .map(|pair| {
+                let corrupt = |detail: String| StoreError::Corrupt {
+                    what: format!("top consumers of {metric} in {period}"),
+                    key: key.clone(),
+                    detail,
+                };
+                match pair {
+                    [account, used] => Ok(Consumer {
+                        account: AccountId::parse("account", account)
+                            .map_err(|_| corrupt(format!("member {account:?}")))?,
+                        used: parse_count(used)
+                            .ok_or_else(|| corrupt(format!("score {used:?} of {account}")))?,
+                    }),
+                    _ => Err(StoreError::Protocol("ZREVRANGE reply".into())),
+                }
+            })
+            .collect()
+    }
+
+    async fn events(
+        &self,
+        account: &AccountId,
+        page: &EventLogPage,
+        now: Timestamp,
+    ) -> Result<(Vec<LoggedEvent>, Option<String>), StoreError> {
+        let key = keys::usage_log(account);
+        let oldest = now
+            .as_millis()
+            .saturating_sub(millis(page.retention.log_age));
+        let call = LOG
+            .call(std::slice::from_ref(&key))
+            .arg(page.retention.log_entries.max(1))
+            .arg(oldest)
+            .arg(page.before.as_deref().unwrap_or(""))
+            .arg(page.size + 1)
+            .arg(page.metric.as_deref().unwrap_or(""));
+        let values = texts(self.store.run_raw(call).await?, "usage/log.lua")?;
+        let corrupt = |detail: String| StoreError::Corrupt {
+            what: format!("usage event log of account {account}"),
+            key: key.clone(),
+            detail,
+        };
+        let mut events = values
+            .chunks(3)
+            .map(|entry| {
+                let [cursor, event, metadata] = entry else {
+                    return Err(StoreError::Protocol("usage/log.lua reply".into()));
+                };
+                let parts: Vec<&str> = event.split('|').collect();
+                let (Some(recorded_ms), [event_id, metric, value, time_ms]) = (
+                    cursor
+                        .split_once('-')
+                        .and_then(|(ms, _)| ms.parse::<i64>().ok()),
+                    &parts[..],
+                ) else {
+                    return Err(corrupt(format!("entry {cursor} holds {event:?}")));
+                };
+                let time = time_ms
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(Timestamp::from_millis)
+                    .ok_or_else(|| corrupt(format!("entry {cursor} time {time_ms:?}")))?;
+                Ok(LoggedEvent {
+                    event: UsageEvent {
+                        account: account.clone(),
+                        metric: (*metric).to_owned(),
+                        value: parse_count(value)
+                            .ok_or_else(|| corrupt(format!("entry {cursor} value {value:?}")))?,
+                        event_id: (*event_id).to_owned(),
+                        time,
+                        metadata: serde_json::from_str(metadata)
+                            .map_err(|e| corrupt(format!("entry {cursor} metadata: {e}")))?,
+                    },
+                    recorded_at: Timestamp::from_millis(recorded_ms)
+                        .ok_or_else(|| corrupt(format!("entry id {cursor}")))?,
+                    cursor: cursor.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let next = if events.len() > page.size {
+            events.truncate(page.size);
+            events.last().map(|e| e.cursor.clone())
+        } else {
+            None
+        };
+        Ok((events, next))
     }
 }

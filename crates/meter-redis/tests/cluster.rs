@@ -89,7 +89,16 @@ mod contract {
     meter_testkit::usage_store_contract!(async move {
         let cluster = RedisCluster::start();
         let store = store_on(&cluster).await;
-        (meter_redis::RedisUsage::new(store), cluster)
+        (
+            meter_redis::RedisUsage::new(store.clone()),
+            meter_redis::RedisAccounts::new(
+                store,
+                meter_core::IdempotencyWindow::new(std::time::Duration::from_secs(3600))
+                    .expect("valid window"),
+                meter_core::HistoryRetention::DEFAULT,
+            ),
+            cluster,
+        )
     });
 
     meter_testkit::stats_store_contract!(window => async move {

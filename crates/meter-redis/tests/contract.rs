@@ -48,6 +48,15 @@ mod usage {
     meter_testkit::usage_store_contract!(async move {
         let server = RedisServer::start();
         let store = RedisStore::open(&RedisConfig::new(server.url())).expect("valid url");
-        (RedisUsage::new(store), server)
+        (
+            RedisUsage::new(store.clone()),
+            meter_redis::RedisAccounts::new(
+                store,
+                meter_core::IdempotencyWindow::new(std::time::Duration::from_secs(3600))
+                    .expect("valid window"),
+                meter_core::HistoryRetention::DEFAULT,
+            ),
+            server,
+        )
     });
 }

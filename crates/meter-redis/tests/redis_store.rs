@@ -835,7 +835,12 @@ async fn usage_keys_expire_by_themselves_and_go_with_the_account() {
                     value: 2,
                     event_id: format!("e{i}"),
                     time: Timestamp::from_millis(now.as_millis() - i * 86_400_000).expect("time"),
-                    metadata: BTreeMap::new(),
+                    // One event for the log.
+                    metadata: if i == 0 {
+                        BTreeMap::from([("route".to_owned(), "/v1".to_owned())])
+                    } else {
+                        BTreeMap::new()
+                    },
                 };
                 (event, MetricKind::Sum)
             })
@@ -843,17 +848,20 @@ async fn usage_keys_expire_by_themselves_and_go_with_the_account() {
         let request = RecordUsage {
             account: account(who),
             events,
-            dedupe_window: HOUR,
-            month_retention: Duration::from_secs(90 * 86_400),
-            day_retention: Duration::from_secs(35 * 86_400),
+            retention: meter_core::UsageRetention {
+                dedupe_window: HOUR,
+                ..meter_core::UsageRetention::default()
+            },
         };
         usage.record(&request, now).await.expect("record");
     }
     let mut conn = server.connection().await;
     let written: Vec<String> = conn.keys("*{u-metered}*").await.expect("keys");
-    // seen ids, the index, two months and three days.
-    assert_eq!(written.len(), 7, "{written:?}");
-    for key in &written {
+    // seen ids, the index, the rankings it is in, the log, two months and three days.
+    assert_eq!(written.len(), 9, "{written:?}");
+    let rankings: Vec<String> = conn.keys("usage:top:*").await.expect("keys");
+    assert_eq!(rankings.len(), 5, "two months and three days: {rankings:?}");
+    for key in written.iter().chain(&rankings) {
         let ttl: i64 = conn.pttl(key).await.expect("pttl");
         assert!(ttl > 0, "{key} has no TTL ({ttl})");
     }
@@ -871,5 +879,13 @@ async fn usage_keys_expire_by_themselves_and_go_with_the_account() {
     let left: Vec<String> = conn.keys("*{u-metered}*").await.expect("keys");
     assert_eq!(left, Vec::<String>::new());
     let other: Vec<String> = conn.keys("*{u-other}*").await.expect("keys");
-    assert_eq!(other.len(), 7);
+    assert_eq!(other.len(), 9);
+    for ranking in &rankings {
+        let members: Vec<String> = conn.zrange(ranking, 0, -1).await.expect("zrange");
+        assert_eq!(
+            members,
+            ["u-other"],
+            "{ranking}: the deleted account left it"
+        );
+    }
 }

@@ -136,6 +136,12 @@ pub struct ServiceArgs {
     /// How long after a month ends its usage events are still accepted.
     #[arg(long, env = "METERD_USAGE_GRACE", default_value = "3d", value_parser = parse_duration)]
     pub usage_grace: Duration,
+    /// How long a usage event with metadata stays in the account's event log (1ms..=3650d).
+    #[arg(long, env = "METERD_USAGE_LOG_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub usage_log_retention: Duration,
+    /// Most events of an account's usage event log shown (older ones are trimmed; 1..=100000).
+    #[arg(long, env = "METERD_USAGE_LOG_MAX_ENTRIES", default_value_t = 1_000)]
+    pub usage_log_max_entries: usize,
     /// Most usage events in one RecordUsage call (1..=100000).
     #[arg(long, env = "METERD_USAGE_MAX_EVENTS", default_value_t = 1_000)]
     pub usage_max_events: usize,
@@ -367,10 +373,35 @@ impl Cli {
                 service.usage_max_events
             ));
         }
+        if service.usage_month_retention < service.usage_grace {
+            return bad(format!(
+                "--usage-month-retention ({:?}) must be at least --usage-grace ({:?}): a month \
+                 still taking events must not be forgotten",
+                service.usage_month_retention, service.usage_grace
+            ));
+        }
+        if service.usage_log_retention.is_zero()
+            || service.usage_log_retention > Duration::from_secs(3650 * 86_400)
+        {
+            return bad(format!(
+                "--usage-log-retention ({:?}) must be from 1ms to 3650d",
+                service.usage_log_retention
+            ));
+        }
+        if !(1..=100_000).contains(&service.usage_log_max_entries) {
+            return bad(format!(
+                "--usage-log-max-entries ({}) must be from 1 to 100000",
+                service.usage_log_max_entries
+            ));
+        }
         Ok(meter_core::UsageSettings {
-            dedupe_window: service.usage_dedupe_window,
-            month_retention: service.usage_month_retention,
-            day_retention: service.usage_day_retention,
+            retention: meter_core::UsageRetention {
+                dedupe_window: service.usage_dedupe_window,
+                month: service.usage_month_retention,
+                day: service.usage_day_retention,
+                log_age: service.usage_log_retention,
+                log_entries: service.usage_log_max_entries,
+            },
             grace: service.usage_grace,
             max_skew: service.max_event_skew,
             max_events: service.usage_max_events,

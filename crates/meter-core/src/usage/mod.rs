@@ -2,9 +2,6 @@
 //! (UTC months and days), counted once per event id; quotas from the
 //! plan's allowances; the period's bill.
 //!
-//! So far: the rules (periods, events, bills, quotas), the store port,
-//! recording and reading usage; quotas by plan, bills, top consumers and
-//! the event log follow.
 
 mod bill;
 mod event;
@@ -21,24 +18,32 @@ pub use period::UsagePeriod;
 /// Why an event whose period total would pass 2^53 − 1 is rejected.
 pub const TOTAL_OVERFLOW: &str =
     "its period's total would pass 2^53 - 1, the most a total holds exactly";
-pub use store::{CheckQuota, QuotaOutcome, RecordUsage, UsageStore, plan_limit};
+pub use store::{
+    CheckQuota, Consumer, EventLogPage, LoggedEvent, QuotaOutcome, RecordUsage, UsageRetention,
+    UsageStore, is_log_cursor, plan_limit,
+};
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use crate::{
-    AccountId, Clock, IdempotencyKey, InvalidArgument, MeterError, PlanCatalog, Timestamp,
-    plan::check_metric,
+    AccountId, Clock, IdempotencyKey, InvalidArgument, MeterError, PlanCatalog, StoreError,
+    Timestamp, plan::check_metric,
 };
+
+/// Accounts TopConsumers lists when the caller says 0.
+pub const DEFAULT_TOP_CONSUMERS: usize = 10;
+/// Most accounts TopConsumers lists.
+pub const MAX_TOP_CONSUMERS: usize = 1_000;
+/// Events on a ListUsageEvents page when the caller says 0.
+pub const DEFAULT_LOG_PAGE: usize = 50;
+/// Most events on a ListUsageEvents page.
+pub const MAX_LOG_PAGE: usize = 500;
 
 /// How the usage use cases treat events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UsageSettings {
-    /// How long an event id is remembered (counted once within it).
-    pub dedupe_window: Duration,
-    /// How long a month's totals are kept after the month ends.
-    pub month_retention: Duration,
-    /// How long a day's totals are kept after the day ends.
-    pub day_retention: Duration,
+    /// How long what recording writes is kept.
+    pub retention: UsageRetention,
     /// How long after a month ends its events are still accepted.
     pub grace: Duration,
     /// How far ahead of the clock an event's time may be.
@@ -53,9 +58,7 @@ impl Default for UsageSettings {
     fn default() -> Self {
         const DAY: u64 = 86_400;
         Self {
-            dedupe_window: Duration::from_secs(DAY),
-            month_retention: Duration::from_secs(90 * DAY),
-            day_retention: Duration::from_secs(35 * DAY),
+            retention: UsageRetention::default(),
             grace: Duration::from_secs(3 * DAY),
             max_skew: Duration::from_secs(300),
             max_events: 1_000,
@@ -92,54 +95,107 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
     /// nothing written, when an event is malformed (the error names its
     /// index); otherwise one outcome per event, in order: an event of a
     /// month closed longer ago than the grace is rejected, the rest are
-    /// recorded or duplicates.
+    /// recorded or duplicates. Each account's events are one atomic store
+    /// call; the accounts of a call are recorded concurrently.
     pub async fn record(
         &self,
         events: Vec<RawUsageEvent>,
     ) -> Result<Vec<EventOutcome>, MeterError> {
-        let settings = self.settings;
-        if events.is_empty() || events.len() > settings.max_events {
+        self.check_count(events.len())?;
+        let now = self.clock.now();
+        let checked = events
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                self.check_event(raw, now)
+                    .map(Ok)
+                    .map_err(|e| e.at("events", index))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.record_checked(checked, now).await
+    }
+
+    /// Records `events` as [`Usage::record`] does, except that a malformed
+    /// event is rejected with the reason rather than refusing the others
+    /// (for streams, where the events before it are recorded already).
+    pub async fn record_each(
+        &self,
+        events: Vec<RawUsageEvent>,
+    ) -> Result<Vec<EventOutcome>, MeterError> {
+        self.check_count(events.len())?;
+        let now = self.clock.now();
+        let checked = events
+            .into_iter()
+            .map(|raw| {
+                self.check_event(raw, now)
+                    .map_err(|e| EventOutcome::Rejected(e.to_string()))
+            })
+            .collect();
+        self.record_checked(checked, now).await
+    }
+
+    fn check_count(&self, count: usize) -> Result<(), InvalidArgument> {
+        let max = self.settings.max_events;
+        if count == 0 || count > max {
             return Err(InvalidArgument::new(
                 "events",
                 format!(
-                    "has {} events; send 1 to {} in one call (meterd's --usage-max-events)",
-                    events.len(),
-                    settings.max_events
+                    "has {count} events; send 1 to {max} in one call (meterd's --usage-max-events)"
                 ),
-            )
-            .into());
+            ));
         }
-        let now = self.clock.now();
-        let mut checked = Vec::with_capacity(events.len());
-        for (index, raw) in events.into_iter().enumerate() {
-            let event = UsageEvent::check(raw, now).map_err(|e| e.at("events", index))?;
-            if settings.strict_metrics && !self.catalog.metrics().contains_key(&event.metric) {
-                let known: Vec<&str> = self.catalog.metrics().keys().map(String::as_str).collect();
-                return Err(InvalidArgument::new(
-                    "metric",
-                    format!(
-                        "{:?} is not a metric of the catalog (it has: {})",
-                        event.metric,
-                        known.join(", ")
-                    ),
-                )
-                .at("events", index)
-                .into());
-            }
-            if event.time.as_millis() > now.as_millis().saturating_add(millis(settings.max_skew)) {
-                return Err(InvalidArgument::new(
-                    "time",
-                    format!("is {}, ahead of meterd's clock ({now})", event.time),
-                )
-                .at("events", index)
-                .into());
-            }
-            checked.push(event);
+        Ok(())
+    }
+
+    /// `raw` checked, its metric declared (with `--strict-metrics`), its
+    /// time not ahead of `now` by more than the allowed skew.
+    fn check_event(
+        &self,
+        raw: RawUsageEvent,
+        now: Timestamp,
+    ) -> Result<UsageEvent, InvalidArgument> {
+        let event = UsageEvent::check(raw, now)?;
+        if self.settings.strict_metrics && !self.catalog.metrics().contains_key(&event.metric) {
+            let known: Vec<&str> = self.catalog.metrics().keys().map(String::as_str).collect();
+            return Err(InvalidArgument::new(
+                "metric",
+                format!(
+                    "{:?} is not a metric of the catalog (it has: {})",
+                    event.metric,
+                    known.join(", ")
+                ),
+            ));
         }
+        let ahead = now
+            .as_millis()
+            .saturating_add(millis(self.settings.max_skew));
+        if event.time.as_millis() > ahead {
+            return Err(InvalidArgument::new(
+                "time",
+                format!("is {}, ahead of meterd's clock ({now})", event.time),
+            ));
+        }
+        Ok(event)
+    }
+
+    /// Records checked events (an `Err` is already that event's outcome).
+    async fn record_checked(
+        &self,
+        checked: Vec<Result<UsageEvent, EventOutcome>>,
+        now: Timestamp,
+    ) -> Result<Vec<EventOutcome>, MeterError> {
+        let settings = self.settings;
         let mut outcomes: Vec<Option<EventOutcome>> = vec![None; checked.len()];
         // One store call per account, its events in order.
         let mut by_account: BTreeMap<AccountId, Vec<(usize, UsageEvent)>> = BTreeMap::new();
         for (index, event) in checked.into_iter().enumerate() {
+            let event = match event {
+                Ok(event) => event,
+                Err(outcome) => {
+                    outcomes[index] = Some(outcome);
+                    continue;
+                }
+            };
             let closes = UsagePeriod::month_of(event.time)
                 .end()
                 .map_or(i64::MAX, |end| {
@@ -158,7 +214,7 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
                 .or_default()
                 .push((index, event));
         }
-        for (account, events) in by_account {
+        let calls = by_account.into_iter().map(|(account, events)| {
             let (indices, events): (Vec<usize>, Vec<UsageEvent>) = events.into_iter().unzip();
             let request = RecordUsage {
                 account,
@@ -169,12 +225,15 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
                         (e, kind)
                     })
                     .collect(),
-                dedupe_window: settings.dedupe_window,
-                month_retention: settings.month_retention,
-                day_retention: settings.day_retention,
+                retention: settings.retention,
             };
-            let recorded = self.store.record(&request, now).await?;
-            for (index, outcome) in indices.into_iter().zip(recorded) {
+            async move {
+                let recorded = self.store.record(&request, now).await?;
+                Ok::<_, StoreError>(indices.into_iter().zip(recorded))
+            }
+        });
+        for recorded in futures_util::future::join_all(calls).await {
+            for (index, outcome) in recorded? {
                 outcomes[index] = Some(outcome);
             }
         }
@@ -254,9 +313,7 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
             RecordUsage {
                 account: account.clone(),
                 events: vec![(event, self.catalog.metric_kind(metric))],
-                dedupe_window: self.settings.dedupe_window,
-                month_retention: self.settings.month_retention,
-                day_retention: self.settings.day_retention,
+                retention: self.settings.retention,
             }
         });
         let request = CheckQuota {
@@ -319,6 +376,94 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
             bill.base_price_micros = 0;
         }
         Ok(bill)
+    }
+
+    /// The accounts that used the most of `metric` in `period` (`YYYY-MM`
+    /// or `YYYY-MM-DD`), highest first: `limit` of them (1 to
+    /// [`MAX_TOP_CONSUMERS`]; 0 means [`DEFAULT_TOP_CONSUMERS`]).
+    pub async fn top_consumers(
+        &self,
+        metric: &str,
+        period: &str,
+        limit: usize,
+    ) -> Result<(UsagePeriod, Vec<Consumer>), MeterError> {
+        check_metric(metric).map_err(|problem| InvalidArgument::new("metric", problem))?;
+        let period = UsagePeriod::parse("period", period)?;
+        let limit = match limit {
+            0 => DEFAULT_TOP_CONSUMERS,
+            n if n <= MAX_TOP_CONSUMERS => n,
+            n => {
+                return Err(InvalidArgument::new(
+                    "limit",
+                    format!(
+                        "is {n}; ask for 1 to {MAX_TOP_CONSUMERS} (0 for {DEFAULT_TOP_CONSUMERS})"
+                    ),
+                )
+                .into());
+            }
+        };
+        let now = self.clock.now();
+        let kept = match period {
+            UsagePeriod::Month(_) => self.settings.retention.month,
+            UsagePeriod::Day(_) => self.settings.retention.day,
+        };
+        let forgotten = period
+            .end()
+            .is_some_and(|end| end.as_millis().saturating_add(millis(kept)) <= now.as_millis());
+        if forgotten {
+            // Past its retention (the ranking expires by itself).
+            return Ok((period, Vec::new()));
+        }
+        let top = self.store.top_consumers(metric, period, limit, now).await?;
+        Ok((period, top))
+    }
+
+    /// A page of the account's event log (its events that carried
+    /// metadata), newest first, of `metric` or of every metric when empty:
+    /// `page_size` events (1 to [`MAX_LOG_PAGE`]; 0 means
+    /// [`DEFAULT_LOG_PAGE`]) before `page_token` (empty for the newest),
+    /// and the next page's token (empty on the last page).
+    pub async fn events(
+        &self,
+        account: &AccountId,
+        metric: &str,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Vec<LoggedEvent>, String), MeterError> {
+        if !metric.is_empty() {
+            check_metric(metric).map_err(|problem| InvalidArgument::new("metric", problem))?;
+        }
+        let size = match page_size {
+            0 => DEFAULT_LOG_PAGE,
+            n if n <= MAX_LOG_PAGE => n,
+            n => {
+                return Err(InvalidArgument::new(
+                    "page_size",
+                    format!("is {n}; ask for 1 to {MAX_LOG_PAGE} (0 for {DEFAULT_LOG_PAGE})"),
+                )
+                .into());
+            }
+        };
+        if !page_token.is_empty() && !is_log_cursor(page_token) {
+            return Err(InvalidArgument::new(
+                "page_token",
+                format!("{page_token:?} is not a token ListUsageEvents returned"),
+            )
+            .into());
+        }
+        let page = EventLogPage {
+            metric: (!metric.is_empty()).then(|| metric.to_owned()),
+            before: (!page_token.is_empty()).then(|| page_token.to_owned()),
+            size,
+            retention: self.settings.retention,
+        };
+        let (events, next) = self.store.events(account, &page, self.clock.now()).await?;
+        Ok((events, next.unwrap_or_default()))
+    }
+
+    /// Most events in one call (or one message of a stream).
+    pub fn max_events(&self) -> usize {
+        self.settings.max_events
     }
 
     /// The time now, by the service's clock.

@@ -7,6 +7,35 @@ use crate::{
     Subscription, Timestamp, UsageEvent, UsagePeriod,
 };
 
+/// How long a store keeps what recording usage writes; every key it writes
+/// expires by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageRetention {
+    /// How long an event id is remembered (counted once within it).
+    pub dedupe_window: Duration,
+    /// How long a month's totals (and its top consumers) are kept after the month ends.
+    pub month: Duration,
+    /// How long a day's totals (and its top consumers) are kept after the day ends.
+    pub day: Duration,
+    /// How long an event with metadata stays in the account's event log.
+    pub log_age: Duration,
+    /// Most entries an account's event log shows (older ones are trimmed).
+    pub log_entries: usize,
+}
+
+impl Default for UsageRetention {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Self {
+            dedupe_window: Duration::from_secs(DAY),
+            month: Duration::from_secs(90 * DAY),
+            day: Duration::from_secs(35 * DAY),
+            log_age: Duration::from_secs(30 * DAY),
+            log_entries: 1_000,
+        }
+    }
+}
+
 /// Events of one account to record, each with its metric's kind.
 #[derive(Clone, Debug)]
 pub struct RecordUsage {
@@ -14,12 +43,8 @@ pub struct RecordUsage {
     pub account: AccountId,
     /// The events, in the order reported.
     pub events: Vec<(UsageEvent, MetricKind)>,
-    /// How long an event id is remembered.
-    pub dedupe_window: Duration,
-    /// How long a month's totals are kept after the month ends.
-    pub month_retention: Duration,
-    /// How long a day's totals are kept after the day ends.
-    pub day_retention: Duration,
+    /// How long what they write is kept.
+    pub retention: UsageRetention,
 }
 
 /// A quota check of one metric for the month of `now`, against the limit
@@ -99,4 +124,67 @@ pub trait UsageStore: Clone + Send + Sync + 'static {
         period: UsagePeriod,
         now: Timestamp,
     ) -> impl Future<Output = Result<BTreeMap<String, i64>, StoreError>> + Send;
+
+    /// The accounts that used the most of `metric` in `period`, highest
+    /// first (ties: account ids in descending byte order), at most `limit`.
+    fn top_consumers(
+        &self,
+        metric: &str,
+        period: UsagePeriod,
+        limit: usize,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Consumer>, StoreError>> + Send;
+
+    /// A page of the account's event log, newest first, and the cursor of
+    /// the next page (`None` on the last).
+    fn events(
+        &self,
+        account: &AccountId,
+        page: &EventLogPage,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(Vec<LoggedEvent>, Option<String>), StoreError>> + Send;
+}
+
+/// One account's place in a ranking of a metric's consumers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumer {
+    /// The account.
+    pub account: AccountId,
+    /// What it used in the period (a gauge's peak).
+    pub used: i64,
+}
+
+/// Which page of an account's event log to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventLogPage {
+    /// Only events of this metric; every metric when `None`.
+    pub metric: Option<String>,
+    /// Only events logged before this cursor (exclusive); the newest when `None`.
+    pub before: Option<String>,
+    /// Most events on the page.
+    pub size: usize,
+    /// What the log keeps (older or further entries are not shown).
+    pub retention: UsageRetention,
+}
+
+/// An event of an account's event log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedEvent {
+    /// The event as recorded.
+    pub event: UsageEvent,
+    /// When it was recorded, by meterd's clock.
+    pub recorded_at: Timestamp,
+    /// Its place in the log: `<ms>-<n>`, for paging.
+    pub cursor: String,
+}
+
+/// Whether `text` is an event-log cursor (`<ms>-<n>`, both decimal).
+pub fn is_log_cursor(text: &str) -> bool {
+    let digits = |part: &str| {
+        (1..=20).contains(&part.len())
+            && part.bytes().all(|b| b.is_ascii_digit())
+            && part.parse::<u64>().is_ok()
+    };
+    text.split_once('-')
+        .is_some_and(|(ms, n)| digits(ms) && digits(n))
 }

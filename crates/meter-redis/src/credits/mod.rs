@@ -165,7 +165,7 @@ pub fn reset_script() -> &'static LuaScript {
 static HISTORY: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new(
         "credits/history.lua",
-        &[lib::STORED],
+        &[lib::STORED, lib::STREAM],
         &[],
         &[],
         include_str!("../lua/credits/history.lua"),

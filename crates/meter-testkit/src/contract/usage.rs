@@ -4,26 +4,43 @@
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use meter_core::{
-    CheckQuota, EventOutcome, MetricKind, RecordUsage, Timestamp, UsageEvent, UsagePeriod,
-    UsageStore,
+    AccountStore, CheckQuota, Consumer, EventLogPage, EventOutcome, MetricKind, RecordUsage,
+    Timestamp, UsageEvent, UsagePeriod, UsageRetention, UsageStore,
 };
 
 use super::account;
 use crate::timestamp as at;
 
-/// Runs every usage-store contract test against the `(store, guard)` that
-/// `$make` (an async block) yields.
+/// Runs every usage-store contract test against the `(usage, accounts,
+/// guard)` that `$make` (an async block) yields: the usage store and the
+/// account store of one backing store.
 #[macro_export]
 macro_rules! usage_store_contract {
     ($make:expr) => {
-        $crate::usage_store_contract!(@each $make;
+        $crate::usage_store_contract!(@usage $make;
             events_count_once_into_their_month_and_day,
             gauges_keep_the_peak_and_periods_expire,
             racing_callers_never_both_take_the_last_unit,
             closed_months_are_rejected_and_strict_metrics_refused,
         );
+        $crate::usage_store_contract!(@accounts $make;
+            rankings_follow_usage_and_leave_with_the_account,
+            the_event_log_keeps_events_with_metadata_newest_first,
+        );
     };
-    (@each $make:expr; $($name:ident),* $(,)?) => {
+    (@usage $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::contract::usage::$name(|| async {
+                    let (usage, _accounts, guard) = $make.await;
+                    (usage, guard)
+                })
+                .await;
+            }
+        )*
+    };
+    (@accounts $make:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
@@ -50,9 +67,10 @@ fn batch(who: &str, events: Vec<(UsageEvent, MetricKind)>) -> RecordUsage {
     RecordUsage {
         account: account(who),
         events,
-        dedupe_window: DAY,
-        month_retention: 90 * DAY,
-        day_retention: 35 * DAY,
+        retention: UsageRetention {
+            dedupe_window: DAY,
+            ..UsageRetention::default()
+        },
     }
 }
 
@@ -459,4 +477,326 @@ where
         Some(&1),
         "the refused call wrote nothing"
     );
+}
+
+/// The ranking of `metric` in `period` (text) as (account, used) pairs.
+async fn ranking<S: UsageStore>(
+    store: &S,
+    metric: &str,
+    period: &str,
+    limit: usize,
+    now: Timestamp,
+) -> Vec<(String, i64)> {
+    let period = UsagePeriod::parse("period", period).expect("period");
+    store
+        .top_consumers(metric, period, limit, now)
+        .await
+        .expect("top consumers")
+        .into_iter()
+        .map(|Consumer { account, used }| (account.to_string(), used))
+        .collect()
+}
+
+/// Every metric and period ranks its consumers by their totals (a gauge
+/// by its peak), highest first, ties by account id descending; duplicates
+/// and rejected events change nothing; units a quota check consumes count;
+/// a deleted account leaves every ranking.
+pub async fn rankings_follow_usage_and_leave_with_the_account<S, A, G, F, Fut>(make: F)
+where
+    S: UsageStore,
+    A: AccountStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = (S, A, G)>,
+{
+    let (store, accounts, _guard) = make().await;
+    let now = at("2026-03-10T12:00:00.000Z");
+    let (sum, max) = (MetricKind::Sum, MetricKind::Max);
+    let time = "2026-03-10T11:00:00.000Z";
+    for (who, events) in [
+        (
+            "a-1",
+            vec![
+                (event("a-1", "api_request", 5, "r1", time), sum),
+                (event("a-1", "storage", 100, "s1", time), max),
+                (event("a-1", "storage", 40, "s2", time), max),
+            ],
+        ),
+        (
+            "a-2",
+            vec![(event("a-2", "api_request", 9, "r1", time), sum)],
+        ),
+        (
+            "a-3",
+            vec![(event("a-3", "api_request", 5, "r1", time), sum)],
+        ),
+        (
+            "a-1",
+            vec![(
+                event("a-1", "api_request", 4, "r2", "2026-03-09T23:00:00.000Z"),
+                sum,
+            )],
+        ),
+        (
+            "a-2",
+            vec![
+                // A duplicate raises nothing.
+                (event("a-2", "api_request", 50, "r1", time), sum),
+                (event("a-2", "storage", 70, "s1", time), max),
+            ],
+        ),
+    ] {
+        store
+            .record(&batch(who, events), now)
+            .await
+            .expect("record");
+    }
+    let pairs = |list: &[(&str, i64)]| -> Vec<(String, i64)> {
+        list.iter().map(|(a, n)| ((*a).to_owned(), *n)).collect()
+    };
+    assert_eq!(
+        ranking(&store, "api_request", "2026-03", 10, now).await,
+        pairs(&[("a-2", 9), ("a-1", 9), ("a-3", 5)]),
+        "by total, ties by account id descending"
+    );
+    assert_eq!(
+        ranking(&store, "api_request", "2026-03", 2, now).await,
+        pairs(&[("a-2", 9), ("a-1", 9)])
+    );
+    assert_eq!(
+        ranking(&store, "api_request", "2026-03-10", 10, now).await,
+        pairs(&[("a-2", 9), ("a-3", 5), ("a-1", 5)]),
+        "a day ranks that day's usage"
+    );
+    assert_eq!(
+        ranking(&store, "api_request", "2026-03-09", 10, now).await,
+        pairs(&[("a-1", 4)])
+    );
+    assert_eq!(
+        ranking(&store, "storage", "2026-03", 10, now).await,
+        pairs(&[("a-1", 100), ("a-2", 70)]),
+        "a gauge ranks by its peak"
+    );
+    assert!(
+        ranking(&store, "api_request", "2026-02", 10, now)
+            .await
+            .is_empty()
+    );
+    assert!(
+        ranking(&store, "email_sent", "2026-03", 10, now)
+            .await
+            .is_empty()
+    );
+    // Units a quota check consumes are usage like any other.
+    let catalog = Arc::new(
+        meter_core::PlanCatalog::from_toml(
+            "contract",
+            "[plans.free]\ncredits = 1\nbilling_interval = \"month\"\nprice_micros = 0\n\
+             [plans.free.usage.sms]\nincluded = 100\n",
+        )
+        .expect("catalog"),
+    );
+    let taken = store
+        .check_quota(&take_one_sms(&catalog, 0), now)
+        .await
+        .expect("quota");
+    assert!(taken.decision.allowed);
+    assert_eq!(
+        ranking(&store, "sms", "2026-03", 10, now).await,
+        pairs(&[("u-quota", 1)])
+    );
+    assert!(
+        accounts
+            .delete_account(&account("a-2"))
+            .await
+            .expect("delete")
+    );
+    assert_eq!(
+        ranking(&store, "api_request", "2026-03", 10, now).await,
+        pairs(&[("a-1", 9), ("a-3", 5)]),
+        "a deleted account leaves the rankings"
+    );
+    assert_eq!(
+        ranking(&store, "storage", "2026-03", 10, now).await,
+        pairs(&[("a-1", 100)])
+    );
+    assert_eq!(
+        ranking(&store, "api_request", "2026-03-10", 10, now).await,
+        pairs(&[("a-3", 5), ("a-1", 5)])
+    );
+}
+
+/// A page of `who`'s log as (event id, metric) pairs, and the next cursor.
+async fn log_page<S: UsageStore>(
+    store: &S,
+    who: &str,
+    metric: Option<&str>,
+    before: Option<String>,
+    size: usize,
+    retention: UsageRetention,
+    now: Timestamp,
+) -> (Vec<String>, Option<String>) {
+    let page = EventLogPage {
+        metric: metric.map(str::to_owned),
+        before,
+        size,
+        retention,
+    };
+    let (events, next) = store
+        .events(&account(who), &page, now)
+        .await
+        .expect("events");
+    (events.into_iter().map(|e| e.event.event_id).collect(), next)
+}
+
+/// Events that carry metadata are logged as recorded (duplicates and
+/// rejected events are not), read newest first page by page, of one
+/// metric or all; the log shows at most its newest `log_entries` and
+/// nothing older than `log_age`, and goes with the account.
+pub async fn the_event_log_keeps_events_with_metadata_newest_first<S, A, G, F, Fut>(make: F)
+where
+    S: UsageStore,
+    A: AccountStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = (S, A, G)>,
+{
+    let (store, accounts, _guard) = make().await;
+    let retention = UsageRetention {
+        dedupe_window: DAY,
+        log_entries: 5,
+        log_age: 30 * DAY,
+        ..UsageRetention::default()
+    };
+    let first_call = at("2026-03-01T10:00:00.000Z");
+    let with_meta = |id: &str, metric: &str, note: &str| {
+        let mut e = event("u-log", metric, 1, id, "2026-03-01T09:00:00.000Z");
+        e.metadata = BTreeMap::from([
+            ("note".to_owned(), note.to_owned()),
+            ("route".to_owned(), "/v1/chat".to_owned()),
+        ]);
+        (e, MetricKind::Sum)
+    };
+    let request = RecordUsage {
+        account: account("u-log"),
+        events: vec![
+            with_meta("m1", "api_request", "first"),
+            (
+                event(
+                    "u-log",
+                    "api_request",
+                    1,
+                    "plain",
+                    "2026-03-01T09:00:00.000Z",
+                ),
+                MetricKind::Sum,
+            ),
+            with_meta("m2", "email_sent", "naïve ✓ | \"quoted\""),
+            // A duplicate is not logged again.
+            with_meta("m1", "api_request", "again"),
+        ],
+        retention,
+    };
+    store.record(&request, first_call).await.expect("record");
+    let second_call = at("2026-03-11T10:00:00.000Z");
+    let request = RecordUsage {
+        events: vec![
+            with_meta("m3", "api_request", "3"),
+            with_meta("m4", "api_request", "4"),
+            with_meta("m5", "email_sent", "5"),
+        ],
+        ..request
+    };
+    store.record(&request, second_call).await.expect("record");
+    let page = EventLogPage {
+        metric: None,
+        before: None,
+        size: 10,
+        retention,
+    };
+    let (all, next) = store
+        .events(&account("u-log"), &page, second_call)
+        .await
+        .expect("events");
+    let ids: Vec<&str> = all.iter().map(|e| e.event.event_id.as_str()).collect();
+    assert_eq!(ids, ["m5", "m4", "m3", "m2", "m1"], "newest first");
+    assert_eq!(next, None);
+    let m2 = &all[3];
+    assert_eq!(m2.event.metric, "email_sent");
+    assert_eq!(m2.event.value, 1);
+    assert_eq!(m2.event.time, at("2026-03-01T09:00:00.000Z"));
+    assert_eq!(m2.recorded_at, first_call);
+    assert_eq!(
+        m2.event.metadata.get("note").map(String::as_str),
+        Some("naïve ✓ | \"quoted\""),
+        "metadata comes back as sent"
+    );
+    assert_eq!(all[0].recorded_at, second_call);
+    // Page by page, and by metric.
+    let (first, next) = log_page(&store, "u-log", None, None, 2, retention, second_call).await;
+    assert_eq!(first, ["m5", "m4"]);
+    let (second, next) = log_page(&store, "u-log", None, next, 2, retention, second_call).await;
+    assert_eq!(second, ["m3", "m2"]);
+    let (third, next) = log_page(&store, "u-log", None, next, 2, retention, second_call).await;
+    assert_eq!((third, next), (vec!["m1".to_owned()], None));
+    let (api, next) = log_page(
+        &store,
+        "u-log",
+        Some("api_request"),
+        None,
+        2,
+        retention,
+        second_call,
+    )
+    .await;
+    assert_eq!(api, ["m4", "m3"]);
+    let (api, next) = log_page(
+        &store,
+        "u-log",
+        Some("api_request"),
+        next,
+        2,
+        retention,
+        second_call,
+    )
+    .await;
+    assert_eq!((api, next), (vec!["m1".to_owned()], None));
+    // Nothing older than `log_age`.
+    let (kept, _) = log_page(
+        &store,
+        "u-log",
+        None,
+        None,
+        10,
+        retention,
+        at("2026-04-01T10:00:00.000Z"),
+    )
+    .await;
+    assert_eq!(
+        kept,
+        ["m5", "m4", "m3"],
+        "the first call's events are past it"
+    );
+    // At most the newest `log_entries`.
+    let request = RecordUsage {
+        events: (6..=9)
+            .map(|i| with_meta(&format!("m{i}"), "api_request", "more"))
+            .collect(),
+        ..request
+    };
+    store.record(&request, second_call).await.expect("record");
+    let (newest, _) = log_page(&store, "u-log", None, None, 10, retention, second_call).await;
+    assert_eq!(newest, ["m9", "m8", "m7", "m6", "m5"]);
+    let later = at("2026-04-05T10:00:00.000Z");
+    let (kept, _) = log_page(&store, "u-log", None, None, 10, retention, later).await;
+    assert_eq!(kept, ["m9", "m8", "m7", "m6", "m5"]);
+    let much_later = at("2026-04-12T10:00:00.000Z");
+    let (kept, _) = log_page(&store, "u-log", None, None, 10, retention, much_later).await;
+    assert!(kept.is_empty(), "{kept:?}");
+    let (other, _) = log_page(&store, "u-other", None, None, 10, retention, second_call).await;
+    assert!(other.is_empty());
+    accounts
+        .delete_account(&account("u-log"))
+        .await
+        .expect("delete");
+    let (gone, _) = log_page(&store, "u-log", None, None, 10, retention, second_call).await;
+    assert!(gone.is_empty(), "the log goes with the account: {gone:?}");
 }

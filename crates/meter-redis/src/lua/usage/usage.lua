@@ -2,21 +2,35 @@
 --
 -- KEYS[1] the event ids counted (a sorted set: id -> when it is forgotten,
 -- ms), KEYS[2] the account's index of keys to delete with it (the
--- idempotency index: key -> expiry ms), then the period hashes (metric ->
--- value) the events fall in. ARGV[1] now_ms, ARGV[2] the dedupe window ms,
--- ARGV[3] now as stored text.
+-- idempotency index: key -> expiry ms), KEYS[3] the rankings the account is
+-- in (a sorted set: ranking key -> expiry ms, for DeleteAccount), KEYS[4]
+-- the event log (a stream), then each script's own keys.
+-- ARGV[1] now_ms, ARGV[2] the dedupe window ms, ARGV[3] now as stored
+-- text, ARGV[4] the account id, ARGV[5] the most entries the log shows,
+-- ARGV[6] how long the log keeps an entry (ms), ARGV[7] how many rankings
+-- the events touch, then per ranking its key and its position in KEYS (0
+-- when it is not there: on Redis Cluster a ranking lives in another slot,
+-- and meterd raises it after the script with usage/top.lua). Each
+-- script's own arguments start at ARGS = 8 + 2 × rankings.
 --
 -- Every event is planned first (read and checked, nothing written), then
 -- commit() writes them all: a corrupt value or a total past MAX_CREDITS
 -- stops or rejects before the first write, so a batch is never half
--- applied. A period hash expires at its period's end plus its retention
--- (by the caller's clock), set when written; the index lives as long as
--- its longest-lived key.
+-- applied. A period hash (and its rankings) expires at its period's end
+-- plus its retention (by the caller's clock), set when written; the index
+-- and the list of rankings live as long as their longest-lived entry.
 
-local SEEN, INDEX = KEYS[1], KEYS[2]
+local SEEN, INDEX, RANKS, LOG = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local NOW_MS, WINDOW, NOW_TEXT = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local ACCOUNT, LOG_MAX, LOG_AGE = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local TOPS = {}
+for t = 1, tonumber(ARGV[7]) do
+  TOPS[t] = { key = ARGV[6 + 2 * t], at = tonumber(ARGV[7 + 2 * t]) }
+end
+local ARGS = 8 + 2 * #TOPS
 -- What the planned events will write.
 local pending_ids, pending_fields, pending_expires = {}, {}, {}
+local pending_tops, pending_log = {}, {}
 -- Each (key, metric) value as read or as planned; the ids of this batch.
 local known, batch_ids = {}, {}
 
@@ -34,10 +48,13 @@ end
 -- Plans the event `id` (writes nothing): 'dup' when counted within the
 -- window, 'overflow' when a total would pass MAX_CREDITS, else
 -- 'ok|<month total>|<day total>'. A counter (`sum`) adds `value`, a gauge
--- (`max`) raises the total to it.
-local function plan_event(id, metric, value, kind, month_key, month_expires, day_key, day_expires)
+-- (`max`) raises the total to it. `month_top` and `day_top` are the
+-- rankings' numbers in TOPS; `meta` ('' for none) puts the event in the
+-- log, with its time `time_ms`.
+local function plan_event(id, metric, value, kind, month_key, month_expires, day_key, day_expires,
+                          month_top, day_top, meta, time_ms)
   if batch_ids[id] or redis.call('ZSCORE', SEEN, id) then return 'dup' end
-  local parts = { { month_key, month_expires }, { day_key, day_expires } }
+  local parts = { { month_key, month_expires, month_top }, { day_key, day_expires, day_top } }
   local totals = {}
   for i, part in ipairs(parts) do
     local now_value, slot = current(part[1], metric)
@@ -49,20 +66,48 @@ local function plan_event(id, metric, value, kind, month_key, month_expires, day
   batch_ids[id] = true
   pending_ids[#pending_ids + 1] = id
   for i, part in ipairs(parts) do
-    local key = part[1]
-    known[totals[i].slot] = totals[i].total
+    local key, total = part[1], totals[i].total
+    known[totals[i].slot] = total
     if totals[i].changed then
       pending_fields[key] = pending_fields[key] or {}
-      pending_fields[key][metric] = totals[i].total
+      pending_fields[key][metric] = total
     end
     pending_expires[key] = part[2]
+    if total > 0 then pending_tops[part[3]] = { total, part[2] } end
+  end
+  if meta ~= '' then
+    pending_log[#pending_log + 1] = string.format('%s|%s|%d|%s', id, metric, value, time_ms)
+    pending_log[#pending_log + 1] = meta
   end
   return string.format('ok|%d|%d', totals[1].total, totals[2].total)
 end
 
+-- Keeps `key` (a sorted set of keys by expiry ms) alive as long as its
+-- longest-lived entry, `until_ms` at the latest.
+local function keep_listing(key, until_ms)
+  local wanted = until_ms - NOW_MS
+  if wanted > 0 and redis.call('PTTL', key) < wanted then redis.call('PEXPIRE', key, wanted) end
+end
+
+-- Appends the planned log entries, ids by the caller's clock (one that
+-- went back continues after the newest entry), trimmed to about LOG_MAX.
+local function append_log()
+  local id = int(NOW_MS) .. '-*'
+  for i = 1, #pending_log, 2 do
+    local added = redis.pcall('XADD', LOG, 'MAXLEN', '~', LOG_MAX, id, 'e', pending_log[i], 'm',
+      pending_log[i + 1])
+    if type(added) == 'table' and added.err then
+      local top = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)[1][1]
+      id = string.match(top, '^(%d+)-') .. '-*'
+      redis.call('XADD', LOG, 'MAXLEN', '~', LOG_MAX, id, 'e', pending_log[i], 'm', pending_log[i + 1])
+    end
+  end
+  redis.call('PEXPIRE', LOG, LOG_AGE)
+end
+
 -- Writes what the planned events changed: the ids, the period hashes and
 -- their expiries (relative to the caller's clock, as every expiry of
--- meter), the index, and the TTLs that keep the ids and the index alive.
+-- meter), the index, the rankings, the log, and the TTLs that keep them.
 local function commit()
   if #pending_ids == 0 then return end
   for first = 1, #pending_ids, 500 do
@@ -92,9 +137,26 @@ local function commit()
       if expires > index_until then index_until = expires end
     end
   end
-  local ttl = redis.call('PTTL', INDEX)
-  local wanted = index_until - NOW_MS
-  if wanted > 0 and ttl < wanted then redis.call('PEXPIRE', INDEX, wanted) end
+  keep_listing(INDEX, index_until)
+  local ranks_until = 0
+  for t, top in pairs(pending_tops) do
+    local ranking, expires = TOPS[t], top[2]
+    local ttl = expires - NOW_MS
+    if ttl >= 1 then
+      redis.call('ZADD', RANKS, expires, ranking.key)
+      if expires > ranks_until then ranks_until = expires end
+      if ranking.at > 0 then
+        local key = KEYS[ranking.at]
+        redis.call('ZADD', key, 'GT', string.format('%d', top[1]), ACCOUNT)
+        if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+      end
+    end
+  end
+  if ranks_until > 0 then
+    redis.call('ZREMRANGEBYSCORE', RANKS, '-inf', NOW_MS)
+    keep_listing(RANKS, ranks_until)
+  end
+  if #pending_log > 0 then append_log() end
 end
 
 -- Forgets ids past their window; run before any id is looked up.
