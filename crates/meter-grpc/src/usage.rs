@@ -364,6 +364,7 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
                 total_micros: bill.total_micros,
                 currency: bill.currency,
                 period: request.period,
+                provisional: bill.provisional,
             }),
         }))
     }

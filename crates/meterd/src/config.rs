@@ -608,6 +608,48 @@ mod tests {
     }
 
     #[test]
+    fn usage_settings_out_of_range_are_refused_at_start() {
+        for (args, named) in [
+            (
+                &["--usage-month-retention", "2d"][..],
+                "--usage-month-retention",
+            ),
+            (
+                &["--usage-log-retention", "3651d"][..],
+                "--usage-log-retention",
+            ),
+            (
+                &["--usage-log-max-entries", "0"][..],
+                "--usage-log-max-entries",
+            ),
+            (&["--usage-max-events", "100001"][..], "--usage-max-events"),
+            (
+                &["--usage-dedupe-window", "31d"][..],
+                "--usage-dedupe-window",
+            ),
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("meterd").chain(args.iter().copied()))
+                .expect("parses");
+            let err = cli.into_config().expect_err("out of range").to_string();
+            assert!(err.contains(named), "{args:?}: {err}");
+        }
+        let cli = Cli::try_parse_from([
+            "meterd",
+            "--usage-month-retention",
+            "3d",
+            "--usage-log-retention",
+            "7d",
+            "--usage-log-max-entries",
+            "20",
+        ])
+        .expect("parses");
+        let retention = cli.into_config().expect("in range").usage.retention;
+        assert_eq!(retention.log_entries, 20);
+        assert_eq!(retention.log_age, Duration::from_secs(7 * 86_400));
+        assert_eq!(retention.month, Duration::from_secs(3 * 86_400));
+    }
+
+    #[test]
     fn a_missing_plan_file_is_named() {
         let cli =
             Cli::try_parse_from(["meterd", "--plans", "/nonexistent/plans.toml"]).expect("parses");

@@ -3,8 +3,8 @@
 mod support;
 
 use meter_api::v1::{
-    EventStatus, GetUsageRequest, RecordUsageRequest, UsageEvent,
-    usage_service_client::UsageServiceClient,
+    EventStatus, GetUsageRequest, ListUsageEventsRequest, RecordUsageRequest, StreamUsageRequest,
+    TopConsumersRequest, UsageEvent, usage_service_client::UsageServiceClient,
 };
 use meter_testkit::{FixedClock, RedisServer};
 use support::{Meterd, ts};
@@ -90,6 +90,202 @@ async fn the_same_events_sent_twice_concurrently_count_once() {
         (5_000, 5_000),
         "rollover at UTC midnight"
     );
+}
+
+/// The same 10,000 events streamed twice by 8 concurrent StreamUsage
+/// calls count once; a malformed event is rejected and named while the
+/// rest of its stream is recorded; the rankings and the event log follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_events_streamed_twice_from_eight_streams_count_once() {
+    let redis = RedisServer::start();
+    let clock = FixedClock::at("2026-12-15T12:00:00.000Z");
+    let meterd =
+        Meterd::start_with_clock(support::config(support::redis(redis.url())), clock).await;
+    // org_n used n + 1 units per event it owns, 2,500 events each.
+    let events: Vec<UsageEvent> = (0..10_000)
+        .map(|i| {
+            let owner = i % 4;
+            let mut e = event(
+                &format!("org_{owner}"),
+                format!("evt-{i}"),
+                "2026-12-15T11:00:00.000Z",
+            );
+            e.value = i64::try_from(owner).expect("small") + 1;
+            if i % 1_000 == 0 {
+                e.metadata = [("route".to_owned(), format!("/v1/{i}"))].into();
+            }
+            e
+        })
+        .collect();
+    let streams: Vec<_> = (0..8)
+        .map(|caller| {
+            let mut client = UsageServiceClient::new(meterd.channel());
+            let mut slice: Vec<UsageEvent> =
+                events[(caller % 4) * 2_500..(caller % 4 + 1) * 2_500].to_vec();
+            if caller == 0 {
+                // Position 250 of stream 0: malformed, the rest still counts.
+                slice[250].metric = "Not A Metric".into();
+            }
+            tokio::spawn(async move {
+                let messages: Vec<StreamUsageRequest> = slice
+                    .chunks(100)
+                    .map(|chunk| StreamUsageRequest {
+                        events: chunk.to_vec(),
+                    })
+                    .collect();
+                client
+                    .stream_usage(tokio_stream::iter(messages))
+                    .await
+                    .expect("stream")
+                    .into_inner()
+            })
+        })
+        .collect();
+    let mut summaries = Vec::new();
+    for stream in streams {
+        summaries.push(stream.await.expect("task"));
+    }
+    let recorded: i64 = summaries.iter().map(|s| s.recorded).sum();
+    let duplicates: i64 = summaries.iter().map(|s| s.duplicates).sum();
+    assert_eq!(recorded, 10_000, "each event counted once");
+    assert_eq!(duplicates, 20_000 - 10_000 - 1);
+    assert!(summaries.iter().all(|s| s.batches == 25), "{summaries:?}");
+    assert_eq!(summaries[0].rejected, 1);
+    let rejection = &summaries[0].rejections[0];
+    assert_eq!(
+        (rejection.index, rejection.event_id.as_str()),
+        (250, "evt-250")
+    );
+    assert!(rejection.reason.contains("metric"), "{}", rejection.reason);
+    let mut client = UsageServiceClient::new(meterd.channel());
+    for n in 0..4_i64 {
+        let reply = client
+            .get_usage(GetUsageRequest {
+                account_id: format!("org_{n}"),
+                period: "2026-12".into(),
+                metrics: vec!["api_request".into()],
+            })
+            .await
+            .expect("usage")
+            .into_inner();
+        assert_eq!(reply.values["api_request"], 2_500 * (n + 1), "org_{n}");
+    }
+    let top = client
+        .top_consumers(TopConsumersRequest {
+            metric: "api_request".into(),
+            period: "2026-12".into(),
+            limit: 3,
+        })
+        .await
+        .expect("top")
+        .into_inner();
+    let ranked: Vec<(&str, i64)> = top
+        .consumers
+        .iter()
+        .map(|c| (c.account_id.as_str(), c.used))
+        .collect();
+    assert_eq!(
+        ranked,
+        [("org_3", 10_000), ("org_2", 7_500), ("org_1", 5_000)]
+    );
+    // org_0's events with metadata: evt-0, evt-1000, ... evt-9000 (3 of 4 owners skip).
+    let logged = client
+        .list_usage_events(ListUsageEventsRequest {
+            account_id: "org_0".into(),
+            metric: "api_request".into(),
+            page_size: 2,
+            page_token: String::new(),
+        })
+        .await
+        .expect("log")
+        .into_inner();
+    assert_eq!(logged.events.len(), 2);
+    assert!(!logged.next_page_token.is_empty());
+    let first = logged.events[0].event.as_ref().expect("event");
+    assert!(first.event_id.starts_with("evt-") && first.metadata["route"].starts_with("/v1/"));
+    assert_eq!(
+        logged.events[0].record_time,
+        Some(ts("2026-12-15T12:00:00.000Z"))
+    );
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_usage_events(ListUsageEventsRequest {
+                account_id: "org_0".into(),
+                metric: String::new(),
+                page_size: 3,
+                page_token: token,
+            })
+            .await
+            .expect("log")
+            .into_inner();
+        ids.extend(
+            page.events
+                .into_iter()
+                .map(|e| e.event.expect("event").event_id),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    ids.sort();
+    let expected: Vec<String> = (0..10).map(|k| format!("evt-{}", k * 1_000)).collect();
+    assert_eq!(ids, expected, "every logged event once, none twice");
+    for (request, field) in [
+        (
+            TopConsumersRequest {
+                metric: "api_request".into(),
+                period: "2026-13".into(),
+                limit: 0,
+            },
+            "period",
+        ),
+        (
+            TopConsumersRequest {
+                metric: "api_request".into(),
+                period: "2026-12".into(),
+                limit: 1_001,
+            },
+            "limit",
+        ),
+        (
+            TopConsumersRequest {
+                metric: "API".into(),
+                period: "2026-12".into(),
+                limit: 0,
+            },
+            "metric",
+        ),
+    ] {
+        let status = client.top_consumers(request).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+    let status = client
+        .list_usage_events(ListUsageEventsRequest {
+            account_id: "org_0".into(),
+            metric: String::new(),
+            page_size: 0,
+            page_token: "next".into(),
+        })
+        .await
+        .expect_err("token");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("page_token"),
+        "{}",
+        status.message()
+    );
+    // An empty message ends the stream with INVALID_ARGUMENT.
+    let status = client
+        .stream_usage(tokio_stream::iter(vec![StreamUsageRequest {
+            events: vec![],
+        }]))
+        .await
+        .expect_err("empty message");
+    assert_eq!(status.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]
@@ -400,6 +596,18 @@ async fn a_bill_with_overages_on_two_metrics_equals_the_table_by_hand() {
         ),
         ("pro", 29_000_000, 29_060_000, "usd")
     );
+    assert!(bill.provisional, "the month is still running");
+    let november = client
+        .compute_bill(ComputeBillRequest {
+            account_id: "org_bill".into(),
+            period: "2026-11".into(),
+        })
+        .await
+        .expect("bill")
+        .into_inner()
+        .bill
+        .expect("bill");
+    assert!(!november.provisional, "past its grace: final");
     let day = client
         .compute_bill(ComputeBillRequest {
             account_id: "org_bill".into(),

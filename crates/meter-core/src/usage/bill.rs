@@ -35,6 +35,9 @@ pub struct Bill {
     pub total_micros: i64,
     /// The currency, lowercase ISO 4217.
     pub currency: String,
+    /// Whether the period may still change: not ended, or within the
+    /// grace that still takes its late events.
+    pub provisional: bool,
 }
 
 /// Why a bill cannot be computed.
@@ -93,6 +96,7 @@ pub fn compute_bill(
         lines,
         total_micros: total,
         currency: currency.to_owned(),
+        provisional: false,
     })
 }
 

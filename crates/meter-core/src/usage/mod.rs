@@ -370,6 +370,9 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
             .unwrap_or(default);
         let mut bill = compute_bill(plan, &usage, self.catalog.currency())
             .map_err(|overflow| MeterError::FailedPrecondition(overflow.to_string()))?;
+        bill.provisional = month.end().is_none_or(|end| {
+            end.as_millis().saturating_add(millis(self.settings.grace)) > now.as_millis()
+        });
         if plan.billing_interval == crate::BillingInterval::Year {
             // A yearly plan's price is billed yearly, not in a month's bill.
             bill.total_micros -= bill.base_price_micros;
