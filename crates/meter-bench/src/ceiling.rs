@@ -79,11 +79,7 @@ fn account_head(script: &LuaScript, account: &str) -> Vec<String> {
         "profile",
         "subscription",
     ];
-    let catalog = PlanCatalog::from_toml(
-        "deploy/plans.toml",
-        include_str!("../../../deploy/plans.toml"),
-    )
-    .expect("the example catalog parses");
+    let catalog = example_catalog();
     let free = catalog.default_plan();
     let mut args = head(script, account, &keys);
     args.extend([
@@ -99,6 +95,41 @@ fn account_head(script: &LuaScript, account: &str) -> Vec<String> {
 
 /// The register script's arguments after the head: the profile.
 const PROFILE: [&str; 4] = ["bench@example.com", "", "", ""];
+
+/// The example catalog meterd starts with.
+fn example_catalog() -> PlanCatalog {
+    PlanCatalog::from_toml(
+        "deploy/plans.toml",
+        include_str!("../../../deploy/plans.toml"),
+    )
+    .expect("the example catalog parses")
+}
+
+/// Now, as meterd's clock would say.
+fn now_timestamp() -> meter_core::Timestamp {
+    meter_core::Timestamp::from_millis(now_ms()).unwrap_or(meter_core::Timestamp::EPOCH)
+}
+
+/// The ceiling's account `name` (with `__rand_int__` for redis-benchmark).
+fn ceiling_account(name: &str) -> meter_core::AccountId {
+    meter_core::AccountId::parse("account_id", name).expect("a valid account name")
+}
+
+/// One API request of `account` with the id `id`, now.
+fn usage_event(
+    account: &meter_core::AccountId,
+    id: &str,
+    now: meter_core::Timestamp,
+) -> meter_core::UsageEvent {
+    meter_core::UsageEvent {
+        account: account.clone(),
+        metric: "api_request".into(),
+        value: 1,
+        event_id: id.to_owned(),
+        time: now,
+        metadata: Default::default(),
+    }
+}
 
 fn with(mut head: Vec<String>, rest: &[&str]) -> Vec<String> {
     head.extend(rest.iter().map(|a| (*a).to_owned()));
@@ -274,47 +305,42 @@ impl CeilingProbe {
                 (args, SPREAD_ACCOUNTS)
             }
             CeilingCommand::UsageRecord | CeilingCommand::UsageRecordBatch => {
-                let events = if *command == CeilingCommand::UsageRecord {
+                let size = if *command == CeilingCommand::UsageRecord {
                     1
                 } else {
                     crate::scenario::USAGE_BATCH
                 };
-                let now = now_ms();
-                let month = meter_core::UsagePeriod::month_of(
-                    meter_core::Timestamp::from_millis(now).unwrap_or(meter_core::Timestamp::EPOCH),
-                );
-                let day = meter_core::UsagePeriod::day_of(
-                    meter_core::Timestamp::from_millis(now).unwrap_or(meter_core::Timestamp::EPOCH),
-                );
-                let tag = "ceiling-usage-__rand_int__";
-                let mut args = vec![
-                    "EVALSHA".to_owned(),
-                    usage::record_script().hash().to_owned(),
-                    "4".to_owned(),
-                    format!("user:{{{tag}}}:usage:seen"),
-                    format!("user:{{{tag}}}:idempotency"),
-                    format!("user:{{{tag}}}:usage:m:{month}"),
-                    format!("user:{{{tag}}}:usage:d:{day}"),
-                    now.to_string(),
-                    "86400000".to_owned(),
-                    now_text(),
-                ];
-                let expires = (now + 90 * 86_400_000).to_string();
-                for i in 0..events {
-                    args.extend([
-                        format!("e-{i}-__rand_int__"),
-                        "api_request".to_owned(),
-                        "1".to_owned(),
-                        "sum".to_owned(),
-                        "3".to_owned(),
-                        expires.clone(),
-                        "4".to_owned(),
-                        expires.clone(),
-                    ]);
-                }
-                // New ids every time (as meterd's scenario sends): a
-                // random number from a billion names the account and ids.
-                (args, 1_000_000_000)
+                let now = now_timestamp();
+                // `__rand_int__` (a number from a billion) names the
+                // account and the ids: new ids every time, as meterd's
+                // scenario sends.
+                let account = ceiling_account("ceiling-usage-__rand_int__");
+                let events: Vec<_> = (0..size)
+                    .map(|i| {
+                        let event = usage_event(&account, &format!("e-{i}-__rand_int__"), now);
+                        (event, meter_core::MetricKind::Sum)
+                    })
+                    .collect();
+                (usage::record_command(&account, &events, now), 1_000_000_000)
+            }
+            CeilingCommand::UsageQuota => {
+                let now = now_timestamp();
+                let account = ceiling_account("ceiling-quota-__rand_int__");
+                let catalog = std::sync::Arc::new(example_catalog());
+                let event = usage_event(&account, "quota/q-__rand_int__", now);
+                let request = meter_core::CheckQuota {
+                    account: account.clone(),
+                    metric: "api_request".into(),
+                    kind: meter_core::MetricKind::Sum,
+                    amount: 1,
+                    catalog,
+                    consume: Some(meter_core::RecordUsage {
+                        account,
+                        events: vec![(event, meter_core::MetricKind::Sum)],
+                        retention: meter_core::UsageRetention::default(),
+                    }),
+                };
+                (usage::quota_command(&request, now), 1_000_000_000)
             }
             CeilingCommand::StatsRead => {
                 let mut args = vec![

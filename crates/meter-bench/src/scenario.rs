@@ -6,10 +6,11 @@
 use std::fmt;
 
 use meter_api::v1::{
-    CommitRequest, DeductRequest, GetAccountRequest, GetBalanceRequest, GetStatsRequest,
-    GetUsageRequest, GrantRequest, Profile, RecordLoginRequest, RecordUsageRequest,
-    RegisterAccountRequest, ReserveRequest, ResetRequest, UsageEvent,
-    credits_service_client::CreditsServiceClient, stats_service_client::StatsServiceClient,
+    CheckQuotaRequest, CommitRequest, DeductRequest, GetAccountRequest, GetBalanceRequest,
+    GetStatsRequest, GetUsageRequest, GrantRequest, Profile, RecordLoginRequest,
+    RecordUsageRequest, RegisterAccountRequest, ReserveRequest, ResetRequest, StreamUsageRequest,
+    UsageEvent, credits_service_client::CreditsServiceClient,
+    stats_service_client::StatsServiceClient,
     subscription_service_client::SubscriptionServiceClient,
     usage_service_client::UsageServiceClient,
 };
@@ -106,10 +107,18 @@ pub enum Scenario {
     RecordUsage,
     /// RecordUsage of 100 events (new ids) of one of 1,000 accounts per call.
     RecordUsageBatch,
+    /// StreamUsage of 10 messages of 100 events (new ids), each message of
+    /// one of 1,000 accounts: one stream per call.
+    RecordUsageStream,
+    /// CheckQuota consuming 1 API request of one of 1,000 accounts (the
+    /// free plan's hard limit of 1,000 a month).
+    CheckQuota,
 }
 
-/// Events per call of `record-usage-batch`.
+/// Events per call of `record-usage-batch`, and per message of `record-usage-stream`.
 pub const USAGE_BATCH: usize = 100;
+/// Messages per stream of `record-usage-stream`.
+pub const STREAM_MESSAGES: usize = 10;
 
 /// What a request did, for the end-state check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,11 +159,13 @@ pub enum CeilingCommand {
     UsageRecord,
     /// EVALSHA of the usage record script with 100 new events.
     UsageRecordBatch,
+    /// EVALSHA of the quota script consuming one unit, on one of 10^9 accounts.
+    UsageQuota,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::DeductHot,
         Self::DeductHotMany,
         Self::DeductSpread,
@@ -168,6 +179,8 @@ impl Scenario {
         Self::GetStats,
         Self::RecordUsage,
         Self::RecordUsageBatch,
+        Self::RecordUsageStream,
+        Self::CheckQuota,
     ];
 
     /// The name used on the command line and in reports.
@@ -186,6 +199,8 @@ impl Scenario {
             Self::GetStats => "get-stats",
             Self::RecordUsage => "record-usage",
             Self::RecordUsageBatch => "record-usage-batch",
+            Self::RecordUsageStream => "record-usage-stream",
+            Self::CheckQuota => "check-quota",
         }
     }
 
@@ -211,6 +226,13 @@ impl Scenario {
                 connections: 50,
                 in_flight: 50,
             }),
+            // 8 streams, each with up to 4 batches of 100 events in flight
+            // in meterd: 32 scripts queued at Redis, as 32 callers of
+            // RecordUsage would have.
+            Self::RecordUsageStream => Some(Shape {
+                connections: 2,
+                in_flight: 8,
+            }),
             _ => None,
         }
     }
@@ -234,6 +256,11 @@ impl Scenario {
             Self::GetStats => vec![(1.0, CeilingCommand::StatsRead)],
             Self::RecordUsage => vec![(1.0, CeilingCommand::UsageRecord)],
             Self::RecordUsageBatch => vec![(1.0, CeilingCommand::UsageRecordBatch)],
+            // A stream carries the events of 10 batches.
+            Self::RecordUsageStream => {
+                vec![(STREAM_MESSAGES as f64, CeilingCommand::UsageRecordBatch)]
+            }
+            Self::CheckQuota => vec![(1.0, CeilingCommand::UsageQuota)],
         }
     }
 
@@ -266,7 +293,11 @@ impl Scenario {
                 register(client, profiled(run)).await?;
                 Vec::new()
             }
-            Self::RecordLogin | Self::RecordUsage | Self::RecordUsageBatch => Vec::new(),
+            Self::RecordLogin
+            | Self::RecordUsage
+            | Self::RecordUsageBatch
+            | Self::RecordUsageStream
+            | Self::CheckQuota => Vec::new(),
             Self::GetStats => {
                 record_login(client, profiled(run)).await?;
                 Vec::new()
@@ -327,27 +358,57 @@ impl Scenario {
                     Ok(Effect::Nothing)
                 }
             }
+            Self::RecordUsageStream => {
+                let messages: Vec<StreamUsageRequest> = (0..STREAM_MESSAGES as u64)
+                    .map(|m| {
+                        let pick = (pick + m * 101) % SPREAD_ACCOUNTS;
+                        StreamUsageRequest {
+                            events: new_events(&spread(run, self.name(), pick), run, USAGE_BATCH),
+                        }
+                    })
+                    .collect();
+                let summary = client
+                    .usage
+                    .stream_usage(tokio_stream::iter(messages))
+                    .await?
+                    .into_inner();
+                let sent = i64::try_from(STREAM_MESSAGES * USAGE_BATCH).unwrap_or(i64::MAX);
+                if summary.recorded == sent {
+                    Ok(Effect::Granted)
+                } else {
+                    Err(Status::data_loss(format!(
+                        "{} of {sent} new streamed events recorded",
+                        summary.recorded
+                    )))
+                }
+            }
+            Self::CheckQuota => {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let reply = client
+                    .usage
+                    .check_quota(CheckQuotaRequest {
+                        account_id: spread(run, self.name(), pick),
+                        metric: "api_request".into(),
+                        amount: 1,
+                        consume: true,
+                        idempotency_key: format!("{run}-{n}"),
+                    })
+                    .await?
+                    .into_inner();
+                Ok(if reply.allowed {
+                    Effect::Granted
+                } else {
+                    Effect::Nothing
+                })
+            }
             Self::RecordUsage | Self::RecordUsageBatch => {
                 let size = if self == Self::RecordUsage {
                     1
                 } else {
                     USAGE_BATCH
                 };
-                let account_id = spread(run, self.name(), pick);
-                // New ids across the warm-up and the measured run (both
-                // count `seq` from 0).
-                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                let first = NEXT.fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
-                let events = (0..size as u64)
-                    .map(|i| UsageEvent {
-                        account_id: account_id.clone(),
-                        metric: "api_request".into(),
-                        value: 1,
-                        event_id: format!("{run}-{}", first + i),
-                        time: None,
-                        metadata: Default::default(),
-                    })
-                    .collect();
+                let events = new_events(&spread(run, self.name(), pick), run, size);
                 let reply = client
                     .usage
                     .record_usage(RecordUsageRequest { events })
@@ -438,11 +499,14 @@ impl Scenario {
             Self::GetBalance | Self::GetAccount | Self::GetStats => {
                 return Ok("every read saw the stored total".into());
             }
-            Self::RecordUsage | Self::RecordUsageBatch => {
-                let per_call = if self == Self::RecordUsage {
-                    1
-                } else {
-                    USAGE_BATCH
+            Self::RecordUsage
+            | Self::RecordUsageBatch
+            | Self::RecordUsageStream
+            | Self::CheckQuota => {
+                let per_call = match self {
+                    Self::RecordUsageBatch => USAGE_BATCH,
+                    Self::RecordUsageStream => STREAM_MESSAGES * USAGE_BATCH,
+                    _ => 1,
                 };
                 let expected = granted_count * per_call as u64;
                 let stored = usage_total(client, run, self).await?;
@@ -616,6 +680,23 @@ async fn reserve_commit(client: &mut Client, account_id: String) -> Result<Effec
 }
 
 /// The `api_request` usage of this month over the accounts of `scenario`.
+/// `size` API-request events of `account_id` with ids no call used before
+/// (across the warm-up and the measured run, which both count `seq` from 0).
+fn new_events(account_id: &str, run: &str, size: usize) -> Vec<UsageEvent> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let first = NEXT.fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
+    (0..size as u64)
+        .map(|i| UsageEvent {
+            account_id: account_id.to_owned(),
+            metric: "api_request".into(),
+            value: 1,
+            event_id: format!("{run}-{}", first + i),
+            time: None,
+            metadata: Default::default(),
+        })
+        .collect()
+}
+
 async fn usage_total(client: &mut Client, run: &str, scenario: Scenario) -> Result<u64, String> {
     let month = {
         let now = std::time::SystemTime::now()

@@ -10,7 +10,7 @@ use meter_api::v1::{
     StreamUsageRequest, StreamUsageResponse, TopConsumersRequest, TopConsumersResponse,
     usage_service_server::UsageService,
 };
-use meter_core::{Clock, EventOutcome, RawUsageEvent, Usage, UsagePeriod, UsageStore};
+use meter_core::{Clock, EventOutcome, MeterError, RawUsageEvent, Usage, UsagePeriod, UsageStore};
 use tokio::task::JoinSet;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -57,20 +57,82 @@ fn raw_event(event: v1::UsageEvent) -> Result<RawUsageEvent, (String, String)> {
     })
 }
 
-/// A stream's summary as it adds up.
+/// A batch of a stream: its events' positions and ids, and the outcomes.
+type Recorded = (Vec<(i64, String)>, Vec<EventOutcome>);
+
+/// The events of a stream gathered for one store call.
 #[derive(Default)]
-struct StreamSummary(StreamUsageResponse);
+struct Batch {
+    raws: Vec<RawUsageEvent>,
+    named: Vec<(i64, String)>,
+}
+
+impl Batch {
+    /// Sends the gathered events (if any) to be recorded, in a task of its own.
+    fn send<S: UsageStore, C: Clock>(
+        &mut self,
+        in_flight: &mut JoinSet<Result<Recorded, MeterError>>,
+        usage: &Arc<Usage<S, C>>,
+    ) {
+        if self.raws.is_empty() {
+            return;
+        }
+        let Self { raws, named } = std::mem::take(self);
+        let usage = Arc::clone(usage);
+        in_flight.spawn(async move {
+            let outcomes = usage.record_each(raws).await?;
+            Ok((named, outcomes))
+        });
+    }
+}
+
+/// A stream's summary as it adds up, and the first failure of a batch.
+#[derive(Default)]
+struct StreamSummary(StreamUsageResponse, Option<Status>);
 
 impl StreamSummary {
     fn reject(&mut self, index: i64, event_id: String, reason: String) {
         self.0.rejected += 1;
-        if self.0.rejections.len() < STREAM_REJECTIONS_NAMED {
-            self.0.rejections.push(StreamRejection {
-                index,
-                event_id,
-                reason,
-            });
+        self.0.rejections.push(StreamRejection {
+            index,
+            event_id,
+            reason,
+        });
+        // Batches finish in any order: keep the lowest positions.
+        if self.0.rejections.len() > 2 * STREAM_REJECTIONS_NAMED {
+            self.trim();
         }
+    }
+
+    fn trim(&mut self) {
+        self.0.rejections.sort_by_key(|r| r.index);
+        self.0.rejections.truncate(STREAM_REJECTIONS_NAMED);
+    }
+
+    /// Waits until at most `left` batches are in flight, counting those done.
+    async fn settle(&mut self, in_flight: &mut JoinSet<Result<Recorded, MeterError>>, left: usize) {
+        while in_flight.len() > left {
+            match in_flight.join_next().await {
+                Some(Ok(Ok((named, outcomes)))) => self.add(named, outcomes),
+                Some(Ok(Err(error))) => {
+                    let status = partly_recorded(to_status(error));
+                    self.1.get_or_insert(status);
+                }
+                Some(Err(join)) => {
+                    tracing::error!(error = %join, "a stream batch task failed");
+                    self.1.get_or_insert(Status::internal(
+                        "a batch of the stream failed unexpectedly; events of the stream may have \
+                         been recorded: send them again, those recorded answer DUPLICATE",
+                    ));
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn finish(mut self) -> StreamUsageResponse {
+        self.trim();
+        self.0
     }
 
     /// Counts a recorded batch: its events' positions and ids, and outcomes.
@@ -83,6 +145,19 @@ impl StreamSummary {
             }
         }
     }
+}
+
+/// `status` of a call that records several store calls' worth of events
+/// (several accounts, or a stream), some of which may have been recorded.
+fn partly_recorded(status: Status) -> Status {
+    if status.code() != tonic::Code::Unavailable {
+        return status;
+    }
+    Status::unavailable(format!(
+        "{}; some events of this call may have been recorded before the failure: send the same \
+         events again, those recorded answer DUPLICATE",
+        status.message().split(';').next().unwrap_or_default()
+    ))
 }
 
 #[tonic::async_trait]
@@ -105,7 +180,11 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let outcomes = self.usage.record(events).await.map_err(to_status)?;
+        let outcomes = self
+            .usage
+            .record(events)
+            .await
+            .map_err(|e| partly_recorded(to_status(e)))?;
         let mut response = RecordUsageResponse::default();
         for outcome in outcomes {
             let result = match outcome {
@@ -149,83 +228,75 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
         let mut stream = request.into_inner();
         let max = self.usage.max_events();
         let mut summary = StreamSummary::default();
-        let mut in_flight: JoinSet<Result<_, Status>> = JoinSet::new();
+        let mut in_flight: JoinSet<Result<Recorded, MeterError>> = JoinSet::new();
+        let mut batch = Batch::default();
         let mut position: i64 = 0;
-        let mut held: Option<StreamUsageRequest> = None;
+        // What ends the stream early; the batches before it still count.
+        let mut failure: Option<Status> = None;
         loop {
-            let first = match held.take() {
-                Some(message) => message,
-                None => match stream.message().await? {
-                    Some(message) => message,
-                    None => break,
-                },
-            };
-            // Messages already here join the batch, up to the cap.
-            let mut messages = vec![first];
-            let mut size = messages[0].events.len();
-            while size < max {
+            // Wait for a message when nothing is gathered; else take only
+            // one already here, and send the batch when none is.
+            let next = if batch.raws.is_empty() {
+                stream.message().await
+            } else {
                 match stream.message().now_or_never() {
-                    Some(Ok(Some(next))) if size + next.events.len() <= max => {
-                        size += next.events.len();
-                        messages.push(next);
-                    }
-                    Some(Ok(Some(next))) => {
-                        held = Some(next);
-                        break;
-                    }
-                    Some(Err(status)) => return Err(status),
-                    Some(Ok(None)) | None => break,
-                }
-            }
-            let mut raws = Vec::with_capacity(size);
-            let mut named = Vec::with_capacity(size);
-            for message in messages {
-                summary.0.batches += 1;
-                if message.events.is_empty() || message.events.len() > max {
-                    return Err(invalid_argument(&meter_core::InvalidArgument::new(
-                        "events",
-                        format!(
-                            "message {} of the stream has {} events; send 1 to {max} per message \
-                             (meterd's --usage-max-events)",
-                            summary.0.batches - 1,
-                            message.events.len()
-                        ),
-                    )));
-                }
-                for event in message.events {
-                    let index = position;
-                    position += 1;
-                    match raw_event(event) {
-                        Ok(raw) => {
-                            named.push((index, raw.event_id.clone()));
-                            raws.push(raw);
-                        }
-                        Err((event_id, problem)) => {
-                            summary.reject(index, event_id, format!("time: {problem}"));
-                        }
+                    Some(next) => next,
+                    None => {
+                        batch.send(&mut in_flight, &self.usage);
+                        summary
+                            .settle(&mut in_flight, STREAM_BATCHES_IN_FLIGHT - 1)
+                            .await;
+                        continue;
                     }
                 }
+            };
+            let message = match next {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    failure = Some(status);
+                    break;
+                }
+            };
+            summary.0.batches += 1;
+            if message.events.is_empty() || message.events.len() > max {
+                failure = Some(invalid_argument(&meter_core::InvalidArgument::new(
+                    "events",
+                    format!(
+                        "message {} of the stream has {} events; send 1 to {max} per message \
+                         (meterd's --usage-max-events); the messages before it are recorded",
+                        summary.0.batches - 1,
+                        message.events.len()
+                    ),
+                )));
+                break;
             }
-            if raws.is_empty() {
-                continue;
+            if batch.raws.len() + message.events.len() > max {
+                batch.send(&mut in_flight, &self.usage);
+                summary
+                    .settle(&mut in_flight, STREAM_BATCHES_IN_FLIGHT - 1)
+                    .await;
             }
-            let usage = Arc::clone(&self.usage);
-            in_flight.spawn(async move {
-                let outcomes = usage.record_each(raws).await.map_err(to_status)?;
-                Ok((named, outcomes))
-            });
-            while in_flight.len() >= STREAM_BATCHES_IN_FLIGHT {
-                if let Some(done) = in_flight.join_next().await {
-                    let (named, outcomes) = done.map_err(|e| Status::internal(e.to_string()))??;
-                    summary.add(named, outcomes);
+            for event in message.events {
+                let index = position;
+                position += 1;
+                match raw_event(event) {
+                    Ok(raw) => {
+                        batch.named.push((index, raw.event_id.clone()));
+                        batch.raws.push(raw);
+                    }
+                    Err((event_id, problem)) => {
+                        summary.reject(index, event_id, format!("time: {problem}"));
+                    }
                 }
             }
         }
-        while let Some(done) = in_flight.join_next().await {
-            let (named, outcomes) = done.map_err(|e| Status::internal(e.to_string()))??;
-            summary.add(named, outcomes);
+        batch.send(&mut in_flight, &self.usage);
+        summary.settle(&mut in_flight, 0).await;
+        if let Some(status) = failure.or(summary.1.take()) {
+            return Err(status);
         }
-        Ok(Response::new(summary.0))
+        Ok(Response::new(summary.finish()))
     }
 
     async fn top_consumers(

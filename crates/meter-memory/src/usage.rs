@@ -178,7 +178,8 @@ impl UsageRecord {
             cursor,
             LoggedEvent {
                 event: event.clone(),
-                recorded_at: now,
+                // As on Redis: the entry id's time (after the newest one's).
+                recorded_at: Timestamp::from_millis(cursor.0).unwrap_or(now),
                 cursor: format!("{}-{}", cursor.0, cursor.1),
             },
         ));

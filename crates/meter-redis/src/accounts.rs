@@ -640,26 +640,18 @@ impl AccountStore for RedisAccounts {
             let mut listing = redis::cmd("ZRANGE");
             listing.arg(&index).arg(0).arg(-1);
             let records = members(self.store.command(listing, &index).await?)?;
-            // The rankings the account is in (other slots on Redis
-            // Cluster), left before its keys go: a failure leaves the
-            // list for the retry.
-            let ranks = keys::usage_ranks(account);
-            let mut listing = redis::cmd("ZRANGE");
-            listing.arg(&ranks).arg(0).arg(-1);
-            let rankings = members(self.store.command(listing, &ranks).await?)?;
-            let leaves = rankings.iter().map(|ranking| {
-                let mut leave = redis::cmd("ZREM");
-                leave.arg(ranking).arg(account.as_str());
-                self.store.command(leave, ranking)
-            });
-            for left in futures_util::future::join_all(leaves).await {
-                left?;
-            }
+            let rankings = self.rankings_of(account, &records).await?;
+            self.leave(account, &rankings).await?;
             let mut keys = fixed.clone();
             keys.extend(records);
             let call = DELETE.call(&keys).arg(fixed.len());
             match self.store.run_raw(call).await? {
-                Value::Int(existed) => return Ok(existed == 1),
+                Value::Int(existed) => {
+                    // Again: a record that landed between the two raised
+                    // its rankings while its usage went.
+                    self.leave(account, &rankings).await?;
+                    return Ok(existed == 1);
+                }
                 Value::BulkString(text) if text == b"retry" => {}
                 other => {
                     return Err(StoreError::Protocol(format!(
@@ -674,7 +666,53 @@ impl AccountStore for RedisAccounts {
     }
 }
 
-/// The members of a `ZRANGE` reply.
+impl RedisAccounts {
+    /// The top-consumer rankings `account` is in: the ranking of each
+    /// metric each of its usage period hashes (among `records`, its index)
+    /// holds. DeleteAccount leaves them (other slots on Redis Cluster)
+    /// before the account's keys go, so a failure leaves them for the
+    /// retry, and once more after.
+    async fn rankings_of(
+        &self,
+        account: &AccountId,
+        records: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let periods: Vec<(&String, meter_core::UsagePeriod)> = records
+            .iter()
+            .filter_map(|key| keys::usage_period_of(account, key).map(|p| (key, p)))
+            .collect();
+        let reads = periods.iter().map(|(key, _)| {
+            let mut fields = redis::cmd("HKEYS");
+            fields.arg(key.as_str());
+            self.store.command(fields, key)
+        });
+        let mut rankings = Vec::new();
+        for ((_, period), metrics) in periods
+            .iter()
+            .zip(futures_util::future::join_all(reads).await)
+        {
+            for metric in members(metrics?)? {
+                rankings.push(keys::usage_ranking(&metric, *period));
+            }
+        }
+        Ok(rankings)
+    }
+
+    /// Takes `account` out of `rankings`.
+    async fn leave(&self, account: &AccountId, rankings: &[String]) -> Result<(), StoreError> {
+        let leaves = rankings.iter().map(|ranking| {
+            let mut leave = redis::cmd("ZREM");
+            leave.arg(ranking).arg(account.as_str());
+            self.store.command(leave, ranking)
+        });
+        for left in futures_util::future::join_all(leaves).await {
+            left?;
+        }
+        Ok(())
+    }
+}
+
+/// The members of a `ZRANGE` (or `HKEYS`) reply.
 fn members(reply: Value) -> Result<Vec<String>, StoreError> {
     match reply {
         Value::Array(items) => items

@@ -69,16 +69,19 @@ pub fn usage_period(account: &AccountId, period: meter_core::UsagePeriod) -> Str
     format!("user:{{{account}}}:usage:{kind}:{period}")
 }
 
+/// The period of `key` when it is one of `account`'s usage period hashes.
+pub fn usage_period_of(account: &AccountId, key: &str) -> Option<meter_core::UsagePeriod> {
+    let rest = key.strip_prefix(&format!("user:{{{account}}}:usage:"))?;
+    let text = rest
+        .strip_prefix("m:")
+        .or_else(|| rest.strip_prefix("d:"))?;
+    meter_core::UsagePeriod::parse("period", text).ok()
+}
+
 /// The usage event ids counted within the dedupe window: a sorted set of
 /// id to when it is forgotten (ms).
 pub fn usage_seen(account: &AccountId) -> String {
     format!("user:{{{account}}}:usage:seen")
-}
-
-/// The rankings of top consumers the account is in: a sorted set of their
-/// keys by expiry (ms), so DeleteAccount can take the account out of them.
-pub fn usage_ranks(account: &AccountId) -> String {
-    format!("user:{{{account}}}:usage:ranks")
 }
 
 /// The account's usage events that carried metadata: a stream, entries
@@ -91,7 +94,8 @@ pub fn usage_log(account: &AccountId) -> String {
 
 /// The top consumers of `metric` in `period`: a sorted set of account id
 /// by usage, shared by every account (so in a slot of its own on Redis
-/// Cluster), expiring with the period's usage.
+/// Cluster), expiring with the period's usage. An account is in the
+/// ranking of each metric its hash of the period ([`usage_period`]) holds.
 pub fn usage_ranking(metric: &str, period: meter_core::UsagePeriod) -> String {
     format!("usage:top:{metric}:{period}")
 }
@@ -118,7 +122,6 @@ pub fn account_keys(account: &AccountId) -> Vec<String> {
         stats_recent(account),
         stats_seen(account),
         usage_seen(account),
-        usage_ranks(account),
         usage_log(account),
         idempotency_index(account),
     ]
@@ -158,6 +161,15 @@ mod tests {
             .expect("valid")
             .expect("present");
         assert_eq!(credits(&account), "user:{org_42}:credits");
+        let day = meter_core::UsagePeriod::parse("period", "2026-12-31").expect("day");
+        let month = day.month();
+        for period in [day, month] {
+            let key = usage_period(&account, period);
+            assert_eq!(usage_period_of(&account, &key), Some(period), "{key}");
+        }
+        let other = AccountId::parse("account_id", "org_4").expect("valid");
+        assert_eq!(usage_period_of(&other, &usage_period(&account, day)), None);
+        assert_eq!(usage_period_of(&account, &usage_seen(&account)), None);
         assert_eq!(
             credits_idempotency(&account, &key),
             "user:{org_42}:idem:credits:v2:evt_1"

@@ -355,6 +355,18 @@ pub struct ScriptCall {
 }
 
 impl ScriptCall {
+    /// The command as text, word by word (`EVALSHA`, the hash, the keys,
+    /// the arguments): for tools that send it themselves (redis-benchmark).
+    pub fn words(&self) -> Vec<String> {
+        self.command
+            .args_iter()
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Appends an argument (`ARGV[n]`).
     #[must_use]
     pub fn arg(mut self, value: impl ToRedisArgs) -> Self {

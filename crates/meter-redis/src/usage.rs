@@ -99,16 +99,19 @@ pub fn record_script() -> &'static LuaScript {
     &RECORD
 }
 
-/// The record script's arguments for the events of `account` recorded at
-/// `now`, and their keys, as [`RedisUsage`] sends them on one Redis node:
-/// for measuring the script alone (`make bench`).
-pub fn record_call(
+/// The record script's command (`EVALSHA` and its words) for the events
+/// of `account` recorded at `now`, as [`RedisUsage`] sends it on one Redis
+/// node: for measuring the script alone (`make bench`).
+pub fn record_command(
     account: &AccountId,
     events: &[(UsageEvent, meter_core::MetricKind)],
     now: Timestamp,
-) -> (Vec<String>, Vec<String>) {
+) -> Vec<String> {
     let batch = Batch::plan(account, events, UsageRetention::default(), now, true);
-    (batch.keys, batch.args)
+    RECORD
+        .call_on_one_node(&batch.keys)
+        .arg(&batch.args[..])
+        .words()
 }
 
 /// The usage store on Redis.
@@ -210,7 +213,6 @@ fn usage_keys(account: &AccountId) -> Vec<String> {
     vec![
         keys::usage_seen(account),
         keys::idempotency_index(account),
-        keys::usage_ranks(account),
         keys::usage_log(account),
     ]
 }
@@ -230,9 +232,7 @@ fn usage_header(
         millis(retention.log_age).max(1).to_string(),
         rankings.keys.len().to_string(),
     ];
-    for (key, at) in &rankings.keys {
-        args.extend([key.clone(), at.to_string()]);
-    }
+    args.extend(rankings.keys.iter().map(|(_, at)| at.to_string()));
     args
 }
 
@@ -320,40 +320,46 @@ impl RedisUsage {
         totals: BTreeMap<String, (i64, i64)>,
         now: Timestamp,
     ) {
-        let raises = totals.into_iter().map(|(key, (total, expires))| {
-            let ttl = expires.saturating_sub(now.as_millis());
-            let call = TOP
-                .call(std::slice::from_ref(&key))
-                .arg(total)
-                .arg(account.as_str())
-                .arg(ttl);
-            async move {
-                if ttl < 1 {
-                    return;
+        let store = self.store.clone();
+        let account = account.clone();
+        // Its own task: a caller that leaves (deadline, dropped stream)
+        // does not cancel the raises.
+        let raising = tokio::spawn(async move {
+            let raises = totals.into_iter().map(|(key, (total, expires))| {
+                let ttl = expires.saturating_sub(now.as_millis());
+                let call = TOP
+                    .call(std::slice::from_ref(&key))
+                    .arg(total)
+                    .arg(account.as_str())
+                    .arg(ttl);
+                let (store, account) = (&store, &account);
+                async move {
+                    if ttl < 1 {
+                        return;
+                    }
+                    if let Err(error) = store.run_raw(call).await {
+                        tracing::warn!(%account, ranking = %key, %error, "top consumers not raised; the account's next event there (or its retry) raises it");
+                    }
                 }
-                if let Err(error) = self.store.run_raw(call).await {
-                    tracing::warn!(%account, ranking = %key, %error, "top consumers not raised; the next event of the account raises it");
-                }
-            }
+            });
+            futures_util::future::join_all(raises).await;
         });
-        futures_util::future::join_all(raises).await;
+        // Answer once they are done (TopConsumers then shows them).
+        let _ = raising.await;
     }
 }
 
-/// The new total of each ranking the `outcomes` of `events` changed, with
-/// the ranking's expiry (ms).
+/// The total of each ranking of the `events` whose month and day totals
+/// the script answered (recorded or duplicate: a duplicate's raise repairs
+/// one a failure left behind), with the ranking's expiry (ms).
 fn raised(
     events: &[(UsageEvent, meter_core::MetricKind)],
-    outcomes: &[EventOutcome],
+    totals_after: &[Option<(i64, i64)>],
     retention: UsageRetention,
 ) -> BTreeMap<String, (i64, i64)> {
     let mut totals: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for ((event, _), outcome) in events.iter().zip(outcomes) {
-        let EventOutcome::Recorded {
-            month_total,
-            day_total,
-        } = outcome
-        else {
+    for ((event, _), after) in events.iter().zip(totals_after) {
+        let Some((month_total, day_total)) = after else {
             continue;
         };
         let month = UsagePeriod::month_of(event.time);
@@ -373,27 +379,95 @@ fn raised(
     totals
 }
 
-/// An event outcome as a script answers it.
-fn outcome(text: &str) -> Result<EventOutcome, StoreError> {
-    if text == "dup" {
-        return Ok(EventOutcome::Duplicate);
+/// The quota script's call for `request` at `now`.
+fn quota_call(request: &CheckQuota, now: Timestamp, cluster: bool) -> ScriptCall {
+    let account = &request.account;
+    let (month, day) = (UsagePeriod::month_of(now), UsagePeriod::day_of(now));
+    let mut keys = usage_keys(account);
+    keys.extend([
+        keys::usage_period(account, month),
+        keys::profile(account),
+        keys::subscription(account),
+        keys::usage_period(account, day),
+    ]);
+    let mut rankings = Rankings::default();
+    if request.consume.is_some() {
+        // Rankings 1 and 2: the month's and the day's.
+        rankings.number(&request.metric, month, &mut keys, !cluster);
+        rankings.number(&request.metric, day, &mut keys, !cluster);
     }
+    let retention = request
+        .consume
+        .as_ref()
+        .map_or_else(UsageRetention::default, |c| c.retention);
+    let call = if cluster {
+        QUOTA.call(&keys)
+    } else {
+        QUOTA.call_on_one_node(&keys)
+    }
+    .arg(usage_header(account, retention, now, &rankings))
+    .arg(request.metric.as_str())
+    .arg(request.amount);
+    let mut call = crate::accounts::default_plan_args(call, request.catalog.default_plan());
+    call = match request
+        .consume
+        .as_ref()
+        .and_then(|c| c.events.first().map(|(event, kind)| (c, event, kind)))
+    {
+        // Consumed units count in the month and day of now.
+        Some((consume, event, kind)) => call
+            .arg(event.event_id.as_str())
+            .arg(event.value)
+            .arg(kind.as_str())
+            .arg(expiry(month, consume.retention.month))
+            .arg(expiry(day, consume.retention.day)),
+        None => call
+            .arg(&["", ""][..])
+            .arg(request.kind.as_str())
+            .arg(&["", ""][..]),
+    };
+    for plan in request.catalog.plans() {
+        let (limit, hard) = plan_limit(plan, &request.metric);
+        call = call
+            .arg(plan.name.as_str())
+            .arg(limit.map(|l| l.to_string()).unwrap_or_default())
+            .arg(if hard { "1" } else { "0" });
+    }
+    call
+}
+
+/// The quota script's command (`EVALSHA` and its words) for `request` at
+/// `now` on one Redis node: for measuring the script alone (`make bench`).
+pub fn quota_command(request: &CheckQuota, now: Timestamp) -> Vec<String> {
+    quota_call(request, now, false).words()
+}
+
+/// An event outcome as a script answers it, with the totals of the
+/// event's month and day as they stand after it (recorded or duplicate).
+fn outcome(text: &str) -> Result<(EventOutcome, Option<(i64, i64)>), StoreError> {
     if text == "overflow" {
-        return Ok(EventOutcome::Rejected(
-            meter_core::usage::TOTAL_OVERFLOW.to_owned(),
+        return Ok((
+            EventOutcome::Rejected(meter_core::usage::TOTAL_OVERFLOW.to_owned()),
+            None,
         ));
     }
+    let bad = || StoreError::Protocol(format!("usage outcome {text:?}"));
     let parts: Vec<&str> = text.split('|').collect();
-    match parts[..] {
-        ["ok", month, day] => match (parse_count(month), parse_count(day)) {
-            (Some(month_total), Some(day_total)) => Ok(EventOutcome::Recorded {
-                month_total,
-                day_total,
-            }),
-            _ => Err(StoreError::Protocol(format!("usage outcome {text:?}"))),
+    let [status, month, day] = parts[..] else {
+        return Err(bad());
+    };
+    let (Some(month_total), Some(day_total)) = (parse_count(month), parse_count(day)) else {
+        return Err(bad());
+    };
+    let outcome = match status {
+        "ok" => EventOutcome::Recorded {
+            month_total,
+            day_total,
         },
-        _ => Err(StoreError::Protocol(format!("usage outcome {text:?}"))),
-    }
+        "dup" => EventOutcome::Duplicate,
+        _ => return Err(bad()),
+    };
+    Ok((outcome, Some((month_total, day_total))))
 }
 
 impl UsageStore for RedisUsage {
@@ -407,12 +481,15 @@ impl UsageStore for RedisUsage {
         let batch = Batch::plan(account, &request.events, request.retention, now, !cluster);
         let call = self.call(&RECORD, &batch.keys).arg(&batch.args[..]);
         let reply = self.store.run_raw(call).await?;
-        let outcomes = texts(reply, "usage/record.lua")?
-            .iter()
-            .map(|t| outcome(t))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (outcomes, totals): (Vec<EventOutcome>, Vec<Option<(i64, i64)>>) =
+            texts(reply, "usage/record.lua")?
+                .iter()
+                .map(|t| outcome(t))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .unzip();
         if cluster && !batch.rankings.keys.is_empty() {
-            let totals = raised(&request.events, &outcomes, request.retention);
+            let totals = raised(&request.events, &totals, request.retention);
             self.raise_rankings(account, totals, now).await;
         }
         Ok(outcomes)
@@ -424,55 +501,8 @@ impl UsageStore for RedisUsage {
         now: Timestamp,
     ) -> Result<QuotaOutcome, StoreError> {
         let account = &request.account;
-        let (month, day) = (UsagePeriod::month_of(now), UsagePeriod::day_of(now));
         let cluster = self.store.is_cluster();
-        let mut keys = usage_keys(account);
-        keys.extend([
-            keys::profile(account),
-            keys::subscription(account),
-            keys::usage_period(account, month),
-            keys::usage_period(account, day),
-        ]);
-        let mut rankings = Rankings::default();
-        if request.consume.is_some() {
-            // Rankings 1 and 2: the month's and the day's.
-            rankings.number(&request.metric, month, &mut keys, !cluster);
-            rankings.number(&request.metric, day, &mut keys, !cluster);
-        }
-        let retention = request
-            .consume
-            .as_ref()
-            .map_or_else(UsageRetention::default, |c| c.retention);
-        let call = self
-            .call(&QUOTA, &keys)
-            .arg(usage_header(account, retention, now, &rankings))
-            .arg(request.metric.as_str())
-            .arg(request.amount);
-        let mut call = crate::accounts::default_plan_args(call, request.catalog.default_plan());
-        call = match request
-            .consume
-            .as_ref()
-            .and_then(|c| c.events.first().map(|(event, kind)| (c, event, kind)))
-        {
-            // Consumed units count in the month and day of now.
-            Some((consume, event, kind)) => call
-                .arg(event.event_id.as_str())
-                .arg(event.value)
-                .arg(kind.as_str())
-                .arg(expiry(month, consume.retention.month))
-                .arg(expiry(day, consume.retention.day)),
-            None => call
-                .arg(&["", ""][..])
-                .arg(request.kind.as_str())
-                .arg(&["", ""][..]),
-        };
-        for plan in request.catalog.plans() {
-            let (limit, hard) = plan_limit(plan, &request.metric);
-            call = call
-                .arg(plan.name.as_str())
-                .arg(limit.map(|l| l.to_string()).unwrap_or_default())
-                .arg(if hard { "1" } else { "0" });
-        }
+        let call = quota_call(request, now, cluster);
         let reply = texts(self.store.run_raw(call).await?, "usage/quota.lua")?;
         let [allowed, used, event, plan, limit, hard] = &reply[..] else {
             return Err(StoreError::Protocol("usage/quota.lua reply".into()));
@@ -487,17 +517,14 @@ impl UsageStore for RedisUsage {
         let mut decision =
             meter_core::quota(limit, hard == "1", request.kind, used, request.amount);
         decision.allowed = allowed == "1";
-        let consumed = if event.is_empty() {
-            None
+        let (consumed, after) = if event.is_empty() {
+            (None, None)
         } else {
-            Some(outcome(event)?)
+            let (consumed, after) = outcome(event)?;
+            (Some(consumed), after)
         };
-        if let (true, Some(consume), Some(recorded)) = (cluster, &request.consume, &consumed) {
-            let totals = raised(
-                &consume.events,
-                std::slice::from_ref(recorded),
-                consume.retention,
-            );
+        if let (true, Some(consume), Some(after)) = (cluster, &request.consume, after) {
+            let totals = raised(&consume.events, &[Some(after)], consume.retention);
             self.raise_rankings(account, totals, now).await;
         }
         Ok(QuotaOutcome {

@@ -384,3 +384,57 @@ async fn a_slot_moved_under_load_follows_ask_and_moved_and_loses_nothing() {
     );
     assert_exact(&ledger, &accounts, &callers).await;
 }
+
+/// On a cluster a ranking is raised after the account's script; one a
+/// failure left behind is raised again by the retry of the same events,
+/// which the script answers as duplicates with the totals as they stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranking_left_behind_is_raised_by_the_retry() {
+    use meter_core::{MetricKind, RecordUsage, UsageEvent, UsagePeriod, UsageStore};
+
+    let cluster = RedisCluster::start();
+    let store = store_on(&cluster).await;
+    let usage = meter_redis::RedisUsage::new(store.clone());
+    let now = at("2026-03-10T12:00:00.000Z");
+    let account = AccountId::parse("account_id", "org_ranked").expect("account");
+    let request = RecordUsage {
+        account: account.clone(),
+        events: vec![(
+            UsageEvent {
+                account: account.clone(),
+                metric: "api_request".into(),
+                value: 5,
+                event_id: "r1".into(),
+                time: now,
+                metadata: Default::default(),
+            },
+            MetricKind::Sum,
+        )],
+        retention: meter_core::UsageRetention::default(),
+    };
+    let month = UsagePeriod::month_of(now);
+    let top = || async {
+        usage
+            .top_consumers("api_request", month, 10, now)
+            .await
+            .expect("top")
+            .into_iter()
+            .map(|c| (c.account.to_string(), c.used))
+            .collect::<Vec<_>>()
+    };
+    usage.record(&request, now).await.expect("record");
+    assert_eq!(top().await, [("org_ranked".to_owned(), 5)]);
+    // A raise lost (meterd stopped after the script).
+    let ranking = keys::usage_ranking("api_request", month);
+    let mut lose = redis::cmd("ZREM");
+    lose.arg(&ranking).arg("org_ranked");
+    store.command(lose, &ranking).await.expect("zrem");
+    assert!(top().await.is_empty());
+    let retried = usage.record(&request, now).await.expect("retry");
+    assert_eq!(retried, [meter_core::EventOutcome::Duplicate]);
+    assert_eq!(
+        top().await,
+        [("org_ranked".to_owned(), 5)],
+        "the retry raised it"
+    );
+}

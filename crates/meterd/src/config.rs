@@ -139,7 +139,7 @@ pub struct ServiceArgs {
     /// How long a usage event with metadata stays in the account's event log (1ms..=3650d).
     #[arg(long, env = "METERD_USAGE_LOG_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub usage_log_retention: Duration,
-    /// Most events of an account's usage event log shown (older ones are trimmed; 1..=100000).
+    /// Most events of an account's usage event log shown (older ones are trimmed; 1..=10000).
     #[arg(long, env = "METERD_USAGE_LOG_MAX_ENTRIES", default_value_t = 1_000)]
     pub usage_log_max_entries: usize,
     /// Most usage events in one RecordUsage call (1..=100000).
@@ -373,10 +373,10 @@ impl Cli {
                 service.usage_max_events
             ));
         }
-        if service.usage_month_retention < service.usage_grace {
+        if service.usage_month_retention <= service.usage_grace {
             return bad(format!(
-                "--usage-month-retention ({:?}) must be at least --usage-grace ({:?}): a month \
-                 still taking events must not be forgotten",
+                "--usage-month-retention ({:?}) must be longer than --usage-grace ({:?}): a month \
+                 must be kept past the moment its bill is final",
                 service.usage_month_retention, service.usage_grace
             ));
         }
@@ -388,9 +388,9 @@ impl Cli {
                 service.usage_log_retention
             ));
         }
-        if !(1..=100_000).contains(&service.usage_log_max_entries) {
+        if !(1..=10_000).contains(&service.usage_log_max_entries) {
             return bad(format!(
-                "--usage-log-max-entries ({}) must be from 1 to 100000",
+                "--usage-log-max-entries ({}) must be from 1 to 10000",
                 service.usage_log_max_entries
             ));
         }
@@ -611,7 +611,7 @@ mod tests {
     fn usage_settings_out_of_range_are_refused_at_start() {
         for (args, named) in [
             (
-                &["--usage-month-retention", "2d"][..],
+                &["--usage-month-retention", "3d"][..],
                 "--usage-month-retention",
             ),
             (
@@ -636,7 +636,7 @@ mod tests {
         let cli = Cli::try_parse_from([
             "meterd",
             "--usage-month-retention",
-            "3d",
+            "4d",
             "--usage-log-retention",
             "7d",
             "--usage-log-max-entries",
@@ -646,7 +646,7 @@ mod tests {
         let retention = cli.into_config().expect("in range").usage.retention;
         assert_eq!(retention.log_entries, 20);
         assert_eq!(retention.log_age, Duration::from_secs(7 * 86_400));
-        assert_eq!(retention.month, Duration::from_secs(3 * 86_400));
+        assert_eq!(retention.month, Duration::from_secs(4 * 86_400));
     }
 
     #[test]

@@ -357,6 +357,18 @@ impl<S: UsageStore, C: Clock> Usage<S, C> {
             .into());
         }
         let now = self.clock.now();
+        let forgotten = month.end().is_some_and(|end| {
+            end.as_millis()
+                .saturating_add(millis(self.settings.retention.month))
+                <= now.as_millis()
+        });
+        if forgotten {
+            return Err(MeterError::FailedPrecondition(format!(
+                "the usage of {month} is past its retention (meterd's --usage-month-retention, \
+                 {:?} after the month): no bill can be computed from it",
+                self.settings.retention.month
+            )));
+        }
         let (usage, subscription) = self
             .store
             .usage_and_subscription(account, month, now)

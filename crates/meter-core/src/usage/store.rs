@@ -178,13 +178,49 @@ pub struct LoggedEvent {
     pub cursor: String,
 }
 
-/// Whether `text` is an event-log cursor (`<ms>-<n>`, both decimal).
+/// Whether `text` is an event-log cursor: `<ms>-<n>`, decimal, ms a
+/// time meterd can hold, and not `0-0` (before every entry).
 pub fn is_log_cursor(text: &str) -> bool {
-    let digits = |part: &str| {
-        (1..=20).contains(&part.len())
-            && part.bytes().all(|b| b.is_ascii_digit())
-            && part.parse::<u64>().is_ok()
-    };
-    text.split_once('-')
-        .is_some_and(|(ms, n)| digits(ms) && digits(n))
+    let digits =
+        |part: &str| (1..=20).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit());
+    text.split_once('-').is_some_and(|(ms, n)| {
+        digits(ms)
+            && digits(n)
+            && ms
+                .parse::<i64>()
+                .is_ok_and(|ms| Timestamp::from_millis(ms).is_some())
+            && n.parse::<u64>().is_ok()
+            && text != "0-0"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_cursors_are_entry_ids_after_the_first_instant() {
+        for good in [
+            "1796000000000-0",
+            "1-0",
+            "0-1",
+            "1796000000000-18446744073709551615",
+        ] {
+            assert!(is_log_cursor(good), "{good}");
+        }
+        for bad in [
+            "",
+            "0-0",
+            "next",
+            "17-",
+            "-3",
+            "1-2-3",
+            "+1-0",
+            "1 -0",
+            "99999999999999999999-0",
+            "1-99999999999999999999",
+        ] {
+            assert!(!is_log_cursor(bad), "{bad}");
+        }
+    }
 }

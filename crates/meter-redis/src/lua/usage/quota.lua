@@ -2,16 +2,17 @@
 -- count the event that consumes it, in one atomic step (racing callers
 -- never both take the last unit). The limit is the account's plan's, by
 -- its subscription as of now (account/subscription.lua).
--- KEYS: usage.lua's four, the profile (unused), the subscription, the
--- month hash of now, the day hash of now, then (on one Redis node, when
--- consuming) the month's and the day's rankings
+-- KEYS: usage.lua's three, the month hash of now, the profile (unused),
+-- the subscription (KEYS[5] and [6], as account/subscription.lua reads
+-- them), the day hash of now, then (on one Redis node, when consuming)
+-- the month's and the day's rankings
 -- ARGV: usage.lua's (rankings 1 and 2 are the month's and the day's when
 -- consuming), then from ARGS: metric, amount, the default plan (name,
 -- interval, price, credits, period), the id to consume ('' for a check
 -- only), value, kind (sum or max), month expiry ms, day expiry ms; then
 -- each plan's name, limit ('' for unlimited) and hard (1/0)
--- A consumed id counted before (a retry) answers allowed, 'dup', taking
--- nothing. For a gauge the amount is the new level: it fits when it is
+-- A consumed id counted before (a retry) answers allowed,
+-- 'dup|<month total>|<day total>', taking nothing. For a gauge the amount is the new level: it fits when it is
 -- within the limit.
 -- Replies: allowed (1/0), used before, the event's outcome ('' when
 -- nothing was consumed), the plan, its limit ('' unlimited), hard (1/0).
@@ -30,7 +31,7 @@ if not found then
     if ARGV[i] == plan then limit, hard = ARGV[i + 1], ARGV[i + 2] == '1' end
   end
 end
-local MONTH, DAY = KEYS[7], KEYS[8]
+local MONTH, DAY = KEYS[4], KEYS[7]
 local stored = redis.call('HGET', MONTH, metric)
 local used = stored and stored_count(MONTH, metric, stored) or 0
 local id, kind = ARGV[ARGS + 7], ARGV[ARGS + 9]
@@ -39,7 +40,8 @@ if id ~= '' then forget_seen() end
 local outcome = ''
 local allowed
 if id ~= '' and redis.call('ZSCORE', SEEN, id) then
-  allowed, outcome = true, 'dup'
+  allowed = true
+  outcome = string.format('dup|%d|%d', current(MONTH, metric), current(DAY, metric))
 else
   local wanted = used + amount
   if kind == 'max' then wanted = amount end

@@ -1,12 +1,13 @@
 -- record.lua: count a batch of one account's usage events, in order, all
 -- planned before any is written (usage.lua).
--- KEYS: seen ids, index, rankings, log (usage.lua), then the period hashes
+-- KEYS: seen ids, index, log (usage.lua), then the period hashes
 -- and (on one Redis node) the rankings of the batch
 -- ARGV: usage.lua's, then per event: id, metric, value, kind (sum or max),
 -- month key's position in KEYS, month expiry ms, day key's position, day
 -- expiry ms, month ranking's and day ranking's numbers (usage.lua), the
 -- metadata ('' for none: not logged), the event's time ms
--- Replies one outcome per event: 'dup', 'overflow' or 'ok|month total|day total'.
+-- Replies one outcome per event: 'dup|month total|day total', 'overflow'
+-- or 'ok|month total|day total'.
 -- Ids past their window first (a write no answer can see).
 forget_seen()
 local out = {}

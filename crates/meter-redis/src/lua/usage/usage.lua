@@ -2,35 +2,34 @@
 --
 -- KEYS[1] the event ids counted (a sorted set: id -> when it is forgotten,
 -- ms), KEYS[2] the account's index of keys to delete with it (the
--- idempotency index: key -> expiry ms), KEYS[3] the rankings the account is
--- in (a sorted set: ranking key -> expiry ms, for DeleteAccount), KEYS[4]
--- the event log (a stream), then each script's own keys.
+-- idempotency index: key -> expiry ms), KEYS[3] the event log (a
+-- stream), then each script's own keys.
 -- ARGV[1] now_ms, ARGV[2] the dedupe window ms, ARGV[3] now as stored
 -- text, ARGV[4] the account id, ARGV[5] the most entries the log shows,
 -- ARGV[6] how long the log keeps an entry (ms), ARGV[7] how many rankings
--- the events touch, then per ranking its key and its position in KEYS (0
--- when it is not there: on Redis Cluster a ranking lives in another slot,
--- and meterd raises it after the script with usage/top.lua). Each
--- script's own arguments start at ARGS = 8 + 2 × rankings.
+-- the events touch, then per ranking its position in KEYS (0 when it is
+-- not there: on Redis Cluster a ranking lives in another slot, and meterd
+-- raises it after the script with usage/top.lua). Each script's own
+-- arguments start at ARGS = 8 + rankings.
 --
 -- Every event is planned first (read and checked, nothing written), then
 -- commit() writes them all: a corrupt value or a total past MAX_CREDITS
 -- stops or rejects before the first write, so a batch is never half
 -- applied. A period hash (and its rankings) expires at its period's end
 -- plus its retention (by the caller's clock), set when written; the index
--- and the list of rankings live as long as their longest-lived entry.
+-- lives as long as its longest-lived entry. DeleteAccount finds the
+-- rankings an account is in from its period hashes: a ranking of
+-- (metric, period) exists where the period hash has the metric.
 
-local SEEN, INDEX, RANKS, LOG = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local SEEN, INDEX, LOG = KEYS[1], KEYS[2], KEYS[3]
 local NOW_MS, WINDOW, NOW_TEXT = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local ACCOUNT, LOG_MAX, LOG_AGE = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local TOPS = {}
-for t = 1, tonumber(ARGV[7]) do
-  TOPS[t] = { key = ARGV[6 + 2 * t], at = tonumber(ARGV[7 + 2 * t]) }
-end
-local ARGS = 8 + 2 * #TOPS
--- What the planned events will write.
+local TOPS = tonumber(ARGV[7])
+local ARGS = 8 + TOPS
+-- What the planned events will write: ids, fields by key, expiries by key,
+-- each ranking's new total and expiry by its number, log entries.
 local pending_ids, pending_fields, pending_expires = {}, {}, {}
-local pending_tops, pending_log = {}, {}
+local top_total, top_expires, pending_log = {}, {}, {}
 -- Each (key, metric) value as read or as planned; the ids of this batch.
 local known, batch_ids = {}, {}
 
@@ -45,41 +44,54 @@ local function current(key, metric)
   return value, slot
 end
 
--- Plans the event `id` (writes nothing): 'dup' when counted within the
--- window, 'overflow' when a total would pass MAX_CREDITS, else
--- 'ok|<month total>|<day total>'. A counter (`sum`) adds `value`, a gauge
--- (`max`) raises the total to it. `month_top` and `day_top` are the
--- rankings' numbers in TOPS; `meta` ('' for none) puts the event in the
--- log, with its time `time_ms`.
+-- The total of `metric` in `key` after an event of `value`: a counter
+-- (`sum`) adds it, a gauge (`max`) raises the total to it; with the total
+-- before and its slot in `known`.
+local function planned_total(key, metric, value, kind)
+  local was, slot = current(key, metric)
+  local total = was
+  if kind == 'sum' then total = was + value elseif value > was then total = value end
+  return total, was, slot
+end
+
+-- Keeps a planned total of `metric` in `key` (its period's ranking number `top`).
+local function keep_total(key, metric, total, was, slot, expires, top)
+  known[slot] = total
+  if total ~= was then
+    local fields = pending_fields[key]
+    if not fields then
+      fields = {}
+      pending_fields[key] = fields
+    end
+    fields[metric] = total
+  end
+  pending_expires[key] = expires
+  if total > 0 then top_total[top], top_expires[top] = total, expires end
+end
+
+-- Plans the event `id` (writes nothing): 'dup|<month total>|<day total>'
+-- when counted within the window (the totals as they stand, so meterd
+-- can raise a ranking a failure left behind), 'overflow' when a total
+-- would pass MAX_CREDITS, else 'ok|<month total>|<day total>'.
+-- `month_top` and `day_top` are the periods' ranking numbers; `meta` (''
+-- for none) puts the event in the log, with its time `time_ms`.
 local function plan_event(id, metric, value, kind, month_key, month_expires, day_key, day_expires,
                           month_top, day_top, meta, time_ms)
-  if batch_ids[id] or redis.call('ZSCORE', SEEN, id) then return 'dup' end
-  local parts = { { month_key, month_expires, month_top }, { day_key, day_expires, day_top } }
-  local totals = {}
-  for i, part in ipairs(parts) do
-    local now_value, slot = current(part[1], metric)
-    local total = now_value
-    if kind == 'sum' then total = now_value + value elseif value > now_value then total = value end
-    if total > MAX_CREDITS then return 'overflow' end
-    totals[i] = { slot = slot, total = total, changed = total ~= now_value }
+  if batch_ids[id] or redis.call('ZSCORE', SEEN, id) then
+    return string.format('dup|%d|%d', current(month_key, metric), current(day_key, metric))
   end
+  local month, month_was, month_slot = planned_total(month_key, metric, value, kind)
+  local day, day_was, day_slot = planned_total(day_key, metric, value, kind)
+  if month > MAX_CREDITS or day > MAX_CREDITS then return 'overflow' end
   batch_ids[id] = true
   pending_ids[#pending_ids + 1] = id
-  for i, part in ipairs(parts) do
-    local key, total = part[1], totals[i].total
-    known[totals[i].slot] = total
-    if totals[i].changed then
-      pending_fields[key] = pending_fields[key] or {}
-      pending_fields[key][metric] = total
-    end
-    pending_expires[key] = part[2]
-    if total > 0 then pending_tops[part[3]] = { total, part[2] } end
-  end
+  keep_total(month_key, metric, month, month_was, month_slot, month_expires, month_top)
+  keep_total(day_key, metric, day, day_was, day_slot, day_expires, day_top)
   if meta ~= '' then
     pending_log[#pending_log + 1] = string.format('%s|%s|%d|%s', id, metric, value, time_ms)
     pending_log[#pending_log + 1] = meta
   end
-  return string.format('ok|%d|%d', totals[1].total, totals[2].total)
+  return string.format('ok|%d|%d', month, day)
 end
 
 -- Keeps `key` (a sorted set of keys by expiry ms) alive as long as its
@@ -138,23 +150,13 @@ local function commit()
     end
   end
   keep_listing(INDEX, index_until)
-  local ranks_until = 0
-  for t, top in pairs(pending_tops) do
-    local ranking, expires = TOPS[t], top[2]
-    local ttl = expires - NOW_MS
-    if ttl >= 1 then
-      redis.call('ZADD', RANKS, expires, ranking.key)
-      if expires > ranks_until then ranks_until = expires end
-      if ranking.at > 0 then
-        local key = KEYS[ranking.at]
-        redis.call('ZADD', key, 'GT', string.format('%d', top[1]), ACCOUNT)
-        if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
-      end
+  for t, total in pairs(top_total) do
+    local at, ttl = tonumber(ARGV[7 + t]), top_expires[t] - NOW_MS
+    if ttl >= 1 and at > 0 then
+      local key = KEYS[at]
+      redis.call('ZADD', key, 'GT', string.format('%d', total), ACCOUNT)
+      if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
     end
-  end
-  if ranks_until > 0 then
-    redis.call('ZREMRANGEBYSCORE', RANKS, '-inf', NOW_MS)
-    keep_listing(RANKS, ranks_until)
   end
   if #pending_log > 0 then append_log() end
 end
