@@ -4,7 +4,9 @@
 -- another slot than the account: meterd runs it after usage/record.lua.
 -- KEYS: the ranking
 -- ARGV: total, account, ttl ms
-redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[2])
-local ttl = tonumber(ARGV[3])
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+-- The TTL is looked at only when a member joins (the first makes the key).
+if redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[2]) == 1
+  and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
 return 1

@@ -153,9 +153,13 @@ local function commit()
   for t, total in pairs(top_total) do
     local at, ttl = tonumber(ARGV[7 + t]), top_expires[t] - NOW_MS
     if ttl >= 1 and at > 0 then
+      -- The TTL is looked at only when a member joins (the first makes
+      -- the key); the rest of the time a ranking costs one ZADD.
       local key = KEYS[at]
-      redis.call('ZADD', key, 'GT', string.format('%d', total), ACCOUNT)
-      if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+      if redis.call('ZADD', key, 'GT', string.format('%d', total), ACCOUNT) == 1
+        and redis.call('PTTL', key) < ttl then
+        redis.call('PEXPIRE', key, ttl)
+      end
     end
   end
   if #pending_log > 0 then append_log() end
