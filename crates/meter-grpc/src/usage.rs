@@ -293,7 +293,8 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
         }
         batch.send(&mut in_flight, &self.usage);
         summary.settle(&mut in_flight, 0).await;
-        if let Some(status) = failure.or(summary.1.take()) {
+        // A store failure first: it is the one that asks for a retry.
+        if let Some(status) = summary.1.take().or(failure) {
             return Err(status);
         }
         Ok(Response::new(summary.finish()))

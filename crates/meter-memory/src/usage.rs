@@ -44,7 +44,6 @@ impl Rankings {
         now: Timestamp,
     ) {
         let mut rankings = self.lock();
-        rankings.retain(|_, ranking| ranking.expires > now);
         for ((event, _), outcome) in request.events.iter().zip(outcomes) {
             let EventOutcome::Recorded {
                 month_total,
@@ -66,12 +65,15 @@ impl Rankings {
                     continue;
                 }
                 let expires = later(period.end().unwrap_or(Timestamp::MAX), kept);
-                let ranking = rankings
-                    .entry((event.metric.clone(), period))
-                    .or_insert_with(|| Ranking {
-                        expires,
-                        totals: HashMap::new(),
-                    });
+                let key = (event.metric.clone(), period);
+                if !rankings.contains_key(&key) {
+                    // Forgets the expired ones as a new one starts.
+                    rankings.retain(|_, ranking| ranking.expires > now);
+                }
+                let ranking = rankings.entry(key).or_insert_with(|| Ranking {
+                    expires,
+                    totals: HashMap::new(),
+                });
                 ranking.expires = expires;
                 let place = ranking.totals.entry(account.clone()).or_insert(total);
                 *place = (*place).max(total);
