@@ -108,8 +108,7 @@ pub fn record_command(
     now: Timestamp,
 ) -> Vec<String> {
     let batch = Batch::plan(account, events, UsageRetention::default(), now, true);
-    RECORD
-        .call_on_one_node(&batch.keys)
+    script_call(&RECORD, &batch.keys, false)
         .arg(&batch.args[..])
         .words()
 }
@@ -177,7 +176,7 @@ fn parse_usage(
 /// script's list (1-based), and their keys with their position in KEYS.
 #[derive(Default)]
 struct Rankings {
-    numbers: BTreeMap<(String, UsagePeriod), usize>,
+    numbers: BTreeMap<UsagePeriod, BTreeMap<String, usize>>,
     keys: Vec<(String, usize)>,
 }
 
@@ -191,7 +190,8 @@ impl Rankings {
         keys: &mut Vec<String>,
         in_keys: bool,
     ) -> usize {
-        if let Some(number) = self.numbers.get(&(metric.to_owned(), period)) {
+        // Looked up by `&str`: no allocation per event of a batch.
+        if let Some(number) = self.numbers.get(&period).and_then(|m| m.get(metric)) {
             return *number;
         }
         let key = keys::usage_ranking(metric, period);
@@ -203,7 +203,9 @@ impl Rankings {
         };
         self.keys.push((key, at));
         self.numbers
-            .insert((metric.to_owned(), period), self.keys.len());
+            .entry(period)
+            .or_default()
+            .insert(metric.to_owned(), self.keys.len());
         self.keys.len()
     }
 }
@@ -299,17 +301,17 @@ impl Batch {
     }
 }
 
-impl RedisUsage {
-    /// A script call on `keys`: routed by the account's slot on a cluster,
-    /// with keys of other slots (rankings) on one node.
-    fn call(&self, script: &'static LuaScript, keys: &[String]) -> ScriptCall {
-        if self.store.is_cluster() {
-            script.call(keys)
-        } else {
-            script.call_on_one_node(keys)
-        }
+/// A script call on `keys`: routed by the account's slot on a cluster,
+/// with keys of other slots (rankings) on one node.
+fn script_call(script: &'static LuaScript, keys: &[String], cluster: bool) -> ScriptCall {
+    if cluster {
+        script.call(keys)
+    } else {
+        script.call_on_one_node(keys)
     }
+}
 
+impl RedisUsage {
     /// On Redis Cluster, raises the account in the rankings its recorded
     /// events changed (`totals`: ranking key -> new total), each in its own
     /// slot, after the record script. A failure leaves a ranking behind
@@ -400,14 +402,10 @@ fn quota_call(request: &CheckQuota, now: Timestamp, cluster: bool) -> ScriptCall
         .consume
         .as_ref()
         .map_or_else(UsageRetention::default, |c| c.retention);
-    let call = if cluster {
-        QUOTA.call(&keys)
-    } else {
-        QUOTA.call_on_one_node(&keys)
-    }
-    .arg(usage_header(account, retention, now, &rankings))
-    .arg(request.metric.as_str())
-    .arg(request.amount);
+    let call = script_call(&QUOTA, &keys, cluster)
+        .arg(usage_header(account, retention, now, &rankings))
+        .arg(request.metric.as_str())
+        .arg(request.amount);
     let mut call = crate::accounts::default_plan_args(call, request.catalog.default_plan());
     call = match request
         .consume
@@ -479,7 +477,7 @@ impl UsageStore for RedisUsage {
         let account = &request.account;
         let cluster = self.store.is_cluster();
         let batch = Batch::plan(account, &request.events, request.retention, now, !cluster);
-        let call = self.call(&RECORD, &batch.keys).arg(&batch.args[..]);
+        let call = script_call(&RECORD, &batch.keys, cluster).arg(&batch.args[..]);
         let reply = self.store.run_raw(call).await?;
         let (outcomes, totals): (Vec<EventOutcome>, Vec<Option<(i64, i64)>>) =
             texts(reply, "usage/record.lua")?
