@@ -1,5 +1,6 @@
-//! Compiles every `.proto` under `proto/` into the `meter.v1` types, the
-//! servers and the clients, and writes the encoded descriptor set that
+//! Compiles every `.proto` under `proto/` (`meter.v1`, and the part of
+//! Envoy's rate limit protocol meterd serves) into types, servers and
+//! clients, and writes the encoded descriptor set that
 //! server reflection serves.
 //!
 //! `protox` parses the protos in pure Rust, so no `protoc` is needed.
@@ -20,7 +21,19 @@ use prost::Message;
 const PROTO_ROOT: &str = "proto";
 
 /// Every protobuf package under `proto/`, and the module of `src/lib.rs` that holds it.
-const PACKAGES: &[(&str, &str)] = &[("meter.v1", "crate::v1")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("meter.v1", "crate::v1"),
+    (
+        "envoy.service.ratelimit.v3",
+        "crate::envoy::service::ratelimit::v3",
+    ),
+    (
+        "envoy.extensions.common.ratelimit.v3",
+        "crate::envoy::extensions::common::ratelimit::v3",
+    ),
+    ("envoy.config.core.v3", "crate::envoy::config::core::v3"),
+    ("envoy.type.v3", "crate::envoy::r#type::v3"),
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");

@@ -17,5 +17,55 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/client/meter.v1.rs"));
 }
 
-/// The encoded `FileDescriptorSet` of every `meter.v1` proto, for server reflection.
+/// Envoy's rate limit service protocol (`envoy.service.ratelimit.v3`) and
+/// the messages it uses, with Envoy's published packages and field numbers.
+#[allow(missing_docs, clippy::doc_lazy_continuation)]
+pub mod envoy {
+    /// `envoy.service.*`.
+    pub mod service {
+        /// `envoy.service.ratelimit.*`.
+        pub mod ratelimit {
+            /// `envoy.service.ratelimit.v3`: the rate limit service.
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.ratelimit.v3");
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/client/envoy.service.ratelimit.v3.rs"
+                ));
+            }
+        }
+    }
+    /// `envoy.extensions.*`.
+    pub mod extensions {
+        /// `envoy.extensions.common.*`.
+        pub mod common {
+            /// `envoy.extensions.common.ratelimit.*`.
+            pub mod ratelimit {
+                /// `envoy.extensions.common.ratelimit.v3`: descriptors.
+                pub mod v3 {
+                    tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
+                }
+            }
+        }
+    }
+    /// `envoy.config.*`.
+    pub mod config {
+        /// `envoy.config.core.*`.
+        pub mod core {
+            /// `envoy.config.core.v3`: header values.
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    /// `envoy.type.*`.
+    pub mod r#type {
+        /// `envoy.type.v3`: rate limit units.
+        pub mod v3 {
+            include!(concat!(env!("OUT_DIR"), "/envoy.r#type.v3.rs"));
+        }
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every proto under `proto/`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("meter_descriptor");

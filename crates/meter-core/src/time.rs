@@ -1,6 +1,6 @@
 //! Instants as the stores keep them: UTC, whole milliseconds.
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 
@@ -62,6 +62,30 @@ impl fmt::Display for Timestamp {
         )
     }
 }
+
+/// Parses `500ms`, `30s`, `15m`, `24h` or `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; use e.g. 500ms, 30s, 15m, 24h, 7d"))?;
+    let millis = match unit {
+        "ms" => Some(value),
+        "s" => value.checked_mul(1_000),
+        "m" => value.checked_mul(60_000),
+        "h" => value.checked_mul(3_600_000),
+        "d" => value.checked_mul(86_400_000),
+        _ => return Err(format!("{text:?} has no known unit; use ms, s, m, h or d")),
+    };
+    millis
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} must be positive and at most a few million years"))
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@
 
 mod accounts;
 mod credits;
+mod ratelimit;
 mod stats;
 mod usage;
 
@@ -28,6 +29,7 @@ use meter_core::{
 
 pub use accounts::MemoryAccounts;
 pub use credits::MemoryCreditLedger;
+pub use ratelimit::MemoryRateLimits;
 pub use stats::MemoryStats;
 pub use usage::MemoryUsage;
 

@@ -438,3 +438,20 @@ async fn a_ranking_left_behind_is_raised_by_the_retry() {
         "the retry raised it"
     );
 }
+
+mod ratelimit_contract {
+    use std::sync::Arc;
+
+    use meter_testkit::{FixedClock, RedisCluster};
+
+    use super::store_on;
+
+    meter_testkit::rate_limit_store_contract!(|clock: FixedClock| async move {
+        let cluster = RedisCluster::start();
+        let store = store_on(&cluster).await;
+        (
+            meter_redis::RedisRateLimits::with_clock(store, Arc::new(clock)),
+            cluster,
+        )
+    });
+}

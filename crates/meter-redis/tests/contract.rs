@@ -60,3 +60,16 @@ mod usage {
         )
     });
 }
+
+mod ratelimit {
+    use std::sync::Arc;
+
+    use meter_redis::{RedisConfig, RedisRateLimits, RedisStore};
+    use meter_testkit::{FixedClock, RedisServer};
+
+    meter_testkit::rate_limit_store_contract!(|clock: FixedClock| async move {
+        let server = RedisServer::start();
+        let store = RedisStore::open(&RedisConfig::new(server.url())).expect("valid url");
+        (RedisRateLimits::with_clock(store, Arc::new(clock)), server)
+    });
+}

@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod credits;
+pub mod ratelimit;
 pub mod stats;
 pub mod subscription;
 pub mod usage;

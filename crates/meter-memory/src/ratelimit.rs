@@ -1,0 +1,183 @@
+//! Rate limits in memory: each key's [`State`] in a sharded map, the
+//! checks of one request under the locks of all their shards at once.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use meter_core::{Clock, StoreError};
+use meter_ratelimit::{Check, Outcome, RateLimitStore, State};
+
+/// Lock shards of the rate limit keys.
+const SHARDS: usize = 64;
+
+/// A shard forgets expired keys once it has grown past this many since the last sweep.
+const MIN_SWEEP: usize = 1024;
+
+/// The embedded rate limit store; clones share the same counts.
+#[derive(Clone)]
+pub struct MemoryRateLimits {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryRateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRateLimits").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// By the check's key and the algorithm's code, as Redis keys them.
+    states: HashMap<(String, &'static str), Entry>,
+    /// Sweep expired keys once `states` is this large.
+    next_sweep: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    /// When the state holds nothing any more (µs since the epoch).
+    expires_at: u64,
+}
+
+impl MemoryRateLimits {
+    /// An empty store telling time by `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                hasher: RandomState::new(),
+                clock,
+            }),
+        }
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        (self.inner.hasher.hash_one(key) % SHARDS as u64) as usize
+    }
+
+    /// Keys held (expired ones included until their shard is swept), for tests.
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| lock(shard).states.len())
+            .sum()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic while holding the lock leaves whole states behind (each is
+    // replaced in one move), so the data is still consistent.
+    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RateLimitStore for MemoryRateLimits {
+    async fn check(&self, checks: Vec<Check>) -> Result<Vec<Outcome>, StoreError> {
+        let now = u64::try_from(self.inner.clock.now().as_millis()).unwrap_or(0) * 1_000;
+        let shard_ids: Vec<usize> = checks.iter().map(|c| self.shard_of(&c.key)).collect();
+        // Every shard of the request, locked in order (no deadlock between requests).
+        let mut order = shard_ids.clone();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = order
+            .iter()
+            .map(|&i| (i, lock(&self.inner.shards[i])))
+            .collect();
+        // Every check in turn on working copies, counted there as it is
+        // allowed (a key checked twice sees the first count); the copies
+        // are stored only if the request is admitted.
+        let mut work: Vec<Work> = Vec::with_capacity(checks.len());
+        let mut outcomes = Vec::with_capacity(checks.len());
+        let mut counted = Vec::with_capacity(checks.len());
+        let mut admitted = true;
+        for (check, &i) in checks.iter().zip(&shard_ids) {
+            let code = check.limit.algorithm().code();
+            let w = match work.iter().position(|w| w.code == code && w.key == check.key) {
+                Some(w) => w,
+                None => {
+                    let g = order.binary_search(&i).unwrap_or_default();
+                    let state = guards[g]
+                        .1
+                        .states
+                        .get(&(check.key.clone(), code))
+                        .filter(|entry| entry.expires_at > now)
+                        .map_or_else(|| State::new(check.limit.algorithm()), |e| e.state.clone());
+                    work.push(Work {
+                        key: check.key.clone(),
+                        code,
+                        guard: g,
+                        state,
+                        expires_at: 0,
+                    });
+                    work.len() - 1
+                }
+            };
+            let entry = &mut work[w];
+            let (outcome, at) = entry.state.evaluate(&check.limit, check.cost, now);
+            let after = if outcome.allowed {
+                entry.state.commit(&check.limit, check.cost, at)
+            } else {
+                outcome
+            };
+            entry.expires_at = entry.expires_at.max(entry.state.expires_at(&check.limit));
+            admitted &= outcome.allowed || !check.enforce;
+            outcomes.push(outcome);
+            counted.push(after);
+        }
+        if !admitted {
+            return Ok(outcomes);
+        }
+        for entry in work {
+            let shard = &mut guards[entry.guard].1;
+            shard.states.insert(
+                (entry.key, entry.code),
+                Entry {
+                    state: entry.state,
+                    expires_at: entry.expires_at,
+                },
+            );
+            if shard.states.len() >= shard.next_sweep {
+                shard.states.retain(|_, entry| entry.expires_at > now);
+                shard.next_sweep = (shard.states.len() * 2).max(MIN_SWEEP);
+            }
+        }
+        Ok(counted)
+    }
+}
+
+/// A key's state while a request is checked.
+struct Work {
+    key: String,
+    code: &'static str,
+    guard: usize,
+    state: State,
+    expires_at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use meter_testkit::FixedClock;
+
+    use super::MemoryRateLimits;
+
+    meter_testkit::rate_limit_store_contract!(|clock: FixedClock| async move {
+        (MemoryRateLimits::new(Arc::new(clock)), ())
+    });
+}

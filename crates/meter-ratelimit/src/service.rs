@@ -1,0 +1,508 @@
+//! The rate limit use cases: a check by key (inline limit or named
+//! policy) and Envoy's descriptors matched against the limits file, with
+//! shadow and fail modes applied.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use meter_core::{InvalidArgument, MeterError, StoreError};
+
+use crate::{
+    Algorithm, Check, FailMode, Limit, LimitsConfig, Match, Outcome, RateLimitStore, Rule, Unit,
+    config::MAX_NAME,
+    limit::{MAX_LIMIT, MAX_WINDOW, MIN_WINDOW},
+};
+
+/// Most descriptors in one ShouldRateLimit request.
+pub const MAX_DESCRIPTORS: usize = 64;
+
+/// Most entries in one descriptor.
+pub const MAX_ENTRIES: usize = 16;
+
+/// A CheckRateLimit request, as the transport read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckRequest {
+    /// What is limited.
+    pub key: String,
+    /// Inline limit: units per window (0 with a policy).
+    pub limit: u64,
+    /// Inline limit: the window (none with a policy).
+    pub window: Option<Duration>,
+    /// Units taken; 0 means 1.
+    pub cost: u64,
+    /// Inline limit: the algorithm (none: the sliding window).
+    pub algorithm: Option<Algorithm>,
+    /// A named policy instead of an inline limit; empty for none.
+    pub policy: String,
+    /// Count and report, never refuse.
+    pub shadow: bool,
+    /// What happens when the store cannot be reached (none: the policy's, or closed).
+    pub fail: Option<FailMode>,
+}
+
+/// The answer to a check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The units are admitted.
+    pub allowed: bool,
+    /// The limit applied.
+    pub limit: Limit,
+    /// Units still admitted in the window.
+    pub remaining: u64,
+    /// Until the count is back to zero.
+    pub reset_after: Duration,
+    /// When refused: until the same cost would be admitted.
+    pub retry_after: Duration,
+    /// Shadow mode: the limit would have refused.
+    pub shadow_denied: bool,
+    /// The store could not be reached and the limit fails open.
+    pub failed_open: bool,
+}
+
+/// One descriptor of a ShouldRateLimit request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Descriptor {
+    /// Its entries, `(key, value)`, in order.
+    pub entries: Vec<(String, String)>,
+    /// A limit the proxy sends instead of the configured one: requests per unit.
+    pub limit_override: Option<(u64, Option<Unit>)>,
+    /// Units this descriptor takes instead of the request's.
+    pub hits_addend: Option<u64>,
+}
+
+/// The code of a descriptor or of a whole request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerdictCode {
+    /// Under the limit (or shadow mode, or unlimited, or no limit matched).
+    Ok,
+    /// Over the limit.
+    OverLimit,
+}
+
+/// The answer for one descriptor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescriptorVerdict {
+    /// OK or OVER_LIMIT.
+    pub code: VerdictCode,
+    /// The limit matched; none when no limit applies.
+    pub rule: Option<Rule>,
+    /// Units still admitted.
+    pub remaining: u64,
+    /// Until the count is back to zero.
+    pub reset_after: Duration,
+    /// When over the limit: until the same cost would be admitted.
+    pub retry_after: Duration,
+    /// Shadow mode: the limit would have refused.
+    pub shadow_denied: bool,
+}
+
+/// The answer to a ShouldRateLimit request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvoyVerdict {
+    /// OVER_LIMIT when any enforced limit refused.
+    pub code: VerdictCode,
+    /// One per descriptor, in order.
+    pub statuses: Vec<DescriptorVerdict>,
+    /// The store could not be reached and every limit matched fails open.
+    pub failed_open: bool,
+}
+
+/// What the rate limiter has decided since it started, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct RateLimitCounters {
+    /// Checks (and descriptors) admitted by their limit.
+    pub allowed: AtomicU64,
+    /// Checks (and descriptors) refused.
+    pub denied: AtomicU64,
+    /// Checks (and descriptors) a limit in shadow mode would have refused.
+    pub shadow_denied: AtomicU64,
+    /// Checks (and requests) admitted unchecked because the store could not be reached.
+    pub failed_open: AtomicU64,
+}
+
+/// The rate limit use cases over a store.
+#[derive(Debug)]
+pub struct RateLimiter<S> {
+    store: S,
+    limits: Arc<LimitsConfig>,
+    counters: Arc<RateLimitCounters>,
+    started: Instant,
+    /// Seconds since `started` of the last fail-open warning, plus one (0: never).
+    warned: AtomicU64,
+}
+
+impl<S: RateLimitStore> RateLimiter<S> {
+    /// The rate limiter counting in `store` with the policies and domains of `limits`.
+    pub fn new(store: S, limits: Arc<LimitsConfig>) -> Self {
+        Self {
+            store,
+            limits,
+            counters: Arc::default(),
+            started: Instant::now(),
+            warned: AtomicU64::new(0),
+        }
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> &RateLimitCounters {
+        &self.counters
+    }
+
+    /// Counts `cost` units against the request's key and limit.
+    pub async fn check(&self, request: CheckRequest) -> Result<Verdict, MeterError> {
+        check_text("key", &request.key)?;
+        let (rule, key) = self.rule_of(&request)?;
+        let cost = request.cost.max(1);
+        if cost > rule.limit.requests() {
+            return Err(InvalidArgument::new(
+                "cost",
+                format!(
+                    "{cost} is more than the limit ({}): it could never be admitted",
+                    rule.limit.requests()
+                ),
+            )
+            .into());
+        }
+        let check = Check {
+            key,
+            limit: rule.limit,
+            cost,
+            enforce: !rule.shadow,
+        };
+        let outcome = match self.store.check(vec![check]).await {
+            Ok(outcomes) => one(outcomes)?,
+            Err(error) if rule.fail == FailMode::Open && is_unreachable(&error) => {
+                self.failed_open(&error);
+                return Ok(Verdict {
+                    allowed: true,
+                    limit: rule.limit,
+                    remaining: 0,
+                    reset_after: Duration::ZERO,
+                    retry_after: Duration::ZERO,
+                    shadow_denied: false,
+                    failed_open: true,
+                });
+            }
+            Err(error) => return Err(error.into()),
+        };
+        self.count(&rule, outcome.allowed);
+        Ok(Verdict {
+            allowed: outcome.allowed || rule.shadow,
+            limit: rule.limit,
+            remaining: outcome.remaining,
+            reset_after: Duration::from_micros(outcome.reset_after_us),
+            retry_after: Duration::from_micros(outcome.retry_after_us),
+            shadow_denied: rule.shadow && !outcome.allowed,
+            failed_open: false,
+        })
+    }
+
+    /// The rule of a check and the key it is counted under.
+    fn rule_of(&self, request: &CheckRequest) -> Result<(Rule, String), InvalidArgument> {
+        if !request.policy.is_empty() {
+            let inline = request.limit != 0 || request.window.is_some() || request.algorithm.is_some();
+            if inline {
+                return Err(InvalidArgument::new(
+                    "policy",
+                    "give either a policy or limit, window and algorithm, not both",
+                ));
+            }
+            let Some(policy) = self.limits.policy(&request.policy) else {
+                let known = self.limits.policy_names();
+                return Err(InvalidArgument::new(
+                    "policy",
+                    format!(
+                        "no policy {:?} in the limits file (policies: {})",
+                        truncated(&request.policy),
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                ));
+            };
+            let mut rule = policy.clone();
+            rule.shadow |= request.shadow;
+            rule.fail = request.fail.unwrap_or(rule.fail);
+            let key = format!("p:{}:{}", request.policy, request.key);
+            return Ok((rule, key));
+        }
+        if !(1..=MAX_LIMIT).contains(&request.limit) {
+            return Err(InvalidArgument::new(
+                "limit",
+                format!(
+                    "{} is not from 1 to {MAX_LIMIT}; set limit and window, or a policy",
+                    request.limit
+                ),
+            ));
+        }
+        let Some(window) = request.window.filter(|w| (MIN_WINDOW..=MAX_WINDOW).contains(w)) else {
+            return Err(InvalidArgument::new(
+                "window",
+                "must be from 1ms to 366d (e.g. {\"seconds\": 60})",
+            ));
+        };
+        let algorithm = request.algorithm.unwrap_or_default();
+        let limit = Limit::new(request.limit, window, algorithm)
+            .map_err(|problem| InvalidArgument::new("limit", problem))?;
+        let rule = Rule {
+            limit,
+            name: "inline".to_owned(),
+            shadow: request.shadow,
+            fail: request.fail.unwrap_or_default(),
+            unit: None,
+        };
+        Ok((rule, format!("k:{}", request.key)))
+    }
+
+    /// Checks a ShouldRateLimit request: every descriptor against the
+    /// limit it matches in `domain`, in one atomic store call.
+    pub async fn should_rate_limit(
+        &self,
+        domain: &str,
+        descriptors: &[Descriptor],
+        hits_addend: u64,
+    ) -> Result<EnvoyVerdict, MeterError> {
+        check_text("domain", domain)?;
+        if descriptors.is_empty() || descriptors.len() > MAX_DESCRIPTORS {
+            return Err(InvalidArgument::new(
+                "descriptors",
+                format!("send 1 to {MAX_DESCRIPTORS} descriptors, not {}", descriptors.len()),
+            )
+            .into());
+        }
+        let mut rules: Vec<Option<Rule>> = Vec::with_capacity(descriptors.len());
+        let mut checks = Vec::new();
+        for (i, descriptor) in descriptors.iter().enumerate() {
+            let rule = self
+                .descriptor_rule(domain, descriptor)
+                .map_err(|e| e.at("descriptors", i))?;
+            if let Some(rule) = &rule {
+                checks.push(Check {
+                    key: envoy_key(domain, &descriptor.entries),
+                    limit: rule.limit,
+                    cost: descriptor.hits_addend.unwrap_or(hits_addend).max(1),
+                    enforce: !rule.shadow,
+                });
+            }
+            rules.push(rule);
+        }
+        let outcomes = if checks.is_empty() {
+            Vec::new()
+        } else {
+            match self.store.check(checks).await {
+                Ok(outcomes) => outcomes,
+                Err(error)
+                    if is_unreachable(&error)
+                        && rules.iter().flatten().all(|r| r.fail == FailMode::Open) =>
+                {
+                    self.failed_open(&error);
+                    let statuses = rules
+                        .into_iter()
+                        .map(|rule| DescriptorVerdict {
+                            code: VerdictCode::Ok,
+                            rule,
+                            remaining: 0,
+                            reset_after: Duration::ZERO,
+                            retry_after: Duration::ZERO,
+                            shadow_denied: false,
+                        })
+                        .collect();
+                    return Ok(EnvoyVerdict {
+                        code: VerdictCode::Ok,
+                        statuses,
+                        failed_open: true,
+                    });
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        let mut outcomes = outcomes.into_iter();
+        let mut code = VerdictCode::Ok;
+        let mut statuses = Vec::with_capacity(rules.len());
+        for rule in rules {
+            let Some(rule) = rule else {
+                statuses.push(DescriptorVerdict {
+                    code: VerdictCode::Ok,
+                    rule: None,
+                    remaining: 0,
+                    reset_after: Duration::ZERO,
+                    retry_after: Duration::ZERO,
+                    shadow_denied: false,
+                });
+                continue;
+            };
+            let outcome = outcomes.next().ok_or_else(|| {
+                StoreError::Protocol("fewer rate limit outcomes than checks".into())
+            })?;
+            self.count(&rule, outcome.allowed);
+            let over = !outcome.allowed && !rule.shadow;
+            if over {
+                code = VerdictCode::OverLimit;
+            }
+            statuses.push(DescriptorVerdict {
+                code: if over { VerdictCode::OverLimit } else { VerdictCode::Ok },
+                shadow_denied: rule.shadow && !outcome.allowed,
+                rule: Some(rule),
+                remaining: outcome.remaining,
+                reset_after: Duration::from_micros(outcome.reset_after_us),
+                retry_after: Duration::from_micros(outcome.retry_after_us),
+            });
+        }
+        Ok(EnvoyVerdict {
+            code,
+            statuses,
+            failed_open: false,
+        })
+    }
+
+    /// The rule a descriptor is checked against, if any.
+    fn descriptor_rule(&self, domain: &str, descriptor: &Descriptor) -> Result<Option<Rule>, InvalidArgument> {
+        if descriptor.entries.is_empty() || descriptor.entries.len() > MAX_ENTRIES {
+            return Err(InvalidArgument::new(
+                "entries",
+                format!("send 1 to {MAX_ENTRIES} entries, not {}", descriptor.entries.len()),
+            ));
+        }
+        for (j, (key, value)) in descriptor.entries.iter().enumerate() {
+            check_text("key", key).map_err(|e| e.at("entries", j))?;
+            if value.len() > MAX_NAME || value.chars().any(char::is_control) {
+                return Err(InvalidArgument::new(
+                    "value",
+                    format!("must be at most {MAX_NAME} bytes without control characters"),
+                )
+                .at("entries", j));
+            }
+        }
+        let matched = match self.limits.find(domain, &descriptor.entries) {
+            Match::Limited(rule) => Some(rule),
+            Match::None | Match::Unlimited => None,
+        };
+        let Some((requests, unit)) = descriptor.limit_override else {
+            return Ok(matched.cloned());
+        };
+        let Some(unit) = unit else {
+            return Err(InvalidArgument::new("limit.unit", "must be a known unit (SECOND to WEEK)"));
+        };
+        let algorithm = matched.map_or(Algorithm::SlidingWindow, |r| r.limit.algorithm());
+        let limit = Limit::new(requests, unit.duration(), algorithm)
+            .map_err(|problem| InvalidArgument::new("limit.requests_per_unit", problem))?;
+        Ok(Some(match matched {
+            Some(rule) => Rule {
+                limit,
+                unit: Some(unit),
+                ..rule.clone()
+            },
+            None => Rule {
+                limit,
+                name: "override".to_owned(),
+                shadow: false,
+                fail: FailMode::Closed,
+                unit: Some(unit),
+            },
+        }))
+    }
+
+    fn count(&self, rule: &Rule, allowed: bool) {
+        let counter = match (allowed, rule.shadow) {
+            (true, _) => &self.counters.allowed,
+            (false, true) => {
+                tracing::debug!(limit = %rule.name, "shadow mode: would have refused");
+                &self.counters.shadow_denied
+            }
+            (false, false) => &self.counters.denied,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an admission failing open and warns, at most once a second.
+    fn failed_open(&self, error: &StoreError) {
+        let total = self.counters.failed_open.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.started.elapsed().as_secs() + 1;
+        let last = self.warned.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(%error, failed_open_total = total, "rate limit store unreachable: admitting unchecked (fail open)");
+        }
+    }
+}
+
+/// The one outcome of a one-check call.
+fn one(outcomes: Vec<Outcome>) -> Result<Outcome, StoreError> {
+    outcomes
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Protocol("no rate limit outcome".into()))
+}
+
+/// Whether `error` means the store could not be reached (the cases a limit may fail open on).
+fn is_unreachable(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_) | StoreError::Overloaded(_)
+    )
+}
+
+fn check_text(field: &'static str, text: &str) -> Result<(), InvalidArgument> {
+    if text.is_empty() || text.len() > MAX_NAME || text.chars().any(char::is_control) {
+        return Err(InvalidArgument::new(
+            field,
+            format!("must be 1 to {MAX_NAME} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// At most 64 characters of `text`, for messages.
+fn truncated(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// The key of a descriptor: its domain and entries, each part escaped so
+/// that no two descriptors share a key (`%`, `:`, `=`, `{`, `}` as `%XX`).
+pub fn envoy_key(domain: &str, entries: &[(String, String)]) -> String {
+    let mut key = String::with_capacity(
+        3 + domain.len() + entries.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>(),
+    );
+    key.push_str("e:");
+    escape_into(&mut key, domain);
+    for (k, v) in entries {
+        key.push(':');
+        escape_into(&mut key, k);
+        key.push('=');
+        escape_into(&mut key, v);
+    }
+    key
+}
+
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '%' | ':' | '=' | '{' | '}' => {
+                out.push('%');
+                out.push_str(&format!("{:02X}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_keys_never_collide_whatever_the_values_hold() {
+        let a = envoy_key("d", &[("a".into(), "b:c=d".into())]);
+        let b = envoy_key("d", &[("a".into(), "b".into()), ("c".into(), "d".into())]);
+        assert_ne!(a, b);
+        assert_eq!(a, "e:d:a=b%3Ac%3Dd");
+        assert_eq!(envoy_key("{x}", &[("k".into(), "%".into())]), "e:%7Bx%7D:k=%25");
+    }
+}
