@@ -6,6 +6,7 @@
 
 mod bounds;
 mod credits;
+mod ratelimit;
 mod stats;
 mod status;
 mod subscription;
@@ -14,6 +15,7 @@ mod usage;
 
 pub use bounds::{Bounded, BoundedCall, InFlight, Slot};
 pub use credits::CreditsGrpc;
+pub use ratelimit::{EnvoyRateLimitGrpc, RateLimitGrpc};
 pub use stats::StatsGrpc;
 pub use status::to_status;
 pub use subscription::SubscriptionGrpc;

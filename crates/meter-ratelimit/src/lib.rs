@@ -21,4 +21,5 @@ pub use service::{
     CheckRequest, Descriptor, DescriptorVerdict, RateLimitCounters, RateLimiter, Verdict,
     VerdictCode,
 };
+pub use service::EnvoyVerdict;
 pub use store::{Check, Outcome, RateLimitStore};

@@ -6,10 +6,14 @@ use clap::{Args, Parser, ValueEnum};
 use meter_core::{
     HistoryRetention, IdempotencyWindow, PlanCatalog, Secret, idempotency::WindowOutOfRange,
 };
+use meter_ratelimit::{LimitsConfig, LimitsError};
 use meter_redis::RedisConfig;
 
 /// The plan catalog used when `--plans` is not given: `deploy/plans.toml`.
 pub const EXAMPLE_PLANS: &str = include_str!("../../../deploy/plans.toml");
+
+/// The limits file used when `--limits` is not given: `deploy/limits.toml`.
+pub const EXAMPLE_LIMITS: &str = include_str!("../../../deploy/limits.toml");
 
 /// Defaults, shared by the flags and [`Config::new`].
 mod defaults {
@@ -111,6 +115,10 @@ pub struct ServiceArgs {
     /// Plan catalog (TOML). Default: the example catalog built in (deploy/plans.toml).
     #[arg(long, env = "METERD_PLANS")]
     pub plans: Option<PathBuf>,
+    /// Rate limits file (TOML): CheckRateLimit's policies and Envoy's
+    /// domains. Default: the example built in (deploy/limits.toml).
+    #[arg(long, env = "METERD_LIMITS")]
+    pub limits: Option<PathBuf>,
     /// How long an idempotency key is remembered per account, at most 30d.
     #[arg(long, env = "METERD_IDEMPOTENCY_WINDOW", default_value = defaults::IDEMPOTENCY_WINDOW, value_parser = parse_duration)]
     pub idempotency_window: Duration,
@@ -195,6 +203,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The plan catalog.
     pub catalog: Arc<PlanCatalog>,
+    /// Rate limit policies and Envoy domains.
+    pub limits: Arc<LimitsConfig>,
     /// How long idempotency keys are remembered.
     pub idempotency_window: IdempotencyWindow,
     /// How much credit history is kept per account.
@@ -224,6 +234,7 @@ impl Config {
         Ok(Self {
             store,
             catalog: Arc::new(example_catalog()?),
+            limits: Arc::new(example_limits()?),
             idempotency_window: IdempotencyWindow::new(duration(defaults::IDEMPOTENCY_WINDOW)?)?,
             history: HistoryRetention::DEFAULT,
             max_hold_ttl: duration(defaults::MAX_HOLD_TTL)?,
@@ -252,6 +263,17 @@ pub enum ConfigError {
     /// The plan catalog does not parse.
     #[error(transparent)]
     Plans(#[from] meter_core::CatalogError),
+    /// The limits file cannot be read.
+    #[error("cannot read limits file {path}: {source}")]
+    ReadLimits {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The limits file is refused.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
     /// The idempotency window is outside 1ms..=30d.
     #[error("--idempotency-window / METERD_IDEMPOTENCY_WINDOW: {0}")]
     IdempotencyWindow(#[from] WindowOutOfRange),
@@ -297,6 +319,25 @@ fn example_catalog() -> Result<PlanCatalog, meter_core::CatalogError> {
     PlanCatalog::from_toml("(built-in deploy/plans.toml)", EXAMPLE_PLANS)
 }
 
+fn example_limits() -> Result<LimitsConfig, LimitsError> {
+    LimitsConfig::from_toml("(built-in deploy/limits.toml)", EXAMPLE_LIMITS)
+}
+
+/// The limits file at `path`, or the built-in example.
+fn load_limits(path: Option<&PathBuf>) -> Result<LimitsConfig, ConfigError> {
+    let Some(path) = path else {
+        return Ok(example_limits()?);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadLimits {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(LimitsConfig::from_toml(
+        &path.display().to_string(),
+        &text,
+    )?)
+}
+
 impl Cli {
     /// Checks the flags and loads the plan catalog.
     pub fn into_config(self) -> Result<Config, ConfigError> {
@@ -320,6 +361,7 @@ impl Cli {
             });
         }
         let usage = self.usage_settings()?;
+        let limits = load_limits(self.service.limits.as_ref())?;
         // `REDIS_URL=` (set but empty, as templates often leave it) means not set.
         let store = match self.redis.redis_url.filter(|url| !url.is_empty()) {
             None => StoreConfig::Memory,
@@ -336,6 +378,7 @@ impl Cli {
         Ok(Config {
             store,
             catalog: Arc::new(catalog),
+            limits: Arc::new(limits),
             idempotency_window: IdempotencyWindow::new(self.service.idempotency_window)?,
             history: HistoryRetention::new(
                 self.service.history_max_entries,

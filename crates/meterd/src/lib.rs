@@ -12,14 +12,22 @@ pub mod stores;
 
 use std::{future::Future, sync::Arc};
 
+use meter_api::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    self as envoy_rate_limit_server, RateLimitServiceServer as EnvoyRateLimitServiceServer,
+};
 use meter_api::v1::{
     credits_service_server::{self, CreditsServiceServer},
+    rate_limit_service_server::{self, RateLimitServiceServer},
     stats_service_server::{self, StatsServiceServer},
     subscription_service_server::{self, SubscriptionServiceServer},
     usage_service_server::{self, UsageServiceServer},
 };
 use meter_core::{ActivityStats, Clock, Credits, Subscriptions, SystemClock, Usage};
-use meter_grpc::{CreditsGrpc, InFlight, StatsGrpc, SubscriptionGrpc, UsageGrpc};
+use meter_grpc::{
+    CreditsGrpc, EnvoyRateLimitGrpc, InFlight, RateLimitGrpc, StatsGrpc, SubscriptionGrpc,
+    UsageGrpc,
+};
+use meter_ratelimit::RateLimiter;
 use meter_redis::RedisStore;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
@@ -28,12 +36,15 @@ pub use config::{Cli, Config, StoreConfig};
 use health::Phase;
 pub use stores::{MemoryStores, RedisStores, Stores};
 
-/// Every `meter.v1` service meterd serves, by its full name (health reports each).
+/// Every service meterd serves (`meter.v1`'s and Envoy's rate limit
+/// service), by its full name (health reports each).
 pub const SERVICE_NAMES: &[&str] = &[
     credits_service_server::SERVICE_NAME,
     subscription_service_server::SERVICE_NAME,
     stats_service_server::SERVICE_NAME,
     usage_service_server::SERVICE_NAME,
+    rate_limit_service_server::SERVICE_NAME,
+    envoy_rate_limit_server::SERVICE_NAME,
 ];
 
 /// How meterd was asked to stop.
@@ -123,6 +134,10 @@ async fn serve<S: Stores, C: Clock + Clone>(
         clock.clone(),
         config.usage,
     ));
+    let rate_limiter = Arc::new(RateLimiter::new(
+        stores.rate_limits(Arc::new(clock.clone())),
+        Arc::clone(&config.limits),
+    ));
     let stats = Arc::new(
         ActivityStats::new(stores.stats(), Arc::clone(&config.catalog), clock)
             .with_recent(config.recent_conversations)
@@ -192,6 +207,12 @@ async fn serve<S: Stores, C: Clock + Clone>(
             )
             .add_service(in_flight.bound(StatsServiceServer::new(StatsGrpc::new(stats))))
             .add_service(in_flight.bound(UsageServiceServer::new(UsageGrpc::new(usage))))
+            .add_service(in_flight.bound(RateLimitServiceServer::new(RateLimitGrpc::new(
+                Arc::clone(&rate_limiter),
+            ))))
+            .add_service(in_flight.bound(EnvoyRateLimitServiceServer::new(
+                EnvoyRateLimitGrpc::new(rate_limiter),
+            )))
             .serve_with_incoming_shutdown(incoming, drain);
 
     let grace = config.shutdown_grace;

@@ -4,14 +4,19 @@
 //! over one parameter: a new port is a line here and in each backend, not
 //! a new parameter on every function.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use meter_core::{
-    AccountStore, CreditLedger, HistoryRetention, IdempotencyWindow, StatsStore, StoreError,
-    UsageStore,
+    AccountStore, Clock, CreditLedger, HistoryRetention, IdempotencyWindow, StatsStore,
+    StoreError, UsageStore,
 };
-use meter_memory::{MemoryAccounts, MemoryCreditLedger, MemoryStats, MemoryStore, MemoryUsage};
-use meter_redis::{RedisAccounts, RedisCreditLedger, RedisStats, RedisStore, RedisUsage};
+use meter_memory::{
+    MemoryAccounts, MemoryCreditLedger, MemoryRateLimits, MemoryStats, MemoryStore, MemoryUsage,
+};
+use meter_ratelimit::RateLimitStore;
+use meter_redis::{
+    RedisAccounts, RedisCreditLedger, RedisRateLimits, RedisStats, RedisStore, RedisUsage,
+};
 
 /// Every storage port meterd serves, from one backend.
 pub trait Stores: Send + Sync + 'static {
@@ -27,6 +32,9 @@ pub trait Stores: Send + Sync + 'static {
     /// The usage port.
     type Usage: UsageStore;
 
+    /// The rate limit port.
+    type RateLimits: RateLimitStore;
+
     /// The credits port on this backend.
     fn credits(&self) -> Self::Credits;
 
@@ -38,6 +46,10 @@ pub trait Stores: Send + Sync + 'static {
 
     /// The usage port on this backend.
     fn usage(&self) -> Self::Usage;
+
+    /// The rate limit port on this backend: on `clock` in memory, on the
+    /// server's clock on Redis (so that replicas agree).
+    fn rate_limits(&self, clock: Arc<dyn Clock>) -> Self::RateLimits;
 
     /// Checks that the backend answers; `Err` while it does not.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -63,6 +75,7 @@ impl Stores for MemoryStores {
     type Accounts = MemoryAccounts;
     type Stats = MemoryStats;
     type Usage = MemoryUsage;
+    type RateLimits = MemoryRateLimits;
 
     fn credits(&self) -> Self::Credits {
         self.0.credits()
@@ -78,6 +91,10 @@ impl Stores for MemoryStores {
 
     fn usage(&self) -> Self::Usage {
         self.0.usage()
+    }
+
+    fn rate_limits(&self, clock: Arc<dyn Clock>) -> Self::RateLimits {
+        MemoryRateLimits::new(clock)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -112,6 +129,7 @@ impl Stores for RedisStores {
     type Accounts = RedisAccounts;
     type Stats = RedisStats;
     type Usage = RedisUsage;
+    type RateLimits = RedisRateLimits;
 
     fn credits(&self) -> Self::Credits {
         RedisCreditLedger::new(self.store.clone(), self.window, self.history)
@@ -127,6 +145,10 @@ impl Stores for RedisStores {
 
     fn usage(&self) -> Self::Usage {
         RedisUsage::new(self.store.clone())
+    }
+
+    fn rate_limits(&self, _clock: Arc<dyn Clock>) -> Self::RateLimits {
+        RedisRateLimits::new(self.store.clone())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
