@@ -86,7 +86,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} must be positive and at most a few million years"))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,12 +6,12 @@ use std::{sync::Arc, time::Duration};
 use meter_api::{
     envoy::{
         config::core::v3::HeaderValue,
-        r#type::v3::RateLimitUnit,
         service::ratelimit::v3::{
             RateLimitRequest, RateLimitResponse,
             rate_limit_response::{self, DescriptorStatus, rate_limit::Unit as ResponseUnit},
             rate_limit_service_server::RateLimitService as EnvoyRateLimitService,
         },
+        r#type::v3::RateLimitUnit,
     },
     v1::{
         CheckRateLimitRequest, CheckRateLimitResponse, RateLimitAlgorithm, RateLimitFailMode,
@@ -20,8 +20,8 @@ use meter_api::{
 };
 use meter_core::{InvalidArgument, MeterError};
 use meter_ratelimit::{
-    Algorithm, CheckRequest, Descriptor, FailMode, RateLimitStore, RateLimiter, Unit,
-    VerdictCode, service::EnvoyVerdict,
+    Algorithm, CheckRequest, Descriptor, FailMode, RateLimitStore, RateLimiter, Unit, VerdictCode,
+    service::EnvoyVerdict,
 };
 use tonic::{Code, Request, Response, Status};
 
@@ -116,10 +116,16 @@ fn check_request(request: CheckRateLimitRequest) -> Result<CheckRequest, Invalid
     };
     let window = match request.window {
         None => None,
-        Some(w) if w.seconds >= 0 && (0..1_000_000_000).contains(&w.nanos) => {
-            Some(Duration::new(w.seconds.unsigned_abs(), w.nanos.unsigned_abs()))
+        Some(w) if w.seconds >= 0 && (0..1_000_000_000).contains(&w.nanos) => Some(Duration::new(
+            w.seconds.unsigned_abs(),
+            w.nanos.unsigned_abs(),
+        )),
+        Some(_) => {
+            return Err(InvalidArgument::new(
+                "window",
+                "must be a positive duration",
+            ));
         }
-        Some(_) => return Err(InvalidArgument::new("window", "must be a positive duration")),
     };
     Ok(CheckRequest {
         key: request.key,
@@ -226,9 +232,15 @@ fn response_headers(verdict: &EnvoyVerdict) -> Vec<HeaderValue> {
     let requests = rule.limit.requests();
     let window = ceil_seconds(rule.limit.window());
     let mut headers = vec![
-        header("x-ratelimit-limit", format!("{requests}, {requests};w={window}")),
+        header(
+            "x-ratelimit-limit",
+            format!("{requests}, {requests};w={window}"),
+        ),
         header("x-ratelimit-remaining", status.remaining.to_string()),
-        header("x-ratelimit-reset", ceil_seconds(status.reset_after).to_string()),
+        header(
+            "x-ratelimit-reset",
+            ceil_seconds(status.reset_after).to_string(),
+        ),
     ];
     if verdict.code == VerdictCode::OverLimit {
         let retry = verdict
@@ -263,7 +275,11 @@ impl<S: RateLimitStore> EnvoyRateLimitService for EnvoyRateLimitGrpc<S> {
             .collect();
         let verdict = self
             .limiter
-            .should_rate_limit(&request.domain, &descriptors, u64::from(request.hits_addend))
+            .should_rate_limit(
+                &request.domain,
+                &descriptors,
+                u64::from(request.hits_addend),
+            )
             .await
             .map_err(rate_limit_status)?;
         let statuses = verdict
@@ -271,11 +287,14 @@ impl<S: RateLimitStore> EnvoyRateLimitService for EnvoyRateLimitGrpc<S> {
             .iter()
             .map(|status| DescriptorStatus {
                 code: code(status.code),
-                current_limit: status.rule.as_ref().map(|rule| rate_limit_response::RateLimit {
-                    name: rule.name.clone(),
-                    requests_per_unit: u32::try_from(rule.limit.requests()).unwrap_or(u32::MAX),
-                    unit: response_unit(rule.unit).into(),
-                }),
+                current_limit: status
+                    .rule
+                    .as_ref()
+                    .map(|rule| rate_limit_response::RateLimit {
+                        name: rule.name.clone(),
+                        requests_per_unit: u32::try_from(rule.limit.requests()).unwrap_or(u32::MAX),
+                        unit: response_unit(rule.unit).into(),
+                    }),
                 limit_remaining: u32::try_from(status.remaining).unwrap_or(u32::MAX),
                 duration_until_reset: status
                     .rule

@@ -83,7 +83,9 @@ impl MemoryRateLimits {
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // A panic while holding the lock leaves whole states behind (each is
     // replaced in one move), so the data is still consistent.
-    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl RateLimitStore for MemoryRateLimits {
@@ -107,7 +109,10 @@ impl RateLimitStore for MemoryRateLimits {
         let mut admitted = true;
         for (check, &i) in checks.iter().zip(&shard_ids) {
             let code = check.limit.algorithm().code();
-            let w = match work.iter().position(|w| w.code == code && w.key == check.key) {
+            let w = match work
+                .iter()
+                .position(|w| w.code == code && w.key == check.key)
+            {
                 Some(w) => w,
                 None => {
                     let g = order.binary_search(&i).unwrap_or_default();

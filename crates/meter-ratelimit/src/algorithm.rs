@@ -227,10 +227,8 @@ mod tests {
     #[test]
     fn the_sliding_window_refuses_the_double_burst_a_fixed_window_allows() {
         let edge = T0 - T0 % (60 * SECOND) + 60 * SECOND;
-        for (algorithm, expected) in [
-            (Algorithm::FixedWindow, 20),
-            (Algorithm::SlidingWindow, 10),
-        ] {
+        for (algorithm, expected) in [(Algorithm::FixedWindow, 20), (Algorithm::SlidingWindow, 10)]
+        {
             let limit = limit(10, 60, algorithm);
             let mut state = State::new(algorithm);
             let before = (0..10)
@@ -261,7 +259,10 @@ mod tests {
         let mut state = State::new(Algorithm::TokenBucket);
         assert_eq!(take(&mut state, &bucket, 4, T0).remaining, 0);
         let refused = take(&mut state, &bucket, 1, T0);
-        assert_eq!((refused.allowed, refused.retry_after_us), (false, 15 * SECOND));
+        assert_eq!(
+            (refused.allowed, refused.retry_after_us),
+            (false, 15 * SECOND)
+        );
         assert!(take(&mut state, &bucket, 1, T0 + 15 * SECOND).allowed);
         assert_eq!(refused.reset_after_us, 60 * SECOND);
     }

@@ -68,7 +68,12 @@ pub struct LimitsError {
 
 impl fmt::Display for LimitsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "limits file {}: {}", self.origin, self.message.trim_end())
+        write!(
+            f,
+            "limits file {}: {}",
+            self.origin,
+            self.message.trim_end()
+        )
     }
 }
 
@@ -137,7 +142,10 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     fn at<T>(&self, spanned: &Spanned<T>, problem: impl fmt::Display) -> String {
@@ -173,7 +181,10 @@ impl Builder<'_> {
                 None => format!("{path}/{}", fields.key),
             };
             if fields.unlimited && fields.rate_limit.is_some() {
-                return Err(self.at(spanned, format!("{here}: both unlimited and a rate_limit; keep one")));
+                return Err(self.at(
+                    spanned,
+                    format!("{here}: both unlimited and a rate_limit; keep one"),
+                ));
             }
             if !fields.unlimited && fields.rate_limit.is_none() && fields.descriptors.is_empty() {
                 return Err(self.at(
@@ -190,8 +201,9 @@ impl Builder<'_> {
                             format!("{here}: requests_per_unit is 0; a limit admits at least 1 (unlimited = true admits everything)"),
                         ));
                     }
-                    let limit = Limit::new(rate.requests_per_unit, rate.unit.duration(), rate.algorithm)
-                        .map_err(|p| self.at(spanned, format!("{here}: {p}")))?;
+                    let limit =
+                        Limit::new(rate.requests_per_unit, rate.unit.duration(), rate.algorithm)
+                            .map_err(|p| self.at(spanned, format!("{here}: {p}")))?;
                     Some(Rule {
                         limit,
                         name: rate.name.clone().unwrap_or_else(|| here.clone()),
@@ -257,10 +269,9 @@ impl LimitsConfig {
             let domain = &spanned.get_ref().domain;
             check_name("domain", domain).map_err(|p| error(builder.at(spanned, p)))?;
             if config.domains.contains_key(domain) {
-                return Err(error(builder.at(
-                    spanned,
-                    format!("domain {domain:?} is declared twice"),
-                )));
+                return Err(error(
+                    builder.at(spanned, format!("domain {domain:?} is declared twice")),
+                ));
             }
             let tree = builder
                 .tree(domain, &spanned.get_ref().descriptors)
@@ -394,7 +405,10 @@ rate_limit = { requests_per_unit = 2, unit = "second", name = "search" }
         let ip = rule(config.find("edge", &[("remote_address", "10.0.0.1")]));
         assert_eq!((ip.limit.requests(), ip.unit), (100, Some(Unit::Minute)));
         assert_eq!(ip.name, "edge/remote_address");
-        assert_eq!(config.find("edge", &[("tenant", "internal")]), Match::Unlimited);
+        assert_eq!(
+            config.find("edge", &[("tenant", "internal")]),
+            Match::Unlimited
+        );
         let tenant = rule(config.find("edge", &[("tenant", "acme")]));
         assert_eq!(tenant.limit.algorithm(), Algorithm::FixedWindow);
         let search = rule(config.find("edge", &[("tenant", "acme"), ("path", "/search")]));
@@ -404,9 +418,15 @@ rate_limit = { requests_per_unit = 2, unit = "second", name = "search" }
             config.find("edge", &[("tenant", "internal"), ("path", "/search")]),
             Match::None
         );
-        assert_eq!(config.find("edge", &[("tenant", "acme"), ("path", "/other")]), Match::None);
+        assert_eq!(
+            config.find("edge", &[("tenant", "acme"), ("path", "/other")]),
+            Match::None
+        );
         assert_eq!(config.find("edge", &[("user", "1")]), Match::None);
-        assert_eq!(config.find("other", &[("remote_address", "1")]), Match::None);
+        assert_eq!(
+            config.find("other", &[("remote_address", "1")]),
+            Match::None
+        );
         let no_entries: [(&str, &str); 0] = [];
         assert_eq!(config.find("edge", &no_entries), Match::None);
     }
@@ -423,26 +443,45 @@ rate_limit = { requests_per_unit = 2, unit = "second", name = "search" }
             "[[domains]]\ndomain = \"edge\"\n[[domains.descriptors]]\nkey = \"ip\"\nrate_limit = { requests_per_unit = 1, unit = \"fortnight\" }\n",
         );
         assert!(
-            unknown_unit.contains("limits.toml") && unknown_unit.contains("line 5") && unknown_unit.contains("fortnight"),
+            unknown_unit.contains("limits.toml")
+                && unknown_unit.contains("line 5")
+                && unknown_unit.contains("fortnight"),
             "{unknown_unit}"
         );
         let zero = refusal(
             "[[domains]]\ndomain = \"edge\"\n\n[[domains.descriptors]]\nkey = \"ip\"\nrate_limit = { requests_per_unit = 0, unit = \"second\" }\n",
         );
-        assert!(zero.contains("line 4") && zero.contains("requests_per_unit is 0"), "{zero}");
+        assert!(
+            zero.contains("line 4") && zero.contains("requests_per_unit is 0"),
+            "{zero}"
+        );
         let duplicate = refusal(
             "[[domains]]\ndomain = \"edge\"\n[[domains.descriptors]]\nkey = \"ip\"\nrate_limit = { requests_per_unit = 1, unit = \"second\" }\n[[domains.descriptors]]\nkey = \"ip\"\nrate_limit = { requests_per_unit = 2, unit = \"second\" }\n",
         );
-        assert!(duplicate.contains("line 6") && duplicate.contains("declared twice"), "{duplicate}");
+        assert!(
+            duplicate.contains("line 6") && duplicate.contains("declared twice"),
+            "{duplicate}"
+        );
         let domain_twice = refusal("[[domains]]\ndomain = \"a\"\n[[domains]]\ndomain = \"a\"\n");
-        assert!(domain_twice.contains("line 3") && domain_twice.contains("declared twice"), "{domain_twice}");
+        assert!(
+            domain_twice.contains("line 3") && domain_twice.contains("declared twice"),
+            "{domain_twice}"
+        );
         let zero_policy = refusal("[policies.api]\nlimit = 0\nwindow = \"1m\"\n");
-        assert!(zero_policy.contains("line 1") && zero_policy.contains("must be from 1"), "{zero_policy}");
+        assert!(
+            zero_policy.contains("line 1") && zero_policy.contains("must be from 1"),
+            "{zero_policy}"
+        );
         let bad_window = refusal("[policies.api]\nlimit = 5\nwindow = \"1 minute\"\n");
         assert!(bad_window.contains("window"), "{bad_window}");
-        let typo = refusal("[policies.api]\nlimit = 5\nwindow = \"1m\"\nalgoritm = \"fixed_window\"\n");
-        assert!(typo.contains("line 4") && typo.contains("algoritm"), "{typo}");
-        let useless = refusal("[[domains]]\ndomain = \"edge\"\n[[domains.descriptors]]\nkey = \"ip\"\n");
+        let typo =
+            refusal("[policies.api]\nlimit = 5\nwindow = \"1m\"\nalgoritm = \"fixed_window\"\n");
+        assert!(
+            typo.contains("line 4") && typo.contains("algoritm"),
+            "{typo}"
+        );
+        let useless =
+            refusal("[[domains]]\ndomain = \"edge\"\n[[domains.descriptors]]\nkey = \"ip\"\n");
         assert!(useless.contains("limits nothing"), "{useless}");
     }
 

@@ -17,9 +17,9 @@ pub mod store;
 pub use algorithm::State;
 pub use config::{LimitsConfig, LimitsError, Match};
 pub use limit::{Algorithm, FailMode, Limit, Rule, Unit};
+pub use service::EnvoyVerdict;
 pub use service::{
     CheckRequest, Descriptor, DescriptorVerdict, RateLimitCounters, RateLimiter, Verdict,
     VerdictCode,
 };
-pub use service::EnvoyVerdict;
 pub use store::{Check, Outcome, RateLimitStore};

@@ -190,10 +190,21 @@ mod tests {
         assert!(Limit::new(0, minute, Algorithm::SlidingWindow).is_err());
         assert!(Limit::new(MAX_LIMIT + 1, minute, Algorithm::FixedWindow).is_err());
         assert!(Limit::new(1, Duration::from_micros(999), Algorithm::FixedWindow).is_err());
-        assert!(Limit::new(1, MAX_WINDOW + Duration::from_secs(1), Algorithm::FixedWindow).is_err());
+        assert!(
+            Limit::new(
+                1,
+                MAX_WINDOW + Duration::from_secs(1),
+                Algorithm::FixedWindow
+            )
+            .is_err()
+        );
         assert!(Limit::new(2_000, Duration::from_millis(1), Algorithm::TokenBucket).is_err());
         let limit = Limit::new(7, minute, Algorithm::TokenBucket).expect("valid");
-        assert_eq!(limit.emission_us(), 8_571_429, "rounded up: never faster than 7 a minute");
+        assert_eq!(
+            limit.emission_us(),
+            8_571_429,
+            "rounded up: never faster than 7 a minute"
+        );
         assert_eq!(limit.bucket_us(), 1_000_000);
         assert_eq!(Unit::Month.duration(), Duration::from_secs(2_592_000));
     }

@@ -205,7 +205,8 @@ impl<S: RateLimitStore> RateLimiter<S> {
     /// The rule of a check and the key it is counted under.
     fn rule_of(&self, request: &CheckRequest) -> Result<(Rule, String), InvalidArgument> {
         if !request.policy.is_empty() {
-            let inline = request.limit != 0 || request.window.is_some() || request.algorithm.is_some();
+            let inline =
+                request.limit != 0 || request.window.is_some() || request.algorithm.is_some();
             if inline {
                 return Err(InvalidArgument::new(
                     "policy",
@@ -219,7 +220,11 @@ impl<S: RateLimitStore> RateLimiter<S> {
                     format!(
                         "no policy {:?} in the limits file (policies: {})",
                         truncated(&request.policy),
-                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 ));
             };
@@ -238,7 +243,10 @@ impl<S: RateLimitStore> RateLimiter<S> {
                 ),
             ));
         }
-        let Some(window) = request.window.filter(|w| (MIN_WINDOW..=MAX_WINDOW).contains(w)) else {
+        let Some(window) = request
+            .window
+            .filter(|w| (MIN_WINDOW..=MAX_WINDOW).contains(w))
+        else {
             return Err(InvalidArgument::new(
                 "window",
                 "must be from 1ms to 366d (e.g. {\"seconds\": 60})",
@@ -269,7 +277,10 @@ impl<S: RateLimitStore> RateLimiter<S> {
         if descriptors.is_empty() || descriptors.len() > MAX_DESCRIPTORS {
             return Err(InvalidArgument::new(
                 "descriptors",
-                format!("send 1 to {MAX_DESCRIPTORS} descriptors, not {}", descriptors.len()),
+                format!(
+                    "send 1 to {MAX_DESCRIPTORS} descriptors, not {}",
+                    descriptors.len()
+                ),
             )
             .into());
         }
@@ -343,7 +354,11 @@ impl<S: RateLimitStore> RateLimiter<S> {
                 code = VerdictCode::OverLimit;
             }
             statuses.push(DescriptorVerdict {
-                code: if over { VerdictCode::OverLimit } else { VerdictCode::Ok },
+                code: if over {
+                    VerdictCode::OverLimit
+                } else {
+                    VerdictCode::Ok
+                },
                 shadow_denied: rule.shadow && !outcome.allowed,
                 rule: Some(rule),
                 remaining: outcome.remaining,
@@ -359,11 +374,18 @@ impl<S: RateLimitStore> RateLimiter<S> {
     }
 
     /// The rule a descriptor is checked against, if any.
-    fn descriptor_rule(&self, domain: &str, descriptor: &Descriptor) -> Result<Option<Rule>, InvalidArgument> {
+    fn descriptor_rule(
+        &self,
+        domain: &str,
+        descriptor: &Descriptor,
+    ) -> Result<Option<Rule>, InvalidArgument> {
         if descriptor.entries.is_empty() || descriptor.entries.len() > MAX_ENTRIES {
             return Err(InvalidArgument::new(
                 "entries",
-                format!("send 1 to {MAX_ENTRIES} entries, not {}", descriptor.entries.len()),
+                format!(
+                    "send 1 to {MAX_ENTRIES} entries, not {}",
+                    descriptor.entries.len()
+                ),
             ));
         }
         for (j, (key, value)) in descriptor.entries.iter().enumerate() {
@@ -384,7 +406,10 @@ impl<S: RateLimitStore> RateLimiter<S> {
             return Ok(matched.cloned());
         };
         let Some(unit) = unit else {
-            return Err(InvalidArgument::new("limit.unit", "must be a known unit (SECOND to WEEK)"));
+            return Err(InvalidArgument::new(
+                "limit.unit",
+                "must be a known unit (SECOND to WEEK)",
+            ));
         };
         let algorithm = matched.map_or(Algorithm::SlidingWindow, |r| r.limit.algorithm());
         let limit = Limit::new(requests, unit.duration(), algorithm)
@@ -468,7 +493,11 @@ fn truncated(text: &str) -> String {
 /// that no two descriptors share a key (`%`, `:`, `=`, `{`, `}` as `%XX`).
 pub fn envoy_key(domain: &str, entries: &[(String, String)]) -> String {
     let mut key = String::with_capacity(
-        3 + domain.len() + entries.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>(),
+        3 + domain.len()
+            + entries
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>(),
     );
     key.push_str("e:");
     escape_into(&mut key, domain);
@@ -503,6 +532,9 @@ mod tests {
         let b = envoy_key("d", &[("a".into(), "b".into()), ("c".into(), "d".into())]);
         assert_ne!(a, b);
         assert_eq!(a, "e:d:a=b%3Ac%3Dd");
-        assert_eq!(envoy_key("{x}", &[("k".into(), "%".into())]), "e:%7Bx%7D:k=%25");
+        assert_eq!(
+            envoy_key("{x}", &[("k".into(), "%".into())]),
+            "e:%7Bx%7D:k=%25"
+        );
     }
 }

@@ -107,18 +107,26 @@ pub fn check_command(checks: &[Check]) -> Vec<String> {
 
 /// The outcomes of a reply of `count` checks.
 fn outcomes(value: Value, count: usize) -> Result<Vec<Outcome>, StoreError> {
-    let unexpected = |detail: String| StoreError::Protocol(format!("ratelimit/check.lua reply: {detail}"));
+    let unexpected =
+        |detail: String| StoreError::Protocol(format!("ratelimit/check.lua reply: {detail}"));
     let Value::Array(items) = value else {
         return Err(unexpected("not an array".into()));
     };
     if items.len() != 4 * count {
-        return Err(unexpected(format!("{} values for {count} checks", items.len())));
+        return Err(unexpected(format!(
+            "{} values for {count} checks",
+            items.len()
+        )));
     }
     let mut numbers = items.into_iter().map(|item| match item {
         Value::Int(n) => u64::try_from(n).map_err(|_| unexpected(format!("{n} is negative"))),
         other => Err(unexpected(format!("{other:?} is not an integer"))),
     });
-    let mut next = || numbers.next().unwrap_or_else(|| Err(unexpected("too short".into())));
+    let mut next = || {
+        numbers
+            .next()
+            .unwrap_or_else(|| Err(unexpected("too short".into())))
+    };
     (0..count)
         .map(|_| {
             Ok(Outcome {

@@ -332,10 +332,7 @@ fn load_limits(path: Option<&PathBuf>) -> Result<LimitsConfig, ConfigError> {
         path: path.clone(),
         source,
     })?;
-    Ok(LimitsConfig::from_toml(
-        &path.display().to_string(),
-        &text,
-    )?)
+    Ok(LimitsConfig::from_toml(&path.display().to_string(), &text)?)
 }
 
 impl Cli {

@@ -207,9 +207,11 @@ async fn serve<S: Stores, C: Clock + Clone>(
             )
             .add_service(in_flight.bound(StatsServiceServer::new(StatsGrpc::new(stats))))
             .add_service(in_flight.bound(UsageServiceServer::new(UsageGrpc::new(usage))))
-            .add_service(in_flight.bound(RateLimitServiceServer::new(RateLimitGrpc::new(
-                Arc::clone(&rate_limiter),
-            ))))
+            .add_service(
+                in_flight.bound(RateLimitServiceServer::new(RateLimitGrpc::new(Arc::clone(
+                    &rate_limiter,
+                )))),
+            )
             .add_service(in_flight.bound(EnvoyRateLimitServiceServer::new(
                 EnvoyRateLimitGrpc::new(rate_limiter),
             )))

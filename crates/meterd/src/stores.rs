@@ -7,8 +7,8 @@
 use std::{future::Future, sync::Arc};
 
 use meter_core::{
-    AccountStore, Clock, CreditLedger, HistoryRetention, IdempotencyWindow, StatsStore,
-    StoreError, UsageStore,
+    AccountStore, Clock, CreditLedger, HistoryRetention, IdempotencyWindow, StatsStore, StoreError,
+    UsageStore,
 };
 use meter_memory::{
     MemoryAccounts, MemoryCreditLedger, MemoryRateLimits, MemoryStats, MemoryStore, MemoryUsage,

@@ -425,3 +425,25 @@ fn a_malformed_plan_catalog_stops_the_binary_naming_file_line_and_problem() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_malformed_limits_file_stops_the_binary_naming_file_line_and_problem() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("limits.toml");
+    std::fs::write(
+        &path,
+        "[[domains]]\ndomain = \"edge\"\n\n[[domains.descriptors]]\nkey = \"ip\"\nrate_limit = { requests_per_unit = 0, unit = \"second\" }\n",
+    )
+    .expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meterd"))
+        .args(["--listen", "127.0.0.1:0", "--limits"])
+        .arg(&path)
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("meterd runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains("line 4"), "{stderr}");
+    assert!(stderr.contains("requests_per_unit is 0"), "{stderr}");
+}

@@ -69,9 +69,8 @@ impl Steps {
 /// Each algorithm, checked at irregular times with irregular costs, answers
 /// exactly what the reference state machine answers: allowed, remaining,
 /// reset and retry, to the microsecond.
-pub async fn every_algorithm_answers_as_the_reference_model<S, G, F>(
-    make: impl Fn(FixedClock) -> F,
-) where
+pub async fn every_algorithm_answers_as_the_reference_model<S, G, F>(make: impl Fn(FixedClock) -> F)
+where
     S: RateLimitStore,
     F: Future<Output = (S, G)>,
 {
@@ -90,18 +89,28 @@ pub async fn every_algorithm_answers_as_the_reference_model<S, G, F>(
         let mut steps = Steps(0x9E37_79B9_7F4A_7C15 ^ requests);
         let mut admitted = 0;
         for step in 0..300 {
-            clock.advance(Duration::from_millis(steps.next(window.as_millis() as u64 / 3 + 2)));
+            clock.advance(Duration::from_millis(
+                steps.next(window.as_millis() as u64 / 3 + 2),
+            ));
             let cost = 1 + steps.next(requests.min(3));
-            let now = u64::try_from(meter_core::Clock::now(&clock).as_millis()).expect("after 1970") * 1_000;
+            let now = u64::try_from(meter_core::Clock::now(&clock).as_millis())
+                .expect("after 1970")
+                * 1_000;
             let (mut expected, at) = model.evaluate(&limit, cost, now);
             if expected.allowed {
                 expected = model.commit(&limit, cost, at);
                 admitted += 1;
             }
             let got = one(&store, check(&key, limit, cost)).await;
-            assert_eq!(got, expected, "{algorithm:?} {requests}/{window:?}, step {step}, cost {cost}");
+            assert_eq!(
+                got, expected,
+                "{algorithm:?} {requests}/{window:?}, step {step}, cost {cost}"
+            );
         }
-        assert!(admitted > 10, "{algorithm:?}: the steps admit some ({admitted})");
+        assert!(
+            admitted > 10,
+            "{algorithm:?}: the steps admit some ({admitted})"
+        );
     }
 }
 
@@ -134,7 +143,10 @@ where
         }
         assert_eq!(allowed, 50, "{algorithm:?}");
         let after = one(&*store, check("race", limit, 1)).await;
-        assert!(!after.allowed && after.remaining == 0 && after.retry_after_us > 0, "{algorithm:?}: {after:?}");
+        assert!(
+            !after.allowed && after.remaining == 0 && after.retry_after_us > 0,
+            "{algorithm:?}: {after:?}"
+        );
     }
 }
 
@@ -153,12 +165,22 @@ where
     let tight = limit(1, 60 * SECOND, Algorithm::FixedWindow);
     assert!(one(&store, check("{t}tight", tight, 1)).await.allowed);
     let outcomes = store
-        .check(vec![check("{t}roomy", roomy, 3), check("{t}tight", tight, 1)])
+        .check(vec![
+            check("{t}roomy", roomy, 3),
+            check("{t}tight", tight, 1),
+        ])
         .await
         .expect("store answers");
     assert!(outcomes[0].allowed && !outcomes[1].allowed, "{outcomes:?}");
-    assert_eq!(outcomes[0].remaining, 10, "roomy is not counted: {outcomes:?}");
-    assert_eq!(one(&store, check("{t}roomy", roomy, 10)).await.remaining, 0, "all 10 were left");
+    assert_eq!(
+        outcomes[0].remaining, 10,
+        "roomy is not counted: {outcomes:?}"
+    );
+    assert_eq!(
+        one(&store, check("{t}roomy", roomy, 10)).await.remaining,
+        0,
+        "all 10 were left"
+    );
 
     let shadow = Check {
         enforce: false,
@@ -169,10 +191,16 @@ where
         .await
         .expect("store answers");
     assert!(outcomes[0].allowed && !outcomes[1].allowed, "{outcomes:?}");
-    assert_eq!(outcomes[0].remaining, 8, "the request was admitted and counted");
+    assert_eq!(
+        outcomes[0].remaining, 8,
+        "the request was admitted and counted"
+    );
     // A key checked twice in one request sees its first count.
     let outcomes = store
-        .check(vec![check("{t}twice", roomy, 6), check("{t}twice", roomy, 6)])
+        .check(vec![
+            check("{t}twice", roomy, 6),
+            check("{t}twice", roomy, 6),
+        ])
         .await
         .expect("store answers");
     assert!(outcomes[0].allowed && !outcomes[1].allowed, "{outcomes:?}");
@@ -203,8 +231,14 @@ pub async fn the_sliding_window_never_admits_more_than_the_limit_across_an_edge<
     clock.advance(2 * SECOND); // 12:01:01, past the fixed window's edge
     let refused = one(&store, check("s", sliding, 1)).await;
     assert!(!refused.allowed, "{refused:?}");
-    assert_eq!(refused.retry_after_us, 58_000_000, "the burst ages out at 12:01:59");
-    assert!(one(&store, check("f", fixed, 1)).await.allowed, "a fixed window admits again");
+    assert_eq!(
+        refused.retry_after_us, 58_000_000,
+        "the burst ages out at 12:01:59"
+    );
+    assert!(
+        one(&store, check("f", fixed, 1)).await.allowed,
+        "a fixed window admits again"
+    );
     clock.advance(58 * SECOND);
     let back = one(&store, check("s", sliding, 10)).await;
     assert!(back.allowed, "{back:?}");
