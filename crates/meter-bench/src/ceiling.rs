@@ -9,7 +9,7 @@ use std::{
 
 use meter_core::HistoryRetention;
 use meter_core::PlanCatalog;
-use meter_redis::{accounts, credits, script::LuaScript, stats, usage};
+use meter_redis::{accounts, credits, ratelimit, script::LuaScript, stats, usage};
 use tokio::process::Command;
 
 use crate::scenario::{CeilingCommand, SPREAD_ACCOUNTS};
@@ -165,6 +165,7 @@ impl CeilingProbe {
             stats::login_script(),
             stats::get_script(),
             usage::record_script(),
+            ratelimit::check_script(),
         ] {
             let _: String = script
                 .load_command()
@@ -341,6 +342,29 @@ impl CeilingProbe {
                     }),
                 };
                 (usage::quota_command(&request, now), 1_000_000_000)
+            }
+            CeilingCommand::RateLimitCheck | CeilingCommand::RateLimitEnvoy => {
+                let limit = meter_ratelimit::Limit::new(
+                    u64::from(crate::scenario::RATE_LIMIT),
+                    std::time::Duration::from_secs(3_600),
+                    meter_ratelimit::Algorithm::SlidingWindow,
+                )
+                .map_err(|e| format!("the ceiling's limit: {e}"))?;
+                let check = |key: &str| meter_ratelimit::Check {
+                    key: key.to_owned(),
+                    limit,
+                    cost: 1,
+                    enforce: true,
+                };
+                let checks = if *command == CeilingCommand::RateLimitCheck {
+                    vec![check("k:ceiling-rl-__rand_int__")]
+                } else {
+                    vec![
+                        check("e:edge:remote_address=ceiling-ip-__rand_int__"),
+                        check("e:edge:tenant=ceiling-tenant-__rand_int__"),
+                    ]
+                };
+                (ratelimit::check_command(&checks), SPREAD_ACCOUNTS)
             }
             CeilingCommand::StatsRead => {
                 let mut args = vec![

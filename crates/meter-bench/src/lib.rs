@@ -7,6 +7,7 @@
 //! a replica each) and release meterd on free ports.
 
 pub mod ceiling;
+pub mod h2load;
 pub mod load;
 pub mod report;
 pub mod scenario;
@@ -35,9 +36,11 @@ use crate::{
 #[command(name = "meter-bench", version)]
 pub struct Args {
     /// Scenarios, comma-separated: deduct-hot, deduct-hot-many, deduct-spread, get-balance,
-    /// grant, mixed, reserve-commit, login, get-account, record-login, get-stats, record-usage, record-usage-batch; or `standard` (all of them on Redis; deduct-hot,
-    /// deduct-spread, get-balance and mixed on a cluster; deduct-hot, deduct-hot-many,
-    /// get-balance, mixed and reserve-commit on the embedded store).
+    /// grant, mixed, reserve-commit, login, get-account, record-login, get-stats, record-usage,
+    /// record-usage-batch, record-usage-stream, check-quota, check-rate-limit,
+    /// should-rate-limit; or `standard` (all of them on Redis; deduct-hot, deduct-spread,
+    /// get-balance and mixed on a cluster; deduct-hot, deduct-hot-many, get-balance, mixed,
+    /// reserve-commit, check-rate-limit and should-rate-limit on the embedded store).
     #[arg(long, value_delimiter = ',', default_value = "standard")]
     pub scenarios: Vec<String>,
     /// Stores to run on, comma-separated.
@@ -82,6 +85,13 @@ pub struct Args {
     /// Also write the results as Markdown tables to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Also measure Envoy's ShouldRateLimit with h2load (nghttp2-client):
+    /// 50 connections, 1 request in flight each, this many requests.
+    #[arg(long)]
+    pub h2load: Option<u64>,
+    /// The h2load binary.
+    #[arg(long, default_value = "h2load")]
+    pub h2load_binary: String,
 }
 
 /// Where meterd keeps its data during a run.
@@ -120,6 +130,8 @@ impl Store {
                 Scenario::GetBalance,
                 Scenario::Mixed,
                 Scenario::ReserveCommit,
+                Scenario::CheckRateLimit,
+                Scenario::ShouldRateLimit,
             ],
         }
     }
@@ -267,6 +279,28 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
                 check: check.unwrap_or_else(|e| e),
             });
         }
+        if let Some(requests) = args.h2load
+            && store != Store::Cluster
+        {
+            eprintln!(
+                "running should-rate-limit under h2load on {} ...",
+                store.name()
+            );
+            let meterd_pid = process.as_ref().and_then(MeterdProcess::pid);
+            rows.push(
+                h2load_row(
+                    args,
+                    store,
+                    &endpoint,
+                    &run_id,
+                    requests,
+                    probe.as_ref(),
+                    meterd_pid,
+                    &redis_pids,
+                )
+                .await?,
+            );
+        }
         if let Some(process) = process {
             if let Some(rss) = process.peak_rss() {
                 peak_rss.insert(store.name().to_owned(), rss);
@@ -290,6 +324,112 @@ pub async fn bench(args: &Args) -> Result<Report, String> {
         ),
         rows,
         peak_rss,
+    })
+}
+
+/// ShouldRateLimit under h2load on `store`: rate, latency, CPU per
+/// request, the ceiling at the same concurrency, and the end state (the
+/// hot keys counted exactly the requests answered).
+#[allow(clippy::too_many_arguments)]
+async fn h2load_row(
+    args: &Args,
+    store: Store,
+    endpoint: &str,
+    run_id: &str,
+    requests: u64,
+    probe: Option<&CeilingProbe>,
+    meterd_pid: Option<u32>,
+    redis_pids: &[u32],
+) -> Result<Row, String> {
+    let body = h2load::temp_path("envoy-body.bin");
+    std::fs::write(&body, h2load::body(run_id))
+        .map_err(|e| format!("writing {}: {e}", body.display()))?;
+    let warm = h2load::run(
+        &args.h2load_binary,
+        endpoint,
+        &body,
+        h2load::WARMUP_REQUESTS,
+    )
+    .await?;
+    let cpu = || {
+        let redis = (!redis_pids.is_empty())
+            .then(|| {
+                redis_pids
+                    .iter()
+                    .map(|&pid| servers::cpu_time(pid))
+                    .sum::<Option<Duration>>()
+            })
+            .flatten();
+        [meterd_pid.and_then(servers::cpu_time), redis]
+    };
+    let before = cpu();
+    let measured = h2load::run(&args.h2load_binary, endpoint, &body, requests).await?;
+    let after = cpu();
+    let _ = std::fs::remove_file(&body);
+    let per_request = |i: usize| {
+        let spent = after[i]?.checked_sub(before[i]?)?;
+        (measured.succeeded > 0).then(|| spent.as_secs_f64() * 1e6 / measured.succeeded as f64)
+    };
+    let channel = connect(endpoint, 1).await?.remove(0);
+    let mut client = scenario::Client::new(channel);
+    let reply = client
+        .envoy
+        .should_rate_limit(scenario::envoy_request(&[(
+            "remote_address",
+            format!("{run_id}-h2load-ip"),
+        )]))
+        .await
+        .map_err(|s| format!("reading the end state: {s}"))?
+        .into_inner();
+    let remaining = u64::from(reply.statuses.first().map_or(0, |s| s.limit_remaining));
+    let counted = u64::from(scenario::RATE_LIMIT) - remaining - 1;
+    let answered = warm.succeeded + measured.succeeded;
+    let check_ok = counted == answered && measured.failed == 0 && warm.failed == 0;
+    let check = if check_ok {
+        format!("counted = {counted} = the requests answered")
+    } else {
+        format!(
+            "counted {counted}, requests answered {answered}, failed {}",
+            measured.failed + warm.failed
+        )
+    };
+    let ceiling = match (probe, store) {
+        (Some(probe), Store::Redis) => Some(
+            probe
+                .measure(
+                    &CeilingCommand::RateLimitEnvoy,
+                    1,
+                    Some(h2load::CONNECTIONS),
+                )
+                .await?,
+        ),
+        _ => None,
+    };
+    let rate = h2load::rate(&measured);
+    let ms = |q: f64| measured.latency_us.value_at_quantile(q) as f64 / 1_000.0;
+    let mut errors = BTreeMap::new();
+    if measured.failed > 0 {
+        errors.insert("h2load failed".to_owned(), measured.failed);
+    }
+    Ok(Row {
+        store: store.name().to_owned(),
+        scenario: "should-rate-limit (h2load)".to_owned(),
+        shape: format!("{}×1", h2load::CONNECTIONS),
+        requests: measured.succeeded,
+        seconds: measured.seconds,
+        rate,
+        p50_ms: ms(0.50),
+        p90_ms: ms(0.90),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        errors,
+        ratio: ceiling.map(|c| rate / c.rate),
+        ceiling,
+        ceiling_pipelined: None,
+        meterd_cpu_us: per_request(0),
+        redis_cpu_us: per_request(1),
+        check_ok,
+        check,
     })
 }
 

@@ -14,6 +14,23 @@ use meter_api::v1::{
     subscription_service_client::SubscriptionServiceClient,
     usage_service_client::UsageServiceClient,
 };
+use meter_api::{
+    envoy::{
+        extensions::common::ratelimit::v3::{
+            RateLimitDescriptor,
+            rate_limit_descriptor::{Entry, RateLimitOverride},
+        },
+        service::ratelimit::v3::{
+            RateLimitRequest, rate_limit_response::Code as EnvoyCode,
+            rate_limit_service_client::RateLimitServiceClient as EnvoyClient,
+        },
+        r#type::v3::RateLimitUnit,
+    },
+    v1::{
+        CheckRateLimitRequest, RateLimitAlgorithm,
+        rate_limit_service_client::RateLimitServiceClient,
+    },
+};
 use tonic::{Status, transport::Channel};
 
 /// The clients every scenario drives, over one channel.
@@ -27,6 +44,10 @@ pub struct Client {
     pub stats: StatsServiceClient<Channel>,
     /// UsageService.
     pub usage: UsageServiceClient<Channel>,
+    /// RateLimitService.
+    pub rate_limits: RateLimitServiceClient<Channel>,
+    /// Envoy's rate limit service.
+    pub envoy: EnvoyClient<Channel>,
 }
 
 impl Client {
@@ -36,7 +57,9 @@ impl Client {
             credits: CreditsServiceClient::new(channel.clone()),
             accounts: SubscriptionServiceClient::new(channel.clone()),
             stats: StatsServiceClient::new(channel.clone()),
-            usage: UsageServiceClient::new(channel),
+            usage: UsageServiceClient::new(channel.clone()),
+            rate_limits: RateLimitServiceClient::new(channel.clone()),
+            envoy: EnvoyClient::new(channel),
         }
     }
 }
@@ -113,7 +136,19 @@ pub enum Scenario {
     /// CheckQuota consuming 1 API request of one of 1,000 accounts (the
     /// free plan's hard limit of 1,000 a month).
     CheckQuota,
+    /// CheckRateLimit of one of 1,000 keys, sliding window (a limit never
+    /// reached: every check is counted).
+    CheckRateLimit,
+    /// Envoy's ShouldRateLimit with two descriptors of the example limits
+    /// (`edge`: a client address of 1,000 and a tenant of 100), each with a
+    /// limit override never reached: both counted, in one script.
+    ShouldRateLimit,
 }
+
+/// The limit of the rate limit scenarios: never reached in a run.
+pub const RATE_LIMIT: u32 = 1_000_000_000;
+/// Tenants of `should-rate-limit`.
+pub const TENANTS: u64 = 100;
 
 /// Events per call of `record-usage-batch`, and per message of `record-usage-stream`.
 pub const USAGE_BATCH: usize = 100;
@@ -161,11 +196,15 @@ pub enum CeilingCommand {
     UsageRecordBatch,
     /// EVALSHA of the quota script consuming one unit, on one of 10^9 accounts.
     UsageQuota,
+    /// EVALSHA of the rate limit script with one sliding-window check of one of 1,000 keys.
+    RateLimitCheck,
+    /// EVALSHA of the rate limit script with two sliding-window checks.
+    RateLimitEnvoy,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 17] = [
         Self::DeductHot,
         Self::DeductHotMany,
         Self::DeductSpread,
@@ -181,6 +220,8 @@ impl Scenario {
         Self::RecordUsageBatch,
         Self::RecordUsageStream,
         Self::CheckQuota,
+        Self::CheckRateLimit,
+        Self::ShouldRateLimit,
     ];
 
     /// The name used on the command line and in reports.
@@ -201,6 +242,8 @@ impl Scenario {
             Self::RecordUsageBatch => "record-usage-batch",
             Self::RecordUsageStream => "record-usage-stream",
             Self::CheckQuota => "check-quota",
+            Self::CheckRateLimit => "check-rate-limit",
+            Self::ShouldRateLimit => "should-rate-limit",
         }
     }
 
@@ -261,6 +304,8 @@ impl Scenario {
                 vec![(STREAM_MESSAGES as f64, CeilingCommand::UsageRecordBatch)]
             }
             Self::CheckQuota => vec![(1.0, CeilingCommand::UsageQuota)],
+            Self::CheckRateLimit => vec![(1.0, CeilingCommand::RateLimitCheck)],
+            Self::ShouldRateLimit => vec![(1.0, CeilingCommand::RateLimitEnvoy)],
         }
     }
 
@@ -297,7 +342,9 @@ impl Scenario {
             | Self::RecordUsage
             | Self::RecordUsageBatch
             | Self::RecordUsageStream
-            | Self::CheckQuota => Vec::new(),
+            | Self::CheckQuota
+            | Self::CheckRateLimit
+            | Self::ShouldRateLimit => Vec::new(),
             Self::GetStats => {
                 record_login(client, profiled(run)).await?;
                 Vec::new()
@@ -401,6 +448,35 @@ impl Scenario {
                 } else {
                     Effect::Nothing
                 })
+            }
+            Self::CheckRateLimit => {
+                let reply = client
+                    .rate_limits
+                    .check_rate_limit(rate_limit_check(&spread(run, "rl", pick)))
+                    .await?
+                    .into_inner();
+                if reply.allowed {
+                    Ok(Effect::Granted)
+                } else {
+                    Err(Status::data_loss(format!("a check was refused: {reply:?}")))
+                }
+            }
+            Self::ShouldRateLimit => {
+                let reply = client
+                    .envoy
+                    .should_rate_limit(envoy_request(&[
+                        ("remote_address", spread(run, "ip", pick)),
+                        ("tenant", spread(run, "tenant", pick % TENANTS)),
+                    ]))
+                    .await?
+                    .into_inner();
+                if reply.overall_code == i32::from(EnvoyCode::Ok) {
+                    Ok(Effect::Granted)
+                } else {
+                    Err(Status::data_loss(format!(
+                        "a request was refused: {reply:?}"
+                    )))
+                }
             }
             Self::RecordUsage | Self::RecordUsageBatch => {
                 let size = if self == Self::RecordUsage {
@@ -519,6 +595,9 @@ impl Scenario {
                         "stored usage {stored}, events answered recorded {expected}"
                     ))
                 };
+            }
+            Self::CheckRateLimit | Self::ShouldRateLimit => {
+                return verify_rate_limits(client, run, self, granted_count).await;
             }
             Self::RecordLogin => {
                 let mut days = 0;
@@ -771,4 +850,97 @@ async fn balance(client: &mut Client, account_id: String) -> Result<(i64, i64), 
 
 async fn balance_total(client: &mut Client, account_id: String) -> Result<i64, Status> {
     balance(client, account_id).await.map(|(total, _)| total)
+}
+
+/// The CheckRateLimit of `check-rate-limit` on `key`.
+fn rate_limit_check(key: &str) -> CheckRateLimitRequest {
+    CheckRateLimitRequest {
+        key: key.to_owned(),
+        limit: u64::from(RATE_LIMIT),
+        window: Some(prost_types::Duration {
+            seconds: 3_600,
+            nanos: 0,
+        }),
+        algorithm: RateLimitAlgorithm::SlidingWindow.into(),
+        ..CheckRateLimitRequest::default()
+    }
+}
+
+/// A ShouldRateLimit of domain `edge` with one descriptor per `(key, value)`,
+/// each overriding its limit with [`RATE_LIMIT`] an hour.
+pub fn envoy_request(descriptors: &[(&str, String)]) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "edge".into(),
+        descriptors: descriptors
+            .iter()
+            .map(|(key, value)| RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: (*key).to_owned(),
+                    value: value.clone(),
+                }],
+                limit: Some(RateLimitOverride {
+                    requests_per_unit: RATE_LIMIT,
+                    unit: RateLimitUnit::Hour.into(),
+                }),
+                hits_addend: None,
+            })
+            .collect(),
+        hits_addend: 0,
+    }
+}
+
+/// Checks that the counts stored under every key of `scenario` add up to
+/// the checks answered allowed: one more check per key reads what is left.
+async fn verify_rate_limits(
+    client: &mut Client,
+    run: &str,
+    scenario: Scenario,
+    granted: u64,
+) -> Result<String, String> {
+    let limit = u64::from(RATE_LIMIT);
+    let read = |what: &str, s: Status| format!("reading the end state ({what}): {s}");
+    let mut sums = Vec::new();
+    let kinds: &[(&str, u64)] = match scenario {
+        Scenario::CheckRateLimit => &[("rl", SPREAD_ACCOUNTS)],
+        _ => &[("ip", SPREAD_ACCOUNTS), ("tenant", TENANTS)],
+    };
+    for &(kind, keys) in kinds {
+        let mut counted = 0u64;
+        for i in 0..keys {
+            let key = spread(run, kind, i);
+            let remaining = if scenario == Scenario::CheckRateLimit {
+                client
+                    .rate_limits
+                    .check_rate_limit(rate_limit_check(&key))
+                    .await
+                    .map_err(|s| read(kind, s))?
+                    .into_inner()
+                    .remaining
+            } else {
+                let key_name = if kind == "ip" {
+                    "remote_address"
+                } else {
+                    "tenant"
+                };
+                let reply = client
+                    .envoy
+                    .should_rate_limit(envoy_request(&[(key_name, key)]))
+                    .await
+                    .map_err(|s| read(kind, s))?
+                    .into_inner();
+                u64::from(reply.statuses.first().map_or(0, |s| s.limit_remaining))
+            };
+            counted += limit - remaining - 1;
+        }
+        sums.push(counted);
+    }
+    if sums.iter().all(|&counted| counted == granted) {
+        Ok(format!(
+            "counted under the keys = {granted} checks answered allowed"
+        ))
+    } else {
+        Err(format!(
+            "counted under the keys {sums:?}, checks answered allowed {granted}"
+        ))
+    }
 }

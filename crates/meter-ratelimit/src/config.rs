@@ -220,7 +220,7 @@ impl Builder<'_> {
             };
             let nodes = tree.keys.entry(fields.key.clone()).or_default();
             let slot = match &fields.value {
-                Some(value) => nodes.values.get(value).is_some(),
+                Some(value) => nodes.values.contains_key(value),
                 None => nodes.any.is_some(),
             };
             if slot {

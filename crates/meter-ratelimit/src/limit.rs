@@ -159,9 +159,10 @@ impl Limit {
         self.window_us.div_ceil(self.requests)
     }
 
-    /// Sliding window: the length of one bucket in microseconds.
+    /// Sliding window: the length of one bucket in microseconds (the window
+    /// over [`SLIDING_BUCKETS`], rounded up: a window spans at most that many).
     pub fn bucket_us(&self) -> u64 {
-        (self.window_us / SLIDING_BUCKETS).max(1)
+        self.window_us.div_ceil(SLIDING_BUCKETS)
     }
 }
 

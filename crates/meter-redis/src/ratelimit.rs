@@ -28,6 +28,11 @@ static CHECK: LazyLock<LuaScript> = LazyLock::new(|| {
     )
 });
 
+/// The check script (`ratelimit/check.lua` says its keys and arguments).
+pub fn check_script() -> &'static LuaScript {
+    &CHECK
+}
+
 /// The rate limit store on Redis.
 #[derive(Clone)]
 pub struct RedisRateLimits {
@@ -61,14 +66,14 @@ impl RedisRateLimits {
     }
 }
 
-/// The two keys of a check: its state and, for the sliding window, the sum
-/// of its entries (the state's key again for the other algorithms).
+/// The two keys of a check: its state and, for the sliding window, the
+/// list of its sealed buckets (the state's key again for the other algorithms).
 fn keys_of(check: &Check) -> [String; 2] {
     let base = format!("rl:{{{}}}:{}", check.key, check.limit.algorithm().code());
     match check.limit.algorithm() {
         Algorithm::SlidingWindow => {
-            let sum = format!("{base}n");
-            [base, sum]
+            let sealed = format!("{base}l");
+            [base, sealed]
         }
         Algorithm::FixedWindow | Algorithm::TokenBucket => [base.clone(), base],
     }

@@ -369,6 +369,14 @@ async fn rate_limits_over_grpc_on_redis() {
             .expect("PTTL");
         assert!(ttl > 0, "{key} has no expiry ({ttl})");
         assert!(key.starts_with("rl:{"), "{key} carries its hash tag");
+        if key.ends_with(":sl") {
+            let sealed: i64 = redis::cmd("LLEN")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await
+                .expect("LLEN");
+            assert!(sealed <= 60, "{key} holds {sealed} sealed buckets");
+        }
     }
 }
 

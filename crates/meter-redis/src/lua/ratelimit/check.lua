@@ -8,8 +8,9 @@
 -- ARGV[1] gives one (tests with a fixed clock). Every key's expiry is
 -- relative (PX), so it holds whichever clock is used.
 --
--- KEYS, two per check: sliding window `rl:{K}:s` (entries 'time:units',
--- oldest first, one per bucket) and `rl:{K}:sn` (their sum); fixed window
+-- KEYS, two per check: sliding window `rl:{K}:s` (the header: the sums
+-- and the open bucket) and `rl:{K}:sl` (the sealed buckets, 'time:units',
+-- oldest first; at most 60); fixed window
 -- `rl:{K}:f` ('window start:units') twice; token bucket `rl:{K}:t` (the
 -- theoretical arrival time) twice.
 -- ARGV: now (or ''), the number of checks, then per check: algorithm
@@ -37,29 +38,49 @@ local function pair(key, text)
   return number(key, string.sub(text, 1, sep - 1)), number(key, string.sub(text, sep + 1))
 end
 
+-- The sliding window's header: 'sealed count:sealed units:open time:open
+-- units:oldest sealed time'.
+local function header(s)
+  return int(s.c) .. ':' .. int(s.sn) .. ':' .. int(s.tail_t) .. ':' .. int(s.tail_n) .. ':' .. int(s.oldest_t)
+end
+
 local function load(alg, key, key2, window)
   if alg == 's' then
-    local s = { alg = alg, key = key, key2 = key2, used = 0, drop = 0, at = now }
-    local len = redis.call('LLEN', key)
-    if len == 0 then return s end
-    local used = number(key2, redis.call('GET', key2) or '0')
-    local tail_t, tail_n = pair(key, redis.call('LINDEX', key, -1))
-    if tail_t > s.at then s.at = tail_t end
-    -- Entries that left the window, from the oldest.
-    local drop = 0
-    while drop < len do
-      local t, n = pair(key, redis.call('LINDEX', key, drop))
-      if t + window > s.at then break end
-      drop = drop + 1
-      used = used - n
+    -- The open (newest) bucket lives in the header with the sums; sealed
+    -- buckets in the list, oldest first, read only as they leave the
+    -- window or a refusal says when to retry.
+    local s = { alg = alg, key = key, list = key2, c = 0, sn = 0, tail_n = 0, oldest_t = 0, at = now }
+    local stored = redis.call('GET', key)
+    if not stored then return s end
+    local c, sn, tt, tn, ot = string.match(stored, '^(%d+):(%d+):(%d+):(%d+):(%d+)$')
+    if not c then corrupt(key, 'value', stored) end
+    c, sn, tt, tn, ot = tonumber(c), tonumber(sn), tonumber(tt), tonumber(tn), tonumber(ot)
+    if tt > s.at then s.at = tt end
+    if tt + window <= s.at then
+      -- Even the newest bucket left the window: nothing counts.
+      s.stale = c > 0
+      return s
     end
-    s.drop = drop
-    s.len = len
-    if drop < len and used > 0 then
-      s.used = used
-      s.tail_t, s.tail_n = tail_t, tail_n
-    else
-      s.drop = len
+    s.c, s.sn, s.tail_t, s.tail_n, s.oldest_t = c, sn, tt, tn, ot
+    local popped = false
+    while s.c > 0 and s.oldest_t + window <= s.at do
+      local entry = redis.call('LPOP', key2)
+      if not entry then s.c = 0 break end
+      local _, n = pair(key2, entry)
+      s.sn = s.sn - n
+      s.c = s.c - 1
+      popped = true
+      if s.c > 0 then
+        local head = redis.call('LINDEX', key2, 0)
+        if not head then s.c = 0 break end
+        s.oldest_t = pair(key2, head)
+      end
+    end
+    if s.c == 0 then s.sn = 0 end
+    -- What the list lost must reach the header, counted or not.
+    if popped then
+      s.clean = header(s)
+      s.clean_until = tt + window
     end
     return s
   elseif alg == 'f' then
@@ -77,15 +98,18 @@ end
 local function evaluate(s, limit, window, cost)
   if s.alg == 's' then
     local at = s.at
-    local allowed = s.used + cost <= limit
+    local used = s.sn + s.tail_n
+    local allowed = used + cost <= limit
     local retry = 0
     if not allowed then
       -- The oldest entries that must leave before `cost` fits.
-      local need = s.used + cost - limit
+      local need = used + cost - limit
       retry = window
-      local entries = redis.call('LRANGE', s.key, s.drop, -1)
+      local entries = {}
+      if s.c > 0 then entries = redis.call('LRANGE', s.list, 0, -1) end
+      if s.tail_t then entries[#entries + 1] = int(s.tail_t) .. ':' .. int(s.tail_n) end
       for i = 1, #entries do
-        local t, n = pair(s.key, entries[i])
+        local t, n = pair(s.list, entries[i])
         retry = t + window - at
         if n >= need then break end
         need = need - n
@@ -93,7 +117,7 @@ local function evaluate(s, limit, window, cost)
     end
     local reset = 0
     if s.tail_t then reset = s.tail_t + window - at end
-    local remaining = limit - s.used
+    local remaining = limit - used
     if remaining < 0 then remaining = 0 end
     return allowed, remaining, reset, retry
   elseif s.alg == 'f' then
@@ -129,19 +153,24 @@ end
 local function commit(s, limit, window, cost)
   s.dirty = true
   if s.alg == 's' then
-    local bucket = math.floor(window / 60)
-    if bucket < 1 then bucket = 1 end
+    local bucket = math.ceil(window / 60)
     local at = s.at
     if s.tail_t and math.floor(s.tail_t / bucket) == math.floor(at / bucket) then
-      s.tail_t, s.tail_n = at, s.tail_n + cost
-      if not s.pushed then s.replace = true end
+      s.tail_n = s.tail_n + cost
     else
-      s.tail_t, s.tail_n = at, cost
-      s.pushed = true
+      if s.tail_t then
+        -- The open bucket is sealed into the list.
+        if s.c == 0 then s.oldest_t = s.tail_t end
+        s.c = s.c + 1
+        s.sn = s.sn + s.tail_n
+        s.sealed = int(s.tail_t) .. ':' .. int(s.tail_n)
+        s.sealed_t = s.tail_t
+      end
+      s.tail_n = cost
     end
-    s.used = s.used + cost
+    s.tail_t = at
     s.window = window
-    local remaining = limit - s.used
+    local remaining = limit - s.sn - s.tail_n
     if remaining < 0 then remaining = 0 end
     return remaining, window
   elseif s.alg == 'f' then
@@ -168,20 +197,12 @@ end
 
 local function store(s)
   if s.alg == 's' then
-    local ttl = millis(s.tail_t + s.window - s.at)
-    if s.drop >= (s.len or 0) and s.len then
-      redis.call('DEL', s.key)
-    elseif s.drop > 0 then
-      redis.call('LTRIM', s.key, s.drop, -1)
+    if s.stale then redis.call('DEL', s.list) end
+    if s.sealed then
+      redis.call('RPUSH', s.list, s.sealed)
+      redis.call('PEXPIRE', s.list, millis(s.sealed_t + s.window - s.at))
     end
-    local entry = int(s.tail_t) .. ':' .. int(s.tail_n)
-    if s.pushed then
-      redis.call('RPUSH', s.key, entry)
-    elseif s.replace then
-      redis.call('LSET', s.key, -1, entry)
-    end
-    redis.call('PEXPIRE', s.key, ttl)
-    redis.call('SET', s.key2, int(s.used), 'PX', ttl)
+    redis.call('SET', s.key, header(s), 'PX', millis(s.tail_t + s.window - s.at))
   elseif s.alg == 'f' then
     local ttl = millis(s.start + s.window - now)
     redis.call('SET', s.key, int(s.start) .. ':' .. int(s.used), 'PX', ttl)
@@ -225,5 +246,10 @@ for r = 1, #reply do
 end
 if admitted then
   for i = 1, #changed do store(changed[i]) end
+else
+  -- Nothing is counted, but expired buckets popped from a list must leave its header too.
+  for key, s in pairs(states) do
+    if s.clean then redis.call('SET', key, s.clean, 'PX', millis(s.clean_until - s.at)) end
+  end
 end
 return reply
