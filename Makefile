@@ -35,11 +35,11 @@ fmt: ## Format the code
 build: ## Build release binaries
 	$(CARGO) build --release --workspace
 
-bench: ## Run the load benchmark's standard set (a few minutes); tables in target/bench/
+bench: ## Run the load benchmark's standard set and ShouldRateLimit under h2load (a few minutes); tables in target/bench/
 	$(CARGO) build --release -p meterd -p meter-bench
-	@bash .ci/test-deps
+	@bash .ci/bench-deps
 	@mkdir -p target/bench
-	target/release/meter-bench --markdown target/bench/latest.md
+	target/release/meter-bench --h2load 300000 --markdown target/bench/latest.md
 	@echo "Markdown tables for BENCHMARKS.md: target/bench/latest.md"
 
 docs-check: ## Run every grpcurl example of README.md against a fresh meterd

@@ -23,7 +23,7 @@ use meter_ratelimit::{
     Algorithm, CheckRequest, Descriptor, FailMode, RateLimitStore, RateLimiter, Unit, VerdictCode,
     service::EnvoyVerdict,
 };
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::status::{invalid_argument, to_status};
 
@@ -57,21 +57,29 @@ impl<S> EnvoyRateLimitGrpc<S> {
 /// count and what the caller can do (a check has no idempotency key).
 fn rate_limit_status(error: MeterError) -> Status {
     let message = match &error {
+        MeterError::Store(
+            meter_core::StoreError::Corrupt { .. } | meter_core::StoreError::Protocol(_),
+        ) => Some(
+            "the rate limit store answered what meterd cannot read; the check may have been \
+             counted (the meterd log says more)",
+        ),
         MeterError::Store(meter_core::StoreError::OutcomeUnknown(_)) => Some(
             "the store did not answer in time; the check may have been counted: retry with \
              backoff (a retry may count it twice), or use fail mode OPEN to admit while the \
              store is unreachable",
         ),
         MeterError::Store(_) => Some(
-            "the rate limit store cannot be reached; the check was not counted: retry with \
-             backoff, or use fail mode OPEN to admit while the store is unreachable",
+            "the rate limit store cannot be reached; the check was not counted (on Redis \
+             Cluster, descriptors in other slots may have been): retry with backoff, or use \
+             fail mode OPEN to admit while the store is unreachable",
         ),
         _ => None,
     };
+    // to_status logs the store's details; the message is the rate limiter's.
     let status = to_status(error);
     match message {
-        Some(message) if status.code() == Code::Unavailable => Status::unavailable(message),
-        _ => status,
+        Some(message) => Status::new(status.code(), message),
+        None => status,
     }
 }
 
@@ -218,6 +226,10 @@ fn header(key: &str, value: String) -> HeaderValue {
 /// `x-ratelimit-remaining`, `x-ratelimit-reset` in seconds), and
 /// `retry-after` when over the limit.
 fn response_headers(verdict: &EnvoyVerdict) -> Vec<HeaderValue> {
+    // Admitted unchecked: nothing is known about what remains.
+    if verdict.failed_open {
+        return Vec::new();
+    }
     let tightest = verdict
         .statuses
         .iter()

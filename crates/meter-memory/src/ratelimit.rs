@@ -36,8 +36,8 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Shard {
-    /// By the check's key and the algorithm's code, as Redis keys them.
-    states: HashMap<(String, &'static str), Entry>,
+    /// By the check's key, the algorithm's code and the window, as Redis keys them.
+    states: HashMap<(String, &'static str, u64), Entry>,
     /// Sweep expired keys once `states` is this large.
     next_sweep: usize,
 }
@@ -109,9 +109,10 @@ impl RateLimitStore for MemoryRateLimits {
         let mut admitted = true;
         for (check, &i) in checks.iter().zip(&shard_ids) {
             let code = check.limit.algorithm().code();
+            let window = check.limit.window_us();
             let w = match work
                 .iter()
-                .position(|w| w.code == code && w.key == check.key)
+                .position(|w| w.code == code && w.window == window && w.key == check.key)
             {
                 Some(w) => w,
                 None => {
@@ -119,12 +120,13 @@ impl RateLimitStore for MemoryRateLimits {
                     let state = guards[g]
                         .1
                         .states
-                        .get(&(check.key.clone(), code))
+                        .get(&(check.key.clone(), code, window))
                         .filter(|entry| entry.expires_at > now)
                         .map_or_else(|| State::new(check.limit.algorithm()), |e| e.state.clone());
                     work.push(Work {
                         key: check.key.clone(),
                         code,
+                        window,
                         guard: g,
                         state,
                         expires_at: 0,
@@ -134,7 +136,7 @@ impl RateLimitStore for MemoryRateLimits {
             };
             let entry = &mut work[w];
             let (outcome, at) = entry.state.evaluate(&check.limit, check.cost, now);
-            let after = if outcome.allowed {
+            let after = if outcome.allowed && check.cost > 0 {
                 entry.state.commit(&check.limit, check.cost, at)
             } else {
                 outcome
@@ -150,7 +152,7 @@ impl RateLimitStore for MemoryRateLimits {
         for entry in work {
             let shard = &mut guards[entry.guard].1;
             shard.states.insert(
-                (entry.key, entry.code),
+                (entry.key, entry.code, entry.window),
                 Entry {
                     state: entry.state,
                     expires_at: entry.expires_at,
@@ -169,6 +171,7 @@ impl RateLimitStore for MemoryRateLimits {
 struct Work {
     key: String,
     code: &'static str,
+    window: u64,
     guard: usize,
     state: State,
     expires_at: u64,
@@ -185,4 +188,38 @@ mod tests {
     meter_testkit::rate_limit_store_contract!(|clock: FixedClock| async move {
         (MemoryRateLimits::new(Arc::new(clock)), ())
     });
+
+    /// Keys whose window has passed are forgotten as their shard grows:
+    /// memory follows the live keys, not every key ever checked.
+    #[tokio::test]
+    async fn expired_keys_are_forgotten() {
+        use std::time::Duration;
+
+        use meter_ratelimit::{Algorithm, Check, Limit, RateLimitStore};
+
+        let clock = FixedClock::at("2026-03-10T12:00:00.000Z");
+        let store = MemoryRateLimits::new(Arc::new(clock.clone()));
+        let limit = Limit::new(5, Duration::from_secs(1), Algorithm::SlidingWindow).expect("valid");
+        let batch = |round: usize| {
+            (0..100_000).map(move |i| Check {
+                key: format!("k:{round}:{i}"),
+                limit,
+                cost: 1,
+                enforce: true,
+            })
+        };
+        for check in batch(0) {
+            store.check(vec![check]).await.expect("counted");
+        }
+        assert_eq!(store.len(), 100_000);
+        clock.advance(Duration::from_secs(2));
+        for check in batch(1) {
+            store.check(vec![check]).await.expect("counted");
+        }
+        assert!(
+            store.len() < 170_000,
+            "the expired keys of the first round were swept: {} held",
+            store.len()
+        );
+    }
 }

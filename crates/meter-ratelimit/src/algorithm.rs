@@ -64,12 +64,12 @@ impl State {
                     entries.pop_front();
                     *used -= n;
                 }
-                let allowed = *used + cost <= requests;
+                let allowed = used.saturating_add(cost) <= requests;
                 let retry_after_us = if allowed {
                     0
                 } else {
                     // The oldest entries that must leave before `cost` fits.
-                    let mut need = (*used + cost).saturating_sub(requests);
+                    let mut need = used.saturating_add(cost).saturating_sub(requests);
                     let mut retry = window;
                     for &(t, n) in entries.iter() {
                         retry = (t + window).saturating_sub(now);
@@ -92,13 +92,13 @@ impl State {
                 (outcome, now)
             }
             Self::Fixed { start, used } => {
-                // A new window once the counted one has ended; also when the
-                // counted one starts implausibly far ahead (a changed window).
-                if *start + window <= now || *start > now + window {
+                // A new window once the counted one has ended (a clock
+                // stepped back keeps counting in the stored one).
+                if *start + window <= now {
                     *start = now - now % window;
                     *used = 0;
                 }
-                let allowed = *used + cost <= requests;
+                let allowed = used.saturating_add(cost) <= requests;
                 let reset = (*start + window).saturating_sub(now);
                 let outcome = Outcome {
                     allowed,
@@ -112,7 +112,7 @@ impl State {
                 let emission = limit.emission_us();
                 let tolerance = emission * requests;
                 let base = (*tat).max(now);
-                let next = base + cost * emission;
+                let next = base.saturating_add(cost.saturating_mul(emission));
                 let allowed = next - now <= tolerance;
                 let outcome = Outcome {
                     allowed,
@@ -314,6 +314,64 @@ mod tests {
                     .map(|&(_, n)| n)
                     .sum();
                 prop_assert!(inside <= requests, "{inside} admitted in a window starting at {start}");
+            }
+        }
+
+        /// The fixed window's guarantee: at most the limit in each window
+        /// aligned to the epoch.
+        #[test]
+        fn the_fixed_window_never_admits_more_than_the_limit_in_an_aligned_window(
+            requests in 1u64..20,
+            window_ms in 10u64..2_000,
+            steps in proptest::collection::vec((0u64..300, 1u64..4), 1..400),
+        ) {
+            let limit = Limit::new(requests, Duration::from_millis(window_ms), Algorithm::FixedWindow)
+                .expect("valid");
+            let window = window_ms * 1_000;
+            let mut state = State::new(Algorithm::FixedWindow);
+            let mut now = T0;
+            let mut per_window = std::collections::HashMap::new();
+            for (gap_ms, cost) in steps {
+                now += gap_ms * 1_000;
+                if take(&mut state, &limit, cost, now).allowed {
+                    *per_window.entry(now / window).or_insert(0) += cost;
+                }
+            }
+            for (index, units) in per_window {
+                prop_assert!(units <= requests, "{units} admitted in window {index}");
+            }
+        }
+
+        /// The token bucket's guarantee: in any interval of length t, at most
+        /// the limit plus one unit per emission interval (window / limit,
+        /// rounded up) elapsed.
+        #[test]
+        fn the_token_bucket_never_admits_more_than_a_burst_and_the_refill(
+            requests in 1u64..20,
+            window_ms in 10u64..2_000,
+            steps in proptest::collection::vec((0u64..300, 1u64..4), 1..400),
+        ) {
+            let limit = Limit::new(requests, Duration::from_millis(window_ms), Algorithm::TokenBucket)
+                .expect("valid");
+            let mut state = State::new(Algorithm::TokenBucket);
+            let mut now = T0;
+            let mut admitted: Vec<(u64, u64)> = Vec::new();
+            for (gap_ms, cost) in steps {
+                now += gap_ms * 1_000;
+                if cost <= requests && take(&mut state, &limit, cost, now).allowed {
+                    admitted.push((now, cost));
+                }
+            }
+            let emission = limit.emission_us();
+            for (i, &(start, _)) in admitted.iter().enumerate() {
+                let mut units = 0;
+                for &(t, n) in &admitted[i..] {
+                    units += n;
+                    prop_assert!(
+                        units <= requests + (t - start) / emission,
+                        "{units} admitted within {} µs", t - start
+                    );
+                }
             }
         }
     }

@@ -31,10 +31,12 @@ struct Tree {
     keys: HashMap<String, KeyNodes>,
 }
 
-/// The descriptors of one key: by exact value, and the one for any value.
+/// The descriptors of one key: by exact value, by value prefix (`/api/*`,
+/// longest first), and the one for any value.
 #[derive(Clone, Debug, Default)]
 struct KeyNodes {
     values: HashMap<String, Node>,
+    prefixes: Vec<(String, Node)>,
     any: Option<Node>,
 }
 
@@ -219,18 +221,26 @@ impl Builder<'_> {
                 children: self.tree(&here, &fields.descriptors)?,
             };
             let nodes = tree.keys.entry(fields.key.clone()).or_default();
-            let slot = match &fields.value {
-                Some(value) => nodes.values.contains_key(value),
-                None => nodes.any.is_some(),
+            let prefix = fields.value.as_deref().and_then(|v| v.strip_suffix('*'));
+            let taken = match (&fields.value, prefix) {
+                (_, Some(prefix)) => nodes.prefixes.iter().any(|(p, _)| p == prefix),
+                (Some(value), None) => nodes.values.contains_key(value),
+                (None, None) => nodes.any.is_some(),
             };
-            if slot {
+            if taken {
                 return Err(self.at(spanned, format!("{here} is declared twice at this level")));
             }
-            match &fields.value {
-                Some(value) => {
+            match (&fields.value, prefix) {
+                (_, Some(prefix)) => {
+                    nodes.prefixes.push((prefix.to_owned(), node));
+                    nodes
+                        .prefixes
+                        .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+                }
+                (Some(value), None) => {
                     nodes.values.insert(value.clone(), node);
                 }
-                None => nodes.any = Some(node),
+                (None, None) => nodes.any = Some(node),
             }
         }
         Ok(tree)
@@ -300,8 +310,9 @@ impl LimitsConfig {
 
     /// The limit of a descriptor of `domain`, as Envoy's reference service
     /// matches it: each entry in turn, the descriptor with its key and exact
-    /// value first, else the one with its key and no value (any value); the
-    /// limit is the one of the descriptor the last entry reaches.
+    /// value first, else the longest value prefix (`value = "/api/*"`), else
+    /// the one with its key and no value (any value); the limit is the one
+    /// of the descriptor the last entry reaches.
     pub fn find<'a, K, V>(&self, domain: &str, entries: &'a [(K, V)]) -> Match<'_>
     where
         K: AsRef<str> + 'a,
@@ -314,7 +325,19 @@ impl LimitsConfig {
             let Some(nodes) = tree.keys.get(key.as_ref()) else {
                 return Match::None;
             };
-            let Some(node) = nodes.values.get(value.as_ref()).or(nodes.any.as_ref()) else {
+            let value = value.as_ref();
+            let node = nodes
+                .values
+                .get(value)
+                .or_else(|| {
+                    nodes
+                        .prefixes
+                        .iter()
+                        .find(|(prefix, _)| value.starts_with(prefix.as_str()))
+                        .map(|(_, node)| node)
+                })
+                .or(nodes.any.as_ref());
+            let Some(node) = node else {
                 return Match::None;
             };
             if i + 1 == entries.len() {
@@ -369,6 +392,16 @@ key = "path"
 value = "/search"
 shadow_mode = true
 rate_limit = { requests_per_unit = 2, unit = "second", name = "search" }
+
+[[domains.descriptors.descriptors]]
+key = "path"
+value = "/api/*"
+rate_limit = { requests_per_unit = 3, unit = "second" }
+
+[[domains.descriptors.descriptors]]
+key = "path"
+value = "/api/admin/*"
+rate_limit = { requests_per_unit = 1, unit = "second" }
 "#;
 
     fn example() -> LimitsConfig {
@@ -422,6 +455,10 @@ rate_limit = { requests_per_unit = 2, unit = "second", name = "search" }
             config.find("edge", &[("tenant", "acme"), ("path", "/other")]),
             Match::None
         );
+        let api = rule(config.find("edge", &[("tenant", "acme"), ("path", "/api/users")]));
+        assert_eq!(api.limit.requests(), 3);
+        let admin = rule(config.find("edge", &[("tenant", "acme"), ("path", "/api/admin/x")]));
+        assert_eq!(admin.limit.requests(), 1, "the longest prefix wins");
         assert_eq!(config.find("edge", &[("user", "1")]), Match::None);
         assert_eq!(
             config.find("other", &[("remote_address", "1")]),

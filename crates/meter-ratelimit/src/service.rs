@@ -176,7 +176,9 @@ impl<S: RateLimitStore> RateLimiter<S> {
         };
         let outcome = match self.store.check(vec![check]).await {
             Ok(outcomes) => one(outcomes)?,
-            Err(error) if rule.fail == FailMode::Open && is_unreachable(&error) => {
+            Err(error)
+                if (rule.fail == FailMode::Open || rule.shadow) && is_unreachable(&error) =>
+            {
                 self.failed_open(&error);
                 return Ok(Verdict {
                     allowed: true,
@@ -231,7 +233,10 @@ impl<S: RateLimitStore> RateLimiter<S> {
             let mut rule = policy.clone();
             rule.shadow |= request.shadow;
             rule.fail = request.fail.unwrap_or(rule.fail);
-            let key = format!("p:{}:{}", request.policy, request.key);
+            let mut key = String::from("p:");
+            escape_into(&mut key, &request.policy);
+            key.push(':');
+            escape_into(&mut key, &request.key);
             return Ok((rule, key));
         }
         if !(1..=MAX_LIMIT).contains(&request.limit) {
@@ -262,7 +267,9 @@ impl<S: RateLimitStore> RateLimiter<S> {
             fail: request.fail.unwrap_or_default(),
             unit: None,
         };
-        Ok((rule, format!("k:{}", request.key)))
+        let mut key = String::from("k:");
+        escape_into(&mut key, &request.key);
+        Ok((rule, key))
     }
 
     /// Checks a ShouldRateLimit request: every descriptor against the
@@ -284,42 +291,40 @@ impl<S: RateLimitStore> RateLimiter<S> {
             )
             .into());
         }
-        let mut rules: Vec<Option<Rule>> = Vec::with_capacity(descriptors.len());
-        let mut checks = Vec::new();
+        let mut plans: Vec<Plan> = Vec::with_capacity(descriptors.len());
         for (i, descriptor) in descriptors.iter().enumerate() {
-            let rule = self
-                .descriptor_rule(domain, descriptor)
+            let plan = self
+                .plan(domain, descriptor, hits_addend)
                 .map_err(|e| e.at("descriptors", i))?;
-            if let Some(rule) = &rule {
-                checks.push(Check {
-                    key: envoy_key(domain, &descriptor.entries),
-                    limit: rule.limit,
-                    cost: descriptor.hits_addend.unwrap_or(hits_addend).max(1),
-                    enforce: !rule.shadow,
-                });
-            }
-            rules.push(rule);
+            plans.push(plan);
         }
+        // A descriptor blocked outright (an override of 0 requests) refuses
+        // the request: the others are only looked at, not counted.
+        let blocked = plans
+            .iter()
+            .any(|p| matches!(p, Plan::Blocked(rule) if !rule.as_ref().is_some_and(|r| r.shadow)));
+        let checks: Vec<Check> = plans
+            .iter()
+            .filter_map(|plan| match plan {
+                Plan::Check { rule, key, cost } => Some(Check {
+                    key: key.clone(),
+                    limit: rule.limit,
+                    cost: if blocked { 0 } else { *cost },
+                    enforce: !rule.shadow,
+                }),
+                _ => None,
+            })
+            .collect();
         let outcomes = if checks.is_empty() {
             Vec::new()
         } else {
             match self.store.check(checks).await {
                 Ok(outcomes) => outcomes,
-                Err(error)
-                    if is_unreachable(&error)
-                        && rules.iter().flatten().all(|r| r.fail == FailMode::Open) =>
-                {
+                Err(error) if is_unreachable(&error) && plans.iter().all(Plan::fails_open) => {
                     self.failed_open(&error);
-                    let statuses = rules
+                    let statuses = plans
                         .into_iter()
-                        .map(|rule| DescriptorVerdict {
-                            code: VerdictCode::Ok,
-                            rule,
-                            remaining: 0,
-                            reset_after: Duration::ZERO,
-                            retry_after: Duration::ZERO,
-                            shadow_denied: false,
-                        })
+                        .map(|plan| DescriptorVerdict::ok(plan.into_rule(), 0))
                         .collect();
                     return Ok(EnvoyVerdict {
                         code: VerdictCode::Ok,
@@ -332,22 +337,43 @@ impl<S: RateLimitStore> RateLimiter<S> {
         };
         let mut outcomes = outcomes.into_iter();
         let mut code = VerdictCode::Ok;
-        let mut statuses = Vec::with_capacity(rules.len());
-        for rule in rules {
-            let Some(rule) = rule else {
-                statuses.push(DescriptorVerdict {
-                    code: VerdictCode::Ok,
-                    rule: None,
-                    remaining: 0,
-                    reset_after: Duration::ZERO,
-                    retry_after: Duration::ZERO,
-                    shadow_denied: false,
-                });
-                continue;
+        let mut statuses = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let (rule, outcome) = match plan {
+                Plan::Unmatched => {
+                    statuses.push(DescriptorVerdict::ok(None, 0));
+                    continue;
+                }
+                Plan::Unlimited => {
+                    statuses.push(DescriptorVerdict::ok(None, u64::MAX));
+                    continue;
+                }
+                Plan::Blocked(rule) => {
+                    let shadow = rule.as_ref().is_some_and(|r| r.shadow);
+                    if !shadow {
+                        code = VerdictCode::OverLimit;
+                    }
+                    statuses.push(DescriptorVerdict {
+                        code: if shadow {
+                            VerdictCode::Ok
+                        } else {
+                            VerdictCode::OverLimit
+                        },
+                        rule,
+                        remaining: 0,
+                        reset_after: Duration::ZERO,
+                        retry_after: Duration::ZERO,
+                        shadow_denied: shadow,
+                    });
+                    continue;
+                }
+                Plan::Check { rule, .. } => {
+                    let outcome = outcomes.next().ok_or_else(|| {
+                        StoreError::Protocol("fewer rate limit outcomes than checks".into())
+                    })?;
+                    (rule, outcome)
+                }
             };
-            let outcome = outcomes.next().ok_or_else(|| {
-                StoreError::Protocol("fewer rate limit outcomes than checks".into())
-            })?;
             self.count(&rule, outcome.allowed);
             let over = !outcome.allowed && !rule.shadow;
             if over {
@@ -373,12 +399,13 @@ impl<S: RateLimitStore> RateLimiter<S> {
         })
     }
 
-    /// The rule a descriptor is checked against, if any.
-    fn descriptor_rule(
+    /// What to do with a descriptor: its limit and key, or why none applies.
+    fn plan(
         &self,
         domain: &str,
         descriptor: &Descriptor,
-    ) -> Result<Option<Rule>, InvalidArgument> {
+        hits_addend: u64,
+    ) -> Result<Plan, InvalidArgument> {
         if descriptor.entries.is_empty() || descriptor.entries.len() > MAX_ENTRIES {
             return Err(InvalidArgument::new(
                 "entries",
@@ -388,46 +415,55 @@ impl<S: RateLimitStore> RateLimiter<S> {
                 ),
             ));
         }
-        for (j, (key, value)) in descriptor.entries.iter().enumerate() {
+        for (j, (key, _)) in descriptor.entries.iter().enumerate() {
             check_text("key", key).map_err(|e| e.at("entries", j))?;
-            if value.len() > MAX_NAME || value.chars().any(char::is_control) {
-                return Err(InvalidArgument::new(
-                    "value",
-                    format!("must be at most {MAX_NAME} bytes without control characters"),
-                )
-                .at("entries", j));
-            }
         }
         let matched = match self.limits.find(domain, &descriptor.entries) {
             Match::Limited(rule) => Some(rule),
+            Match::Unlimited if descriptor.limit_override.is_none() => {
+                return Ok(Plan::Unlimited);
+            }
             Match::None | Match::Unlimited => None,
         };
-        let Some((requests, unit)) = descriptor.limit_override else {
-            return Ok(matched.cloned());
+        let rule = match descriptor.limit_override {
+            // An override in a unit meterd does not know is left out.
+            None | Some((_, None)) => matched.cloned(),
+            Some((0, Some(_))) => return Ok(Plan::Blocked(matched.cloned())),
+            Some((requests, Some(unit))) => {
+                let algorithm = matched.map_or(Algorithm::SlidingWindow, |r| r.limit.algorithm());
+                let limit = Limit::new(requests, unit.duration(), algorithm)
+                    .map_err(|problem| InvalidArgument::new("limit.requests_per_unit", problem))?;
+                Some(match matched {
+                    Some(rule) => Rule {
+                        limit,
+                        unit: Some(unit),
+                        ..rule.clone()
+                    },
+                    None => Rule {
+                        limit,
+                        name: "override".to_owned(),
+                        shadow: false,
+                        fail: FailMode::Closed,
+                        unit: Some(unit),
+                    },
+                })
+            }
         };
-        let Some(unit) = unit else {
-            return Err(InvalidArgument::new(
-                "limit.unit",
-                "must be a known unit (SECOND to WEEK)",
-            ));
+        let Some(rule) = rule else {
+            return Ok(Plan::Unmatched);
         };
-        let algorithm = matched.map_or(Algorithm::SlidingWindow, |r| r.limit.algorithm());
-        let limit = Limit::new(requests, unit.duration(), algorithm)
-            .map_err(|problem| InvalidArgument::new("limit.requests_per_unit", problem))?;
-        Ok(Some(match matched {
-            Some(rule) => Rule {
-                limit,
-                unit: Some(unit),
-                ..rule.clone()
-            },
-            None => Rule {
-                limit,
-                name: "override".to_owned(),
-                shadow: false,
-                fail: FailMode::Closed,
-                unit: Some(unit),
-            },
-        }))
+        // A set descriptor hits_addend of 0 looks without counting; more
+        // than the limit is refused whatever it is (capped, so no
+        // arithmetic ever overflows).
+        let cost = descriptor
+            .hits_addend
+            .unwrap_or(hits_addend.max(1))
+            .min(rule.limit.requests() + 1);
+        Ok(Plan::Check {
+            key: envoy_key(domain, &descriptor.entries),
+            rule,
+            cost,
+        })
     }
 
     fn count(&self, rule: &Rule, allowed: bool) {
@@ -454,6 +490,61 @@ impl<S: RateLimitStore> RateLimiter<S> {
                 .is_ok()
         {
             tracing::warn!(%error, failed_open_total = total, "rate limit store unreachable: admitting unchecked (fail open)");
+        }
+    }
+}
+
+/// What a ShouldRateLimit descriptor comes to.
+enum Plan {
+    /// No limit matched.
+    Unmatched,
+    /// A descriptor marked unlimited.
+    Unlimited,
+    /// An override of 0 requests: over the limit without counting (the
+    /// matched rule, if any, says whether in shadow mode).
+    Blocked(Option<Rule>),
+    /// A limit to check.
+    Check {
+        /// The limit.
+        rule: Rule,
+        /// The descriptor's key.
+        key: String,
+        /// Units taken (0: look only), at most the limit + 1.
+        cost: u64,
+    },
+}
+
+impl Plan {
+    /// Whether the request may be admitted with this descriptor unchecked
+    /// when the store cannot be reached: a limit that fails open, or one in
+    /// shadow mode (it never refuses).
+    fn fails_open(&self) -> bool {
+        match self {
+            Self::Unmatched | Self::Unlimited => true,
+            Self::Blocked(_) => false,
+            Self::Check { rule, .. } => rule.fail == FailMode::Open || rule.shadow,
+        }
+    }
+
+    fn into_rule(self) -> Option<Rule> {
+        match self {
+            Self::Check { rule, .. } => Some(rule),
+            Self::Blocked(rule) => rule,
+            Self::Unmatched | Self::Unlimited => None,
+        }
+    }
+}
+
+impl DescriptorVerdict {
+    /// OK, with `remaining` and nothing to wait for.
+    fn ok(rule: Option<Rule>, remaining: u64) -> Self {
+        Self {
+            code: VerdictCode::Ok,
+            rule,
+            remaining,
+            reset_after: Duration::ZERO,
+            retry_after: Duration::ZERO,
+            shadow_denied: false,
         }
     }
 }
@@ -490,7 +581,9 @@ fn truncated(text: &str) -> String {
 }
 
 /// The key of a descriptor: its domain and entries, each part escaped so
-/// that no two descriptors share a key (`%`, `:`, `=`, `{`, `}` as `%XX`).
+/// that no two descriptors share a key (`%`, `:`, `=`, `{`, `}`, `#` as
+/// `%XX`); a value longer than 256 bytes or with control characters as
+/// `#` and its SHA-256.
 pub fn envoy_key(domain: &str, entries: &[(String, String)]) -> String {
     let mut key = String::with_capacity(
         3 + domain.len()
@@ -505,15 +598,29 @@ pub fn envoy_key(domain: &str, entries: &[(String, String)]) -> String {
         key.push(':');
         escape_into(&mut key, k);
         key.push('=');
-        escape_into(&mut key, v);
+        if v.len() > MAX_NAME || v.chars().any(char::is_control) {
+            // A long or odd value (a long path, a header with a tab) is
+            // counted under its digest: never a refused call, which a
+            // proxy failing open would let through unchecked.
+            key.push('#');
+            key.push_str(&digest(v));
+        } else {
+            escape_into(&mut key, v);
+        }
     }
     key
+}
+
+/// The SHA-256 of `text`, as 64 hex digits.
+fn digest(text: &str) -> String {
+    let hash = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    hash.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn escape_into(out: &mut String, text: &str) {
     for c in text.chars() {
         match c {
-            '%' | ':' | '=' | '{' | '}' => {
+            '%' | ':' | '=' | '{' | '}' | '#' => {
                 out.push('%');
                 out.push_str(&format!("{:02X}", c as u32));
             }
@@ -536,5 +643,17 @@ mod tests {
             envoy_key("{x}", &[("k".into(), "%".into())]),
             "e:%7Bx%7D:k=%25"
         );
+        let long = "x".repeat(300);
+        let hashed = envoy_key("d", &[("path".into(), long.clone())]);
+        assert_eq!(hashed.len(), "e:d:path=#".len() + 64, "{hashed}");
+        assert_ne!(
+            hashed,
+            envoy_key("d", &[("path".into(), format!("{long}y"))])
+        );
+        assert_ne!(
+            envoy_key("d", &[("path".into(), "a\tb".into())]),
+            envoy_key("d", &[("path".into(), "a b".into())]),
+        );
+        assert_eq!(envoy_key("d", &[("k".into(), "#x".into())]), "e:d:k=%23x");
     }
 }

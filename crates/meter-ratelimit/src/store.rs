@@ -37,7 +37,9 @@ pub struct Outcome {
 pub trait RateLimitStore: Clone + Send + Sync + 'static {
     /// Checks every one of `checks` at the store's current time, in one
     /// atomic step: when any check with `enforce` is not allowed, nothing is
-    /// counted; otherwise every allowed check is counted. Outcomes in order.
+    /// counted; otherwise every allowed check with a cost is counted.
+    /// Outcomes in order. (On Redis Cluster the step is one per slot the
+    /// checks fall in: a refusal in one slot does not undo another's count.)
     fn check(
         &self,
         checks: Vec<Check>,

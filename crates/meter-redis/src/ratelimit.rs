@@ -67,15 +67,23 @@ impl RedisRateLimits {
 }
 
 /// The two keys of a check: its state and, for the sliding window, the
-/// list of its sealed buckets (the state's key again for the other algorithms).
+/// list of its sealed buckets (the state's key again for the other
+/// algorithms); the window is part of each, so one key has one window.
 fn keys_of(check: &Check) -> [String; 2] {
-    let base = format!("rl:{{{}}}:{}", check.key, check.limit.algorithm().code());
+    let (key, code, window) = (
+        &check.key,
+        check.limit.algorithm().code(),
+        check.limit.window_us(),
+    );
     match check.limit.algorithm() {
-        Algorithm::SlidingWindow => {
-            let sealed = format!("{base}l");
-            [base, sealed]
+        Algorithm::SlidingWindow => [
+            format!("rl:{{{key}}}:{code}:{window}"),
+            format!("rl:{{{key}}}:{code}l:{window}"),
+        ],
+        Algorithm::FixedWindow | Algorithm::TokenBucket => {
+            let state = format!("rl:{{{key}}}:{code}:{window}");
+            [state.clone(), state]
         }
-        Algorithm::FixedWindow | Algorithm::TokenBucket => [base.clone(), base],
     }
 }
 

@@ -234,6 +234,55 @@ async fn one_descriptor_over_its_limit_refuses_the_request(meterd: &Meterd) {
     assert!(unmatched.response_headers_to_add.is_empty());
 }
 
+/// What a proxy may send never turns into a refused call (which a proxy
+/// failing open would let through unchecked): a long value is counted
+/// under its digest, an override of 0 requests is over the limit, a
+/// descriptor hits_addend of 0 only looks.
+async fn odd_descriptors_are_limited_not_refused(meterd: &Meterd) {
+    let mut envoy = envoy(meterd);
+    let long = format!("/search?q={}", "x".repeat(300));
+    for expected in [9, 8] {
+        let response = should(&mut envoy, vec![descriptor(&[("a", long.as_str())])]).await;
+        assert_eq!(codes(&response), [EnvoyCode::Ok]);
+        assert_eq!(
+            response.statuses[0].limit_remaining, expected,
+            "counted under its digest"
+        );
+    }
+    let other_long = format!("/search?q={}", "y".repeat(300));
+    let response = should(&mut envoy, vec![descriptor(&[("a", other_long.as_str())])]).await;
+    assert_eq!(
+        response.statuses[0].limit_remaining, 9,
+        "another value, another count"
+    );
+
+    let blocked = RateLimitDescriptor {
+        limit: Some(meter_api::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride {
+            requests_per_unit: 0,
+            unit: meter_api::envoy::r#type::v3::RateLimitUnit::Minute.into(),
+        }),
+        ..descriptor(&[("a", "blocked")])
+    };
+    let response = should(
+        &mut envoy,
+        vec![descriptor(&[("a", "beside-blocked")]), blocked],
+    )
+    .await;
+    assert_eq!(response.overall_code, i32::from(EnvoyCode::OverLimit));
+    assert_eq!(codes(&response), [EnvoyCode::Ok, EnvoyCode::OverLimit]);
+    let look = RateLimitDescriptor {
+        hits_addend: Some(0),
+        ..descriptor(&[("a", "beside-blocked")])
+    };
+    let response = should(&mut envoy, vec![look.clone()]).await;
+    assert_eq!(
+        response.statuses[0].limit_remaining, 10,
+        "nothing was counted, and looking counts nothing"
+    );
+    let response = should(&mut envoy, vec![look]).await;
+    assert_eq!(response.statuses[0].limit_remaining, 10);
+}
+
 /// Shadow mode counts and reports but never refuses.
 async fn shadow_mode_allows_but_reports(meterd: &Meterd) {
     let mut client = client(meterd);
@@ -352,6 +401,7 @@ async fn rate_limits_over_grpc_on_redis() {
     two_hundred_racers_get_exactly_fifty(&meterd).await;
     one_descriptor_over_its_limit_refuses_the_request(&meterd).await;
     shadow_mode_allows_but_reports(&meterd).await;
+    odd_descriptors_are_limited_not_refused(&meterd).await;
     bad_input_names_the_field(&meterd).await;
     // Every key expires by itself.
     let mut connection = server.connection().await;
@@ -386,6 +436,7 @@ async fn rate_limits_over_grpc_on_the_embedded_store() {
     two_hundred_racers_get_exactly_fifty(&meterd).await;
     one_descriptor_over_its_limit_refuses_the_request(&meterd).await;
     shadow_mode_allows_but_reports(&meterd).await;
+    odd_descriptors_are_limited_not_refused(&meterd).await;
     bad_input_names_the_field(&meterd).await;
 }
 
@@ -500,6 +551,17 @@ async fn fail_open_and_fail_closed_with_redis_stopped() {
     )
     .await;
     assert_eq!(codes(&open), [EnvoyCode::Ok, EnvoyCode::Ok]);
+    assert!(
+        open.response_headers_to_add.is_empty(),
+        "admitted unchecked: no quota to tell"
+    );
+    let shadow = check(&mut client, policy("rollout")).await;
+    assert!(
+        shadow.allowed && shadow.failed_open,
+        "a shadow limit never refuses: {shadow:?}"
+    );
+    let shadow = should(&mut envoy, vec![descriptor(&[("shadow", "down")])]).await;
+    assert_eq!(codes(&shadow), [EnvoyCode::Ok]);
     let closed = envoy
         .should_rate_limit(RateLimitRequest {
             domain: "test".into(),

@@ -233,10 +233,12 @@ fn list_request_v1() -> v1::ServerReflectionRequest {
 async fn reflection_v1_and_v1alpha_list_every_service() {
     let meterd = Meterd::memory().await;
     let expected = [
+        "envoy.service.ratelimit.v3.RateLimitService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
         "meter.v1.CreditsService",
+        "meter.v1.RateLimitService",
         "meter.v1.StatsService",
         "meter.v1.SubscriptionService",
         "meter.v1.UsageService",

@@ -17,6 +17,7 @@ macro_rules! rate_limit_store_contract {
     ($make:expr) => {
         $crate::rate_limit_store_contract!(@tests $make;
             every_algorithm_answers_as_the_reference_model,
+            shadow_and_look_only_checks_keep_the_state_exact,
             racing_checks_admit_exactly_the_limit,
             a_refused_request_counts_none_of_its_checks,
             the_sliding_window_never_admits_more_than_the_limit_across_an_edge,
@@ -93,6 +94,9 @@ where
                 steps.next(window.as_millis() as u64 / 3 + 2),
             ));
             let cost = 1 + steps.next(requests.min(3));
+            // Some checks in shadow mode: alone in their request, they
+            // answer and count as enforced ones do.
+            let enforce = steps.next(4) != 0;
             let now = u64::try_from(meter_core::Clock::now(&clock).as_millis())
                 .expect("after 1970")
                 * 1_000;
@@ -101,7 +105,14 @@ where
                 expected = model.commit(&limit, cost, at);
                 admitted += 1;
             }
-            let got = one(&store, check(&key, limit, cost)).await;
+            let got = one(
+                &store,
+                Check {
+                    enforce,
+                    ..check(&key, limit, cost)
+                },
+            )
+            .await;
             assert_eq!(
                 got, expected,
                 "{algorithm:?} {requests}/{window:?}, step {step}, cost {cost}"
@@ -112,6 +123,55 @@ where
             "{algorithm:?}: the steps admit some ({admitted})"
         );
     }
+}
+
+/// A refused check in shadow mode within an admitted request, and a check
+/// that only looks (cost 0), after buckets left the window: neither counts,
+/// and the enforced checks after them still never admit more than the
+/// limit in a window. A key checked with another window is another count.
+pub async fn shadow_and_look_only_checks_keep_the_state_exact<S, G, F>(
+    make: impl Fn(FixedClock) -> F,
+) where
+    S: RateLimitStore,
+    F: Future<Output = (S, G)>,
+{
+    let clock = FixedClock::at("2026-03-10T12:00:00.000Z");
+    let (store, _guard) = make(clock.clone()).await;
+    let sliding = limit(3, 60 * SECOND, Algorithm::SlidingWindow);
+    for _ in 0..3 {
+        assert!(one(&store, check("{s}k", sliding, 1)).await.allowed);
+        clock.advance(10 * SECOND);
+    }
+    // 12:00:30 -> 12:01:01: the bucket of 12:00:00 has left the window.
+    clock.advance(31 * SECOND);
+    let shadow = Check {
+        enforce: false,
+        ..check("{s}k", sliding, 2)
+    };
+    let outcomes = store
+        .check(vec![check("{s}other", sliding, 1), shadow])
+        .await
+        .expect("store answers");
+    assert!(outcomes[0].allowed && !outcomes[1].allowed, "{outcomes:?}");
+    let look = one(&store, check("{s}k", sliding, 0)).await;
+    assert!(look.allowed && look.remaining == 1, "{look:?}");
+    clock.advance(SECOND);
+    assert!(
+        one(&store, check("{s}k", sliding, 1)).await.allowed,
+        "12:00:10's unit is still in"
+    );
+    clock.advance(SECOND);
+    let refused = one(&store, check("{s}k", sliding, 1)).await;
+    assert!(!refused.allowed, "3 units since 12:00:10: {refused:?}");
+    assert_eq!(
+        refused.retry_after_us, 7_000_000,
+        "12:00:10's unit leaves at 12:01:10"
+    );
+    let other_window = limit(3, 30 * SECOND, Algorithm::SlidingWindow);
+    assert_eq!(
+        one(&store, check("{s}k", other_window, 1)).await.remaining,
+        2
+    );
 }
 
 /// 200 concurrent checks against a limit of 50 admit exactly 50, with each

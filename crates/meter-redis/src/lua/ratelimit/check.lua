@@ -1,20 +1,29 @@
--- Checks the rate limits of one request, atomically: every check in turn
--- on working copies of its key's state (counted there when it fits, so a
--- key checked twice sees the first count), then, only if no enforced check
--- was refused, every changed state written back. Nothing is written for a
--- refused request. The arithmetic is meter_ratelimit::algorithm's.
+-- Checks the rate limits of one request, atomically, in three steps:
+--   1. read: every key's state is read and checked (a corrupt value stops
+--      the script here, before any write);
+--   2. tidy: sliding windows drop the buckets that left the window (the
+--      header that says so is written whatever the request's outcome);
+--   3. check: every check in turn on working copies of its key's state,
+--      counted there when it fits (a key checked twice sees the first
+--      count); only if no enforced check was refused are the counted
+--      states written back.
+-- The arithmetic is meter_ratelimit::algorithm's; the contract suite holds
+-- the two to the same answers.
 --
 -- Times are microseconds since the epoch: the Redis server's (TIME) unless
 -- ARGV[1] gives one (tests with a fixed clock). Every key's expiry is
--- relative (PX), so it holds whichever clock is used.
+-- relative (PX), so it holds whichever clock is used. A key's window is
+-- part of its name, so one key is always counted with one window.
 --
--- KEYS, two per check: sliding window `rl:{K}:s` (the header: the sums
--- and the open bucket) and `rl:{K}:sl` (the sealed buckets, 'time:units',
--- oldest first; at most 60); fixed window
--- `rl:{K}:f` ('window start:units') twice; token bucket `rl:{K}:t` (the
+-- KEYS, two per check: sliding window `rl:{K}:s:<window>` (the header:
+-- the sealed buckets' count and units, the open bucket, the oldest sealed
+-- bucket's time) and `rl:{K}:sl:<window>` (the sealed buckets,
+-- 'time:units', oldest first; at most 60); fixed window `rl:{K}:f:<window>`
+-- ('window start:units') twice; token bucket `rl:{K}:t:<window>` (the
 -- theoretical arrival time) twice.
 -- ARGV: now (or ''), the number of checks, then per check: algorithm
--- ('s', 'f', 't'), limit, window (µs), cost, enforce ('1' or '0').
+-- ('s', 'f', 't'), limit, window (µs), cost (0: look without counting),
+-- enforce ('1' or '0').
 -- Reply, four integers per check: allowed (1/0), remaining, reset after
 -- (µs), retry after (µs); remaining and reset after counting, when counted.
 
@@ -38,18 +47,22 @@ local function pair(key, text)
   return number(key, string.sub(text, 1, sep - 1)), number(key, string.sub(text, sep + 1))
 end
 
+local function millis(us)
+  local ms = math.ceil(us / 1000)
+  if ms < 1 then ms = 1 end
+  return int(ms)
+end
+
 -- The sliding window's header: 'sealed count:sealed units:open time:open
 -- units:oldest sealed time'.
 local function header(s)
   return int(s.c) .. ':' .. int(s.sn) .. ':' .. int(s.tail_t) .. ':' .. int(s.tail_n) .. ':' .. int(s.oldest_t)
 end
 
-local function load(alg, key, key2, window)
+-- Step 1: a key's state as stored, checked; nothing written.
+local function read(alg, key, key2, window)
   if alg == 's' then
-    -- The open (newest) bucket lives in the header with the sums; sealed
-    -- buckets in the list, oldest first, read only as they leave the
-    -- window or a refusal says when to retry.
-    local s = { alg = alg, key = key, list = key2, c = 0, sn = 0, tail_n = 0, oldest_t = 0, at = now }
+    local s = { alg = alg, key = key, list = key2, window = window, c = 0, sn = 0, tail_n = 0, oldest_t = 0, at = now }
     local stored = redis.call('GET', key)
     if not stored then return s end
     local c, sn, tt, tn, ot = string.match(stored, '^(%d+):(%d+):(%d+):(%d+):(%d+)$')
@@ -57,45 +70,69 @@ local function load(alg, key, key2, window)
     c, sn, tt, tn, ot = tonumber(c), tonumber(sn), tonumber(tt), tonumber(tn), tonumber(ot)
     if tt > s.at then s.at = tt end
     if tt + window <= s.at then
-      -- Even the newest bucket left the window: nothing counts.
+      -- Even the open bucket left the window: nothing counts any more.
       s.stale = c > 0
       return s
     end
     s.c, s.sn, s.tail_t, s.tail_n, s.oldest_t = c, sn, tt, tn, ot
-    local popped = false
-    while s.c > 0 and s.oldest_t + window <= s.at do
-      local entry = redis.call('LPOP', key2)
-      if not entry then s.c = 0 break end
-      local _, n = pair(key2, entry)
-      s.sn = s.sn - n
-      s.c = s.c - 1
-      popped = true
-      if s.c > 0 then
-        local head = redis.call('LINDEX', key2, 0)
-        if not head then s.c = 0 break end
-        s.oldest_t = pair(key2, head)
-      end
-    end
-    if s.c == 0 then s.sn = 0 end
-    -- What the list lost must reach the header, counted or not.
-    if popped then
-      s.clean = header(s)
-      s.clean_until = tt + window
-    end
     return s
   elseif alg == 'f' then
-    local s = { alg = alg, key = key, start = 0, used = 0 }
+    local s = { alg = alg, key = key, window = window, start = 0, used = 0 }
     local stored = redis.call('GET', key)
     if stored then s.start, s.used = pair(key, stored) end
     return s
   else
     local stored = redis.call('GET', key)
-    return { alg = alg, key = key, tat = stored and number(key, stored) or 0 }
+    return { alg = alg, key = key, window = window, tat = stored and number(key, stored) or 0 }
   end
 end
 
+-- Step 2: drops the sealed buckets that left the window. A list that
+-- disagrees with its header (a bucket that is not the oldest the header
+-- names) is read whole and the header rebuilt from it.
+local function tidy(s)
+  if s.alg ~= 's' or s.c == 0 or s.oldest_t + s.window > s.at then return end
+  while s.c > 0 and s.oldest_t + s.window <= s.at do
+    local entry = redis.call('LPOP', s.list)
+    local t, n = 0, 0
+    if entry then t, n = pair(s.list, entry) end
+    if not entry or t ~= s.oldest_t then
+      -- Rebuild from what the list holds.
+      s.c, s.sn = 0, 0
+      local rest = redis.call('LRANGE', s.list, 0, -1)
+      local keep = {}
+      for i = 1, #rest do
+        local rt, rn = pair(s.list, rest[i])
+        if rt + s.window > s.at then
+          keep[#keep + 1] = rest[i]
+          if s.c == 0 then s.oldest_t = rt end
+          s.c = s.c + 1
+          s.sn = s.sn + rn
+        end
+      end
+      redis.call('DEL', s.list)
+      if #keep > 0 then
+        redis.call('RPUSH', s.list, unpack(keep))
+        redis.call('PEXPIRE', s.list, millis(s.tail_t + s.window - s.at))
+      end
+      break
+    end
+    s.sn = s.sn - n
+    s.c = s.c - 1
+    if s.c > 0 then
+      local head = redis.call('LINDEX', s.list, 0)
+      if not head then s.c = 0 break end
+      s.oldest_t = pair(s.list, head)
+    end
+  end
+  if s.c == 0 or s.sn < 0 then s.c, s.sn = 0, 0 end
+  -- What the list lost reaches the header, counted or not.
+  redis.call('SET', s.key, header(s), 'PX', millis(s.tail_t + s.window - s.at))
+end
+
 -- The outcome of `cost` on state `s`: allowed, remaining, reset, retry.
-local function evaluate(s, limit, window, cost)
+local function evaluate(s, limit, cost)
+  local window = s.window
   if s.alg == 's' then
     local at = s.at
     local used = s.sn + s.tail_n
@@ -107,6 +144,7 @@ local function evaluate(s, limit, window, cost)
       retry = window
       local entries = {}
       if s.c > 0 then entries = redis.call('LRANGE', s.list, 0, -1) end
+      if s.sealed then entries[#entries + 1] = s.sealed end
       if s.tail_t then entries[#entries + 1] = int(s.tail_t) .. ':' .. int(s.tail_n) end
       for i = 1, #entries do
         local t, n = pair(s.list, entries[i])
@@ -121,9 +159,9 @@ local function evaluate(s, limit, window, cost)
     if remaining < 0 then remaining = 0 end
     return allowed, remaining, reset, retry
   elseif s.alg == 'f' then
-    -- A new window once the counted one has ended; also when the counted
-    -- one starts implausibly far ahead (a changed window).
-    if s.start + window <= now or s.start > now + window then
+    -- A new window once the counted one has ended (a clock stepped back
+    -- keeps counting in the stored one).
+    if s.start + window <= now then
       s.start = now - now % window
       s.used = 0
     end
@@ -150,7 +188,8 @@ local function evaluate(s, limit, window, cost)
 end
 
 -- Counts `cost` on `s`; the outcome after counting.
-local function commit(s, limit, window, cost)
+local function commit(s, limit, cost)
+  local window = s.window
   s.dirty = true
   if s.alg == 's' then
     local bucket = math.ceil(window / 60)
@@ -169,13 +208,11 @@ local function commit(s, limit, window, cost)
       s.tail_n = cost
     end
     s.tail_t = at
-    s.window = window
     local remaining = limit - s.sn - s.tail_n
     if remaining < 0 then remaining = 0 end
     return remaining, window
   elseif s.alg == 'f' then
     s.used = s.used + cost
-    s.window = window
     local remaining = limit - s.used
     if remaining < 0 then remaining = 0 end
     return remaining, s.start + window - now
@@ -189,12 +226,6 @@ local function commit(s, limit, window, cost)
   end
 end
 
-local function millis(us)
-  local ms = math.ceil(us / 1000)
-  if ms < 1 then ms = 1 end
-  return int(ms)
-end
-
 local function store(s)
   if s.alg == 's' then
     if s.stale then redis.call('DEL', s.list) end
@@ -204,36 +235,41 @@ local function store(s)
     end
     redis.call('SET', s.key, header(s), 'PX', millis(s.tail_t + s.window - s.at))
   elseif s.alg == 'f' then
-    local ttl = millis(s.start + s.window - now)
-    redis.call('SET', s.key, int(s.start) .. ':' .. int(s.used), 'PX', ttl)
+    redis.call('SET', s.key, int(s.start) .. ':' .. int(s.used), 'PX', millis(s.start + s.window - now))
   else
     redis.call('SET', s.key, int(s.tat), 'PX', millis(s.tat - now))
   end
 end
 
 local states = {}
-local changed = {}
+local order = {}
+for i = 1, checks do
+  local a = 3 + (i - 1) * 5
+  local key = KEYS[2 * i - 1]
+  if not states[key] then
+    states[key] = read(ARGV[a], key, KEYS[2 * i], tonumber(ARGV[a + 2]))
+    order[#order + 1] = states[key]
+  end
+end
+for i = 1, #order do tidy(order[i]) end
+
 local reply = {}
 local admitted = true
 for i = 1, checks do
   local a = 3 + (i - 1) * 5
-  local alg, limit, window, cost = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local key = KEYS[2 * i - 1]
-  local s = states[key]
-  if not s then
-    s = load(alg, key, KEYS[2 * i], window)
-    states[key] = s
-  end
-  local allowed, remaining, reset, retry = evaluate(s, limit, window, cost)
+  local limit, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
+  local s = states[KEYS[2 * i - 1]]
+  local allowed, remaining, reset, retry = evaluate(s, limit, cost)
   local r = 4 * (i - 1)
   reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4] = 0, remaining, reset, retry
   if allowed then
     reply[r + 1] = 1
-    if not s.dirty then changed[#changed + 1] = s end
-    local after, reset_after = commit(s, limit, window, cost)
-    -- Kept aside: the reply says the counted outcome only if the request is admitted.
-    reply[r + 2] = { remaining, after }
-    reply[r + 3] = { reset, reset_after }
+    if cost > 0 then
+      local after, reset_after = commit(s, limit, cost)
+      -- Kept aside: the reply says the counted outcome only if the request is admitted.
+      reply[r + 2] = { remaining, after }
+      reply[r + 3] = { reset, reset_after }
+    end
   elseif ARGV[a + 4] == '1' then
     admitted = false
   end
@@ -245,11 +281,8 @@ for r = 1, #reply do
   end
 end
 if admitted then
-  for i = 1, #changed do store(changed[i]) end
-else
-  -- Nothing is counted, but expired buckets popped from a list must leave its header too.
-  for key, s in pairs(states) do
-    if s.clean then redis.call('SET', key, s.clean, 'PX', millis(s.clean_until - s.at)) end
+  for i = 1, #order do
+    if order[i].dirty then store(order[i]) end
   end
 end
 return reply
