@@ -96,13 +96,13 @@ impl RateLimitStore for MemoryRateLimits {
         let mut order = shard_ids.clone();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = order
-            .iter()
-            .map(|&i| (i, lock(&self.inner.shards[i])))
-            .collect();
+        let mut guards: Vec<MutexGuard<'_, Shard>> =
+            order.iter().map(|&i| lock(&self.inner.shards[i])).collect();
         // Every check in turn on working copies, counted there as it is
-        // allowed (a key checked twice sees the first count); the copies
-        // are stored only if the request is admitted.
+        // allowed (a key checked twice sees the first count). Stored as
+        // Redis stores them: the counted copies if the request is admitted;
+        // of every other key only the sliding window's buckets that left
+        // the window.
         let mut work: Vec<Work> = Vec::with_capacity(checks.len());
         let mut outcomes = Vec::with_capacity(checks.len());
         let mut counted = Vec::with_capacity(checks.len());
@@ -116,20 +116,23 @@ impl RateLimitStore for MemoryRateLimits {
             {
                 Some(w) => w,
                 None => {
-                    let g = order.binary_search(&i).unwrap_or_default();
-                    let state = guards[g]
-                        .1
+                    let guard = order.binary_search(&i).unwrap_or_default();
+                    let stored = guards[guard]
                         .states
                         .get(&(check.key.clone(), code, window))
                         .filter(|entry| entry.expires_at > now)
-                        .map_or_else(|| State::new(check.limit.algorithm()), |e| e.state.clone());
+                        .map(|entry| entry.state.clone());
                     work.push(Work {
                         key: check.key.clone(),
                         code,
                         window,
-                        guard: g,
-                        state,
-                        expires_at: 0,
+                        guard,
+                        state: stored
+                            .clone()
+                            .unwrap_or_else(|| State::new(check.limit.algorithm())),
+                        stored,
+                        counted: false,
+                        limit: check.limit,
                     });
                     work.len() - 1
                 }
@@ -137,33 +140,36 @@ impl RateLimitStore for MemoryRateLimits {
             let entry = &mut work[w];
             let (outcome, at) = entry.state.evaluate(&check.limit, check.cost, now);
             let after = if outcome.allowed && check.cost > 0 {
+                entry.counted = true;
                 entry.state.commit(&check.limit, check.cost, at)
             } else {
                 outcome
             };
-            entry.expires_at = entry.expires_at.max(entry.state.expires_at(&check.limit));
             admitted &= outcome.allowed || !check.enforce;
             outcomes.push(outcome);
             counted.push(after);
         }
-        if !admitted {
-            return Ok(outcomes);
-        }
         for entry in work {
-            let shard = &mut guards[entry.guard].1;
+            let state = if admitted && entry.counted {
+                entry.state
+            } else if let Some(mut stored) = entry.stored {
+                stored.tidy(&entry.limit, now);
+                stored
+            } else {
+                continue;
+            };
+            let shard = &mut guards[entry.guard];
+            let expires_at = state.expires_at(&entry.limit);
             shard.states.insert(
                 (entry.key, entry.code, entry.window),
-                Entry {
-                    state: entry.state,
-                    expires_at: entry.expires_at,
-                },
+                Entry { state, expires_at },
             );
             if shard.states.len() >= shard.next_sweep {
                 shard.states.retain(|_, entry| entry.expires_at > now);
                 shard.next_sweep = (shard.states.len() * 2).max(MIN_SWEEP);
             }
         }
-        Ok(counted)
+        Ok(if admitted { counted } else { outcomes })
     }
 }
 
@@ -172,9 +178,15 @@ struct Work {
     key: String,
     code: &'static str,
     window: u64,
+    /// Its shard's place in the request's locks.
     guard: usize,
+    /// The working copy.
     state: State,
-    expires_at: u64,
+    /// The state as stored, if the key had one.
+    stored: Option<State>,
+    /// Whether a check counted units on the working copy.
+    counted: bool,
+    limit: meter_ratelimit::Limit,
 }
 
 #[cfg(test)]

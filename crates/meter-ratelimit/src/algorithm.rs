@@ -171,6 +171,30 @@ impl State {
         }
     }
 
+    /// Forgets the sliding window's buckets that left the window, unless
+    /// the newest did too (then nothing counts, and the state waits to be
+    /// counted again): what a check that does not count leaves behind.
+    pub fn tidy(&mut self, limit: &Limit, now: u64) {
+        let Self::Sliding { entries, used } = self else {
+            return;
+        };
+        let window = limit.window_us();
+        let Some(&(newest, _)) = entries.back() else {
+            return;
+        };
+        let now = now.max(newest);
+        if newest.saturating_add(window) <= now {
+            return;
+        }
+        while let Some(&(t, n)) = entries.front() {
+            if t.saturating_add(window) > now {
+                break;
+            }
+            entries.pop_front();
+            *used -= n;
+        }
+    }
+
     /// When the state holds nothing any more and can be forgotten (µs since the epoch).
     pub fn expires_at(&self, limit: &Limit) -> u64 {
         let window = limit.window_us();

@@ -320,6 +320,21 @@ impl<S: RateLimitStore> RateLimiter<S> {
         } else {
             match self.store.check(checks).await {
                 Ok(outcomes) => outcomes,
+                // Refused anyway: the store's answer changes nothing.
+                Err(error) if blocked && is_unreachable(&error) => {
+                    let statuses = plans
+                        .into_iter()
+                        .map(|plan| match plan {
+                            Plan::Blocked(rule) => self.blocked(rule),
+                            other => DescriptorVerdict::ok(other.into_rule(), 0),
+                        })
+                        .collect();
+                    return Ok(EnvoyVerdict {
+                        code: VerdictCode::OverLimit,
+                        statuses,
+                        failed_open: false,
+                    });
+                }
                 Err(error) if is_unreachable(&error) && plans.iter().all(Plan::fails_open) => {
                     self.failed_open(&error);
                     let statuses = plans
@@ -349,22 +364,11 @@ impl<S: RateLimitStore> RateLimiter<S> {
                     continue;
                 }
                 Plan::Blocked(rule) => {
-                    let shadow = rule.as_ref().is_some_and(|r| r.shadow);
-                    if !shadow {
+                    let status = self.blocked(rule);
+                    if status.code == VerdictCode::OverLimit {
                         code = VerdictCode::OverLimit;
                     }
-                    statuses.push(DescriptorVerdict {
-                        code: if shadow {
-                            VerdictCode::Ok
-                        } else {
-                            VerdictCode::OverLimit
-                        },
-                        rule,
-                        remaining: 0,
-                        reset_after: Duration::ZERO,
-                        retry_after: Duration::ZERO,
-                        shadow_denied: shadow,
-                    });
+                    statuses.push(status);
                     continue;
                 }
                 Plan::Check { rule, .. } => {
@@ -466,6 +470,30 @@ impl<S: RateLimitStore> RateLimiter<S> {
         })
     }
 
+    /// The status of a descriptor blocked by an override of 0 requests
+    /// (OK but reported in shadow mode), counted as refused.
+    fn blocked(&self, rule: Option<Rule>) -> DescriptorVerdict {
+        let shadow = rule.as_ref().is_some_and(|r| r.shadow);
+        let counter = if shadow {
+            &self.counters.shadow_denied
+        } else {
+            &self.counters.denied
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        DescriptorVerdict {
+            code: if shadow {
+                VerdictCode::Ok
+            } else {
+                VerdictCode::OverLimit
+            },
+            rule,
+            remaining: 0,
+            reset_after: Duration::ZERO,
+            retry_after: Duration::ZERO,
+            shadow_denied: shadow,
+        }
+    }
+
     fn count(&self, rule: &Rule, allowed: bool) {
         let counter = match (allowed, rule.shadow) {
             (true, _) => &self.counters.allowed,
@@ -521,7 +549,9 @@ impl Plan {
     fn fails_open(&self) -> bool {
         match self {
             Self::Unmatched | Self::Unlimited => true,
-            Self::Blocked(_) => false,
+            // A shadow limit never refuses; an enforced block is answered
+            // OVER_LIMIT without the store.
+            Self::Blocked(rule) => rule.as_ref().is_some_and(|r| r.shadow),
             Self::Check { rule, .. } => rule.fail == FailMode::Open || rule.shadow,
         }
     }

@@ -889,3 +889,62 @@ async fn usage_keys_expire_by_themselves_and_go_with_the_account() {
         );
     }
 }
+
+/// A sliding window whose header or list was lost (an early expiry, a
+/// failover, an operator's DEL) answers and recovers: a list without its
+/// header starts over, and a list that lost the bucket its header names as
+/// the oldest is read whole, keeping the buckets still in the window.
+#[tokio::test]
+async fn a_sliding_window_recovers_from_a_lost_header_or_list() {
+    use meter_ratelimit::{Algorithm, Check, Limit, RateLimitStore};
+
+    let server = RedisServer::start();
+    let store = RedisStore::open(&config(&server)).expect("valid url");
+    let clock = meter_testkit::FixedClock::at("2026-03-10T12:00:00.000Z");
+    let limits = meter_redis::RedisRateLimits::with_clock(store, Arc::new(clock.clone()));
+    let limit = Limit::new(5, Duration::from_secs(60), Algorithm::SlidingWindow).expect("valid");
+    let check = || Check {
+        key: "k:lost".into(),
+        limit,
+        cost: 1,
+        enforce: true,
+    };
+    let take = |limits: meter_redis::RedisRateLimits| async move {
+        let outcomes = limits.check(vec![check()]).await.expect("answers");
+        outcomes[0]
+    };
+    let (header, list) = ("rl:{k:lost}:s:60000000", "rl:{k:lost}:sl:60000000");
+    let mut conn = server.connection().await;
+    for step in 0..3 {
+        assert!(take(limits.clone()).await.allowed, "step {step}");
+        clock.advance(Duration::from_secs(10));
+    }
+    let sealed: i64 = conn.llen(list).await.expect("LLEN");
+    assert_eq!(sealed, 2);
+
+    // The header goes: the key starts over, and its old list with it.
+    let _: () = conn.del(header).await.expect("DEL");
+    let fresh = take(limits.clone()).await;
+    assert_eq!((fresh.allowed, fresh.remaining), (true, 4), "{fresh:?}");
+    let sealed: i64 = conn.llen(list).await.expect("LLEN");
+    assert_eq!(sealed, 0, "the list without its header went");
+
+    // 12:00:35, 12:00:40: two more buckets sealed, then the list goes and
+    // one bucket (12:00:40) is sealed into a new list.
+    for _ in 0..2 {
+        clock.advance(Duration::from_secs(5));
+        assert!(take(limits.clone()).await.allowed);
+    }
+    let _: () = conn.del(list).await.expect("DEL");
+    clock.advance(Duration::from_secs(5));
+    assert!(take(limits.clone()).await.allowed);
+    // 12:01:31: the header's oldest (12:00:30) left; the list holds 12:00:40
+    // instead, still in the window with 12:00:45: two units, this one three.
+    clock.set("2026-03-10T12:01:31.000Z");
+    let rebuilt = take(limits.clone()).await;
+    assert_eq!(
+        (rebuilt.allowed, rebuilt.remaining),
+        (true, 2),
+        "{rebuilt:?}"
+    );
+}

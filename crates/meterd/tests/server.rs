@@ -403,24 +403,30 @@ async fn a_redis_that_may_evict_keys_is_reported_at_start_and_on_reconnect() {
     );
 }
 
-#[test]
-fn a_malformed_plan_catalog_stops_the_binary_naming_file_line_and_problem() {
+/// Starts the binary with `flag` naming a file holding `text`; what it
+/// printed on stderr and the file's path, after checking it exited 1.
+fn refused_at_start(flag: &str, text: &str) -> (String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("plans.toml");
-    std::fs::write(
-        &path,
-        "[plans.free]\ncredits = 100\nbilling_interval = \"month\"\nprice_micros = \"free\"\n",
-    )
-    .expect("write");
+    let path = dir.path().join("file.toml");
+    std::fs::write(&path, text).expect("write");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_meterd"))
-        .args(["--listen", "127.0.0.1:0", "--plans"])
+        .args(["--listen", "127.0.0.1:0", flag])
         .arg(&path)
         .env_remove("REDIS_URL")
         .output()
         .expect("meterd runs");
     assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (stderr, path.display().to_string())
+}
+
+#[test]
+fn a_malformed_plan_catalog_stops_the_binary_naming_file_line_and_problem() {
+    let (stderr, path) = refused_at_start(
+        "--plans",
+        "[plans.free]\ncredits = 100\nbilling_interval = \"month\"\nprice_micros = \"free\"\n",
+    );
+    assert!(stderr.contains(&path), "{stderr}");
     assert!(stderr.contains("line 4"), "{stderr}");
     assert!(
         stderr.contains("price_micros") || stderr.contains("integer"),
@@ -430,22 +436,11 @@ fn a_malformed_plan_catalog_stops_the_binary_naming_file_line_and_problem() {
 
 #[test]
 fn a_malformed_limits_file_stops_the_binary_naming_file_line_and_problem() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("limits.toml");
-    std::fs::write(
-        &path,
+    let (stderr, path) = refused_at_start(
+        "--limits",
         "[[domains]]\ndomain = \"edge\"\n\n[[domains.descriptors]]\nkey = \"ip\"\nrate_limit = { requests_per_unit = 0, unit = \"second\" }\n",
-    )
-    .expect("write");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meterd"))
-        .args(["--listen", "127.0.0.1:0", "--limits"])
-        .arg(&path)
-        .env_remove("REDIS_URL")
-        .output()
-        .expect("meterd runs");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    );
+    assert!(stderr.contains(&path), "{stderr}");
     assert!(stderr.contains("line 4"), "{stderr}");
     assert!(stderr.contains("requests_per_unit is 0"), "{stderr}");
 }

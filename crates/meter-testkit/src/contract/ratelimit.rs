@@ -18,6 +18,7 @@ macro_rules! rate_limit_store_contract {
         $crate::rate_limit_store_contract!(@tests $make;
             every_algorithm_answers_as_the_reference_model,
             shadow_and_look_only_checks_keep_the_state_exact,
+            a_clock_stepped_back_never_hands_out_a_fresh_limit,
             racing_checks_admit_exactly_the_limit,
             a_refused_request_counts_none_of_its_checks,
             the_sliding_window_never_admits_more_than_the_limit_across_an_edge,
@@ -172,6 +173,48 @@ pub async fn shadow_and_look_only_checks_keep_the_state_exact<S, G, F>(
         one(&store, check("{s}k", other_window, 1)).await.remaining,
         2
     );
+}
+
+/// A clock stepped back (a failover to a Redis whose clock is behind)
+/// counts as the latest time seen: a fixed window keeps counting in the
+/// window it counted, even after a look from the next one; a sliding
+/// window forgets only the buckets that had left the window.
+pub async fn a_clock_stepped_back_never_hands_out_a_fresh_limit<S, G, F>(
+    make: impl Fn(FixedClock) -> F,
+) where
+    S: RateLimitStore,
+    F: Future<Output = (S, G)>,
+{
+    let clock = FixedClock::at("2026-03-10T12:00:00.000Z");
+    let (store, _guard) = make(clock.clone()).await;
+    let fixed = limit(2, 60 * SECOND, Algorithm::FixedWindow);
+    assert!(one(&store, check("back-f", fixed, 2)).await.allowed);
+    clock.set("2026-03-10T12:01:01.000Z");
+    assert!(
+        one(&store, check("back-f", fixed, 0)).await.allowed,
+        "a look counts nothing"
+    );
+    clock.set("2026-03-10T12:00:50.000Z");
+    let refused = one(&store, check("back-f", fixed, 1)).await;
+    assert!(!refused.allowed, "still the window of 12:00: {refused:?}");
+
+    let sliding = limit(2, 60 * SECOND, Algorithm::SlidingWindow);
+    clock.set("2026-03-10T13:00:00.000Z");
+    assert!(one(&store, check("back-s", sliding, 1)).await.allowed);
+    clock.set("2026-03-10T13:00:30.000Z");
+    assert!(one(&store, check("back-s", sliding, 1)).await.allowed);
+    clock.set("2026-03-10T13:01:10.000Z");
+    assert!(
+        !one(&store, check("back-s", sliding, 2)).await.allowed,
+        "13:00:30's unit is in"
+    );
+    clock.set("2026-03-10T13:00:50.000Z");
+    let back = one(&store, check("back-s", sliding, 1)).await;
+    assert!(
+        back.allowed && back.remaining == 0,
+        "13:00:00's unit had left: {back:?}"
+    );
+    assert!(!one(&store, check("back-s", sliding, 1)).await.allowed);
 }
 
 /// 200 concurrent checks against a limit of 50 admit exactly 50, with each

@@ -64,14 +64,19 @@ local function read(alg, key, key2, window)
   if alg == 's' then
     local s = { alg = alg, key = key, list = key2, window = window, c = 0, sn = 0, tail_n = 0, oldest_t = 0, at = now }
     local stored = redis.call('GET', key)
-    if not stored then return s end
+    if not stored then
+      -- A list without its header (it cannot say what the list holds) goes
+      -- when the key is next counted.
+      s.stale = true
+      return s
+    end
     local c, sn, tt, tn, ot = string.match(stored, '^(%d+):(%d+):(%d+):(%d+):(%d+)$')
     if not c then corrupt(key, 'value', stored) end
     c, sn, tt, tn, ot = tonumber(c), tonumber(sn), tonumber(tt), tonumber(tn), tonumber(ot)
     if tt > s.at then s.at = tt end
     if tt + window <= s.at then
       -- Even the open bucket left the window: nothing counts any more.
-      s.stale = c > 0
+      s.stale = true
       return s
     end
     s.c, s.sn, s.tail_t, s.tail_n, s.oldest_t = c, sn, tt, tn, ot
@@ -97,9 +102,10 @@ local function tidy(s)
     local t, n = 0, 0
     if entry then t, n = pair(s.list, entry) end
     if not entry or t ~= s.oldest_t then
-      -- Rebuild from what the list holds.
+      -- Rebuild from what the list holds, the entry just taken included.
       s.c, s.sn = 0, 0
       local rest = redis.call('LRANGE', s.list, 0, -1)
+      if entry then table.insert(rest, 1, entry) end
       local keep = {}
       for i = 1, #rest do
         local rt, rn = pair(s.list, rest[i])
@@ -113,7 +119,7 @@ local function tidy(s)
       redis.call('DEL', s.list)
       if #keep > 0 then
         redis.call('RPUSH', s.list, unpack(keep))
-        redis.call('PEXPIRE', s.list, millis(s.tail_t + s.window - s.at))
+        redis.call('PEXPIRE', s.list, millis(s.tail_t + s.window - now))
       end
       break
     end
@@ -126,8 +132,9 @@ local function tidy(s)
     end
   end
   if s.c == 0 or s.sn < 0 then s.c, s.sn = 0, 0 end
-  -- What the list lost reaches the header, counted or not.
-  redis.call('SET', s.key, header(s), 'PX', millis(s.tail_t + s.window - s.at))
+  -- What the list lost reaches the header, counted or not. Expiries count
+  -- from the server's clock (now), not the time the state counts as now.
+  redis.call('SET', s.key, header(s), 'PX', millis(s.tail_t + s.window - now))
 end
 
 -- The outcome of `cost` on state `s`: allowed, remaining, reset, retry.
@@ -152,6 +159,7 @@ local function evaluate(s, limit, cost)
         if n >= need then break end
         need = need - n
       end
+      if retry < 0 then retry = 0 end
     end
     local reset = 0
     if s.tail_t then reset = s.tail_t + window - at end
@@ -231,9 +239,9 @@ local function store(s)
     if s.stale then redis.call('DEL', s.list) end
     if s.sealed then
       redis.call('RPUSH', s.list, s.sealed)
-      redis.call('PEXPIRE', s.list, millis(s.sealed_t + s.window - s.at))
+      redis.call('PEXPIRE', s.list, millis(s.sealed_t + s.window - now))
     end
-    redis.call('SET', s.key, header(s), 'PX', millis(s.tail_t + s.window - s.at))
+    redis.call('SET', s.key, header(s), 'PX', millis(s.tail_t + s.window - now))
   elseif s.alg == 'f' then
     redis.call('SET', s.key, int(s.start) .. ':' .. int(s.used), 'PX', millis(s.start + s.window - now))
   else
