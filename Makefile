@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: help run run-redis test test-deps lint lint-proto fmt build bench docs-check
+.PHONY: help run run-redis run-bridge test test-deps lint lint-proto fmt build bench docs-check
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -14,6 +14,9 @@ run: ## Run meterd on the embedded in-memory store at [::]:50051
 
 run-redis: ## Run meterd on the Redis at REDIS_URL (default redis://127.0.0.1:6379)
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379} $(CARGO) run --release -p meterd
+
+run-bridge: ## Run the Stripe webhook bridge at [::]:8080 in front of the meterd of `make run` (STRIPE_WEBHOOK_SECRET=whsec_… required)
+	$(CARGO) run --release -p meter-stripe-bridge
 
 test: test-deps ## Run every test (installs redis-server first if it is missing)
 	$(CARGO) test --workspace --all-targets

@@ -1,0 +1,462 @@
+//! Stripe events into meterd calls, each keyed by a Stripe id so that a
+//! redelivery applies once: the event id for subscription changes, the
+//! invoice id for a paid invoice, the payment intent id for a credit pack
+//! or a donation. `event_time` (Stripe's `created`) orders subscription
+//! changes in meterd, so deliveries out of order never roll one back.
+
+use meter_api::v1::{
+    CancelSubscriptionRequest, GetAccountRequest, GrantKind, GrantRequest, ListPlansRequest,
+    RecordUsageRequest, RegisterAccountRequest, SubscriptionStatus, UpdateSubscriptionRequest,
+    UsageEvent, credits_service_client::CreditsServiceClient,
+    subscription_service_client::SubscriptionServiceClient,
+    usage_service_client::UsageServiceClient,
+};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::event::{
+    CheckoutSession, Event, Invoice, PaymentIntent, PriceRef, Subscription, account_in,
+};
+
+/// What the bridge did with an event that it could handle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// meterd calls made (or answered as replays): what they did.
+    Applied(String),
+    /// Nothing to do for this event (a type the bridge does not handle, a
+    /// one-off invoice, a payment without a pack).
+    Ignored(String),
+}
+
+/// Why an event was not handled, sorted by what Stripe should do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// A well-signed event that cannot be mapped (no account, an unknown
+    /// price, a request meterd refuses): 400, and the reason logged.
+    #[error("cannot map the event: {0}")]
+    Unmappable(String),
+    /// meterd unreachable or failing: 5xx, so that Stripe retries; the
+    /// calls are idempotent, so the retry applies once.
+    #[error("meterd failed: {0}")]
+    Retry(String),
+}
+
+/// The meterd clients of the bridge, over one channel.
+#[derive(Clone, Debug)]
+pub struct Bridge {
+    subscriptions: SubscriptionServiceClient<Channel>,
+    credits: CreditsServiceClient<Channel>,
+    usage: UsageServiceClient<Channel>,
+    /// The usage metric payments without a credit pack are recorded as, if any.
+    donation_metric: Option<String>,
+}
+
+/// A meterd status as the failure it is for Stripe.
+fn failure(what: &str, status: &Status) -> Failure {
+    let detail = format!("{what}: {:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::OutOfRange
+        | Code::PermissionDenied
+        | Code::Unauthenticated => Failure::Unmappable(detail),
+        _ => Failure::Retry(detail),
+    }
+}
+
+fn timestamp(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
+
+/// meterd's status of a Stripe subscription status.
+fn status_of(stripe: &str) -> Option<SubscriptionStatus> {
+    Some(match stripe {
+        "active" => SubscriptionStatus::Active,
+        "trialing" => SubscriptionStatus::Trialing,
+        "past_due" => SubscriptionStatus::PastDue,
+        "canceled" => SubscriptionStatus::Canceled,
+        "unpaid" => SubscriptionStatus::Unpaid,
+        "incomplete" => SubscriptionStatus::Incomplete,
+        "incomplete_expired" => SubscriptionStatus::IncompleteExpired,
+        "paused" => SubscriptionStatus::Paused,
+        _ => return None,
+    })
+}
+
+impl Bridge {
+    /// The bridge calling meterd over `channel`, recording payments without
+    /// a pack as `donation_metric` when set.
+    pub fn new(channel: Channel, donation_metric: Option<String>) -> Self {
+        Self {
+            subscriptions: SubscriptionServiceClient::new(channel.clone()),
+            credits: CreditsServiceClient::new(channel.clone()),
+            usage: UsageServiceClient::new(channel),
+            donation_metric,
+        }
+    }
+
+    /// Handles a verified event.
+    pub async fn handle(&self, event: Event) -> Result<Handled, Failure> {
+        let object = event.data.object.clone();
+        let parse = |what: &str, e: serde_json::Error| {
+            Failure::Unmappable(format!("{} is not a {what}: {e}", event.kind))
+        };
+        match event.kind.as_str() {
+            "checkout.session.completed" => {
+                let session: CheckoutSession =
+                    serde_json::from_value(object).map_err(|e| parse("checkout session", e))?;
+                self.checkout(&event, &session).await
+            }
+            "customer.subscription.created" | "customer.subscription.updated" => {
+                let sub: Subscription =
+                    serde_json::from_value(object).map_err(|e| parse("subscription", e))?;
+                self.subscription_changed(&event, &sub).await
+            }
+            "customer.subscription.deleted" => {
+                let sub: Subscription =
+                    serde_json::from_value(object).map_err(|e| parse("subscription", e))?;
+                self.subscription_deleted(&event, &sub).await
+            }
+            "invoice.paid" => {
+                let invoice: Invoice =
+                    serde_json::from_value(object).map_err(|e| parse("invoice", e))?;
+                self.invoice_paid(&event, &invoice).await
+            }
+            "payment_intent.succeeded" => {
+                let intent: PaymentIntent =
+                    serde_json::from_value(object).map_err(|e| parse("payment intent", e))?;
+                self.payment_succeeded(&intent).await
+            }
+            other => Ok(Handled::Ignored(format!("{other} is not handled"))),
+        }
+    }
+
+    /// The plan a price (or else its product) bills, by the catalog's billing ids.
+    async fn plan_of(&self, billed: &[PriceRef]) -> Result<String, Failure> {
+        let plans = self
+            .subscriptions
+            .clone()
+            .list_plans(ListPlansRequest {})
+            .await
+            .map_err(|s| failure("ListPlans", &s))?
+            .into_inner()
+            .plans;
+        let by_price = billed.iter().find_map(|(price, _)| {
+            plans
+                .iter()
+                .find(|plan| plan.billing_price_ids.iter().any(|id| id == price))
+        });
+        let by_product = || {
+            billed.iter().find_map(|(_, product)| {
+                let product = product.as_deref()?;
+                plans
+                    .iter()
+                    .find(|plan| plan.billing_product_ids.iter().any(|id| id == product))
+            })
+        };
+        by_price.or_else(by_product).map(|plan| plan.name.clone()).ok_or_else(|| {
+            let ids: Vec<&str> = billed.iter().map(|(price, _)| price.as_str()).collect();
+            Failure::Unmappable(format!(
+                "no plan of the catalog is billed by price {ids:?} or its product: add the id to \
+                 billing_price_ids or billing_product_ids"
+            ))
+        })
+    }
+
+    /// The account of a subscription: its metadata.
+    fn subscription_account<'a>(&self, sub: &'a Subscription) -> Result<&'a str, Failure> {
+        account_in(&sub.metadata).ok_or_else(|| {
+            Failure::Unmappable(format!(
+                "subscription {} names no account: set metadata.account_id (or user_id) on it",
+                sub.id
+            ))
+        })
+    }
+
+    async fn subscription_changed(
+        &self,
+        event: &Event,
+        sub: &Subscription,
+    ) -> Result<Handled, Failure> {
+        let account = self.subscription_account(sub)?;
+        let status = status_of(&sub.status).ok_or_else(|| {
+            Failure::Unmappable(format!("unknown subscription status {:?}", sub.status))
+        })?;
+        let billed: Vec<PriceRef> = sub
+            .prices()
+            .into_iter()
+            .map(|p| (p.id, p.product.map(|p| p.id().to_owned())))
+            .collect();
+        let plan = self.plan_of(&billed).await?;
+        let (start, end) = sub.period();
+        let reply = self
+            .subscriptions
+            .clone()
+            .update_subscription(UpdateSubscriptionRequest {
+                account_id: account.to_owned(),
+                plan: plan.clone(),
+                status: status.into(),
+                current_period_start: start.map(timestamp),
+                current_period_end: end.map(timestamp),
+                cancel_at_period_end: sub.cancel_at_period_end,
+                billing_customer_id: sub
+                    .customer
+                    .as_ref()
+                    .map(|c| c.id().to_owned())
+                    .unwrap_or_default(),
+                billing_subscription_id: sub.id.clone(),
+                event_time: Some(timestamp(event.created)),
+                idempotency_key: event.id.clone(),
+                ..UpdateSubscriptionRequest::default()
+            })
+            .await
+            .map_err(|s| failure("UpdateSubscription", &s))?
+            .into_inner();
+        Ok(Handled::Applied(format!(
+            "UpdateSubscription {account}: plan {plan}, {} (applied {}, replayed {})",
+            sub.status, reply.applied, reply.replayed
+        )))
+    }
+
+    async fn subscription_deleted(
+        &self,
+        event: &Event,
+        sub: &Subscription,
+    ) -> Result<Handled, Failure> {
+        let account = self.subscription_account(sub)?;
+        let reply = self
+            .subscriptions
+            .clone()
+            .cancel_subscription(CancelSubscriptionRequest {
+                account_id: account.to_owned(),
+                at_period_end: false,
+                event_time: Some(timestamp(event.created)),
+                idempotency_key: event.id.clone(),
+                billing_subscription_id: sub.id.clone(),
+            })
+            .await
+            .map_err(|s| failure("CancelSubscription", &s))?
+            .into_inner();
+        Ok(Handled::Applied(format!(
+            "CancelSubscription {account} now (applied {}, replayed {})",
+            reply.applied, reply.replayed
+        )))
+    }
+
+    /// A paid subscription invoice: the billing period it pays, once per invoice.
+    async fn invoice_paid(&self, event: &Event, invoice: &Invoice) -> Result<Handled, Failure> {
+        let Some(subscription) = invoice.subscription_id() else {
+            return Ok(Handled::Ignored(format!(
+                "invoice {} bills no subscription",
+                invoice.id
+            )));
+        };
+        let account = invoice
+            .metadata_value("account_id")
+            .or_else(|| invoice.metadata_value("user_id"))
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                Failure::Unmappable(format!(
+                    "invoice {} of subscription {subscription} names no account: set \
+                     metadata.account_id on the subscription",
+                    invoice.id
+                ))
+            })?;
+        let billed = invoice.billed();
+        let period = billed.period;
+        let plan = self.plan_of(&billed.prices).await?;
+        let reply = self
+            .subscriptions
+            .clone()
+            .update_subscription(UpdateSubscriptionRequest {
+                account_id: account.to_owned(),
+                plan: plan.clone(),
+                status: SubscriptionStatus::Active.into(),
+                current_period_start: period.map(|(start, _)| timestamp(start)),
+                current_period_end: period.map(|(_, end)| timestamp(end)),
+                billing_customer_id: invoice
+                    .customer
+                    .as_ref()
+                    .map(|c| c.id().to_owned())
+                    .unwrap_or_default(),
+                billing_subscription_id: subscription.to_owned(),
+                event_time: Some(timestamp(event.created)),
+                idempotency_key: invoice.id.clone(),
+                ..UpdateSubscriptionRequest::default()
+            })
+            .await
+            .map_err(|s| failure("UpdateSubscription", &s))?
+            .into_inner();
+        Ok(Handled::Applied(format!(
+            "invoice {} paid: UpdateSubscription {account}, plan {plan} (applied {}, replayed {})",
+            invoice.id, reply.applied, reply.replayed
+        )))
+    }
+
+    /// A credit pack bought (a grant), or a donation recorded as usage.
+    async fn payment_succeeded(&self, intent: &PaymentIntent) -> Result<Handled, Failure> {
+        let account = account_in(&intent.metadata);
+        if let Some(credits) = intent.metadata.get("credits") {
+            let account = account.ok_or_else(|| {
+                Failure::Unmappable(format!(
+                    "payment {} buys {credits} credits but names no account: set metadata.account_id",
+                    intent.id
+                ))
+            })?;
+            let amount: i64 = credits.parse().map_err(|_| {
+                Failure::Unmappable(format!(
+                    "metadata.credits {credits:?} is not a number of credits"
+                ))
+            })?;
+            let expire_time = match intent.metadata.get("credits_expire_at") {
+                None => None,
+                Some(text) => Some(timestamp(text.parse().map_err(|_| {
+                    Failure::Unmappable(format!(
+                        "metadata.credits_expire_at {text:?} is not a Unix time in seconds"
+                    ))
+                })?)),
+            };
+            let reply = self
+                .credits
+                .clone()
+                .grant(GrantRequest {
+                    account_id: account.to_owned(),
+                    amount,
+                    idempotency_key: intent.id.clone(),
+                    reason: format!("stripe {}", intent.id),
+                    kind: GrantKind::Paid.into(),
+                    expire_time,
+                    ..GrantRequest::default()
+                })
+                .await
+                .map_err(|s| failure("Grant", &s))?
+                .into_inner();
+            return Ok(Handled::Applied(format!(
+                "Grant {amount} credits to {account} (replayed {})",
+                reply.replayed
+            )));
+        }
+        let (Some(metric), Some(account)) = (&self.donation_metric, account) else {
+            return Ok(Handled::Ignored(format!(
+                "payment {} has no credit pack{}",
+                intent.id,
+                if self.donation_metric.is_some() {
+                    " and names no account"
+                } else {
+                    ""
+                }
+            )));
+        };
+        let reply = self
+            .usage
+            .clone()
+            .record_usage(RecordUsageRequest {
+                events: vec![UsageEvent {
+                    account_id: account.to_owned(),
+                    metric: metric.clone(),
+                    value: intent.amount_received,
+                    event_id: intent.id.clone(),
+                    ..UsageEvent::default()
+                }],
+            })
+            .await
+            .map_err(|s| failure("RecordUsage", &s))?
+            .into_inner();
+        Ok(Handled::Applied(format!(
+            "RecordUsage {metric} {} for {account} (recorded {})",
+            intent.amount_received, reply.recorded
+        )))
+    }
+
+    /// A completed Checkout: the account registered if needed, and its
+    /// subscription when the session says the plan (`metadata.plan`, or
+    /// `metadata.price_id` through the catalog).
+    async fn checkout(&self, event: &Event, session: &CheckoutSession) -> Result<Handled, Failure> {
+        let account = session
+            .client_reference_id
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .or_else(|| account_in(&session.metadata))
+            .ok_or_else(|| {
+                Failure::Unmappable(format!(
+                    "checkout session {} names no account: set client_reference_id (or \
+                     metadata.account_id) when creating it",
+                    session.id
+                ))
+            })?;
+        let mut subscriptions = self.subscriptions.clone();
+        let mut done = Vec::new();
+        match subscriptions
+            .get_account(GetAccountRequest {
+                account_id: account.to_owned(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::NotFound => {
+                subscriptions
+                    .register_account(RegisterAccountRequest {
+                        account_id: account.to_owned(),
+                        profile: None,
+                        idempotency_key: format!("{}:register", event.id),
+                    })
+                    .await
+                    .map_err(|s| failure("RegisterAccount", &s))?;
+                done.push(format!("RegisterAccount {account}"));
+            }
+            Err(status) => return Err(failure("GetAccount", &status)),
+        }
+        if session.mode != "subscription" {
+            return Ok(Handled::Applied(format!(
+                "{} ({} mode)",
+                done.join(", "),
+                session.mode
+            )));
+        }
+        let plan = match (
+            session.metadata.get("plan"),
+            session.metadata.get("price_id"),
+        ) {
+            (Some(plan), _) => Some(plan.clone()),
+            (None, Some(price)) => Some(self.plan_of(&[(price.clone(), None)]).await?),
+            (None, None) => None,
+        };
+        let Some(plan) = plan else {
+            done.push("no plan in the session: the subscription's own events set it".into());
+            return Ok(Handled::Applied(done.join(", ")));
+        };
+        let status = match session.payment_status.as_str() {
+            "paid" => SubscriptionStatus::Active,
+            "no_payment_required" => SubscriptionStatus::Trialing,
+            _ => SubscriptionStatus::Incomplete,
+        };
+        let reply = subscriptions
+            .update_subscription(UpdateSubscriptionRequest {
+                account_id: account.to_owned(),
+                plan: plan.clone(),
+                status: status.into(),
+                billing_customer_id: session
+                    .customer
+                    .as_ref()
+                    .map(|c| c.id().to_owned())
+                    .unwrap_or_default(),
+                billing_subscription_id: session
+                    .subscription
+                    .as_ref()
+                    .map(|s| s.id().to_owned())
+                    .unwrap_or_default(),
+                event_time: Some(timestamp(event.created)),
+                idempotency_key: event.id.clone(),
+                ..UpdateSubscriptionRequest::default()
+            })
+            .await
+            .map_err(|s| failure("UpdateSubscription", &s))?
+            .into_inner();
+        done.push(format!(
+            "UpdateSubscription {account}: plan {plan} (applied {}, replayed {})",
+            reply.applied, reply.replayed
+        ));
+        Ok(Handled::Applied(done.join(", ")))
+    }
+}

@@ -1,0 +1,141 @@
+//! Flags with environment fallbacks, parsed into a checked [`Config`].
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::Parser;
+
+use crate::signature::Secrets;
+
+/// Receives Stripe webhooks, verifies them and applies them to meterd,
+/// each event once.
+#[derive(Debug, Parser)]
+#[command(name = "meter-stripe-bridge", version)]
+pub struct Cli {
+    /// Address to serve HTTP on (POST /webhooks/stripe, GET /healthz, GET /readyz).
+    #[arg(long, env = "METER_BRIDGE_LISTEN", default_value = "[::]:8080")]
+    pub listen: SocketAddr,
+    /// meterd's gRPC address.
+    #[arg(long, env = "METERD_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub meterd: String,
+    /// The endpoint's signing secrets (`whsec_…`), comma-separated: several
+    /// while a secret is rotated.
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<SecretList>,
+    /// A file holding the signing secrets (comma- or line-separated), instead of --webhook-secret.
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// How far a signature's timestamp may be from now: `300s`, `5m`.
+    #[arg(long, env = "METER_BRIDGE_TOLERANCE", default_value = "300s", value_parser = parse_seconds)]
+    pub tolerance: Duration,
+    /// Record payments without a credit pack as this usage metric (e.g.
+    /// `donation_processed`), the amount in the currency's smallest unit.
+    #[arg(long, env = "METER_BRIDGE_DONATION_METRIC")]
+    pub donation_metric: Option<String>,
+    /// What to log, as RUST_LOG filters.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+    /// Log JSON lines instead of human-readable ones.
+    #[arg(long, env = "METER_BRIDGE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Secrets as given on the command line; never printed.
+#[derive(Clone)]
+pub struct SecretList(String);
+
+impl fmt::Debug for SecretList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretList(redacted)")
+    }
+}
+
+impl FromStr for SecretList {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(Self(text.to_owned()))
+    }
+}
+
+/// Everything [`crate::run`] needs, checked.
+#[derive(Debug)]
+pub struct Config {
+    /// meterd's gRPC address.
+    pub meterd: String,
+    /// The signing secrets.
+    pub secrets: Secrets,
+    /// How far a signature's timestamp may be from now.
+    pub tolerance: Duration,
+    /// The usage metric of payments without a credit pack.
+    pub donation_metric: Option<String>,
+}
+
+/// Why the flags were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No secret given.
+    #[error(
+        "no signing secret: set --webhook-secret / STRIPE_WEBHOOK_SECRET (whsec_…) or --webhook-secret-file"
+    )]
+    NoSecret,
+    /// The secret file cannot be read.
+    #[error("cannot read --webhook-secret-file {path}: {source}")]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl Cli {
+    /// Checks the flags and reads the secrets.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut list = self.webhook_secret.map(|s| s.0).unwrap_or_default();
+        if let Some(path) = &self.webhook_secret_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                path: path.clone(),
+                source,
+            })?;
+            list = format!("{list},{}", text.replace('\n', ","));
+        }
+        let secrets = Secrets::parse(&list).ok_or(ConfigError::NoSecret)?;
+        Ok(Config {
+            meterd: self.meterd,
+            secrets,
+            tolerance: self.tolerance,
+            donation_metric: self.donation_metric.filter(|m| !m.is_empty()),
+        })
+    }
+}
+
+/// Parses `300s`, `5m` or `300` (seconds).
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let (number, scale) = match text.strip_suffix('m') {
+        Some(minutes) => (minutes, 60),
+        None => (text.strip_suffix('s').unwrap_or(text), 1),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| Duration::from_secs(n * scale))
+        .ok_or_else(|| format!("{text:?} is not a duration such as 300s or 5m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerances_parse_and_secrets_never_print() {
+        assert_eq!(parse_seconds("300s"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_seconds("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_seconds("0s").is_err() && parse_seconds("soon").is_err());
+        let cli = Cli::parse_from(["bridge", "--webhook-secret", "whsec_a,whsec_b"]);
+        assert!(!format!("{cli:?}").contains("whsec"), "{cli:?}");
+        let config = cli.into_config().expect("valid");
+        assert_eq!(config.secrets.len(), 2);
+        assert!(!format!("{config:?}").contains("whsec"));
+    }
+}

@@ -1,0 +1,376 @@
+//! The parts of Stripe's objects the bridge reads; everything else in a
+//! payload is ignored. Shapes follow Stripe's API, old and new: since API
+//! version 2025-03-31 a subscription's billing period sits on its items,
+//! and an invoice names its subscription under `parent`.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+/// A webhook delivery: the event envelope.
+#[derive(Debug, Deserialize)]
+pub struct Event {
+    /// `evt_…`.
+    pub id: String,
+    /// What happened, e.g. `customer.subscription.updated`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it happened, Unix seconds.
+    pub created: i64,
+    /// The object it is about.
+    pub data: EventData,
+}
+
+/// `data` of an event.
+#[derive(Debug, Deserialize)]
+pub struct EventData {
+    /// The object, parsed by type once the event's type is known.
+    pub object: serde_json::Value,
+}
+
+/// An id, or the object it names when expanded (`{"id": …}`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Expandable {
+    /// Not expanded.
+    Id(String),
+    /// Expanded.
+    Object {
+        /// The object's id.
+        id: String,
+    },
+}
+
+impl Expandable {
+    /// The id.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Id(id) | Self::Object { id } => id,
+        }
+    }
+}
+
+/// Metadata: strings by key.
+pub type Metadata = HashMap<String, String>;
+
+/// A price: its id and product.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Price {
+    /// `price_…`.
+    pub id: String,
+    /// `prod_…`.
+    pub product: Option<Expandable>,
+}
+
+/// A subscription.
+#[derive(Debug, Deserialize)]
+pub struct Subscription {
+    /// `sub_…`.
+    pub id: String,
+    /// `cus_…`.
+    pub customer: Option<Expandable>,
+    /// Stripe's status: `active`, `trialing`, `past_due`, ….
+    pub status: String,
+    /// The billing period (before API version 2025-03-31).
+    pub current_period_start: Option<i64>,
+    /// The billing period's end (before API version 2025-03-31).
+    pub current_period_end: Option<i64>,
+    /// Whether it ends at the period's end.
+    #[serde(default)]
+    pub cancel_at_period_end: bool,
+    /// Metadata set by the app (`account_id`, `user_id`).
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// Its items.
+    pub items: Option<List<SubscriptionItem>>,
+}
+
+/// A list object: its `data`.
+#[derive(Debug, Deserialize)]
+pub struct List<T> {
+    /// The entries.
+    #[serde(default = "Vec::new")]
+    pub data: Vec<T>,
+}
+
+/// An item of a subscription.
+#[derive(Debug, Deserialize)]
+pub struct SubscriptionItem {
+    /// Its price.
+    pub price: Option<Price>,
+    /// The billing period (since API version 2025-03-31).
+    pub current_period_start: Option<i64>,
+    /// The billing period's end (since API version 2025-03-31).
+    pub current_period_end: Option<i64>,
+}
+
+impl Subscription {
+    /// The billing period, from the subscription or else its first item that has one.
+    pub fn period(&self) -> (Option<i64>, Option<i64>) {
+        let item = self
+            .items
+            .iter()
+            .flat_map(|items| &items.data)
+            .find(|item| item.current_period_start.is_some());
+        (
+            self.current_period_start
+                .or_else(|| item.and_then(|i| i.current_period_start)),
+            self.current_period_end
+                .or_else(|| item.and_then(|i| i.current_period_end)),
+        )
+    }
+
+    /// The prices of its items.
+    pub fn prices(&self) -> Vec<Price> {
+        self.items
+            .iter()
+            .flat_map(|items| &items.data)
+            .filter_map(|item| item.price.clone())
+            .collect()
+    }
+}
+
+/// An invoice.
+#[derive(Debug, Deserialize)]
+pub struct Invoice {
+    /// `in_…`.
+    pub id: String,
+    /// `cus_…`.
+    pub customer: Option<Expandable>,
+    /// Its subscription (before API version 2025-03-31).
+    pub subscription: Option<Expandable>,
+    /// What it bills for (since API version 2025-03-31).
+    pub parent: Option<InvoiceParent>,
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// The subscription's metadata, as Stripe copies it (older versions).
+    pub subscription_details: Option<SubscriptionDetails>,
+    /// Its lines.
+    pub lines: Option<List<InvoiceLine>>,
+}
+
+/// `parent` of an invoice.
+#[derive(Debug, Deserialize)]
+pub struct InvoiceParent {
+    /// Set when a subscription is billed.
+    pub subscription_details: Option<SubscriptionDetails>,
+}
+
+/// The subscription an invoice bills.
+#[derive(Debug, Deserialize)]
+pub struct SubscriptionDetails {
+    /// `sub_…` (under `parent`).
+    pub subscription: Option<Expandable>,
+    /// The subscription's metadata when the invoice was made.
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// A line of an invoice.
+#[derive(Debug, Deserialize)]
+pub struct InvoiceLine {
+    /// The period it bills.
+    pub period: Option<Period>,
+    /// Its price (before API version 2025-03-31).
+    pub price: Option<Price>,
+    /// Its pricing (since API version 2025-03-31).
+    pub pricing: Option<Pricing>,
+}
+
+/// A line's period.
+#[derive(Debug, Deserialize)]
+pub struct Period {
+    /// Start, Unix seconds.
+    pub start: i64,
+    /// End, Unix seconds.
+    pub end: i64,
+}
+
+/// `pricing` of an invoice line.
+#[derive(Debug, Deserialize)]
+pub struct Pricing {
+    /// The price it was billed at.
+    pub price_details: Option<PriceDetails>,
+}
+
+/// `pricing.price_details`.
+#[derive(Debug, Deserialize)]
+pub struct PriceDetails {
+    /// `price_…`.
+    pub price: Option<String>,
+    /// `prod_…`.
+    pub product: Option<String>,
+}
+
+impl Invoice {
+    /// The subscription billed, if any, wherever this API version puts it.
+    pub fn subscription_id(&self) -> Option<&str> {
+        self.subscription.as_ref().map(Expandable::id).or_else(|| {
+            self.parent
+                .as_ref()?
+                .subscription_details
+                .as_ref()?
+                .subscription
+                .as_ref()
+                .map(Expandable::id)
+        })
+    }
+
+    /// The metadata of the subscription billed, then the invoice's own.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        let details = self
+            .parent
+            .as_ref()
+            .and_then(|p| p.subscription_details.as_ref())
+            .or(self.subscription_details.as_ref());
+        details
+            .and_then(|d| d.metadata.get(key))
+            .or_else(|| self.metadata.get(key))
+            .map(String::as_str)
+    }
+
+    /// The prices and products its lines bill, and the period of the first line with one.
+    pub fn billed(&self) -> Billed {
+        let lines = self.lines.iter().flat_map(|l| &l.data);
+        let mut prices = Vec::new();
+        let mut period = None;
+        for line in lines {
+            if let Some(price) = &line.price {
+                prices.push((
+                    price.id.clone(),
+                    price.product.as_ref().map(|p| p.id().to_owned()),
+                ));
+            } else if let Some(details) =
+                line.pricing.as_ref().and_then(|p| p.price_details.as_ref())
+                && let Some(price) = &details.price
+            {
+                prices.push((price.clone(), details.product.clone()));
+            }
+            if period.is_none() {
+                period = line.period.as_ref().map(|p| (p.start, p.end));
+            }
+        }
+        Billed { prices, period }
+    }
+}
+
+/// A price id and its product id, as a plan is looked up by.
+pub type PriceRef = (String, Option<String>);
+
+/// What an invoice bills.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Billed {
+    /// The prices of its lines.
+    pub prices: Vec<PriceRef>,
+    /// The period of its first line that has one (start, end; Unix seconds).
+    pub period: Option<(i64, i64)>,
+}
+
+/// A payment intent.
+#[derive(Debug, Deserialize)]
+pub struct PaymentIntent {
+    /// `pi_…`.
+    pub id: String,
+    /// What was received, in the currency's smallest unit.
+    #[serde(default)]
+    pub amount_received: i64,
+    /// Metadata (`account_id`, `credits`, `credits_expire_at`, …).
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// A completed Checkout session.
+#[derive(Debug, Deserialize)]
+pub struct CheckoutSession {
+    /// `cs_…`.
+    pub id: String,
+    /// The app's own reference, set when the session was created (the account).
+    pub client_reference_id: Option<String>,
+    /// `cus_…`.
+    pub customer: Option<Expandable>,
+    /// `sub_…` in subscription mode.
+    pub subscription: Option<Expandable>,
+    /// `payment`, `subscription` or `setup`.
+    #[serde(default)]
+    pub mode: String,
+    /// `paid`, `unpaid` or `no_payment_required`.
+    #[serde(default)]
+    pub payment_status: String,
+    /// Metadata (`account_id`, `user_id`, `plan`, `price_id`).
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// The account an object's metadata names: `account_id`, else `user_id`.
+pub fn account_in(metadata: &Metadata) -> Option<&str> {
+    metadata
+        .get("account_id")
+        .or_else(|| metadata.get("user_id"))
+        .map(String::as_str)
+        .filter(|a| !a.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stripe's own example objects (`tests/fixtures/stripe.json`).
+    fn fixture(name: &str) -> serde_json::Value {
+        let text = include_str!("../tests/fixtures/stripe.json");
+        let all: serde_json::Value = serde_json::from_str(text).expect("fixtures parse");
+        all[name].clone()
+    }
+
+    #[test]
+    fn stripe_example_objects_parse_old_and_new_shapes() {
+        let mut sub: Subscription =
+            serde_json::from_value(fixture("subscription")).expect("subscription");
+        assert_eq!(
+            sub.customer.as_ref().map(Expandable::id),
+            Some("cus_NZbFQAsc0ptasX")
+        );
+        assert_eq!(sub.prices()[0].id, "price_1MoS37LgUG5tbmjcCA3GTNX8");
+        assert_eq!(sub.period(), (Some(1_234_567_890), Some(1_234_567_890)));
+        // Newer API versions: the period on the items only.
+        sub.current_period_start = None;
+        sub.current_period_end = None;
+        if let Some(item) = sub.items.as_mut().and_then(|i| i.data.first_mut()) {
+            item.current_period_start = Some(1_700_000_000);
+            item.current_period_end = Some(1_702_592_000);
+        }
+        assert_eq!(sub.period(), (Some(1_700_000_000), Some(1_702_592_000)));
+
+        let invoice: Invoice = serde_json::from_value(fixture("invoice")).expect("invoice");
+        assert_eq!(
+            invoice.subscription_id(),
+            None,
+            "the example bills no subscription"
+        );
+        let newer: Invoice = serde_json::from_value(serde_json::json!({
+            "id": "in_1",
+            "parent": {"subscription_details": {"subscription": "sub_1", "metadata": {"account_id": "org_1"}}},
+            "lines": {"data": [{"period": {"start": 10, "end": 20},
+                "pricing": {"price_details": {"price": "price_1", "product": "prod_1"}}}]}
+        }))
+        .expect("invoice of a newer API version");
+        assert_eq!(newer.subscription_id(), Some("sub_1"));
+        assert_eq!(newer.metadata_value("account_id"), Some("org_1"));
+        assert_eq!(
+            newer.billed(),
+            Billed {
+                prices: vec![("price_1".to_owned(), Some("prod_1".to_owned()))],
+                period: Some((10, 20)),
+            }
+        );
+
+        let intent: PaymentIntent =
+            serde_json::from_value(fixture("payment_intent")).expect("intent");
+        assert_eq!(intent.amount_received, 1099);
+        let session: CheckoutSession =
+            serde_json::from_value(fixture("checkout.session")).expect("session");
+        assert!(session.id.starts_with("cs_"));
+        let event: Event = serde_json::from_value(fixture("event")).expect("event");
+        assert!(event.id.starts_with("evt_"));
+    }
+}
