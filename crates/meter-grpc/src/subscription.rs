@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use meter_api::v1::{
     self, CancelSubscriptionRequest, CancelSubscriptionResponse, DeleteAccountRequest,
-    DeleteAccountResponse, FeaturePrice, GetAccountRequest, GetAccountResponse,
-    GetSubscriptionRequest, GetSubscriptionResponse, ListPlansRequest, ListPlansResponse,
-    RegisterAccountRequest, RegisterAccountResponse, UpdateProfileRequest, UpdateProfileResponse,
-    UpdateSubscriptionRequest, UpdateSubscriptionResponse, UsageAllowance,
-    subscription_service_server::SubscriptionService,
+    DeleteAccountResponse, FeaturePrice, FindAccountRequest, FindAccountResponse,
+    GetAccountRequest, GetAccountResponse, GetSubscriptionRequest, GetSubscriptionResponse,
+    ListPlansRequest, ListPlansResponse, RegisterAccountRequest, RegisterAccountResponse,
+    UpdateProfileRequest, UpdateProfileResponse, UpdateSubscriptionRequest,
+    UpdateSubscriptionResponse, UsageAllowance, subscription_service_server::SubscriptionService,
 };
 use meter_core::{
     AccountId, AccountStore, AccountView, BillingInterval, ChangeOutcome, Clock, CreditPeriod,
@@ -203,6 +203,26 @@ impl<S: AccountStore, C: Clock> SubscriptionService for SubscriptionGrpc<S, C> {
             .await
             .map_err(|e| to_status(e.into()))?;
         Ok(Response::new(DeleteAccountResponse { deleted }))
+    }
+
+    async fn find_account(
+        &self,
+        request: Request<FindAccountRequest>,
+    ) -> Result<Response<FindAccountResponse>, Status> {
+        let customer = request.into_inner().billing_customer_id;
+        let found = self
+            .subscriptions
+            .account_of_customer(&customer)
+            .await
+            .map_err(to_status)?;
+        let Some(account) = found else {
+            return Err(Status::not_found(format!(
+                "no subscription change named billing customer {customer:?} (or its account was deleted)"
+            )));
+        };
+        Ok(Response::new(FindAccountResponse {
+            account_id: account.to_string(),
+        }))
     }
 
     async fn register_account(

@@ -172,6 +172,17 @@ impl AccountStore for MemoryAccounts {
         )
     }
 
+    async fn link_customer(&self, customer: &str, account: &AccountId) -> Result<(), StoreError> {
+        self.store
+            .customers()
+            .insert(customer.to_owned(), account.clone());
+        Ok(())
+    }
+
+    async fn find_by_customer(&self, customer: &str) -> Result<Option<AccountId>, StoreError> {
+        Ok(self.store.customers().get(customer).cloned())
+    }
+
     async fn delete_account(&self, account: &AccountId) -> Result<bool, StoreError> {
         let mut shard = self.store.shard(account);
         let existed = shard.accounts.remove(account).is_some_and(|record| {
@@ -186,6 +197,7 @@ impl AccountStore for MemoryAccounts {
         shard.remembered.retain(|(owner, _, _), _| owner != account);
         // Under the account's lock, as recording raises them.
         self.store.rankings().remove(account);
+        self.store.customers().retain(|_, owner| owner != account);
         Ok(existed)
     }
 }

@@ -49,6 +49,8 @@ struct Inner {
     idempotency_window: IdempotencyWindow,
     history_retention: HistoryRetention,
     rankings: usage::Rankings,
+    /// The billing customer index: customer id -> the account it pays for.
+    customers: Mutex<HashMap<String, AccountId>>,
 }
 
 /// Everything the store keeps about one account, one field per context.
@@ -106,6 +108,7 @@ impl MemoryStore {
                 idempotency_window,
                 history_retention,
                 rankings: usage::Rankings::default(),
+                customers: Mutex::default(),
             }),
         }
     }
@@ -139,6 +142,15 @@ impl MemoryStore {
     /// The top-consumer rankings.
     fn rankings(&self) -> &usage::Rankings {
         &self.inner.rankings
+    }
+
+    /// The billing customer index.
+    fn customers(&self) -> MutexGuard<'_, HashMap<String, AccountId>> {
+        // Each change replaces one entry in one move: consistent after a panic.
+        self.inner
+            .customers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn shard(&self, account: &AccountId) -> MutexGuard<'_, Shard> {

@@ -159,6 +159,17 @@ pub fn get_script() -> &'static LuaScript {
 /// Index reads that race with new idempotency records before giving up.
 const DELETE_TRIES: usize = 5;
 
+/// Deletes a billing customer's index entry if it names the account.
+static UNLINK: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "account/unlink.lua",
+        &[],
+        &[],
+        &[],
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\nreturn 0\n",
+    )
+});
+
 static DELETE: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new(
         "account/delete.lua",
@@ -629,9 +640,41 @@ impl AccountStore for RedisAccounts {
         })
     }
 
+    async fn link_customer(&self, customer: &str, account: &AccountId) -> Result<(), StoreError> {
+        let key = keys::billing_customer(customer);
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(account.as_str());
+        self.store.command(set, &key).await.map(drop)
+    }
+
+    async fn find_by_customer(&self, customer: &str) -> Result<Option<AccountId>, StoreError> {
+        let key = keys::billing_customer(customer);
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        match self.store.command(get, &key).await? {
+            Value::Nil => Ok(None),
+            Value::BulkString(bytes) => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                AccountId::parse("account_id", &text)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        what: format!("the account of billing customer {customer}"),
+                        key,
+                        detail: e.to_string(),
+                    })
+            }
+            other => Err(StoreError::Protocol(format!("GET {key}: {other:?}"))),
+        }
+    }
+
     async fn delete_account(&self, account: &AccountId) -> Result<bool, StoreError> {
         let fixed = keys::account_keys(account);
         let index = keys::idempotency_index(account);
+        // The customer index entry goes before the account's keys (a
+        // failure leaves the account whole, and its customer found again
+        // by its next billing event) and once more after.
+        let customer = self.customer_of(account).await?;
+        self.unlink_customer(customer.as_deref(), account).await?;
         for attempt in 0..DELETE_TRIES {
             if attempt > 0 {
                 // Idempotent calls on the account are landing meanwhile.
@@ -650,6 +693,7 @@ impl AccountStore for RedisAccounts {
                     // Again: a record that landed between the two raised
                     // its rankings while its usage went.
                     self.leave(account, &rankings).await?;
+                    self.unlink_customer(customer.as_deref(), account).await?;
                     return Ok(existed == 1);
                 }
                 Value::BulkString(text) if text == b"retry" => {}
@@ -667,6 +711,35 @@ impl AccountStore for RedisAccounts {
 }
 
 impl RedisAccounts {
+    /// The billing customer of the account's subscription, if any.
+    async fn customer_of(&self, account: &AccountId) -> Result<Option<String>, StoreError> {
+        let key = keys::subscription(account);
+        let mut get = redis::cmd("HGET");
+        get.arg(&key).arg("customerId");
+        Ok(match self.store.command(get, &key).await? {
+            Value::BulkString(bytes) if !bytes.is_empty() => {
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            _ => None,
+        })
+    }
+
+    /// Removes `customer`'s index entry if it names `account`.
+    async fn unlink_customer(
+        &self,
+        customer: Option<&str>,
+        account: &AccountId,
+    ) -> Result<(), StoreError> {
+        let Some(customer) = customer else {
+            return Ok(());
+        };
+        let key = keys::billing_customer(customer);
+        self.store
+            .run_raw(UNLINK.call(&[&key]).arg(account.as_str()))
+            .await
+            .map(drop)
+    }
+
     /// The top-consumer rankings `account` is in: the ranking of each
     /// metric each of its usage period hashes (among `records`, its index)
     /// holds. DeleteAccount leaves them (other slots on Redis Cluster)

@@ -100,6 +100,14 @@ pub fn usage_ranking(metric: &str, period: meter_core::UsagePeriod) -> String {
     format!("usage:top:{metric}:{period}")
 }
 
+/// The billing provider's customer index: the account `customer` pays
+/// for (a string), written when a subscription change names the customer.
+/// Shared, not an account's: a slot of its own on Redis Cluster (customer
+/// ids are `A-Za-z0-9_-`, so the tag is the id).
+pub fn billing_customer(customer: &str) -> String {
+    format!("billing:customer:{{{customer}}}")
+}
+
 /// The account's index of idempotency records: a sorted set of their keys
 /// by expiry (ms), so that every record of the account can be found without
 /// scanning (DeleteAccount).

@@ -5,16 +5,16 @@
 //! changes in meterd, so deliveries out of order never roll one back.
 
 use meter_api::v1::{
-    CancelSubscriptionRequest, GetAccountRequest, GrantKind, GrantRequest, ListPlansRequest,
-    RecordUsageRequest, RegisterAccountRequest, SubscriptionStatus, UpdateSubscriptionRequest,
-    UsageEvent, credits_service_client::CreditsServiceClient,
+    CancelSubscriptionRequest, FindAccountRequest, GetAccountRequest, GrantKind, GrantRequest,
+    ListPlansRequest, RecordUsageRequest, RegisterAccountRequest, SubscriptionStatus,
+    UpdateSubscriptionRequest, UsageEvent, credits_service_client::CreditsServiceClient,
     subscription_service_client::SubscriptionServiceClient,
     usage_service_client::UsageServiceClient,
 };
 use tonic::{Code, Status, transport::Channel};
 
 use crate::event::{
-    CheckoutSession, Event, Invoice, PaymentIntent, PriceRef, Subscription, account_in,
+    CheckoutSession, Event, Expandable, Invoice, PaymentIntent, PriceRef, Subscription, account_in,
 };
 
 /// What the bridge did with an event that it could handle.
@@ -164,14 +164,47 @@ impl Bridge {
         })
     }
 
-    /// The account of a subscription: its metadata.
-    fn subscription_account<'a>(&self, sub: &'a Subscription) -> Result<&'a str, Failure> {
-        account_in(&sub.metadata).ok_or_else(|| {
+    /// The account of a subscription or invoice: its metadata's, else the
+    /// account meterd knows the customer by (FindAccount).
+    async fn account_of(
+        &self,
+        named: Option<&str>,
+        customer: Option<&str>,
+        what: &str,
+    ) -> Result<String, Failure> {
+        if let Some(account) = named {
+            return Ok(account.to_owned());
+        }
+        let unknown = || {
             Failure::Unmappable(format!(
-                "subscription {} names no account: set metadata.account_id (or user_id) on it",
-                sub.id
+                "{what} names no account and meterd knows no account of its customer: set \
+                 metadata.account_id (or user_id) on the subscription, or client_reference_id on \
+                 the Checkout session that starts it"
             ))
-        })
+        };
+        let customer = customer.filter(|c| !c.is_empty()).ok_or_else(unknown)?;
+        match self
+            .subscriptions
+            .clone()
+            .find_account(FindAccountRequest {
+                billing_customer_id: customer.to_owned(),
+            })
+            .await
+        {
+            Ok(found) => Ok(found.into_inner().account_id),
+            Err(status) if status.code() == Code::NotFound => Err(unknown()),
+            Err(status) => Err(failure("FindAccount", &status)),
+        }
+    }
+
+    /// The account of a subscription.
+    async fn subscription_account(&self, sub: &Subscription) -> Result<String, Failure> {
+        self.account_of(
+            account_in(&sub.metadata),
+            sub.customer.as_ref().map(Expandable::id),
+            &format!("subscription {}", sub.id),
+        )
+        .await
     }
 
     async fn subscription_changed(
@@ -179,7 +212,7 @@ impl Bridge {
         event: &Event,
         sub: &Subscription,
     ) -> Result<Handled, Failure> {
-        let account = self.subscription_account(sub)?;
+        let account = self.subscription_account(sub).await?;
         let status = status_of(&sub.status).ok_or_else(|| {
             Failure::Unmappable(format!("unknown subscription status {:?}", sub.status))
         })?;
@@ -224,7 +257,7 @@ impl Bridge {
         event: &Event,
         sub: &Subscription,
     ) -> Result<Handled, Failure> {
-        let account = self.subscription_account(sub)?;
+        let account = self.subscription_account(sub).await?;
         let reply = self
             .subscriptions
             .clone()
@@ -252,17 +285,17 @@ impl Bridge {
                 invoice.id
             )));
         };
-        let account = invoice
+        let named = invoice
             .metadata_value("account_id")
             .or_else(|| invoice.metadata_value("user_id"))
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| {
-                Failure::Unmappable(format!(
-                    "invoice {} of subscription {subscription} names no account: set \
-                     metadata.account_id on the subscription",
-                    invoice.id
-                ))
-            })?;
+            .filter(|a| !a.is_empty());
+        let account = self
+            .account_of(
+                named,
+                invoice.customer.as_ref().map(Expandable::id),
+                &format!("invoice {} of subscription {subscription}", invoice.id),
+            )
+            .await?;
         let billed = invoice.billed();
         let period = billed.period;
         let plan = self.plan_of(&billed.prices).await?;

@@ -434,6 +434,37 @@ async fn checkout_registers_and_invoices_renew_once() {
         Some(start + 30 * 86_400)
     );
 
+    // A subscription event naming no account: the account meterd knows its
+    // customer by (the Checkout above named cus_new).
+    let mut by_customer = subscription("ignored", "past_due", start, true);
+    by_customer["metadata"] = json!({});
+    by_customer["customer"] = json!("cus_new");
+    by_customer["id"] = json!("sub_new");
+    let updated = event(
+        "evt_by_customer",
+        "customer.subscription.updated",
+        now() - 30,
+        by_customer,
+    );
+    assert_eq!(setup.deliver(&updated).await.0, 200);
+    assert_eq!(
+        status(&setup.subscription("org_new").await),
+        SubscriptionStatus::PastDue
+    );
+    let mut stranger = subscription("ignored", "active", start, true);
+    stranger["metadata"] = json!({});
+    stranger["customer"] = json!("cus_stranger");
+    let (code, answer) = setup
+        .deliver(&event(
+            "evt_stranger",
+            "customer.subscription.created",
+            now(),
+            stranger,
+        ))
+        .await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("names no account"), "{answer}");
+
     // A price no plan names: 400, nothing applied.
     let mut unknown = subscription("org_other", "active", start, true);
     unknown["items"]["data"][0]["price"]["id"] = json!("price_nobody");
@@ -461,7 +492,28 @@ async fn checkout_registers_and_invoices_renew_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meterd_down_answers_5xx_and_the_redelivery_applies_once() {
     let mut setup = Setup::start().await;
+    let get =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = http(setup.bridge, &get("/readyz")).await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200, "ready while meterd serves");
     setup.meterd.take().expect("running").stop().await;
+    assert_eq!(
+        http(setup.bridge, &get("/readyz")).await.0,
+        503,
+        "not ready without meterd"
+    );
+    assert_eq!(
+        http(setup.bridge, &get("/healthz")).await.0,
+        200,
+        "alive all the same"
+    );
     let created = event(
         "evt_down_1",
         "customer.subscription.created",

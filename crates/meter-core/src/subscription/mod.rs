@@ -227,13 +227,38 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
             sent,
         ];
         let parts: Vec<&str> = fingerprint.iter().map(String::as_str).collect();
-        self.change(
-            account,
-            SubscriptionChange::Update(update),
-            event_time,
-            Idempotency::new(key, &parts),
-        )
-        .await
+        let customer = update.customer_id.clone();
+        let recorded = self
+            .change(
+                account.clone(),
+                SubscriptionChange::Update(update),
+                event_time,
+                Idempotency::new(key, &parts),
+            )
+            .await?;
+        // After the change (and again on a replay): a failure here answers
+        // UNAVAILABLE, and the caller's retry with its key links again.
+        if !customer.is_empty() {
+            self.store.link_customer(&customer, &account).await?;
+        }
+        Ok(recorded)
+    }
+
+    /// The account the billing provider's customer pays for: the account of
+    /// the latest subscription change that named the customer.
+    pub async fn account_of_customer(
+        &self,
+        customer: &str,
+    ) -> Result<Option<AccountId>, MeterError> {
+        if customer.is_empty() {
+            return Err(InvalidArgument::new(
+                "billing_customer_id",
+                "is required: the billing provider's customer id (Stripe cus_…)",
+            )
+            .into());
+        }
+        check_billing_ref("billing_customer_id", customer)?;
+        Ok(self.store.find_by_customer(customer).await?)
     }
 
     /// Cancels the subscription now or at the end of its billing period;

@@ -45,9 +45,25 @@ pub trait AccountStore: Clone + Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<Recorded<Profile>, MeterError>> + Send;
 
+    /// Records that the billing provider's `customer` pays for `account`:
+    /// the index [`AccountStore::find_by_customer`] reads. The latest account
+    /// named wins.
+    fn link_customer(
+        &self,
+        customer: &str,
+        account: &AccountId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The account the billing provider's `customer` pays for, if a
+    /// subscription change named it and the account was not deleted since.
+    fn find_by_customer(
+        &self,
+        customer: &str,
+    ) -> impl Future<Output = Result<Option<AccountId>, StoreError>> + Send;
+
     /// Removes every record of the account, in every context (profile,
     /// subscription, credits, grants, holds, history, stats, idempotency
-    /// records), in one atomic step. `Ok(true)` when the account had
+    /// records, its billing customer's index entry), in one atomic step. `Ok(true)` when the account had
     /// anything besides idempotency records; deleting twice is fine.
     fn delete_account(
         &self,

@@ -33,6 +33,7 @@ macro_rules! account_store_contract {
             profiles_change_field_by_field_and_bad_input_writes_nothing,
             billing_events_as_they_really_come,
             renewals_and_switches_never_give_a_second_allowance,
+            billing_customers_lead_to_their_account_until_it_is_deleted,
         );
     };
     (@subscription $window:ident => $make:expr; $($name:ident),* $(,)?) => {

@@ -1157,3 +1157,70 @@ where
     assert!(!nothing.applied);
     assert_eq!(nothing.subscription.status, SubscriptionStatus::Active);
 }
+
+/// A subscription change that names a billing customer makes the customer
+/// lead to the account (the latest account named wins); deleting the
+/// account removes its entry, and only its own.
+pub async fn billing_customers_lead_to_their_account_until_it_is_deleted<L, A, G, F, Fut>(make: F)
+where
+    L: CreditLedger,
+    A: AccountStore,
+    F: Fn(IdempotencyWindow) -> Fut,
+    Fut: Future<Output = (L, A, G)>,
+{
+    let window = IdempotencyWindow::new(Duration::from_secs(3600)).expect("valid");
+    let (ledger, accounts, _guard) = make(window).await;
+    let w = world(ledger, accounts, "2026-04-10T09:00:00.000Z");
+    let find = |customer: &'static str| w.subscriptions.account_of_customer(customer);
+    assert_eq!(find("cus_1").await.expect("reads"), None);
+    let bad = find("cus 1").await.expect_err("refused");
+    assert!(bad.to_string().contains("billing_customer_id"), "{bad}");
+
+    let plan = |customer: &str| SubscriptionRequest {
+        customer_id: customer.to_owned(),
+        ..billed(
+            "standard",
+            SubscriptionStatus::Active,
+            "2026-04-01T00:00:00.000Z",
+            "2026-05-01T00:00:00.000Z",
+        )
+    };
+    let (first, second) = (account("u-cus-1"), account("u-cus-2"));
+    w.subscriptions
+        .update(first.clone(), plan("cus_1"), None, None)
+        .await
+        .expect("update");
+    w.subscriptions
+        .update(second.clone(), plan("cus_2"), None, None)
+        .await
+        .expect("update");
+    assert_eq!(find("cus_1").await.expect("reads"), Some(first.clone()));
+    assert_eq!(find("cus_2").await.expect("reads"), Some(second.clone()));
+    w.subscriptions
+        .delete_account(&first)
+        .await
+        .expect("delete");
+    assert_eq!(
+        find("cus_1").await.expect("reads"),
+        None,
+        "its entry went with it"
+    );
+    assert_eq!(
+        find("cus_2").await.expect("reads"),
+        Some(second.clone()),
+        "others stay"
+    );
+    // The customer moves to another account: the latest named wins, and
+    // deleting the account it left does not remove it.
+    let third = account("u-cus-3");
+    w.subscriptions
+        .update(third.clone(), plan("cus_2"), None, None)
+        .await
+        .expect("update");
+    assert_eq!(find("cus_2").await.expect("reads"), Some(third.clone()));
+    w.subscriptions
+        .delete_account(&second)
+        .await
+        .expect("delete");
+    assert_eq!(find("cus_2").await.expect("reads"), Some(third));
+}
