@@ -6,9 +6,10 @@ use meter_api::v1::{
     self, CancelSubscriptionRequest, CancelSubscriptionResponse, DeleteAccountRequest,
     DeleteAccountResponse, FeaturePrice, FindAccountRequest, FindAccountResponse,
     GetAccountRequest, GetAccountResponse, GetSubscriptionRequest, GetSubscriptionResponse,
-    ListPlansRequest, ListPlansResponse, RegisterAccountRequest, RegisterAccountResponse,
-    UpdateProfileRequest, UpdateProfileResponse, UpdateSubscriptionRequest,
-    UpdateSubscriptionResponse, UsageAllowance, subscription_service_server::SubscriptionService,
+    LinkBillingCustomerRequest, LinkBillingCustomerResponse, ListPlansRequest, ListPlansResponse,
+    RegisterAccountRequest, RegisterAccountResponse, UpdateProfileRequest, UpdateProfileResponse,
+    UpdateSubscriptionRequest, UpdateSubscriptionResponse, UsageAllowance,
+    subscription_service_server::SubscriptionService,
 };
 use meter_core::{
     AccountId, AccountStore, AccountView, BillingInterval, ChangeOutcome, Clock, CreditPeriod,
@@ -223,6 +224,19 @@ impl<S: AccountStore, C: Clock> SubscriptionService for SubscriptionGrpc<S, C> {
         Ok(Response::new(FindAccountResponse {
             account_id: account.to_string(),
         }))
+    }
+
+    async fn link_billing_customer(
+        &self,
+        request: Request<LinkBillingCustomerRequest>,
+    ) -> Result<Response<LinkBillingCustomerResponse>, Status> {
+        let request = request.into_inner();
+        let account = account(&request.account_id)?;
+        self.subscriptions
+            .link_customer(&account, &request.billing_customer_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(LinkBillingCustomerResponse {}))
     }
 
     async fn register_account(

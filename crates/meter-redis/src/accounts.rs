@@ -641,6 +641,12 @@ impl AccountStore for RedisAccounts {
     }
 
     async fn link_customer(&self, customer: &str, account: &AccountId) -> Result<(), StoreError> {
+        // The account's list first: an entry it does not list is not found,
+        // and one it lists is removed by DeleteAccount.
+        let list = keys::billing_customers(account);
+        let mut add = redis::cmd("SADD");
+        add.arg(&list).arg(customer);
+        self.store.command(add, &list).await?;
         let key = keys::billing_customer(customer);
         let mut set = redis::cmd("SET");
         set.arg(&key).arg(account.as_str());
@@ -655,13 +661,22 @@ impl AccountStore for RedisAccounts {
             Value::Nil => Ok(None),
             Value::BulkString(bytes) => {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
-                AccountId::parse("account_id", &text)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
+                let account =
+                    AccountId::parse("account_id", &text).map_err(|e| StoreError::Corrupt {
                         what: format!("the account of billing customer {customer}"),
                         key,
                         detail: e.to_string(),
-                    })
+                    })?;
+                // An entry its account no longer lists (the account was
+                // deleted meanwhile) is not found.
+                let list = keys::billing_customers(&account);
+                let mut listed = redis::cmd("SISMEMBER");
+                listed.arg(&list).arg(customer);
+                match self.store.command(listed, &list).await? {
+                    Value::Int(1) => Ok(Some(account)),
+                    Value::Int(_) => Ok(None),
+                    other => Err(StoreError::Protocol(format!("SISMEMBER {list}: {other:?}"))),
+                }
             }
             other => Err(StoreError::Protocol(format!("GET {key}: {other:?}"))),
         }
@@ -670,11 +685,11 @@ impl AccountStore for RedisAccounts {
     async fn delete_account(&self, account: &AccountId) -> Result<bool, StoreError> {
         let fixed = keys::account_keys(account);
         let index = keys::idempotency_index(account);
-        // The customer index entry goes before the account's keys (a
-        // failure leaves the account whole, and its customer found again
-        // by its next billing event) and once more after.
-        let customer = self.customer_of(account).await?;
-        self.unlink_customer(customer.as_deref(), account).await?;
+        // The index entries of its customers go before the account's keys
+        // (a failure leaves the account whole, its list with it, for the
+        // retry) and once more after (a link that landed meanwhile).
+        let customers = self.customers_of(account).await?;
+        self.unlink_customers(&customers, account).await?;
         for attempt in 0..DELETE_TRIES {
             if attempt > 0 {
                 // Idempotent calls on the account are landing meanwhile.
@@ -693,7 +708,7 @@ impl AccountStore for RedisAccounts {
                     // Again: a record that landed between the two raised
                     // its rankings while its usage went.
                     self.leave(account, &rankings).await?;
-                    self.unlink_customer(customer.as_deref(), account).await?;
+                    self.unlink_customers(&customers, account).await?;
                     return Ok(existed == 1);
                 }
                 Value::BulkString(text) if text == b"retry" => {}
@@ -711,33 +726,27 @@ impl AccountStore for RedisAccounts {
 }
 
 impl RedisAccounts {
-    /// The billing customer of the account's subscription, if any.
-    async fn customer_of(&self, account: &AccountId) -> Result<Option<String>, StoreError> {
-        let key = keys::subscription(account);
-        let mut get = redis::cmd("HGET");
-        get.arg(&key).arg("customerId");
-        Ok(match self.store.command(get, &key).await? {
-            Value::BulkString(bytes) if !bytes.is_empty() => {
-                Some(String::from_utf8_lossy(&bytes).into_owned())
-            }
-            _ => None,
-        })
+    /// The billing customers linked to the account.
+    async fn customers_of(&self, account: &AccountId) -> Result<Vec<String>, StoreError> {
+        let list = keys::billing_customers(account);
+        let mut read = redis::cmd("SMEMBERS");
+        read.arg(&list);
+        members(self.store.command(read, &list).await?)
     }
 
-    /// Removes `customer`'s index entry if it names `account`.
-    async fn unlink_customer(
+    /// Removes each of `customers`' index entries that names `account`.
+    async fn unlink_customers(
         &self,
-        customer: Option<&str>,
+        customers: &[String],
         account: &AccountId,
     ) -> Result<(), StoreError> {
-        let Some(customer) = customer else {
-            return Ok(());
-        };
-        let key = keys::billing_customer(customer);
-        self.store
-            .run_raw(UNLINK.call(&[&key]).arg(account.as_str()))
-            .await
-            .map(drop)
+        for customer in customers {
+            let key = keys::billing_customer(customer);
+            self.store
+                .run_raw(UNLINK.call(&[&key]).arg(account.as_str()))
+                .await?;
+        }
+        Ok(())
     }
 
     /// The top-consumer rankings `account` is in: the ranking of each
@@ -785,17 +794,19 @@ impl RedisAccounts {
     }
 }
 
-/// The members of a `ZRANGE` (or `HKEYS`) reply.
+/// The members of a `ZRANGE`, `HKEYS` or `SMEMBERS` reply.
 fn members(reply: Value) -> Result<Vec<String>, StoreError> {
     match reply {
-        Value::Array(items) => items
+        Value::Array(items) | Value::Set(items) => items
             .into_iter()
             .map(|item| match item {
                 Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
                 _ => None,
             })
             .collect::<Option<_>>()
-            .ok_or_else(|| StoreError::Protocol("ZRANGE reply".into())),
-        other => Err(StoreError::Protocol(format!("ZRANGE reply {other:?}"))),
+            .ok_or_else(|| StoreError::Protocol("a list of keys with one not a string".into())),
+        other => Err(StoreError::Protocol(format!(
+            "a list of keys expected, not {other:?}"
+        ))),
     }
 }

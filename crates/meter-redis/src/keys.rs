@@ -108,6 +108,13 @@ pub fn billing_customer(customer: &str) -> String {
     format!("billing:customer:{{{customer}}}")
 }
 
+/// The billing customers linked to the account (a set of `cus_…`): the
+/// index entries DeleteAccount removes, and the check that an entry is
+/// still the account's when FindAccount reads it.
+pub fn billing_customers(account: &AccountId) -> String {
+    format!("user:{{{account}}}:billing_customers")
+}
+
 /// The account's index of idempotency records: a sorted set of their keys
 /// by expiry (ms), so that every record of the account can be found without
 /// scanning (DeleteAccount).
@@ -131,6 +138,7 @@ pub fn account_keys(account: &AccountId) -> Vec<String> {
         stats_seen(account),
         usage_seen(account),
         usage_log(account),
+        billing_customers(account),
         idempotency_index(account),
     ]
 }

@@ -5,16 +5,18 @@
 //! changes in meterd, so deliveries out of order never roll one back.
 
 use meter_api::v1::{
-    CancelSubscriptionRequest, FindAccountRequest, GetAccountRequest, GrantKind, GrantRequest,
-    ListPlansRequest, RecordUsageRequest, RegisterAccountRequest, SubscriptionStatus,
-    UpdateSubscriptionRequest, UsageEvent, credits_service_client::CreditsServiceClient,
+    CancelSubscriptionRequest, EventStatus, FindAccountRequest, GetAccountRequest, GrantKind,
+    GrantRequest, LinkBillingCustomerRequest, ListPlansRequest, RecordUsageRequest,
+    RegisterAccountRequest, SubscriptionStatus, UpdateSubscriptionRequest, UsageEvent,
+    credits_service_client::CreditsServiceClient,
     subscription_service_client::SubscriptionServiceClient,
     usage_service_client::UsageServiceClient,
 };
 use tonic::{Code, Status, transport::Channel};
 
 use crate::event::{
-    CheckoutSession, Event, Expandable, Invoice, PaymentIntent, PriceRef, Subscription, account_in,
+    CheckoutSession, Event, Expandable, Invoice, Metadata, PaymentIntent, PriceRef, Subscription,
+    account_in,
 };
 
 /// What the bridge did with an event that it could handle.
@@ -103,7 +105,7 @@ impl Bridge {
             Failure::Unmappable(format!("{} is not a {what}: {e}", event.kind))
         };
         match event.kind.as_str() {
-            "checkout.session.completed" => {
+            "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
                 let session: CheckoutSession =
                     serde_json::from_value(object).map_err(|e| parse("checkout session", e))?;
                 self.checkout(&event, &session).await
@@ -121,12 +123,12 @@ impl Bridge {
             "invoice.paid" => {
                 let invoice: Invoice =
                     serde_json::from_value(object).map_err(|e| parse("invoice", e))?;
-                self.invoice_paid(&event, &invoice).await
+                self.invoice_paid(&invoice).await
             }
             "payment_intent.succeeded" => {
                 let intent: PaymentIntent =
                     serde_json::from_value(object).map_err(|e| parse("payment intent", e))?;
-                self.payment_succeeded(&intent).await
+                self.payment_succeeded(&event, &intent).await
             }
             other => Ok(Handled::Ignored(format!("{other} is not handled"))),
         }
@@ -277,14 +279,32 @@ impl Bridge {
         )))
     }
 
-    /// A paid subscription invoice: the billing period it pays, once per invoice.
-    async fn invoice_paid(&self, event: &Event, invoice: &Invoice) -> Result<Handled, Failure> {
+    /// A paid invoice that starts or renews a subscription: the billing
+    /// period it pays, once per invoice. Its time is the invoice's own
+    /// (made as the period starts), so a payment that comes late never rolls
+    /// back what the subscription's later events said.
+    async fn invoice_paid(&self, invoice: &Invoice) -> Result<Handled, Failure> {
         let Some(subscription) = invoice.subscription_id() else {
             return Ok(Handled::Ignored(format!(
                 "invoice {} bills no subscription",
                 invoice.id
             )));
         };
+        let reason = invoice.billing_reason.as_deref().unwrap_or_default();
+        if !matches!(reason, "subscription_create" | "subscription_cycle") {
+            return Ok(Handled::Ignored(format!(
+                "invoice {} ({reason:?}) neither starts nor renews a period: the subscription's \
+                 own events carry the change",
+                invoice.id
+            )));
+        }
+        if invoice.amount_paid <= 0 {
+            return Ok(Handled::Ignored(format!(
+                "invoice {} paid nothing (a trial or a full discount): the subscription's own \
+                 events carry its status",
+                invoice.id
+            )));
+        }
         let named = invoice
             .metadata_value("account_id")
             .or_else(|| invoice.metadata_value("user_id"))
@@ -297,7 +317,12 @@ impl Bridge {
             )
             .await?;
         let billed = invoice.billed();
-        let period = billed.period;
+        let Some(period) = billed.period else {
+            return Err(Failure::Unmappable(format!(
+                "invoice {} ({reason}) has no line billing a period of subscription {subscription}",
+                invoice.id
+            )));
+        };
         let plan = self.plan_of(&billed.prices).await?;
         let reply = self
             .subscriptions
@@ -306,15 +331,15 @@ impl Bridge {
                 account_id: account.to_owned(),
                 plan: plan.clone(),
                 status: SubscriptionStatus::Active.into(),
-                current_period_start: period.map(|(start, _)| timestamp(start)),
-                current_period_end: period.map(|(_, end)| timestamp(end)),
+                current_period_start: Some(timestamp(period.0)),
+                current_period_end: Some(timestamp(period.1)),
                 billing_customer_id: invoice
                     .customer
                     .as_ref()
                     .map(|c| c.id().to_owned())
                     .unwrap_or_default(),
                 billing_subscription_id: subscription.to_owned(),
-                event_time: Some(timestamp(event.created)),
+                event_time: Some(timestamp(invoice.created)),
                 idempotency_key: invoice.id.clone(),
                 ..UpdateSubscriptionRequest::default()
             })
@@ -328,47 +353,23 @@ impl Bridge {
     }
 
     /// A credit pack bought (a grant), or a donation recorded as usage.
-    async fn payment_succeeded(&self, intent: &PaymentIntent) -> Result<Handled, Failure> {
+    async fn payment_succeeded(
+        &self,
+        event: &Event,
+        intent: &PaymentIntent,
+    ) -> Result<Handled, Failure> {
         let account = account_in(&intent.metadata);
-        if let Some(credits) = intent.metadata.get("credits") {
+        if let Some(pack) = Pack::of(&intent.metadata)? {
             let account = account.ok_or_else(|| {
                 Failure::Unmappable(format!(
-                    "payment {} buys {credits} credits but names no account: set metadata.account_id",
-                    intent.id
+                    "payment {} buys {} credits but names no account: set metadata.account_id",
+                    intent.id, pack.credits
                 ))
             })?;
-            let amount: i64 = credits.parse().map_err(|_| {
-                Failure::Unmappable(format!(
-                    "metadata.credits {credits:?} is not a number of credits"
-                ))
-            })?;
-            let expire_time = match intent.metadata.get("credits_expire_at") {
-                None => None,
-                Some(text) => Some(timestamp(text.parse().map_err(|_| {
-                    Failure::Unmappable(format!(
-                        "metadata.credits_expire_at {text:?} is not a Unix time in seconds"
-                    ))
-                })?)),
-            };
-            let reply = self
-                .credits
-                .clone()
-                .grant(GrantRequest {
-                    account_id: account.to_owned(),
-                    amount,
-                    idempotency_key: intent.id.clone(),
-                    reason: format!("stripe {}", intent.id),
-                    kind: GrantKind::Paid.into(),
-                    expire_time,
-                    ..GrantRequest::default()
-                })
+            return self
+                .grant_pack(account, &pack, &intent.id)
                 .await
-                .map_err(|s| failure("Grant", &s))?
-                .into_inner();
-            return Ok(Handled::Applied(format!(
-                "Grant {amount} credits to {account} (replayed {})",
-                reply.replayed
-            )));
+                .map(Handled::Applied);
         }
         let (Some(metric), Some(account)) = (&self.donation_metric, account) else {
             return Ok(Handled::Ignored(format!(
@@ -390,21 +391,62 @@ impl Bridge {
                     metric: metric.clone(),
                     value: intent.amount_received,
                     event_id: intent.id.clone(),
+                    time: Some(timestamp(event.created)),
                     ..UsageEvent::default()
                 }],
             })
             .await
             .map_err(|s| failure("RecordUsage", &s))?
             .into_inner();
+        if let Some(rejected) = reply
+            .results
+            .iter()
+            .find(|r| r.status == i32::from(EventStatus::Rejected))
+        {
+            return Err(Failure::Unmappable(format!(
+                "RecordUsage of payment {} as {metric} was rejected: {}",
+                intent.id, rejected.reason
+            )));
+        }
         Ok(Handled::Applied(format!(
-            "RecordUsage {metric} {} for {account} (recorded {})",
-            intent.amount_received, reply.recorded
+            "RecordUsage {metric} {} for {account} (recorded {}, duplicates {})",
+            intent.amount_received, reply.recorded, reply.duplicates
         )))
     }
 
-    /// A completed Checkout: the account registered if needed, and its
-    /// subscription when the session says the plan (`metadata.plan`, or
-    /// `metadata.price_id` through the catalog).
+    /// Grants `pack` to `account`, keyed by the payment that bought it.
+    async fn grant_pack(
+        &self,
+        account: &str,
+        pack: &Pack,
+        payment: &str,
+    ) -> Result<String, Failure> {
+        let reply = self
+            .credits
+            .clone()
+            .grant(GrantRequest {
+                account_id: account.to_owned(),
+                amount: pack.credits,
+                idempotency_key: payment.to_owned(),
+                reason: format!("stripe {payment}"),
+                kind: GrantKind::Paid.into(),
+                expire_time: pack.expire_at.map(timestamp),
+                ..GrantRequest::default()
+            })
+            .await
+            .map_err(|s| failure("Grant", &s))?
+            .into_inner();
+        Ok(format!(
+            "Grant {} credits to {account} for {payment} (replayed {})",
+            pack.credits, reply.replayed
+        ))
+    }
+
+    /// A completed Checkout: the account registered if needed, its
+    /// customer linked to it (so the subscription's events find it), and
+    /// in subscription mode the subscription when the session says the plan
+    /// (`metadata.plan`, or `metadata.price_id` through the catalog); in
+    /// payment mode a credit pack in its metadata, once paid.
     async fn checkout(&self, event: &Event, session: &CheckoutSession) -> Result<Handled, Failure> {
         let account = session
             .client_reference_id
@@ -418,53 +460,96 @@ impl Bridge {
                     session.id
                 ))
             })?;
+        let pack = Pack::of(&session.metadata)?;
+        let mut done = vec![self.register(account, &session.id).await?];
+        let customer = session.customer.as_ref().map(Expandable::id);
+        if let Some(customer) = customer.filter(|c| !c.is_empty()) {
+            self.subscriptions
+                .clone()
+                .link_billing_customer(LinkBillingCustomerRequest {
+                    account_id: account.to_owned(),
+                    billing_customer_id: customer.to_owned(),
+                })
+                .await
+                .map_err(|s| failure("LinkBillingCustomer", &s))?;
+            done.push(format!("LinkBillingCustomer {customer}"));
+        }
+        match session.mode.as_str() {
+            "subscription" if event.kind == "checkout.session.completed" => {
+                done.push(self.checkout_plan(event, session, account).await?);
+            }
+            "payment" => match pack {
+                Some(pack) if session.payment_status == "paid" => {
+                    // Keyed like the payment intent's own event: a pack in
+                    // both metadata is granted once.
+                    let payment = session
+                        .payment_intent
+                        .as_ref()
+                        .map_or(session.id.as_str(), Expandable::id);
+                    done.push(self.grant_pack(account, &pack, payment).await?);
+                }
+                Some(_) => done.push(format!(
+                    "payment {}: the pack is granted once checkout.session.async_payment_succeeded \
+                     says it was paid",
+                    session.payment_status
+                )),
+                None => {}
+            },
+            _ => {}
+        }
+        Ok(Handled::Applied(done.join(", ")))
+    }
+
+    /// Registers `account` unless it is (a no-op for a registered one).
+    async fn register(&self, account: &str, session: &str) -> Result<String, Failure> {
         let mut subscriptions = self.subscriptions.clone();
-        let mut done = Vec::new();
         match subscriptions
             .get_account(GetAccountRequest {
                 account_id: account.to_owned(),
             })
             .await
         {
-            Ok(_) => {}
+            Ok(_) => Ok(format!("account {account} registered before")),
             Err(status) if status.code() == Code::NotFound => {
                 subscriptions
                     .register_account(RegisterAccountRequest {
                         account_id: account.to_owned(),
                         profile: None,
-                        idempotency_key: format!("{}:register", event.id),
+                        idempotency_key: format!("{session}:register"),
                     })
                     .await
                     .map_err(|s| failure("RegisterAccount", &s))?;
-                done.push(format!("RegisterAccount {account}"));
+                Ok(format!("RegisterAccount {account}"))
             }
-            Err(status) => return Err(failure("GetAccount", &status)),
+            Err(status) => Err(failure("GetAccount", &status)),
         }
-        if session.mode != "subscription" {
-            return Ok(Handled::Applied(format!(
-                "{} ({} mode)",
-                done.join(", "),
-                session.mode
-            )));
-        }
+    }
+
+    /// The subscription a Checkout session starts, when it says the plan.
+    async fn checkout_plan(
+        &self,
+        event: &Event,
+        session: &CheckoutSession,
+        account: &str,
+    ) -> Result<String, Failure> {
         let plan = match (
             session.metadata.get("plan"),
             session.metadata.get("price_id"),
         ) {
-            (Some(plan), _) => Some(plan.clone()),
-            (None, Some(price)) => Some(self.plan_of(&[(price.clone(), None)]).await?),
-            (None, None) => None,
-        };
-        let Some(plan) = plan else {
-            done.push("no plan in the session: the subscription's own events set it".into());
-            return Ok(Handled::Applied(done.join(", ")));
+            (Some(plan), _) => plan.clone(),
+            (None, Some(price)) => self.plan_of(&[(price.clone(), None)]).await?,
+            (None, None) => {
+                return Ok("no plan in the session: the subscription's own events set it".into());
+            }
         };
         let status = match session.payment_status.as_str() {
             "paid" => SubscriptionStatus::Active,
             "no_payment_required" => SubscriptionStatus::Trialing,
             _ => SubscriptionStatus::Incomplete,
         };
-        let reply = subscriptions
+        let reply = self
+            .subscriptions
+            .clone()
             .update_subscription(UpdateSubscriptionRequest {
                 account_id: account.to_owned(),
                 plan: plan.clone(),
@@ -479,17 +564,49 @@ impl Bridge {
                     .as_ref()
                     .map(|s| s.id().to_owned())
                     .unwrap_or_default(),
-                event_time: Some(timestamp(event.created)),
+                // The session's own time: the subscription's events, made
+                // after it, win over it whatever order they come in.
+                event_time: Some(timestamp(session.created)),
                 idempotency_key: event.id.clone(),
                 ..UpdateSubscriptionRequest::default()
             })
             .await
             .map_err(|s| failure("UpdateSubscription", &s))?
             .into_inner();
-        done.push(format!(
+        Ok(format!(
             "UpdateSubscription {account}: plan {plan} (applied {}, replayed {})",
             reply.applied, reply.replayed
-        ));
-        Ok(Handled::Applied(done.join(", ")))
+        ))
+    }
+}
+
+/// A credit pack sold through Stripe: metadata `credits` and, optionally,
+/// `credits_expire_at` (Unix seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pack {
+    credits: i64,
+    expire_at: Option<i64>,
+}
+
+impl Pack {
+    /// The pack `metadata` sells, if any.
+    fn of(metadata: &Metadata) -> Result<Option<Self>, Failure> {
+        let Some(credits) = metadata.get("credits") else {
+            return Ok(None);
+        };
+        let credits = credits.trim().parse().map_err(|_| {
+            Failure::Unmappable(format!(
+                "metadata.credits {credits:?} is not a number of credits"
+            ))
+        })?;
+        let expire_at = match metadata.get("credits_expire_at") {
+            None => None,
+            Some(text) => Some(text.trim().parse().map_err(|_| {
+                Failure::Unmappable(format!(
+                    "metadata.credits_expire_at {text:?} is not a Unix time in seconds"
+                ))
+            })?),
+        };
+        Ok(Some(Self { credits, expire_at }))
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// A webhook delivery: the event envelope.
 #[derive(Debug, Deserialize)]
@@ -53,6 +53,15 @@ impl Expandable {
 /// Metadata: strings by key.
 pub type Metadata = HashMap<String, String>;
 
+/// A field Stripe may send as `null`, read as its default then.
+fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// A price: its id and product.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Price {
@@ -76,10 +85,10 @@ pub struct Subscription {
     /// The billing period's end (before API version 2025-03-31).
     pub current_period_end: Option<i64>,
     /// Whether it ends at the period's end.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub cancel_at_period_end: bool,
     /// Metadata set by the app (`account_id`, `user_id`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub metadata: Metadata,
     /// Its items.
     pub items: Option<List<SubscriptionItem>>,
@@ -135,6 +144,15 @@ impl Subscription {
 pub struct Invoice {
     /// `in_…`.
     pub id: String,
+    /// When it was made, Unix seconds: the time of the billing state it
+    /// describes (a cycle's invoice is made as the period starts).
+    pub created: i64,
+    /// Why it was made: `subscription_create`, `subscription_cycle`,
+    /// `subscription_update`, `manual`, ….
+    pub billing_reason: Option<String>,
+    /// What was paid, in the currency's smallest unit.
+    #[serde(default, deserialize_with = "nullable")]
+    pub amount_paid: i64,
     /// `cus_…`.
     pub customer: Option<Expandable>,
     /// Its subscription (before API version 2025-03-31).
@@ -142,7 +160,7 @@ pub struct Invoice {
     /// What it bills for (since API version 2025-03-31).
     pub parent: Option<InvoiceParent>,
     /// Metadata.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub metadata: Metadata,
     /// The subscription's metadata, as Stripe copies it (older versions).
     pub subscription_details: Option<SubscriptionDetails>,
@@ -163,19 +181,55 @@ pub struct SubscriptionDetails {
     /// `sub_…` (under `parent`).
     pub subscription: Option<Expandable>,
     /// The subscription's metadata when the invoice was made.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub metadata: Metadata,
 }
 
 /// A line of an invoice.
 #[derive(Debug, Deserialize)]
 pub struct InvoiceLine {
+    /// `subscription` or `invoiceitem` (before API version 2025-03-31).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Whether it prorates a change (before API version 2025-03-31).
+    pub proration: Option<bool>,
+    /// What it bills for (since API version 2025-03-31).
+    pub parent: Option<LineParent>,
     /// The period it bills.
     pub period: Option<Period>,
     /// Its price (before API version 2025-03-31).
     pub price: Option<Price>,
     /// Its pricing (since API version 2025-03-31).
     pub pricing: Option<Pricing>,
+}
+
+/// `parent` of an invoice line.
+#[derive(Debug, Deserialize)]
+pub struct LineParent {
+    /// Set when the line bills a subscription item.
+    pub subscription_item_details: Option<LineDetails>,
+}
+
+/// `parent.subscription_item_details` of an invoice line.
+#[derive(Debug, Deserialize)]
+pub struct LineDetails {
+    /// Whether it prorates a change.
+    #[serde(default, deserialize_with = "nullable")]
+    pub proration: bool,
+}
+
+impl InvoiceLine {
+    /// Whether it bills a subscription's period itself (not a proration
+    /// of a change, not a one-off item).
+    pub fn bills_a_period(&self) -> bool {
+        let old = self.kind.as_deref() == Some("subscription") && self.proration != Some(true);
+        let new = self
+            .parent
+            .as_ref()
+            .and_then(|p| p.subscription_item_details.as_ref())
+            .is_some_and(|d| !d.proration);
+        old || new
+    }
 }
 
 /// A line's period.
@@ -230,11 +284,16 @@ impl Invoice {
             .map(String::as_str)
     }
 
-    /// The prices and products its lines bill, and the period of the first line with one.
+    /// The prices and products of the lines billing a subscription's
+    /// period, and the latest such period.
     pub fn billed(&self) -> Billed {
-        let lines = self.lines.iter().flat_map(|l| &l.data);
+        let lines = self
+            .lines
+            .iter()
+            .flat_map(|l| &l.data)
+            .filter(|line| line.bills_a_period());
         let mut prices = Vec::new();
-        let mut period = None;
+        let mut period: Option<(i64, i64)> = None;
         for line in lines {
             if let Some(price) = &line.price {
                 prices.push((
@@ -247,8 +306,10 @@ impl Invoice {
             {
                 prices.push((price.clone(), details.product.clone()));
             }
-            if period.is_none() {
-                period = line.period.as_ref().map(|p| (p.start, p.end));
+            if let Some(p) = &line.period
+                && period.is_none_or(|(_, end)| p.end > end)
+            {
+                period = Some((p.start, p.end));
             }
         }
         Billed { prices, period }
@@ -261,9 +322,9 @@ pub type PriceRef = (String, Option<String>);
 /// What an invoice bills.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Billed {
-    /// The prices of its lines.
+    /// The prices of its lines that bill a period.
     pub prices: Vec<PriceRef>,
-    /// The period of its first line that has one (start, end; Unix seconds).
+    /// The latest period they bill (start, end; Unix seconds).
     pub period: Option<(i64, i64)>,
 }
 
@@ -273,10 +334,10 @@ pub struct PaymentIntent {
     /// `pi_…`.
     pub id: String,
     /// What was received, in the currency's smallest unit.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub amount_received: i64,
     /// Metadata (`account_id`, `credits`, `credits_expire_at`, …).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub metadata: Metadata,
 }
 
@@ -285,6 +346,10 @@ pub struct PaymentIntent {
 pub struct CheckoutSession {
     /// `cs_…`.
     pub id: String,
+    /// When it was made, Unix seconds.
+    pub created: i64,
+    /// `pi_…` in payment mode.
+    pub payment_intent: Option<Expandable>,
     /// The app's own reference, set when the session was created (the account).
     pub client_reference_id: Option<String>,
     /// `cus_…`.
@@ -292,13 +357,14 @@ pub struct CheckoutSession {
     /// `sub_…` in subscription mode.
     pub subscription: Option<Expandable>,
     /// `payment`, `subscription` or `setup`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub mode: String,
     /// `paid`, `unpaid` or `no_payment_required`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub payment_status: String,
-    /// Metadata (`account_id`, `user_id`, `plan`, `price_id`).
-    #[serde(default)]
+    /// Metadata (`account_id`, `user_id`, `plan`, `price_id`, `credits`,
+    /// `credits_expire_at`).
+    #[serde(default, deserialize_with = "nullable")]
     pub metadata: Metadata,
 }
 
@@ -347,17 +413,59 @@ mod tests {
             None,
             "the example bills no subscription"
         );
+        let item = |proration: bool| {
+            serde_json::json!({"type": "subscription_item_details",
+                "subscription_item_details": {"subscription": "sub_1", "proration": proration}})
+        };
         let newer: Invoice = serde_json::from_value(serde_json::json!({
             "id": "in_1",
+            "created": 15,
+            "billing_reason": "subscription_cycle",
+            "amount_paid": 2000,
             "parent": {"subscription_details": {"subscription": "sub_1", "metadata": {"account_id": "org_1"}}},
-            "lines": {"data": [{"period": {"start": 10, "end": 20},
-                "pricing": {"price_details": {"price": "price_1", "product": "prod_1"}}}]}
+            "lines": {"data": [
+                {"period": {"start": 5, "end": 20}, "parent": item(true),
+                    "pricing": {"price_details": {"price": "price_old", "product": "prod_0"}}},
+                {"period": {"start": 1, "end": 9}, "parent": {"type": "invoice_item_details",
+                    "invoice_item_details": {"proration": false}},
+                    "pricing": {"price_details": {"price": "price_item", "product": "prod_9"}}},
+                {"period": {"start": 10, "end": 20}, "parent": item(false),
+                    "pricing": {"price_details": {"price": "price_1", "product": "prod_1"}}},
+                {"period": {"start": 20, "end": 30}, "parent": item(false),
+                    "pricing": {"price_details": {"price": "price_2", "product": "prod_1"}}}
+            ]}
         }))
         .expect("invoice of a newer API version");
         assert_eq!(newer.subscription_id(), Some("sub_1"));
         assert_eq!(newer.metadata_value("account_id"), Some("org_1"));
         assert_eq!(
             newer.billed(),
+            Billed {
+                prices: vec![
+                    ("price_1".to_owned(), Some("prod_1".to_owned())),
+                    ("price_2".to_owned(), Some("prod_1".to_owned()))
+                ],
+                period: Some((20, 30)),
+            },
+            "prorations and one-off items left out; the latest period"
+        );
+        let older: Invoice = serde_json::from_value(serde_json::json!({
+            "id": "in_2", "created": 15, "subscription": "sub_1",
+            "subscription_details": {"metadata": null},
+            "metadata": null,
+            "lines": {"data": [
+                {"type": "subscription", "proration": true, "period": {"start": 5, "end": 20},
+                    "price": {"id": "price_old", "product": "prod_0"}},
+                {"type": "invoiceitem", "proration": false, "period": {"start": 1, "end": 9},
+                    "price": {"id": "price_item", "product": "prod_9"}},
+                {"type": "subscription", "proration": false, "period": {"start": 10, "end": 20},
+                    "price": {"id": "price_1", "product": "prod_1"}}
+            ]}
+        }))
+        .expect("invoice of an older API version, null metadata");
+        assert_eq!(older.metadata_value("account_id"), None);
+        assert_eq!(
+            older.billed(),
             Billed {
                 prices: vec![("price_1".to_owned(), Some("prod_1".to_owned()))],
                 period: Some((10, 20)),
@@ -370,6 +478,11 @@ mod tests {
         let session: CheckoutSession =
             serde_json::from_value(fixture("checkout.session")).expect("session");
         assert!(session.id.starts_with("cs_"));
+        let mut bare = fixture("checkout.session");
+        bare["metadata"] = serde_json::Value::Null;
+        bare["mode"] = serde_json::Value::Null;
+        let bare: CheckoutSession = serde_json::from_value(bare).expect("null metadata");
+        assert!(bare.metadata.is_empty() && bare.mode.is_empty());
         let event: Event = serde_json::from_value(fixture("event")).expect("event");
         assert!(event.id.starts_with("evt_"));
     }

@@ -38,7 +38,7 @@ use signature::Secrets;
 
 /// How long a call to meterd may take before the delivery answers 5xx
 /// (Stripe waits longer, then retries).
-const MEETERD_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const METERD_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request handler shares.
 #[derive(Clone, Debug)]
@@ -79,7 +79,7 @@ pub async fn run(
     let channel = Endpoint::from_shared(config.meterd.clone())
         .map_err(|_| RunError::MeterdUrl(config.meterd.clone()))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(MEETERD_CALL_TIMEOUT)
+        .timeout(METERD_CALL_TIMEOUT)
         .connect_lazy();
     let app = App {
         bridge: Bridge::new(channel.clone(), config.donation_metric.clone()),

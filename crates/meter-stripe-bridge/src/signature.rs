@@ -72,13 +72,15 @@ pub fn verify(
 ) -> Result<i64, SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let mut timestamp = None;
-    let mut signatures = Vec::new();
+    let mut signatures: Vec<[u8; TAG_BYTES]> = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", value)) if timestamp.is_none() => timestamp = value.parse::<i64>().ok(),
-            Some(("v1", value)) => {
-                if let Some(bytes) = hex(value) {
-                    signatures.push(bytes);
+            // Only well-formed tags count, and only the first few: a header
+            // of many costs no more than one of several.
+            Some(("v1", value)) if signatures.len() < MAX_SIGNATURES => {
+                if let Some(tag) = hex(value).and_then(|bytes| bytes.try_into().ok()) {
+                    signatures.push(tag);
                 }
             }
             _ => {}
@@ -97,11 +99,15 @@ pub fn verify(
     signed.extend_from_slice(timestamp.to_string().as_bytes());
     signed.push(b'.');
     signed.extend_from_slice(body);
-    let matches = secrets.0.iter().any(|key| {
-        signatures
-            .iter()
-            .any(|s| hmac::verify(key, &signed, s).is_ok())
-    });
+    // One HMAC per secret, whatever the number of signatures; every
+    // comparison runs to the end.
+    let mut matches = false;
+    for key in &secrets.0 {
+        let expected = hmac::sign(key, &signed);
+        for candidate in &signatures {
+            matches |= constant_time_eq(expected.as_ref(), candidate);
+        }
+    }
     if matches {
         Ok(timestamp)
     } else {
@@ -119,6 +125,22 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let tag = hmac::sign(&key, &signed);
     let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("t={timestamp},v1={hex}")
+}
+
+/// The bytes of an HMAC-SHA256 tag.
+const TAG_BYTES: usize = 32;
+
+/// How many `v1` entries of a header are looked at (Stripe sends one per
+/// endpoint secret still valid: one, or two during a rotation).
+const MAX_SIGNATURES: usize = 8;
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
 }
 
 fn hex(text: &str) -> Option<Vec<u8>> {
@@ -175,6 +197,24 @@ mod tests {
                 .1
         );
         assert!(verify(Some(&two), BODY, &rotated, 1_700_000_000, TOLERANCE).is_ok());
+    }
+
+    #[test]
+    fn only_the_first_well_formed_v1_entries_are_looked_at() {
+        let key = secrets("whsec_test_secret");
+        let good = sign("whsec_test_secret", 1_700_000_000, BODY);
+        let tag = good.split_once(",v1=").expect("v1").1;
+        let wrong = format!(",v1={}", "ab".repeat(TAG_BYTES));
+        let at = 1_700_000_000;
+        let after = |n: usize| format!("t={at}{},v1={tag}", wrong.repeat(n));
+        assert!(verify(Some(&after(MAX_SIGNATURES - 1)), BODY, &key, at, TOLERANCE).is_ok());
+        assert_eq!(
+            verify(Some(&after(MAX_SIGNATURES)), BODY, &key, at, TOLERANCE),
+            Err(SignatureError::Mismatch),
+            "a header of many signatures costs at most {MAX_SIGNATURES} comparisons"
+        );
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(constant_time_eq(b"abc", b"abc"));
     }
 
     #[test]

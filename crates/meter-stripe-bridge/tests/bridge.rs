@@ -349,6 +349,42 @@ async fn payments_grant_packs_and_record_donations_once() {
     }
     assert_eq!(setup.balance_total("user_7").await, 250, "granted once");
 
+    // A pack sold by a Checkout session in payment mode: granted once it is
+    // paid, keyed by its payment intent, so the intent's own event (with the
+    // same pack in its metadata) grants nothing more.
+    let mut session = fixture("checkout.session");
+    session["client_reference_id"] = json!("user_cs");
+    session["payment_intent"] = json!("pi_cs_pack");
+    session["metadata"] = json!({ "credits": "40" });
+    session["payment_status"] = json!("unpaid");
+    let pending = event(
+        "evt_cs_pending",
+        "checkout.session.completed",
+        now(),
+        session.clone(),
+    );
+    assert_eq!(setup.deliver(&pending).await.0, 200);
+    let registered = setup.balance_total("user_cs").await;
+    assert_eq!(
+        registered, 100,
+        "registered on free: no pack before the payment"
+    );
+    session["payment_status"] = json!("paid");
+    let settled = event(
+        "evt_cs_paid",
+        "checkout.session.async_payment_succeeded",
+        now(),
+        session,
+    );
+    let mut intent = fixture("payment_intent");
+    intent["id"] = json!("pi_cs_pack");
+    intent["metadata"] = json!({ "account_id": "user_cs", "credits": "40" });
+    let intent = event("evt_cs_intent", "payment_intent.succeeded", now(), intent);
+    for delivery in [&settled, &intent, &settled] {
+        assert_eq!(setup.deliver(delivery).await.0, 200);
+    }
+    assert_eq!(setup.balance_total("user_cs").await, registered + 40);
+
     let mut donation = fixture("payment_intent");
     donation["id"] = json!("pi_donation_1");
     donation["metadata"] = json!({ "account_id": "org_give" });
@@ -388,6 +424,20 @@ async fn payments_grant_packs_and_record_donations_once() {
         Some(&1_099),
         "the amount, once"
     );
+    // A payment of a month long closed: meterd rejects the event, and the
+    // bridge says so (400), never a silent 200.
+    let mut old = fixture("payment_intent");
+    old["id"] = json!("pi_donation_old");
+    old["metadata"] = json!({ "account_id": "org_give" });
+    let (code, answer) = setup
+        .deliver(&event(
+            "evt_donation_old",
+            "payment_intent.succeeded",
+            now() - 200 * 86_400,
+            old,
+        ))
+        .await;
+    assert_eq!(code, 400, "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,6 +450,7 @@ async fn checkout_registers_and_invoices_renew_once() {
     session["customer"] = json!("cus_new");
     session["subscription"] = json!("sub_new");
     session["metadata"] = json!({ "price_id": "price_1MoS37LgUG5tbmjcCA3GTNX8" });
+    session["created"] = json!(now() - 110);
     let completed = event(
         "evt_checkout_1",
         "checkout.session.completed",
@@ -414,16 +465,32 @@ async fn checkout_registers_and_invoices_renew_once() {
     );
 
     let start = now() - 50;
-    let mut invoice = fixture("invoice");
-    invoice["id"] = json!("in_renewal_1");
-    invoice["subscription"] = json!("sub_new");
-    invoice["customer"] = json!("cus_new");
-    invoice["subscription_details"] = json!({ "metadata": { "account_id": "org_new" } });
-    invoice["lines"] = json!({ "data": [{
-        "period": { "start": start, "end": start + 30 * 86_400 },
-        "price": fixture("price"),
-    }]});
-    let paid = event("evt_invoice_1", "invoice.paid", now() - 40, invoice);
+    // A renewal's invoice (older API shape): its period line and a
+    // proration of a change, which is not a period of its own.
+    let cycle = |id: &str, created: i64, reason: &str, period_start: i64| {
+        let mut invoice = fixture("invoice");
+        invoice["id"] = json!(id);
+        invoice["created"] = json!(created);
+        invoice["billing_reason"] = json!(reason);
+        invoice["amount_paid"] = json!(2_000);
+        invoice["status"] = json!("paid");
+        invoice["subscription"] = json!("sub_new");
+        invoice["customer"] = json!("cus_new");
+        invoice["subscription_details"] = json!({ "metadata": { "account_id": "org_new" } });
+        invoice["lines"] = json!({ "data": [
+            { "type": "subscription", "proration": false, "price": fixture("price"),
+              "period": { "start": period_start, "end": period_start + 30 * 86_400 } },
+            { "type": "subscription", "proration": true, "price": fixture("price"),
+              "period": { "start": period_start + 10, "end": period_start + 40 * 86_400 } },
+        ]});
+        invoice
+    };
+    let paid = event(
+        "evt_invoice_1",
+        "invoice.paid",
+        now() - 40,
+        cycle("in_renewal_1", start, "subscription_cycle", start),
+    );
     for _ in 0..2 {
         assert_eq!(setup.deliver(&paid).await.0, 200);
     }
@@ -431,7 +498,27 @@ async fn checkout_registers_and_invoices_renew_once() {
     assert_eq!(sub.current_period_start.map(|t| t.seconds), Some(start));
     assert_eq!(
         sub.renewal_time.map(|t| t.seconds),
-        Some(start + 30 * 86_400)
+        Some(start + 30 * 86_400),
+        "the period line's, not the proration's"
+    );
+    assert_eq!(status(&sub), SubscriptionStatus::Active);
+    // An invoice for a change within the period is not a renewal.
+    let (code, answer) = setup
+        .deliver(&event(
+            "evt_invoice_update",
+            "invoice.paid",
+            now() - 39,
+            cycle("in_update_1", now() - 45, "subscription_update", start + 20),
+        ))
+        .await;
+    assert_eq!((code, answer.contains("ignored")), (200, true), "{answer}");
+    assert_eq!(
+        setup
+            .subscription("org_new")
+            .await
+            .current_period_start
+            .map(|t| t.seconds),
+        Some(start)
     );
 
     // A subscription event naming no account: the account meterd knows its
@@ -451,6 +538,54 @@ async fn checkout_registers_and_invoices_renew_once() {
         status(&setup.subscription("org_new").await),
         SubscriptionStatus::PastDue
     );
+    // An earlier period's invoice paid late (delivered now, made before
+    // the past_due event): it rolls nothing back.
+    let late = event(
+        "evt_invoice_late",
+        "invoice.paid",
+        now(),
+        cycle(
+            "in_late_1",
+            now() - 35 * 86_400,
+            "subscription_cycle",
+            start - 30 * 86_400,
+        ),
+    );
+    assert_eq!(setup.deliver(&late).await.0, 200);
+    let sub = setup.subscription("org_new").await;
+    assert_eq!(
+        (status(&sub), sub.current_period_start.map(|t| t.seconds)),
+        (SubscriptionStatus::PastDue, Some(start))
+    );
+
+    // A Checkout that says no plan links its customer all the same: the
+    // subscription's events, naming no account, find it.
+    let mut session = fixture("checkout.session");
+    session["id"] = json!("cs_link");
+    session["client_reference_id"] = json!("org_link");
+    session["mode"] = json!("subscription");
+    session["payment_status"] = json!("paid");
+    session["customer"] = json!("cus_link");
+    session["metadata"] = Value::Null;
+    let linked = event(
+        "evt_checkout_link",
+        "checkout.session.completed",
+        now(),
+        session,
+    );
+    assert_eq!(setup.deliver(&linked).await.0, 200);
+    assert_eq!(setup.subscription("org_link").await.plan, "free");
+    let mut named_by_customer = subscription("ignored", "active", start, true);
+    named_by_customer["metadata"] = json!({});
+    named_by_customer["customer"] = json!("cus_link");
+    let created = event(
+        "evt_link_created",
+        "customer.subscription.created",
+        now(),
+        named_by_customer,
+    );
+    assert_eq!(setup.deliver(&created).await.0, 200);
+    assert_eq!(setup.subscription("org_link").await.plan, "pro");
     let mut stranger = subscription("ignored", "active", start, true);
     stranger["metadata"] = json!({});
     stranger["customer"] = json!("cus_stranger");

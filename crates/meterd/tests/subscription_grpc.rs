@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use meter_api::v1::{
     BillingInterval, CancelSubscriptionRequest, CommitRequest, CreditPeriod, DeductRequest,
-    DeleteAccountRequest, GetAccountRequest, GetSubscriptionRequest, GrantRequest,
-    ListPlansRequest, Profile, RecordConversationRequest, RecordLoginRequest,
-    RegisterAccountRequest, ReserveRequest, ResetRequest, SubscriptionStatus, UpdateProfileRequest,
-    UpdateSubscriptionRequest, stats_service_client::StatsServiceClient,
+    DeleteAccountRequest, FindAccountRequest, GetAccountRequest, GetSubscriptionRequest,
+    GrantRequest, LinkBillingCustomerRequest, ListPlansRequest, Profile, RecordConversationRequest,
+    RecordLoginRequest, RegisterAccountRequest, ReserveRequest, ResetRequest, SubscriptionStatus,
+    UpdateProfileRequest, UpdateSubscriptionRequest, stats_service_client::StatsServiceClient,
     subscription_service_client::SubscriptionServiceClient,
 };
 use meter_testkit::{FixedClock, RedisServer};
@@ -497,6 +497,13 @@ async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others
             })
             .await
             .expect("profile");
+        client
+            .link_billing_customer(LinkBillingCustomerRequest {
+                account_id: account.into(),
+                billing_customer_id: format!("cus_{account}"),
+            })
+            .await
+            .expect("link");
     }
     let mut stats = StatsServiceClient::new(meterd.channel());
     for account in ["org_del", "org_stay"] {
@@ -529,6 +536,7 @@ async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others
         "stats",
         "stats:recent",
         "stats:seen",
+        "billing_customers",
     ] {
         assert!(
             before.iter().any(|k| k.ends_with(&format!("}}:{part}"))),
@@ -555,6 +563,26 @@ async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others
         .expect_err("deleted");
     assert_eq!(gone.code(), Code::NotFound);
     assert_eq!(keys_of(&redis, "org_stay").await, kept_before);
+    let find = |customer: &str| FindAccountRequest {
+        billing_customer_id: customer.into(),
+    };
+    let unlinked = accounts
+        .find_account(find("cus_org_del"))
+        .await
+        .expect_err("its customer went with it");
+    assert_eq!(unlinked.code(), Code::NotFound);
+    let mut raw = redis.connection().await;
+    let entry: Option<String> = redis::cmd("GET")
+        .arg("billing:customer:{cus_org_del}")
+        .query_async(&mut raw)
+        .await
+        .expect("GET");
+    assert_eq!(entry, None, "the index entry itself is gone");
+    let kept = accounts
+        .find_account(find("cus_org_stay"))
+        .await
+        .expect("the other's stays");
+    assert_eq!(kept.into_inner().account_id, "org_stay");
     let again = accounts
         .delete_account(delete())
         .await

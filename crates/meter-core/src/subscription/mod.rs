@@ -236,12 +236,27 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
                 Idempotency::new(key, &parts),
             )
             .await?;
-        // After the change (and again on a replay): a failure here answers
-        // UNAVAILABLE, and the caller's retry with its key links again.
-        if !customer.is_empty() {
+        // After a change that applied (and again on its replay): a failure
+        // here answers UNAVAILABLE, and the caller's retry with its key links
+        // again. An ignored (older) event links nothing.
+        if !customer.is_empty() && recorded.outcome.applied {
             self.store.link_customer(&customer, &account).await?;
         }
         Ok(recorded)
+    }
+
+    /// Records that the billing provider's `customer` pays for the
+    /// registered `account` (FindAccount answers it from now on);
+    /// [`MeterError::NotFound`] for an account never registered.
+    pub async fn link_customer(
+        &self,
+        account: &AccountId,
+        customer: &str,
+    ) -> Result<(), MeterError> {
+        check_customer(customer)?;
+        // Registered (or NotFound), read before anything is written.
+        self.account(account).await?;
+        Ok(self.store.link_customer(customer, account).await?)
     }
 
     /// The account the billing provider's customer pays for: the account of
@@ -250,14 +265,7 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
         &self,
         customer: &str,
     ) -> Result<Option<AccountId>, MeterError> {
-        if customer.is_empty() {
-            return Err(InvalidArgument::new(
-                "billing_customer_id",
-                "is required: the billing provider's customer id (Stripe cus_…)",
-            )
-            .into());
-        }
-        check_billing_ref("billing_customer_id", customer)?;
+        check_customer(customer)?;
         Ok(self.store.find_by_customer(customer).await?)
     }
 
@@ -392,6 +400,17 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
             balance: stored.balance,
         })
     }
+}
+
+/// A required billing customer id (`billing_customer_id`).
+fn check_customer(customer: &str) -> Result<(), InvalidArgument> {
+    if customer.is_empty() {
+        return Err(InvalidArgument::new(
+            "billing_customer_id",
+            "is required: the billing provider's customer id (Stripe cus_…)",
+        ));
+    }
+    check_billing_ref("billing_customer_id", customer)
 }
 
 /// A billing-provider id: at most 255 characters of `A-Za-z0-9_-`, empty for none.

@@ -46,8 +46,9 @@ pub trait AccountStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Recorded<Profile>, MeterError>> + Send;
 
     /// Records that the billing provider's `customer` pays for `account`:
-    /// the index [`AccountStore::find_by_customer`] reads. The latest account
-    /// named wins.
+    /// the index [`AccountStore::find_by_customer`] reads, and the account's
+    /// list of its customers that `delete_account` removes from it. The
+    /// latest account named wins.
     fn link_customer(
         &self,
         customer: &str,
@@ -62,9 +63,11 @@ pub trait AccountStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<AccountId>, StoreError>> + Send;
 
     /// Removes every record of the account, in every context (profile,
-    /// subscription, credits, grants, holds, history, stats, idempotency
-    /// records, its billing customer's index entry), in one atomic step. `Ok(true)` when the account had
-    /// anything besides idempotency records; deleting twice is fine.
+    /// subscription, credits, grants, holds, history, stats, usage,
+    /// idempotency records) in one atomic step, and the index entries of its
+    /// billing customers (before and after that step). `Ok(true)` when the
+    /// account had anything besides idempotency records; deleting twice is
+    /// fine.
     fn delete_account(
         &self,
         account: &AccountId,

@@ -1158,9 +1158,9 @@ where
     assert_eq!(nothing.subscription.status, SubscriptionStatus::Active);
 }
 
-/// A subscription change that names a billing customer makes the customer
-/// lead to the account (the latest account named wins); deleting the
-/// account removes its entry, and only its own.
+/// An applied subscription change (or a link) that names a billing
+/// customer makes the customer lead to the account (the latest account
+/// named wins); deleting the account removes its entries, and only its own.
 pub async fn billing_customers_lead_to_their_account_until_it_is_deleted<L, A, G, F, Fut>(make: F)
 where
     L: CreditLedger,
@@ -1222,5 +1222,66 @@ where
         .delete_account(&second)
         .await
         .expect("delete");
+    assert_eq!(find("cus_2").await.expect("reads"), Some(third.clone()));
+
+    // An event older than the stored subscription (now, 09:00) is ignored:
+    // it links nothing.
+    let late = SubscriptionRequest {
+        customer_id: "cus_late".to_owned(),
+        ..plan("")
+    };
+    let ignored = w
+        .subscriptions
+        .update(
+            third.clone(),
+            late,
+            Some(at("2026-04-10T07:00:00.000Z")),
+            None,
+        )
+        .await
+        .expect("older event answered");
+    assert!(!ignored.outcome.applied);
+    assert_eq!(find("cus_late").await.expect("reads"), None);
+
+    // A customer linked before any subscription names it (a Checkout
+    // session), to registered accounts only; every customer an account had
+    // goes with it.
+    let fourth = account("u-cus-4");
+    let unknown = w
+        .subscriptions
+        .link_customer(&fourth, "cus_4")
+        .await
+        .expect_err("not registered");
+    assert!(matches!(unknown, MeterError::NotFound(_)), "{unknown}");
+    assert_eq!(find("cus_4").await.expect("reads"), None, "nothing written");
+    w.subscriptions
+        .register(fourth.clone(), ProfileFields::default(), None)
+        .await
+        .expect("register");
+    let bad = w
+        .subscriptions
+        .link_customer(&fourth, "")
+        .await
+        .expect_err("refused");
+    assert!(bad.to_string().contains("billing_customer_id"), "{bad}");
+    for _ in 0..2 {
+        w.subscriptions
+            .link_customer(&fourth, "cus_4")
+            .await
+            .expect("link");
+    }
+    assert_eq!(find("cus_4").await.expect("reads"), Some(fourth.clone()));
+    w.subscriptions
+        .update(fourth.clone(), plan("cus_5"), None, None)
+        .await
+        .expect("update");
+    assert_eq!(find("cus_4").await.expect("reads"), Some(fourth.clone()));
+    assert_eq!(find("cus_5").await.expect("reads"), Some(fourth.clone()));
+    w.subscriptions
+        .delete_account(&fourth)
+        .await
+        .expect("delete");
+    assert_eq!(find("cus_4").await.expect("reads"), None);
+    assert_eq!(find("cus_5").await.expect("reads"), None);
     assert_eq!(find("cus_2").await.expect("reads"), Some(third));
 }
