@@ -232,8 +232,9 @@ impl<S: AccountStore, C: Clock> SubscriptionService for SubscriptionGrpc<S, C> {
     ) -> Result<Response<LinkBillingCustomerResponse>, Status> {
         let request = request.into_inner();
         let account = account(&request.account_id)?;
+        let event_time = optional_time("event_time", request.event_time.as_ref())?;
         self.subscriptions
-            .link_customer(&account, &request.billing_customer_id)
+            .link_customer(&account, &request.billing_customer_id, event_time)
             .await
             .map_err(to_status)?;
         Ok(Response::new(LinkBillingCustomerResponse {}))

@@ -172,15 +172,28 @@ impl AccountStore for MemoryAccounts {
         )
     }
 
-    async fn link_customer(&self, customer: &str, account: &AccountId) -> Result<(), StoreError> {
-        self.store
-            .customers()
-            .insert(customer.to_owned(), account.clone());
+    async fn link_customer(
+        &self,
+        customer: &str,
+        account: &AccountId,
+        time: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut customers = self.store.customers();
+        let later = customers
+            .get(customer)
+            .is_some_and(|(_, linked)| *linked > time);
+        if !later {
+            customers.insert(customer.to_owned(), (account.clone(), time));
+        }
         Ok(())
     }
 
     async fn find_by_customer(&self, customer: &str) -> Result<Option<AccountId>, StoreError> {
-        Ok(self.store.customers().get(customer).cloned())
+        Ok(self
+            .store
+            .customers()
+            .get(customer)
+            .map(|(account, _)| account.clone()))
     }
 
     async fn delete_account(&self, account: &AccountId) -> Result<bool, StoreError> {
@@ -197,7 +210,9 @@ impl AccountStore for MemoryAccounts {
         shard.remembered.retain(|(owner, _, _), _| owner != account);
         // Under the account's lock, as recording raises them.
         self.store.rankings().remove(account);
-        self.store.customers().retain(|_, owner| owner != account);
+        self.store
+            .customers()
+            .retain(|_, (owner, _)| owner != account);
         Ok(existed)
     }
 }

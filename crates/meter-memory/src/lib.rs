@@ -49,8 +49,9 @@ struct Inner {
     idempotency_window: IdempotencyWindow,
     history_retention: HistoryRetention,
     rankings: usage::Rankings,
-    /// The billing customer index: customer id -> the account it pays for.
-    customers: Mutex<HashMap<String, AccountId>>,
+    /// The billing customer index: customer id -> the account it pays for,
+    /// and the time of that link.
+    customers: Mutex<HashMap<String, (AccountId, Timestamp)>>,
 }
 
 /// Everything the store keeps about one account, one field per context.
@@ -145,7 +146,7 @@ impl MemoryStore {
     }
 
     /// The billing customer index.
-    fn customers(&self) -> MutexGuard<'_, HashMap<String, AccountId>> {
+    fn customers(&self) -> MutexGuard<'_, HashMap<String, (AccountId, Timestamp)>> {
         // Each change replaces one entry in one move: consistent after a panic.
         self.inner
             .customers

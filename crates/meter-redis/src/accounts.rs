@@ -166,7 +166,22 @@ static UNLINK: LazyLock<LuaScript> = LazyLock::new(|| {
         &[],
         &[],
         &[],
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\nreturn 0\n",
+        "if redis.call('HGET', KEYS[1], 'account') == ARGV[1] then return redis.call('DEL', KEYS[1]) end\nreturn 0\n",
+    )
+});
+
+/// Points a billing customer's index entry at an account unless a later
+/// link points it elsewhere. ARGV: the account, the link's time (ms).
+static LINK: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "account/link.lua",
+        &[],
+        &[],
+        &[],
+        "local t = redis.call('HGET', KEYS[1], 'time')\n\
+         if t and tonumber(t) > tonumber(ARGV[2]) then return 0 end\n\
+         redis.call('HSET', KEYS[1], 'account', ARGV[1], 'time', ARGV[2])\n\
+         return 1\n",
     )
 });
 
@@ -640,7 +655,12 @@ impl AccountStore for RedisAccounts {
         })
     }
 
-    async fn link_customer(&self, customer: &str, account: &AccountId) -> Result<(), StoreError> {
+    async fn link_customer(
+        &self,
+        customer: &str,
+        account: &AccountId,
+        time: Timestamp,
+    ) -> Result<(), StoreError> {
         // The account's list first: an entry it does not list is not found,
         // and one it lists is removed by DeleteAccount.
         let list = keys::billing_customers(account);
@@ -648,15 +668,20 @@ impl AccountStore for RedisAccounts {
         add.arg(&list).arg(customer);
         self.store.command(add, &list).await?;
         let key = keys::billing_customer(customer);
-        let mut set = redis::cmd("SET");
-        set.arg(&key).arg(account.as_str());
-        self.store.command(set, &key).await.map(drop)
+        self.store
+            .run_raw(
+                LINK.call(&[&key])
+                    .arg(account.as_str())
+                    .arg(time.as_millis()),
+            )
+            .await
+            .map(drop)
     }
 
     async fn find_by_customer(&self, customer: &str) -> Result<Option<AccountId>, StoreError> {
         let key = keys::billing_customer(customer);
-        let mut get = redis::cmd("GET");
-        get.arg(&key);
+        let mut get = redis::cmd("HGET");
+        get.arg(&key).arg("account");
         match self.store.command(get, &key).await? {
             Value::Nil => Ok(None),
             Value::BulkString(bytes) => {
@@ -678,7 +703,9 @@ impl AccountStore for RedisAccounts {
                     other => Err(StoreError::Protocol(format!("SISMEMBER {list}: {other:?}"))),
                 }
             }
-            other => Err(StoreError::Protocol(format!("GET {key}: {other:?}"))),
+            other => Err(StoreError::Protocol(format!(
+                "HGET {key} account: {other:?}"
+            ))),
         }
     }
 

@@ -67,6 +67,13 @@ fn failure(what: &str, status: &Status) -> Failure {
     }
 }
 
+/// Now, Unix seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn timestamp(seconds: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos: 0 }
 }
@@ -134,8 +141,9 @@ impl Bridge {
         }
     }
 
-    /// The plan a price (or else its product) bills, by the catalog's billing ids.
-    async fn plan_of(&self, billed: &[PriceRef]) -> Result<String, Failure> {
+    /// The plan a price (or else its product) bills, by the catalog's
+    /// billing ids, and the price that matched.
+    async fn plan_of(&self, billed: &[PriceRef]) -> Result<(String, String), Failure> {
         let plans = self
             .subscriptions
             .clone()
@@ -145,19 +153,21 @@ impl Bridge {
             .into_inner()
             .plans;
         let by_price = billed.iter().find_map(|(price, _)| {
-            plans
+            let plan = plans
                 .iter()
-                .find(|plan| plan.billing_price_ids.iter().any(|id| id == price))
+                .find(|plan| plan.billing_price_ids.iter().any(|id| id == price))?;
+            Some((plan.name.clone(), price.clone()))
         });
         let by_product = || {
-            billed.iter().find_map(|(_, product)| {
+            billed.iter().find_map(|(price, product)| {
                 let product = product.as_deref()?;
-                plans
+                let plan = plans
                     .iter()
-                    .find(|plan| plan.billing_product_ids.iter().any(|id| id == product))
+                    .find(|plan| plan.billing_product_ids.iter().any(|id| id == product))?;
+                Some((plan.name.clone(), price.clone()))
             })
         };
-        by_price.or_else(by_product).map(|plan| plan.name.clone()).ok_or_else(|| {
+        by_price.or_else(by_product).ok_or_else(|| {
             let ids: Vec<&str> = billed.iter().map(|(price, _)| price.as_str()).collect();
             Failure::Unmappable(format!(
                 "no plan of the catalog is billed by price {ids:?} or its product: add the id to \
@@ -215,16 +225,26 @@ impl Bridge {
         sub: &Subscription,
     ) -> Result<Handled, Failure> {
         let account = self.subscription_account(sub).await?;
-        let status = status_of(&sub.status).ok_or_else(|| {
+        let mut status = status_of(&sub.status).ok_or_else(|| {
             Failure::Unmappable(format!("unknown subscription status {:?}", sub.status))
         })?;
+        let paused = sub.pause_collection.as_ref().is_some_and(|p| !p.is_null());
+        let paid = matches!(
+            status,
+            SubscriptionStatus::Active | SubscriptionStatus::Trialing | SubscriptionStatus::PastDue
+        );
+        if paused && paid {
+            // Stripe keeps it `active` while collection is paused: its
+            // periods renew unpaid, so it gets no paid allowance.
+            status = SubscriptionStatus::Paused;
+        }
         let billed: Vec<PriceRef> = sub
             .prices()
             .into_iter()
             .map(|p| (p.id, p.product.map(|p| p.id().to_owned())))
             .collect();
-        let plan = self.plan_of(&billed).await?;
-        let (start, end) = sub.period();
+        let (plan, price) = self.plan_of(&billed).await?;
+        let (start, end) = sub.period(&price);
         let reply = self
             .subscriptions
             .clone()
@@ -317,13 +337,14 @@ impl Bridge {
             )
             .await?;
         let billed = invoice.billed();
-        let Some(period) = billed.period else {
-            return Err(Failure::Unmappable(format!(
-                "invoice {} ({reason}) has no line billing a period of subscription {subscription}",
+        let (plan, price) = self.plan_of(&billed.prices()).await?;
+        let Some(period) = billed.period_of(&price) else {
+            return Ok(Handled::Ignored(format!(
+                "invoice {} ({reason}) has no whole period of plan {plan} among the lines it \
+                 carries: the subscription's own events carry the period",
                 invoice.id
             )));
         };
-        let plan = self.plan_of(&billed.prices).await?;
         let reply = self
             .subscriptions
             .clone()
@@ -339,7 +360,10 @@ impl Bridge {
                     .map(|c| c.id().to_owned())
                     .unwrap_or_default(),
                 billing_subscription_id: subscription.to_owned(),
-                event_time: Some(timestamp(invoice.created)),
+                // A second before the invoice was made: the subscription's
+                // own events of the same second (a trial, a cancellation at
+                // the period's end) win over what it implies.
+                event_time: Some(timestamp(invoice.created - 1)),
                 idempotency_key: invoice.id.clone(),
                 ..UpdateSubscriptionRequest::default()
             })
@@ -392,7 +416,12 @@ impl Bridge {
                     value: intent.amount_received,
                     event_id: intent.id.clone(),
                     time: Some(timestamp(event.created)),
-                    ..UsageEvent::default()
+                    // Amounts of different currencies do not add up: say which.
+                    metadata: [("currency", &intent.currency)]
+                        .into_iter()
+                        .filter(|(_, currency)| !currency.is_empty())
+                        .map(|(key, currency)| (key.to_owned(), currency.clone()))
+                        .collect(),
                 }],
             })
             .await
@@ -421,6 +450,16 @@ impl Bridge {
         pack: &Pack,
         payment: &str,
     ) -> Result<String, Failure> {
+        if let Some(expire_at) = pack.expire_at
+            && expire_at <= unix_now()
+        {
+            // meterd refuses an expiry in the past; granting credits that
+            // already expired would change nothing.
+            tracing::warn!(%account, %payment, expire_at, "a credit pack expired before it could be granted");
+            return Ok(format!(
+                "the pack of {payment} expired at {expire_at} before it could be granted: nothing to grant"
+            ));
+        }
         let reply = self
             .credits
             .clone()
@@ -469,6 +508,7 @@ impl Bridge {
                 .link_billing_customer(LinkBillingCustomerRequest {
                     account_id: account.to_owned(),
                     billing_customer_id: customer.to_owned(),
+                    event_time: Some(timestamp(session.created)),
                 })
                 .await
                 .map_err(|s| failure("LinkBillingCustomer", &s))?;
@@ -479,7 +519,12 @@ impl Bridge {
                 done.push(self.checkout_plan(event, session, account).await?);
             }
             "payment" => match pack {
-                Some(pack) if session.payment_status == "paid" => {
+                Some(pack)
+                    if matches!(
+                        session.payment_status.as_str(),
+                        "paid" | "no_payment_required"
+                    ) =>
+                {
                     // Keyed like the payment intent's own event: a pack in
                     // both metadata is granted once.
                     let payment = session
@@ -537,7 +582,7 @@ impl Bridge {
             session.metadata.get("price_id"),
         ) {
             (Some(plan), _) => plan.clone(),
-            (None, Some(price)) => self.plan_of(&[(price.clone(), None)]).await?,
+            (None, Some(price)) => self.plan_of(&[(price.clone(), None)]).await?.0,
             (None, None) => {
                 return Ok("no plan in the session: the subscription's own events set it".into());
             }

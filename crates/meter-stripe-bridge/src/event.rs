@@ -87,6 +87,9 @@ pub struct Subscription {
     /// Whether it ends at the period's end.
     #[serde(default, deserialize_with = "nullable")]
     pub cancel_at_period_end: bool,
+    /// Set while the merchant paused collecting payments (the status stays
+    /// `active`, its invoices are not paid).
+    pub pause_collection: Option<serde_json::Value>,
     /// Metadata set by the app (`account_id`, `user_id`).
     #[serde(default, deserialize_with = "nullable")]
     pub metadata: Metadata,
@@ -114,13 +117,16 @@ pub struct SubscriptionItem {
 }
 
 impl Subscription {
-    /// The billing period, from the subscription or else its first item that has one.
-    pub fn period(&self) -> (Option<i64>, Option<i64>) {
-        let item = self
-            .items
-            .iter()
-            .flat_map(|items| &items.data)
-            .find(|item| item.current_period_start.is_some());
+    /// The billing period, from the subscription, or else from the item
+    /// billed at `price` (the plan's), or else its first item that has one
+    /// (items of other intervals keep periods of their own).
+    pub fn period(&self, price: &str) -> (Option<i64>, Option<i64>) {
+        let items = || self.items.iter().flat_map(|items| &items.data);
+        let dated = |item: &&SubscriptionItem| item.current_period_start.is_some();
+        let item = items()
+            .filter(dated)
+            .find(|item| item.price.as_ref().is_some_and(|p| p.id == price))
+            .or_else(|| items().find(dated));
         (
             self.current_period_start
                 .or_else(|| item.and_then(|i| i.current_period_start)),
@@ -284,48 +290,66 @@ impl Invoice {
             .map(String::as_str)
     }
 
-    /// The prices and products of the lines billing a subscription's
-    /// period, and the latest such period.
+    /// The lines billing a subscription's period: their prices and periods.
     pub fn billed(&self) -> Billed {
         let lines = self
             .lines
             .iter()
             .flat_map(|l| &l.data)
-            .filter(|line| line.bills_a_period());
-        let mut prices = Vec::new();
-        let mut period: Option<(i64, i64)> = None;
-        for line in lines {
-            if let Some(price) = &line.price {
-                prices.push((
-                    price.id.clone(),
-                    price.product.as_ref().map(|p| p.id().to_owned()),
-                ));
-            } else if let Some(details) =
-                line.pricing.as_ref().and_then(|p| p.price_details.as_ref())
-                && let Some(price) = &details.price
-            {
-                prices.push((price.clone(), details.product.clone()));
-            }
-            if let Some(p) = &line.period
-                && period.is_none_or(|(_, end)| p.end > end)
-            {
-                period = Some((p.start, p.end));
-            }
-        }
-        Billed { prices, period }
+            .filter(|line| line.bills_a_period())
+            .filter_map(|line| {
+                let price = if let Some(price) = &line.price {
+                    (
+                        price.id.clone(),
+                        price.product.as_ref().map(|p| p.id().to_owned()),
+                    )
+                } else {
+                    let details = line.pricing.as_ref()?.price_details.as_ref()?;
+                    (details.price.clone()?, details.product.clone())
+                };
+                Some(BilledLine {
+                    price,
+                    period: line.period.as_ref().map(|p| (p.start, p.end)),
+                })
+            })
+            .collect();
+        Billed { lines }
     }
 }
 
 /// A price id and its product id, as a plan is looked up by.
 pub type PriceRef = (String, Option<String>);
 
-/// What an invoice bills.
+/// What an invoice bills: its lines that bill a subscription's period.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Billed {
-    /// The prices of its lines that bill a period.
-    pub prices: Vec<PriceRef>,
-    /// The latest period they bill (start, end; Unix seconds).
+    /// The lines, in the invoice's order.
+    pub lines: Vec<BilledLine>,
+}
+
+/// A line of an invoice billing a subscription's period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BilledLine {
+    /// Its price and product.
+    pub price: PriceRef,
+    /// The period it bills (start, end; Unix seconds).
     pub period: Option<(i64, i64)>,
+}
+
+impl Billed {
+    /// The prices billed.
+    pub fn prices(&self) -> Vec<PriceRef> {
+        self.lines.iter().map(|line| line.price.clone()).collect()
+    }
+
+    /// The latest period billed at `price` (the plan's).
+    pub fn period_of(&self, price: &str) -> Option<(i64, i64)> {
+        self.lines
+            .iter()
+            .filter(|line| line.price.0 == price)
+            .filter_map(|line| line.period)
+            .max_by_key(|&(_, end)| end)
+    }
 }
 
 /// A payment intent.
@@ -336,6 +360,9 @@ pub struct PaymentIntent {
     /// What was received, in the currency's smallest unit.
     #[serde(default, deserialize_with = "nullable")]
     pub amount_received: i64,
+    /// The currency, e.g. `usd`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub currency: String,
     /// Metadata (`account_id`, `credits`, `credits_expire_at`, …).
     #[serde(default, deserialize_with = "nullable")]
     pub metadata: Metadata,
@@ -397,7 +424,11 @@ mod tests {
             Some("cus_NZbFQAsc0ptasX")
         );
         assert_eq!(sub.prices()[0].id, "price_1MoS37LgUG5tbmjcCA3GTNX8");
-        assert_eq!(sub.period(), (Some(1_234_567_890), Some(1_234_567_890)));
+        let price = "price_1MoS37LgUG5tbmjcCA3GTNX8";
+        assert_eq!(
+            sub.period(price),
+            (Some(1_234_567_890), Some(1_234_567_890))
+        );
         // Newer API versions: the period on the items only.
         sub.current_period_start = None;
         sub.current_period_end = None;
@@ -405,7 +436,37 @@ mod tests {
             item.current_period_start = Some(1_700_000_000);
             item.current_period_end = Some(1_702_592_000);
         }
-        assert_eq!(sub.period(), (Some(1_700_000_000), Some(1_702_592_000)));
+        assert_eq!(
+            sub.period(price),
+            (Some(1_700_000_000), Some(1_702_592_000))
+        );
+        // An add-on of another interval first: the plan's item decides.
+        let mut items: Vec<serde_json::Value> = vec![serde_json::json!({
+            "price": {"id": "price_addon_yearly"},
+            "current_period_start": 1_690_000_000,
+            "current_period_end": 1_721_536_000
+        })];
+        items.extend(
+            fixture("subscription")["items"]["data"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        items[1]["current_period_start"] = serde_json::json!(1_700_000_000);
+        items[1]["current_period_end"] = serde_json::json!(1_702_592_000);
+        let mut mixed = fixture("subscription");
+        mixed["current_period_start"] = serde_json::Value::Null;
+        mixed["current_period_end"] = serde_json::Value::Null;
+        mixed["items"]["data"] = serde_json::Value::Array(items);
+        let mixed: Subscription = serde_json::from_value(mixed).expect("mixed intervals");
+        assert_eq!(
+            mixed.period(price),
+            (Some(1_700_000_000), Some(1_702_592_000))
+        );
+        assert_eq!(
+            mixed.period("price_unknown"),
+            (Some(1_690_000_000), Some(1_721_536_000))
+        );
 
         let invoice: Invoice = serde_json::from_value(fixture("invoice")).expect("invoice");
         assert_eq!(
@@ -438,17 +499,18 @@ mod tests {
         .expect("invoice of a newer API version");
         assert_eq!(newer.subscription_id(), Some("sub_1"));
         assert_eq!(newer.metadata_value("account_id"), Some("org_1"));
+        let billed = newer.billed();
         assert_eq!(
-            newer.billed(),
-            Billed {
-                prices: vec![
-                    ("price_1".to_owned(), Some("prod_1".to_owned())),
-                    ("price_2".to_owned(), Some("prod_1".to_owned()))
-                ],
-                period: Some((20, 30)),
-            },
-            "prorations and one-off items left out; the latest period"
+            billed.prices(),
+            vec![
+                ("price_1".to_owned(), Some("prod_1".to_owned())),
+                ("price_2".to_owned(), Some("prod_1".to_owned()))
+            ],
+            "prorations and one-off items left out"
         );
+        assert_eq!(billed.period_of("price_1"), Some((10, 20)));
+        assert_eq!(billed.period_of("price_2"), Some((20, 30)));
+        assert_eq!(billed.period_of("price_old"), None, "a proration");
         let older: Invoice = serde_json::from_value(serde_json::json!({
             "id": "in_2", "created": 15, "subscription": "sub_1",
             "subscription_details": {"metadata": null},
@@ -464,13 +526,12 @@ mod tests {
         }))
         .expect("invoice of an older API version, null metadata");
         assert_eq!(older.metadata_value("account_id"), None);
+        let billed = older.billed();
         assert_eq!(
-            older.billed(),
-            Billed {
-                prices: vec![("price_1".to_owned(), Some("prod_1".to_owned()))],
-                period: Some((10, 20)),
-            }
+            billed.prices(),
+            vec![("price_1".to_owned(), Some("prod_1".to_owned()))]
         );
+        assert_eq!(billed.period_of("price_1"), Some((10, 20)));
 
         let intent: PaymentIntent =
             serde_json::from_value(fixture("payment_intent")).expect("intent");

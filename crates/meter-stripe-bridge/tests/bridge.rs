@@ -281,6 +281,20 @@ async fn subscription_events_apply_once_in_event_time_order() {
         status(&setup.subscription("org_1").await),
         SubscriptionStatus::PastDue
     );
+    // Collection paused: Stripe says `active`, meterd is told `paused`.
+    let mut paused = subscription("org_1", "active", start, true);
+    paused["pause_collection"] = json!({ "behavior": "void", "resumes_at": null });
+    let paused = event(
+        "evt_paused_4",
+        "customer.subscription.updated",
+        now() - 7,
+        paused,
+    );
+    assert_eq!(setup.deliver(&paused).await.0, 200);
+    assert_eq!(
+        status(&setup.subscription("org_1").await),
+        SubscriptionStatus::Paused
+    );
 
     let deleted = event(
         "evt_deleted_4",
@@ -384,6 +398,21 @@ async fn payments_grant_packs_and_record_donations_once() {
         assert_eq!(setup.deliver(delivery).await.0, 200);
     }
     assert_eq!(setup.balance_total("user_cs").await, registered + 40);
+
+    // A pack whose expiry passed before it could be granted: nothing to grant.
+    let mut stale = fixture("payment_intent");
+    stale["id"] = json!("pi_pack_stale");
+    stale["metadata"] = json!({ "account_id": "user_7", "credits": "30", "credits_expire_at": (now() - 60).to_string() });
+    let (code, answer) = setup
+        .deliver(&event(
+            "evt_pack_stale",
+            "payment_intent.succeeded",
+            now(),
+            stale,
+        ))
+        .await;
+    assert_eq!((code, answer.contains("received")), (200, true), "{answer}");
+    assert_eq!(setup.balance_total("user_7").await, 250);
 
     let mut donation = fixture("payment_intent");
     donation["id"] = json!("pi_donation_1");

@@ -501,6 +501,7 @@ async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others
             .link_billing_customer(LinkBillingCustomerRequest {
                 account_id: account.into(),
                 billing_customer_id: format!("cus_{account}"),
+                event_time: None,
             })
             .await
             .expect("link");

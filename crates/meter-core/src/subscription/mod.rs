@@ -238,25 +238,35 @@ impl<S: AccountStore, C: Clock> Subscriptions<S, C> {
             .await?;
         // After a change that applied (and again on its replay): a failure
         // here answers UNAVAILABLE, and the caller's retry with its key links
-        // again. An ignored (older) event links nothing.
+        // again, at the change's own time, so a late replay does not take
+        // the customer back from an account it moved to since. An ignored
+        // (older) event links nothing.
         if !customer.is_empty() && recorded.outcome.applied {
-            self.store.link_customer(&customer, &account).await?;
+            let time = recorded
+                .outcome
+                .subscription
+                .updated_at
+                .unwrap_or(event_time);
+            self.store.link_customer(&customer, &account, time).await?;
         }
         Ok(recorded)
     }
 
     /// Records that the billing provider's `customer` pays for the
-    /// registered `account` (FindAccount answers it from now on);
+    /// registered `account` as of `event_time` (now without one): FindAccount
+    /// answers it unless a later link names another account;
     /// [`MeterError::NotFound`] for an account never registered.
     pub async fn link_customer(
         &self,
         account: &AccountId,
         customer: &str,
+        event_time: Option<Timestamp>,
     ) -> Result<(), MeterError> {
         check_customer(customer)?;
+        let time = self.event_time(event_time)?;
         // Registered (or NotFound), read before anything is written.
         self.account(account).await?;
-        Ok(self.store.link_customer(customer, account).await?)
+        Ok(self.store.link_customer(customer, account, time).await?)
     }
 
     /// The account the billing provider's customer pays for: the account of

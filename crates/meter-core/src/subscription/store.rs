@@ -45,14 +45,17 @@ pub trait AccountStore: Clone + Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<Recorded<Profile>, MeterError>> + Send;
 
-    /// Records that the billing provider's `customer` pays for `account`:
-    /// the index [`AccountStore::find_by_customer`] reads, and the account's
-    /// list of its customers that `delete_account` removes from it. The
-    /// latest account named wins.
+    /// Records that the billing provider's `customer` pays for `account`
+    /// as of `time` (the billing event's): the index
+    /// [`AccountStore::find_by_customer`] reads, and the account's list of
+    /// its customers that `delete_account` removes from it. The link of the
+    /// latest time wins (the later call on a tie); an older one is only
+    /// added to the account's list.
     fn link_customer(
         &self,
         customer: &str,
         account: &AccountId,
+        time: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The account the billing provider's `customer` pays for, if a

@@ -1249,7 +1249,7 @@ where
     let fourth = account("u-cus-4");
     let unknown = w
         .subscriptions
-        .link_customer(&fourth, "cus_4")
+        .link_customer(&fourth, "cus_4", None)
         .await
         .expect_err("not registered");
     assert!(matches!(unknown, MeterError::NotFound(_)), "{unknown}");
@@ -1260,13 +1260,13 @@ where
         .expect("register");
     let bad = w
         .subscriptions
-        .link_customer(&fourth, "")
+        .link_customer(&fourth, "", None)
         .await
         .expect_err("refused");
     assert!(bad.to_string().contains("billing_customer_id"), "{bad}");
     for _ in 0..2 {
         w.subscriptions
-            .link_customer(&fourth, "cus_4")
+            .link_customer(&fourth, "cus_4", None)
             .await
             .expect("link");
     }
@@ -1277,6 +1277,47 @@ where
         .expect("update");
     assert_eq!(find("cus_4").await.expect("reads"), Some(fourth.clone()));
     assert_eq!(find("cus_5").await.expect("reads"), Some(fourth.clone()));
+
+    // The link of the latest event time wins, whatever order they come in.
+    let fifth = account("u-cus-5");
+    w.subscriptions
+        .register(fifth.clone(), ProfileFields::default(), None)
+        .await
+        .expect("register");
+    let link = |who: meter_core::AccountId, time: &str| {
+        let time = at(time);
+        let subscriptions = &w.subscriptions;
+        async move {
+            subscriptions
+                .link_customer(&who, "cus_moved", Some(time))
+                .await
+        }
+    };
+    link(fourth.clone(), "2026-04-10T08:00:00.000Z")
+        .await
+        .expect("link");
+    link(fifth.clone(), "2026-04-10T08:30:00.000Z")
+        .await
+        .expect("link");
+    assert_eq!(find("cus_moved").await.expect("reads"), Some(fifth.clone()));
+    link(fourth.clone(), "2026-04-10T08:00:00.000Z")
+        .await
+        .expect("a late redelivery");
+    assert_eq!(
+        find("cus_moved").await.expect("reads"),
+        Some(fifth.clone()),
+        "the older link does not take it back"
+    );
+    let ahead = link(fourth.clone(), "2026-04-11T09:00:00.000Z")
+        .await
+        .expect_err("ahead of the clock");
+    assert!(ahead.to_string().contains("event_time"), "{ahead}");
+    w.subscriptions
+        .delete_account(&fifth)
+        .await
+        .expect("delete");
+    assert_eq!(find("cus_moved").await.expect("reads"), None);
+
     w.subscriptions
         .delete_account(&fourth)
         .await
