@@ -101,7 +101,8 @@ pub fn usage_ranking(metric: &str, period: meter_core::UsagePeriod) -> String {
 }
 
 /// The billing provider's customer index: the account `customer` pays
-/// for (a string), written when a subscription change names the customer.
+/// for and the event time of that link (a hash: `account`, `time`),
+/// written when an applied subscription change or a link names the customer.
 /// Shared, not an account's: a slot of its own on Redis Cluster (customer
 /// ids are `A-Za-z0-9_-`, so the tag is the id).
 pub fn billing_customer(customer: &str) -> String {

@@ -337,6 +337,14 @@ impl Bridge {
             )
             .await?;
         let billed = invoice.billed();
+        if billed.lines.is_empty() {
+            return Ok(Handled::Ignored(format!(
+                "invoice {} ({reason}) carries no line billing a whole period (only \
+                 prorations, or more lines than the event holds): the subscription's own \
+                 events carry the period",
+                invoice.id
+            )));
+        }
         let (plan, price) = self.plan_of(&billed.prices()).await?;
         let Some(period) = billed.period_of(&price) else {
             return Ok(Handled::Ignored(format!(
@@ -453,12 +461,14 @@ impl Bridge {
         if let Some(expire_at) = pack.expire_at
             && expire_at <= unix_now()
         {
-            // meterd refuses an expiry in the past; granting credits that
-            // already expired would change nothing.
-            tracing::warn!(%account, %payment, expire_at, "a credit pack expired before it could be granted");
-            return Ok(format!(
-                "the pack of {payment} expired at {expire_at} before it could be granted: nothing to grant"
-            ));
+            // meterd refuses an expiry in the past. Not a silent 200: the
+            // buyer paid, so the delivery shows as failed in Stripe.
+            return Err(Failure::Unmappable(format!(
+                "the pack of {} credits paid by {payment} expires at {expire_at}, which has \
+                 passed: not granted now. If an earlier delivery of this payment granted it, \
+                 nothing is lost; otherwise grant it by hand or refund",
+                pack.credits
+            )));
         }
         let reply = self
             .credits
@@ -487,15 +497,20 @@ impl Bridge {
     /// (`metadata.plan`, or `metadata.price_id` through the catalog); in
     /// payment mode a credit pack in its metadata, once paid.
     async fn checkout(&self, event: &Event, session: &CheckoutSession) -> Result<Handled, Failure> {
-        let account = session
-            .client_reference_id
-            .as_deref()
-            .filter(|a| !a.is_empty())
-            .or_else(|| account_in(&session.metadata))
+        // The metadata first: set by the server that made the session (or
+        // the Payment Link), where a buyer can set client_reference_id in
+        // a Payment Link's URL.
+        let account = account_in(&session.metadata)
+            .or_else(|| {
+                session
+                    .client_reference_id
+                    .as_deref()
+                    .filter(|a| !a.is_empty())
+            })
             .ok_or_else(|| {
                 Failure::Unmappable(format!(
-                    "checkout session {} names no account: set client_reference_id (or \
-                     metadata.account_id) when creating it",
+                    "checkout session {} names no account: set metadata.account_id (or \
+                     client_reference_id) when creating it",
                     session.id
                 ))
             })?;

@@ -399,6 +399,19 @@ async fn payments_grant_packs_and_record_donations_once() {
     }
     assert_eq!(setup.balance_total("user_cs").await, registered + 40);
 
+    // A free Checkout (a full discount) grants its pack too.
+    let mut free = fixture("checkout.session");
+    free["id"] = json!("cs_free");
+    free["client_reference_id"] = json!("user_cs");
+    free["payment_intent"] = Value::Null;
+    free["metadata"] = json!({ "credits": "15" });
+    free["payment_status"] = json!("no_payment_required");
+    let free = event("evt_cs_free", "checkout.session.completed", now(), free);
+    for _ in 0..2 {
+        assert_eq!(setup.deliver(&free).await.0, 200);
+    }
+    assert_eq!(setup.balance_total("user_cs").await, registered + 40 + 15);
+
     // A pack whose expiry passed before it could be granted: nothing to grant.
     let mut stale = fixture("payment_intent");
     stale["id"] = json!("pi_pack_stale");
@@ -411,7 +424,11 @@ async fn payments_grant_packs_and_record_donations_once() {
             stale,
         ))
         .await;
-    assert_eq!((code, answer.contains("received")), (200, true), "{answer}");
+    assert_eq!(
+        (code, answer.contains("pi_pack_stale")),
+        (400, true),
+        "the buyer paid: never a silent 200. {answer}"
+    );
     assert_eq!(setup.balance_total("user_7").await, 250);
 
     let mut donation = fixture("payment_intent");
@@ -480,6 +497,9 @@ async fn checkout_registers_and_invoices_renew_once() {
     session["subscription"] = json!("sub_new");
     session["metadata"] = json!({ "price_id": "price_1MoS37LgUG5tbmjcCA3GTNX8" });
     session["created"] = json!(now() - 110);
+    // A Payment Link's buyer can set client_reference_id: the metadata wins.
+    session["client_reference_id"] = json!("org_victim");
+    session["metadata"]["account_id"] = json!("org_new");
     let completed = event(
         "evt_checkout_1",
         "checkout.session.completed",
@@ -491,6 +511,11 @@ async fn checkout_registers_and_invoices_renew_once() {
     assert_eq!(
         (sub.plan.as_str(), sub.billing_customer_id.as_str()),
         ("pro", "cus_new")
+    );
+    assert_eq!(
+        setup.subscription("org_victim").await.plan,
+        "free",
+        "client_reference_id did not win over the metadata"
     );
 
     let start = now() - 50;
@@ -541,6 +566,30 @@ async fn checkout_registers_and_invoices_renew_once() {
         ))
         .await;
     assert_eq!((code, answer.contains("ignored")), (200, true), "{answer}");
+    // Nor is one that paid nothing (a trial), or one whose lines are all
+    // prorations.
+    let mut trial = cycle("in_trial_1", now() - 44, "subscription_create", start + 20);
+    trial["amount_paid"] = json!(0);
+    let mut prorations = cycle(
+        "in_prorations_1",
+        now() - 43,
+        "subscription_cycle",
+        start + 20,
+    );
+    prorations["lines"]["data"][0]["proration"] = json!(true);
+    for (id, invoice) in [
+        ("evt_invoice_trial", trial),
+        ("evt_invoice_prorations", prorations),
+    ] {
+        let (code, answer) = setup
+            .deliver(&event(id, "invoice.paid", now() - 38, invoice))
+            .await;
+        assert_eq!(
+            (code, answer.contains("ignored")),
+            (200, true),
+            "{id}: {answer}"
+        );
+    }
     assert_eq!(
         setup
             .subscription("org_new")
@@ -615,6 +664,38 @@ async fn checkout_registers_and_invoices_renew_once() {
     );
     assert_eq!(setup.deliver(&created).await.0, 200);
     assert_eq!(setup.subscription("org_link").await.plan, "pro");
+
+    // A Checkout session delivered after its subscription's own event: the
+    // session's time is older, so it does not roll the subscription back.
+    let mut first = subscription("org_order", "active", start, true);
+    first["id"] = json!("sub_order");
+    let first = event(
+        "evt_order_sub",
+        "customer.subscription.created",
+        now() - 20,
+        first,
+    );
+    assert_eq!(setup.deliver(&first).await.0, 200);
+    let mut late_session = fixture("checkout.session");
+    late_session["id"] = json!("cs_order");
+    late_session["created"] = json!(now() - 60);
+    late_session["client_reference_id"] = json!("org_order");
+    late_session["mode"] = json!("subscription");
+    late_session["payment_status"] = json!("unpaid");
+    late_session["subscription"] = json!("sub_order");
+    late_session["metadata"] = json!({ "plan": "standard" });
+    let late_session = event(
+        "evt_order_cs",
+        "checkout.session.completed",
+        now() - 10,
+        late_session,
+    );
+    assert_eq!(setup.deliver(&late_session).await.0, 200);
+    let sub = setup.subscription("org_order").await;
+    assert_eq!(
+        (sub.plan.as_str(), status(&sub)),
+        ("pro", SubscriptionStatus::Active)
+    );
     let mut stranger = subscription("ignored", "active", start, true);
     stranger["metadata"] = json!({});
     stranger["customer"] = json!("cus_stranger");

@@ -573,12 +573,12 @@ async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others
         .expect_err("its customer went with it");
     assert_eq!(unlinked.code(), Code::NotFound);
     let mut raw = redis.connection().await;
-    let entry: Option<String> = redis::cmd("GET")
+    let entry: i64 = redis::cmd("EXISTS")
         .arg("billing:customer:{cus_org_del}")
         .query_async(&mut raw)
         .await
-        .expect("GET");
-    assert_eq!(entry, None, "the index entry itself is gone");
+        .expect("EXISTS");
+    assert_eq!(entry, 0, "the index entry itself is gone");
     let kept = accounts
         .find_account(find("cus_org_stay"))
         .await
