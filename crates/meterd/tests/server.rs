@@ -51,6 +51,11 @@ async fn health_follows_redis_down_and_back() {
         )
         .await;
     }
+    assert_eq!(
+        status(&meterd, "liveness").await,
+        Some(ServingStatus::Serving),
+        "alive all the same: Kubernetes must not restart it"
+    );
     redis.restart();
     serving(&meterd).await;
 }
