@@ -4,6 +4,7 @@
 //!
 //! It must not import any storage crate: `meterd` plugs a store in.
 
+pub mod access;
 mod bounds;
 mod credits;
 mod ratelimit;
@@ -13,6 +14,7 @@ mod subscription;
 mod throttle;
 mod usage;
 
+pub use access::{Caller, Guarded, Scope, Tokens, TokensError};
 pub use bounds::{Bounded, BoundedCall, InFlight, Slot};
 pub use credits::CreditsGrpc;
 pub use ratelimit::{EnvoyRateLimitGrpc, RateLimitGrpc};

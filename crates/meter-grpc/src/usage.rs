@@ -385,6 +385,9 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
         &self,
         request: Request<CheckQuotaRequest>,
     ) -> Result<Response<CheckQuotaResponse>, Status> {
+        if request.get_ref().consume {
+            crate::access::may_write(&request, "CheckQuota with consume")?;
+        }
         let request = request.into_inner();
         let who = account(&request.account_id)?;
         let key = idempotency_key(&request.idempotency_key)?;

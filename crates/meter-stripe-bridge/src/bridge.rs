@@ -12,7 +12,13 @@ use meter_api::v1::{
     subscription_service_client::SubscriptionServiceClient,
     usage_service_client::UsageServiceClient,
 };
-use tonic::{Code, Status, transport::Channel};
+use tonic::{
+    Code, Status,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+use crate::config::MeterdToken;
 
 use crate::event::{
     CheckoutSession, Event, Expandable, Invoice, Metadata, PaymentIntent, PriceRef, Subscription,
@@ -42,12 +48,30 @@ pub enum Failure {
     Retry(String),
 }
 
+/// Sends the bridge's bearer token, if it has one, with every call to meterd.
+#[derive(Clone, Debug)]
+pub struct Authorize(Option<MeterdToken>);
+
+impl Interceptor for Authorize {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.0.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to meterd that sends the bridge's token.
+type Authorized = InterceptedService<Channel, Authorize>;
+
 /// The meterd clients of the bridge, over one channel.
 #[derive(Clone, Debug)]
 pub struct Bridge {
-    subscriptions: SubscriptionServiceClient<Channel>,
-    credits: CreditsServiceClient<Channel>,
-    usage: UsageServiceClient<Channel>,
+    subscriptions: SubscriptionServiceClient<Authorized>,
+    credits: CreditsServiceClient<Authorized>,
+    usage: UsageServiceClient<Authorized>,
     /// The usage metric payments without a credit pack are recorded as, if any.
     donation_metric: Option<String>,
 }
@@ -60,9 +84,12 @@ fn failure(what: &str, status: &Status) -> Failure {
         | Code::FailedPrecondition
         | Code::NotFound
         | Code::AlreadyExists
-        | Code::OutOfRange
-        | Code::PermissionDenied
-        | Code::Unauthenticated => Failure::Unmappable(detail),
+        | Code::OutOfRange => Failure::Unmappable(detail),
+        // The bridge's token is missing or lacks the scope: a setting to
+        // fix, after which Stripe's retry applies the event.
+        Code::PermissionDenied | Code::Unauthenticated => Failure::Retry(format!(
+            "{detail} (give the bridge a write token: --meterd-token)"
+        )),
         _ => Failure::Retry(detail),
     }
 }
@@ -94,13 +121,21 @@ fn status_of(stripe: &str) -> Option<SubscriptionStatus> {
 }
 
 impl Bridge {
-    /// The bridge calling meterd over `channel`, recording payments without
-    /// a pack as `donation_metric` when set.
-    pub fn new(channel: Channel, donation_metric: Option<String>) -> Self {
+    /// The bridge calling meterd over `channel` with `token`, recording
+    /// payments without a pack as `donation_metric` when set.
+    pub fn new(
+        channel: Channel,
+        token: Option<MeterdToken>,
+        donation_metric: Option<String>,
+    ) -> Self {
+        let authorize = Authorize(token);
         Self {
-            subscriptions: SubscriptionServiceClient::new(channel.clone()),
-            credits: CreditsServiceClient::new(channel.clone()),
-            usage: UsageServiceClient::new(channel),
+            subscriptions: SubscriptionServiceClient::with_interceptor(
+                channel.clone(),
+                authorize.clone(),
+            ),
+            credits: CreditsServiceClient::with_interceptor(channel.clone(), authorize.clone()),
+            usage: UsageServiceClient::with_interceptor(channel, authorize),
             donation_metric,
         }
     }

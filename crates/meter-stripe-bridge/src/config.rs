@@ -17,6 +17,13 @@ pub struct Cli {
     /// meterd's gRPC address.
     #[arg(long, env = "METERD_ADDR", default_value = "http://127.0.0.1:50051")]
     pub meterd: String,
+    /// The bearer token the bridge sends meterd (a `write` token), when
+    /// meterd requires tokens.
+    #[arg(long, env = "METERD_TOKEN", hide_env_values = true)]
+    pub meterd_token: Option<SecretList>,
+    /// A file holding that token, instead of --meterd-token.
+    #[arg(long, env = "METERD_TOKEN_FILE")]
+    pub meterd_token_file: Option<PathBuf>,
     /// The endpoint's signing secrets (`whsec_…`), comma-separated: several
     /// while a secret is rotated.
     #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
@@ -57,11 +64,33 @@ impl FromStr for SecretList {
     }
 }
 
+/// The `authorization` metadata sent to meterd; never printed.
+#[derive(Clone)]
+pub struct MeterdToken(pub tonic::metadata::AsciiMetadataValue);
+
+impl fmt::Debug for MeterdToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MeterdToken(redacted)")
+    }
+}
+
+impl MeterdToken {
+    /// `Bearer <token>`; `None` when the token cannot be sent as metadata.
+    pub fn new(token: &str) -> Option<Self> {
+        let mut value: tonic::metadata::AsciiMetadataValue =
+            format!("Bearer {}", token.trim()).parse().ok()?;
+        value.set_sensitive(true);
+        Some(Self(value))
+    }
+}
+
 /// Everything [`crate::run`] needs, checked.
 #[derive(Debug)]
 pub struct Config {
     /// meterd's gRPC address.
     pub meterd: String,
+    /// The token sent to meterd, if it requires one.
+    pub meterd_token: Option<MeterdToken>,
     /// The signing secrets.
     pub secrets: Secrets,
     /// How far a signature's timestamp may be from now.
@@ -78,6 +107,17 @@ pub enum ConfigError {
         "no signing secret: set --webhook-secret / STRIPE_WEBHOOK_SECRET (whsec_…) or --webhook-secret-file"
     )]
     NoSecret,
+    /// The token for meterd is unusable.
+    #[error("--meterd-token / METERD_TOKEN{0}: not a token (printable ASCII, no spaces)")]
+    MeterdToken(&'static str),
+    /// The token file cannot be read.
+    #[error("cannot read --meterd-token-file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The secret file cannot be read.
     #[error("cannot read --webhook-secret-file {path}: {source}")]
     SecretFile {
@@ -100,8 +140,26 @@ impl Cli {
             list = format!("{list},{}", text.replace('\n', ","));
         }
         let secrets = Secrets::parse(&list).ok_or(ConfigError::NoSecret)?;
+        let token = match &self.meterd_token_file {
+            Some(path) => Some((
+                std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?,
+                " (file)",
+            )),
+            None => self.meterd_token.map(|t| (t.0, "")),
+        };
+        let meterd_token = match token {
+            Some((text, _)) if text.trim().is_empty() => None,
+            Some((text, origin)) => {
+                Some(MeterdToken::new(&text).ok_or(ConfigError::MeterdToken(origin))?)
+            }
+            None => None,
+        };
         Ok(Config {
             meterd: self.meterd,
+            meterd_token,
             secrets,
             tolerance: self.tolerance,
             donation_metric: self.donation_metric.filter(|m| !m.is_empty()),

@@ -82,7 +82,11 @@ pub async fn run(
         .timeout(METERD_CALL_TIMEOUT)
         .connect_lazy();
     let app = App {
-        bridge: Bridge::new(channel.clone(), config.donation_metric.clone()),
+        bridge: Bridge::new(
+            channel.clone(),
+            config.meterd_token.clone(),
+            config.donation_metric.clone(),
+        ),
         health: HealthClient::new(channel),
         secrets: Arc::new(config.secrets),
         tolerance: config.tolerance,

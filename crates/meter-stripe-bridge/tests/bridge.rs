@@ -26,6 +26,9 @@ use tokio::{
 use tonic::transport::Channel;
 
 const SECRET: &str = "whsec_test_current";
+/// meterd's tokens: the bridge's (write) and a read one.
+const WRITE_TOKEN: &str = "bridge-0123456789abcdef0123456789";
+const READ_TOKEN: &str = "reader-0123456789abcdef0123456789";
 const OLD_SECRET: &str = "whsec_test_previous";
 
 /// A running meterd on `port` (fixed, so that it can come back on the same address).
@@ -36,9 +39,13 @@ struct Meterd {
 
 impl Meterd {
     async fn start(redis: &RedisServer, addr: SocketAddr) -> Self {
+        let tokens = format!("bridge write {WRITE_TOKEN}\nreader read {READ_TOKEN}\n");
         let config = meterd::Config {
             health_interval: Duration::from_millis(50),
             shutdown_delay: Duration::ZERO,
+            tokens: std::sync::Arc::new(
+                meter_grpc::Tokens::parse(&tokens, "test", false).expect("tokens"),
+            ),
             ..meterd::Config::new(StoreConfig::Redis(meter_redis_config(redis))).expect("defaults")
         };
         let listener = loop {
@@ -87,6 +94,11 @@ impl Setup {
     }
 
     async fn start_with(donation_metric: Option<&str>) -> Self {
+        Self::start_full(donation_metric, WRITE_TOKEN).await
+    }
+
+    /// meterd, and the bridge calling it with `token`.
+    async fn start_full(donation_metric: Option<&str>, token: &str) -> Self {
         let redis = RedisServer::start();
         let meterd_addr = TcpListener::bind("127.0.0.1:0")
             .await
@@ -100,6 +112,7 @@ impl Setup {
             secrets: signature::Secrets::parse(&format!("{OLD_SECRET},{SECRET}")).expect("secrets"),
             tolerance: Duration::from_secs(300),
             donation_metric: donation_metric.map(str::to_owned),
+            meterd_token: meter_stripe_bridge::config::MeterdToken::new(token),
         };
         tokio::spawn(meter_stripe_bridge::run(
             config,
@@ -141,9 +154,9 @@ impl Setup {
 
     async fn subscription(&self, account: &str) -> Subscription {
         SubscriptionServiceClient::new(self.channel.clone())
-            .get_subscription(GetSubscriptionRequest {
+            .get_subscription(read(GetSubscriptionRequest {
                 account_id: account.into(),
-            })
+            }))
             .await
             .expect("GetSubscription")
             .into_inner()
@@ -153,9 +166,9 @@ impl Setup {
 
     async fn balance_total(&self, account: &str) -> i64 {
         CreditsServiceClient::new(self.channel.clone())
-            .get_balance(GetBalanceRequest {
+            .get_balance(read(GetBalanceRequest {
                 account_id: account.into(),
-            })
+            }))
             .await
             .expect("GetBalance")
             .into_inner()
@@ -163,6 +176,16 @@ impl Setup {
             .expect("a balance")
             .total
     }
+}
+
+/// `message` with meterd's read token, as the tests read what the bridge did.
+fn read<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {READ_TOKEN}").parse().expect("ascii"),
+    );
+    request
 }
 
 /// Sends a raw HTTP/1.1 request and reads the whole answer: the status and body.
@@ -457,11 +480,11 @@ async fn payments_grant_packs_and_record_donations_once() {
         format!("{year:04}-{month:02}")
     };
     let usage = UsageServiceClient::new(setup.channel.clone())
-        .get_usage(GetUsageRequest {
+        .get_usage(read(GetUsageRequest {
             account_id: "org_give".into(),
             period: month,
             metrics: vec!["donation_processed".into()],
-        })
+        }))
         .await
         .expect("GetUsage")
         .into_inner();
@@ -785,4 +808,19 @@ async fn meterd_down_answers_5xx_and_the_redelivery_applies_once() {
         1_000,
         "allocated once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_without_a_write_token_answers_5xx_so_that_stripe_retries() {
+    let setup = Setup::start_full(None, READ_TOKEN).await;
+    let created = event(
+        "evt_scope_1",
+        "customer.subscription.created",
+        now(),
+        subscription("org_scope", "active", now() - 3_600, true),
+    );
+    let (code, answer) = setup.deliver(&created).await;
+    assert_eq!(code, 503, "{answer}");
+    assert!(answer.contains("--meterd-token"), "{answer}");
+    assert_eq!(setup.subscription("org_scope").await.plan, "free");
 }

@@ -6,6 +6,7 @@ use clap::{Args, Parser, ValueEnum};
 use meter_core::{
     HistoryRetention, IdempotencyWindow, PlanCatalog, Secret, idempotency::WindowOutOfRange,
 };
+use meter_grpc::{Tokens, TokensError};
 use meter_ratelimit::{LimitsConfig, LimitsError};
 use meter_redis::RedisConfig;
 
@@ -41,6 +42,9 @@ pub struct Cli {
     /// How meterd serves gRPC.
     #[command(flatten)]
     pub grpc: GrpcArgs,
+    /// Who may call meterd.
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// Where meterd keeps its data.
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -70,6 +74,24 @@ pub struct GrpcArgs {
     /// with UNAVAILABLE (nothing applied) instead of queueing.
     #[arg(long, env = "METERD_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+}
+
+/// Access control: bearer tokens with a scope. Without any, every call is allowed.
+#[derive(Debug, Args)]
+pub struct AccessArgs {
+    /// A file of bearer tokens, one per line: `NAME SCOPE TOKEN`, scope
+    /// `read` (Get*, List*, Top*, Check* without consume) or `write`
+    /// (everything). With no token here or in METERD_TOKENS, every call is
+    /// allowed.
+    #[arg(long, env = "METERD_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Bearer tokens as `NAME:SCOPE:TOKEN[,…]`, besides --tokens-file.
+    #[arg(long, env = "METERD_TOKENS", hide_env_values = true)]
+    pub tokens: Option<Secret>,
+    /// Require a token (either scope) for server reflection too. Health
+    /// stays open for probes.
+    #[arg(long, env = "METERD_AUTH_REFLECTION")]
+    pub auth_reflection: bool,
 }
 
 /// Redis settings; without a URL, meterd runs on the embedded in-memory store.
@@ -225,6 +247,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Most calls at once.
     pub max_in_flight: usize,
+    /// The bearer tokens; none: every call is allowed.
+    pub tokens: Arc<Tokens>,
+    /// Whether reflection needs a token too.
+    pub auth_reflection: bool,
 }
 
 impl Config {
@@ -245,6 +271,8 @@ impl Config {
             shutdown_delay: duration(defaults::SHUTDOWN_DELAY)?,
             shutdown_grace: duration(defaults::SHUTDOWN_GRACE)?,
             max_in_flight: defaults::MAX_IN_FLIGHT,
+            tokens: Arc::default(),
+            auth_reflection: false,
         })
     }
 }
@@ -303,6 +331,17 @@ pub enum ConfigError {
         /// `--redis-timeout`.
         response: Duration,
     },
+    /// The tokens file cannot be read.
+    #[error("cannot read tokens file {path}: {source}")]
+    ReadTokens {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A token list is refused.
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
     /// A built-in default does not parse (a bug).
     #[error("a built-in default does not parse: {0}")]
     Default(String),
@@ -359,6 +398,7 @@ impl Cli {
         }
         let usage = self.usage_settings()?;
         let limits = load_limits(self.service.limits.as_ref())?;
+        let tokens = self.access.tokens()?;
         // `REDIS_URL=` (set but empty, as templates often leave it) means not set.
         let store = match self.redis.redis_url.filter(|url| !url.is_empty()) {
             None => StoreConfig::Memory,
@@ -390,7 +430,31 @@ impl Cli {
             shutdown_delay: self.grpc.shutdown_delay,
             shutdown_grace: self.grpc.shutdown_grace,
             max_in_flight: self.grpc.max_in_flight,
+            tokens: Arc::new(tokens),
+            auth_reflection: self.access.auth_reflection,
         })
+    }
+}
+
+impl AccessArgs {
+    /// The tokens of the file and the list, checked.
+    fn tokens(&self) -> Result<Tokens, ConfigError> {
+        let from_file = match &self.tokens_file {
+            None => Tokens::default(),
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadTokens {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Tokens::parse(&text, &path.display().to_string(), false)?
+            }
+        };
+        let from_list = match &self.tokens {
+            None => Tokens::default(),
+            Some(list) => Tokens::parse(list.expose(), "--tokens / METERD_TOKENS", true)?,
+        };
+        Ok(from_file.merge(from_list)?)
     }
 }
 

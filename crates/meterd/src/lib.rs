@@ -24,8 +24,8 @@ use meter_api::v1::{
 };
 use meter_core::{ActivityStats, Clock, Credits, Subscriptions, SystemClock, Usage};
 use meter_grpc::{
-    CreditsGrpc, EnvoyRateLimitGrpc, InFlight, RateLimitGrpc, StatsGrpc, SubscriptionGrpc,
-    UsageGrpc,
+    CreditsGrpc, EnvoyRateLimitGrpc, Guarded, InFlight, RateLimitGrpc, Scope, StatsGrpc,
+    SubscriptionGrpc, Tokens, UsageGrpc,
 };
 use meter_ratelimit::RateLimiter;
 use meter_redis::RedisStore;
@@ -189,33 +189,52 @@ async fn serve<S: Stores, C: Clock + Clone>(
         let _ = phase_tx.send(Phase::Draining);
     };
     // Health and reflection stay outside the bound: probes must answer
-    // even while meterd refuses calls.
+    // even while meterd refuses calls. Tokens are checked before a call
+    // takes a place in the bound; health is always open (probes send none).
     let in_flight = InFlight::new(config.max_in_flight);
+    let tokens = &config.tokens;
+    if tokens.is_empty() {
+        tracing::warn!(
+            "no bearer tokens configured (--tokens-file, METERD_TOKENS): every call is allowed"
+        );
+    } else {
+        tracing::info!(tokens = ?tokens, "bearer tokens required");
+    }
+    macro_rules! guard {
+        ($service:expr) => {
+            Guarded::new(in_flight.bound($service), Arc::clone(tokens))
+        };
+    }
+    let reflection_tokens = if config.auth_reflection {
+        Arc::clone(tokens)
+    } else {
+        Arc::new(Tokens::default())
+    };
+    macro_rules! reflect {
+        ($service:expr) => {
+            Guarded::with_scope($service, Arc::clone(&reflection_tokens), Scope::Read)
+        };
+    }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server =
-        Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(in_flight.bound(CreditsServiceServer::from_arc(Arc::new(
-                CreditsGrpc::new(credits),
-            ))))
-            .add_service(
-                in_flight.bound(SubscriptionServiceServer::new(SubscriptionGrpc::new(
-                    subscriptions,
-                ))),
-            )
-            .add_service(in_flight.bound(StatsServiceServer::new(StatsGrpc::new(stats))))
-            .add_service(in_flight.bound(UsageServiceServer::new(UsageGrpc::new(usage))))
-            .add_service(
-                in_flight.bound(RateLimitServiceServer::new(RateLimitGrpc::new(Arc::clone(
-                    &rate_limiter,
-                )))),
-            )
-            .add_service(in_flight.bound(EnvoyRateLimitServiceServer::new(
-                EnvoyRateLimitGrpc::new(rate_limiter),
-            )))
-            .serve_with_incoming_shutdown(incoming, drain);
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflect!(reflection_v1))
+        .add_service(reflect!(reflection_v1alpha))
+        .add_service(guard!(CreditsServiceServer::from_arc(Arc::new(
+            CreditsGrpc::new(credits),
+        ))))
+        .add_service(guard!(SubscriptionServiceServer::new(
+            SubscriptionGrpc::new(subscriptions,)
+        )))
+        .add_service(guard!(StatsServiceServer::new(StatsGrpc::new(stats))))
+        .add_service(guard!(UsageServiceServer::new(UsageGrpc::new(usage))))
+        .add_service(guard!(RateLimitServiceServer::new(RateLimitGrpc::new(
+            Arc::clone(&rate_limiter),
+        ))))
+        .add_service(guard!(EnvoyRateLimitServiceServer::new(
+            EnvoyRateLimitGrpc::new(rate_limiter),
+        )))
+        .serve_with_incoming_shutdown(incoming, drain);
 
     let grace = config.shutdown_grace;
     let mut phase = phase;

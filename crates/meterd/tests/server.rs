@@ -449,3 +449,16 @@ fn a_malformed_limits_file_stops_the_binary_naming_file_line_and_problem() {
     assert!(stderr.contains("line 4"), "{stderr}");
     assert!(stderr.contains("requests_per_unit is 0"), "{stderr}");
 }
+
+#[test]
+fn a_malformed_tokens_file_stops_the_binary_naming_file_entry_and_problem() {
+    let secret = "s-0123456789abcdef0123456789abcdef";
+    let (stderr, path) = refused_at_start(
+        "--tokens-file",
+        &format!("# name scope token\nbilling write {secret}\ndashboard admin {secret}x\n"),
+    );
+    assert!(stderr.contains(&path), "{stderr}");
+    assert!(stderr.contains("entry 3"), "{stderr}");
+    assert!(stderr.contains("neither read nor write"), "{stderr}");
+    assert!(!stderr.contains(secret), "no token in the output: {stderr}");
+}

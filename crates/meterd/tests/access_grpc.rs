@@ -1,0 +1,188 @@
+//! Access control over real gRPC: bearer tokens with a scope, health open
+//! to probes, reflection open unless asked otherwise.
+
+mod support;
+
+use std::sync::Arc;
+
+use meter_api::v1::{
+    CheckQuotaRequest, DeductRequest, GetBalanceRequest, GrantRequest,
+    usage_service_client::UsageServiceClient,
+};
+use meter_grpc::Tokens;
+use meterd::StoreConfig;
+use support::{Meterd, config};
+use tokio_stream::StreamExt;
+use tonic::{Code, Request};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tonic_reflection::pb::v1;
+
+const WRITE: &str = "w-0123456789abcdef0123456789abcdef";
+const READ: &str = "r-0123456789abcdef0123456789abcdef";
+
+fn tokens() -> Arc<Tokens> {
+    let file = format!("billing write {WRITE}\ndashboard read {READ}\n");
+    Arc::new(Tokens::parse(&file, "test tokens", false).expect("tokens"))
+}
+
+async fn guarded(auth_reflection: bool) -> Meterd {
+    Meterd::start(meterd::Config {
+        tokens: tokens(),
+        auth_reflection,
+        ..config(StoreConfig::Memory)
+    })
+    .await
+}
+
+/// `message` with `authorization: Bearer <token>`, or none.
+fn with<T>(token: Option<&str>, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("ascii"),
+        );
+    }
+    request
+}
+
+fn deduct(key: &str) -> DeductRequest {
+    DeductRequest {
+        account_id: "org_auth".into(),
+        amount: 1,
+        idempotency_key: key.into(),
+        ..DeductRequest::default()
+    }
+}
+
+fn balance() -> GetBalanceRequest {
+    GetBalanceRequest {
+        account_id: "org_auth".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_read_token_reads_but_cannot_spend_and_no_token_is_turned_away() {
+    let meterd = guarded(false).await;
+    let mut credits = meterd.credits();
+    credits
+        .grant(with(
+            Some(WRITE),
+            GrantRequest {
+                account_id: "org_auth".into(),
+                amount: 10,
+                idempotency_key: "pack-1".into(),
+                ..GrantRequest::default()
+            },
+        ))
+        .await
+        .expect("a write token grants");
+
+    let denied = credits
+        .deduct(with(Some(READ), deduct("d-1")))
+        .await
+        .expect_err("a read token cannot deduct");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(
+        denied.message().contains("dashboard") && !denied.message().contains(READ),
+        "names the token, never its secret: {}",
+        denied.message()
+    );
+    let read = credits
+        .get_balance(with(Some(READ), balance()))
+        .await
+        .expect("a read token reads")
+        .into_inner();
+    assert_eq!(
+        read.balance.map(|b| b.remaining),
+        Some(10),
+        "nothing was spent"
+    );
+
+    for (token, what) in [
+        (None, "no token"),
+        (
+            Some("w-0123456789abcdef0123456789abcdeX"),
+            "an unknown token",
+        ),
+    ] {
+        let refused = credits
+            .get_balance(with(token, balance()))
+            .await
+            .expect_err(what);
+        assert_eq!(refused.code(), Code::Unauthenticated, "{what}");
+    }
+    let mut raw = with(None, balance());
+    raw.metadata_mut()
+        .insert("authorization", WRITE.parse().expect("ascii"));
+    let refused = credits.get_balance(raw).await.expect_err("not Bearer");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // Health answers without a token: Kubernetes' probes send none.
+    let health = HealthClient::new(meterd.channel())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    assert!(health.is_ok(), "{health:?}");
+
+    let spent = credits
+        .deduct(with(Some(WRITE), deduct("d-2")))
+        .await
+        .expect("a write token deducts")
+        .into_inner();
+    assert_eq!(spent.balance.map(|b| b.remaining), Some(9));
+
+    // CheckQuota reads; with `consume` it spends, and needs a write token.
+    let mut usage = UsageServiceClient::new(meterd.channel());
+    let quota = |consume: bool| CheckQuotaRequest {
+        account_id: "org_auth".into(),
+        metric: "api_request".into(),
+        amount: 1,
+        consume,
+        idempotency_key: if consume { "q-1".into() } else { String::new() },
+    };
+    usage
+        .check_quota(with(Some(READ), quota(false)))
+        .await
+        .expect("a look is a read");
+    let denied = usage
+        .check_quota(with(Some(READ), quota(true)))
+        .await
+        .expect_err("consuming is a write");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    usage
+        .check_quota(with(Some(WRITE), quota(true)))
+        .await
+        .expect("a write token consumes");
+}
+
+fn list_services() -> v1::ServerReflectionRequest {
+    v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    }
+}
+
+async fn reflect(meterd: &Meterd, token: Option<&str>) -> Result<(), tonic::Status> {
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(meterd.channel());
+    let mut replies = client
+        .server_reflection_info(with(token, tokio_stream::iter([list_services()])))
+        .await?
+        .into_inner();
+    replies.next().await.expect("a reply").map(drop)
+}
+
+#[tokio::test]
+async fn reflection_is_open_unless_asked_to_need_a_token() {
+    let open = guarded(false).await;
+    reflect(&open, None).await.expect("open for grpcurl");
+    let closed = guarded(true).await;
+    let refused = reflect(&closed, None).await.expect_err("needs a token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    reflect(&closed, Some(READ))
+        .await
+        .expect("a read token lists");
+}
