@@ -26,6 +26,6 @@ COPY --from=build /out/meterd /out/meter-stripe-bridge /usr/local/bin/
 COPY deploy/plans.toml deploy/limits.toml /etc/meter/
 USER 65532:65532
 ENV METERD_LOG_FORMAT=json
-# gRPC (meterd), HTTP (the bridge).
-EXPOSE 50051 8080
+# gRPC and metrics (meterd), HTTP (the bridge).
+EXPOSE 50051 9090 8080
 ENTRYPOINT ["/usr/local/bin/meterd"]

@@ -351,6 +351,7 @@ where
         }
         match admit(&self.tokens, self.scope, &request) {
             Ok(caller) => {
+                tracing::Span::current().record("caller", &*caller.name);
                 request.extensions_mut().insert(caller);
                 Either::Left(self.inner.call(request))
             }

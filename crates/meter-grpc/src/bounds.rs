@@ -117,6 +117,7 @@ where
                 _slot: slot,
             },
             None => {
+                meter_metrics::metrics().load_shed.inc();
                 static REFUSED: Throttle = Throttle::new();
                 if let Some(held_back) = REFUSED.admit() {
                     tracing::warn!(

@@ -15,7 +15,10 @@ use meter_core::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::status::{invalid_argument, to_status};
+use crate::{
+    observe,
+    status::{invalid_argument, to_status},
+};
 
 /// The CreditsService over a [`Credits`] use-case object.
 #[derive(Debug)]
@@ -202,6 +205,9 @@ impl<L: CreditLedger, C: Clock> CreditsGrpc<L, C> {
     }
 }
 
+/// The service's name, as metrics label it.
+const SERVICE: &str = "meter.v1.CreditsService";
+
 #[tonic::async_trait]
 impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
     async fn get_balance(
@@ -230,6 +236,11 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
             &request.idempotency_key,
         )?;
         let recorded = self.credits.deduct(&deduct).await.map_err(to_status)?;
+        if recorded.replayed {
+            observe::replayed(SERVICE, "Deduct");
+        } else if recorded.outcome.applied {
+            observe::credits_deducted(deduct.amount);
+        }
         Ok(Response::new(DeductResponse {
             applied: recorded.outcome.applied,
             balance: Some(balance(&deduct.account, &recorded.outcome.balance)),
@@ -259,6 +270,11 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
         )
         .map_err(|e| invalid_argument(&e))?;
         let recorded = self.credits.grant(&grant).await.map_err(to_status)?;
+        if recorded.replayed {
+            observe::replayed(SERVICE, "Grant");
+        } else {
+            observe::credits_granted(grant.amount);
+        }
         Ok(Response::new(GrantResponse {
             balance: Some(balance(&grant.account, &recorded.outcome.balance)),
             replayed: recorded.replayed,
@@ -278,6 +294,9 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
             .reset(account.clone(), request.total, key)
             .await
             .map_err(to_status)?;
+        if recorded.replayed {
+            observe::replayed(SERVICE, "Reset");
+        }
         Ok(Response::new(ResetResponse {
             balance: Some(balance(&account, &recorded.outcome)),
             replayed: recorded.replayed,
@@ -316,6 +335,9 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
         )?;
         let (account, charged) = (charge.account.clone(), charge.amount);
         let recorded = self.credits.reserve(charge, ttl).await.map_err(to_status)?;
+        if recorded.replayed {
+            observe::replayed(SERVICE, "Reserve");
+        }
         let hold = recorded.outcome.hold;
         Ok(Response::new(ReserveResponse {
             applied: hold.is_some(),
@@ -340,6 +362,11 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
                 &request.reason,
             )
             .await?;
+        if replayed {
+            observe::replayed(SERVICE, "Commit");
+        } else if let Some(settled) = &settlement {
+            observe::credits_deducted(settled.amount);
+        }
         Ok(Response::new(CommitResponse {
             settlement,
             balance,
@@ -355,6 +382,9 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
         let (settlement, balance, replayed) = self
             .settle(&request.account_id, &request.hold_id, None, &request.reason)
             .await?;
+        if replayed {
+            observe::replayed(SERVICE, "Release");
+        }
         Ok(Response::new(ReleaseResponse {
             settlement,
             balance,

@@ -7,6 +7,7 @@
 pub mod access;
 mod bounds;
 mod credits;
+pub mod observe;
 mod ratelimit;
 mod stats;
 mod status;
@@ -17,6 +18,7 @@ mod usage;
 pub use access::{Caller, Guarded, Scope, Tokens, TokensError};
 pub use bounds::{Bounded, BoundedCall, InFlight, Slot};
 pub use credits::CreditsGrpc;
+pub use observe::Observed;
 pub use ratelimit::{EnvoyRateLimitGrpc, RateLimitGrpc};
 pub use stats::StatsGrpc;
 pub use status::to_status;

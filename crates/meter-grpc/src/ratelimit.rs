@@ -159,6 +159,15 @@ impl<S: RateLimitStore> RateLimitService for RateLimitGrpc<S> {
             .check(request)
             .await
             .map_err(rate_limit_status)?;
+        crate::observe::rate_limited(
+            match (verdict.failed_open, verdict.allowed, verdict.shadow_denied) {
+                (true, _, _) => "failed_open",
+                (false, true, true) => "shadow_denied",
+                (false, true, false) => "allowed",
+                (false, false, _) => "denied",
+            },
+            1,
+        );
         Ok(Response::new(CheckRateLimitResponse {
             allowed: verdict.allowed,
             limit: verdict.limit.requests(),
@@ -294,6 +303,19 @@ impl<S: RateLimitStore> EnvoyRateLimitService for EnvoyRateLimitGrpc<S> {
             )
             .await
             .map_err(rate_limit_status)?;
+        if verdict.failed_open {
+            crate::observe::rate_limited("failed_open", 1);
+        } else {
+            let count = |f: fn(&&meter_ratelimit::DescriptorVerdict) -> bool| {
+                verdict.statuses.iter().filter(f).count() as u64
+            };
+            crate::observe::rate_limited("denied", count(|s| s.code == VerdictCode::OverLimit));
+            crate::observe::rate_limited("shadow_denied", count(|s| s.shadow_denied));
+            crate::observe::rate_limited(
+                "allowed",
+                count(|s| s.rule.is_some() && s.code == VerdictCode::Ok && !s.shadow_denied),
+            );
+        }
         let statuses = verdict
             .statuses
             .iter()

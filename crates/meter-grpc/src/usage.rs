@@ -218,6 +218,7 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
             };
             response.results.push(result);
         }
+        crate::observe::usage_events(response.recorded, response.duplicates, response.rejected);
         Ok(Response::new(response))
     }
 
@@ -297,7 +298,9 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
         if let Some(status) = summary.1.take().or(failure) {
             return Err(status);
         }
-        Ok(Response::new(summary.finish()))
+        let response = summary.finish();
+        crate::observe::usage_events(response.recorded, response.duplicates, response.rejected);
+        Ok(Response::new(response))
     }
 
     async fn top_consumers(
@@ -397,6 +400,12 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
             .await
             .map_err(to_status)?;
         let decision = outcome.decision;
+        if !decision.allowed {
+            meter_metrics::metrics().quota_denials.inc();
+        }
+        if outcome.consumed == Some(EventOutcome::Duplicate) {
+            crate::observe::replayed("meter.v1.UsageService", "CheckQuota");
+        }
         Ok(Response::new(CheckQuotaResponse {
             allowed: decision.allowed,
             unlimited: decision.limit.is_none(),

@@ -80,8 +80,6 @@ impl RedisStore {
     pub async fn run_raw(&self, call: ScriptCall) -> Result<Value, StoreError> {
         self.ready().await?;
         let value = self
-            .inner
-            .pipeliner
             .send(call.command, Some(call.script), call.slot)
             .await?;
         value.extract_error().map_err(|e| sort_command_error(&e))
@@ -93,8 +91,6 @@ impl RedisStore {
         self.ready().await?;
         let name = call.script.name();
         let value = self
-            .inner
-            .pipeliner
             .send(call.command, Some(call.script), call.slot)
             .await?;
         strings(value, name)
@@ -105,8 +101,36 @@ impl RedisStore {
     pub async fn command(&self, command: redis::Cmd, key: &str) -> Result<Value, StoreError> {
         self.ready().await?;
         let slot = Some(key_slot(key.as_bytes()));
-        let value = self.inner.pipeliner.send(command, None, slot).await?;
+        let value = self.send(command, None, slot).await?;
         value.extract_error().map_err(|e| sort_command_error(&e))
+    }
+
+    /// Sends through the pipeline, timing the round trip and counting failures.
+    async fn send(
+        &self,
+        command: redis::Cmd,
+        script: Option<&'static crate::script::LuaScript>,
+        slot: Option<u16>,
+    ) -> Result<Value, StoreError> {
+        let started = std::time::Instant::now();
+        let reply = self.inner.pipeliner.send(command, script, slot).await;
+        let metrics = meter_metrics::metrics();
+        metrics
+            .redis_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(error) = &reply {
+            let kind = match error {
+                StoreError::Unavailable(_) => "unavailable",
+                StoreError::OutcomeUnknown(_) => "outcome_unknown",
+                StoreError::Overloaded(_) => "overloaded",
+                _ => "error",
+            };
+            metrics
+                .redis_errors
+                .get_or_create(&meter_metrics::Outcome { outcome: kind })
+                .inc();
+        }
+        reply
     }
 
     /// Whether Redis is a cluster (keys of different slots may live on

@@ -14,15 +14,10 @@ use meter_api::v1::{
     usage_service_client::UsageServiceClient,
 };
 use meter_stripe_bridge::{Config, signature};
-use meter_testkit::RedisServer;
+use meter_testkit::{RedisServer, http::http};
 use meterd::{Stop, StoreConfig};
 use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
 const SECRET: &str = "whsec_test_current";
@@ -186,25 +181,6 @@ fn read<T>(message: T) -> tonic::Request<T> {
         format!("Bearer {READ_TOKEN}").parse().expect("ascii"),
     );
     request
-}
-
-/// Sends a raw HTTP/1.1 request and reads the whole answer: the status and body.
-async fn http(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn now() -> i64 {

@@ -7,6 +7,7 @@
 
 mod clock;
 pub mod contract;
+pub mod http;
 mod redis_cluster;
 mod redis_server;
 

@@ -74,6 +74,10 @@ pub struct GrpcArgs {
     /// with UNAVAILABLE (nothing applied) instead of queueing.
     #[arg(long, env = "METERD_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// Address to serve Prometheus metrics on (`GET /metrics`), e.g.
+    /// `[::]:9090`. Without it, no metrics port is opened.
+    #[arg(long, env = "METERD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Access control: bearer tokens with a scope. Without any, every call is allowed.
@@ -247,6 +251,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Most calls at once.
     pub max_in_flight: usize,
+    /// Where to serve `GET /metrics`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The bearer tokens; none: every call is allowed.
     pub tokens: Arc<Tokens>,
     /// Whether reflection needs a token too.
@@ -271,6 +277,7 @@ impl Config {
             shutdown_delay: duration(defaults::SHUTDOWN_DELAY)?,
             shutdown_grace: duration(defaults::SHUTDOWN_GRACE)?,
             max_in_flight: defaults::MAX_IN_FLIGHT,
+            metrics_listen: None,
             tokens: Arc::default(),
             auth_reflection: false,
         })
@@ -430,6 +437,7 @@ impl Cli {
             shutdown_delay: self.grpc.shutdown_delay,
             shutdown_grace: self.grpc.shutdown_grace,
             max_in_flight: self.grpc.max_in_flight,
+            metrics_listen: self.grpc.metrics_listen,
             tokens: Arc::new(tokens),
             auth_reflection: self.access.auth_reflection,
         })

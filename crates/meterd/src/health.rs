@@ -111,6 +111,9 @@ pub(crate) async fn watch_store<S: Stores>(
 }
 
 async fn report(reporter: &HealthReporter, status: ServingStatus) {
+    meter_metrics::metrics()
+        .serving
+        .set(i64::from(status == ServingStatus::Serving));
     reporter.set_service_status("", status).await;
     for name in SERVICE_NAMES {
         reporter.set_service_status(*name, status).await;

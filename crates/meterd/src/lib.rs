@@ -24,7 +24,7 @@ use meter_api::v1::{
 };
 use meter_core::{ActivityStats, Clock, Credits, Subscriptions, SystemClock, Usage};
 use meter_grpc::{
-    CreditsGrpc, EnvoyRateLimitGrpc, Guarded, InFlight, RateLimitGrpc, Scope, StatsGrpc,
+    CreditsGrpc, EnvoyRateLimitGrpc, Guarded, InFlight, Observed, RateLimitGrpc, Scope, StatsGrpc,
     SubscriptionGrpc, Tokens, UsageGrpc,
 };
 use meter_ratelimit::RateLimiter;
@@ -70,6 +70,14 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The metrics address cannot be listened on.
+    #[error("cannot listen on --metrics-listen {addr}: {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Serves until `shutdown` resolves, then stops as [`Stop`] says: in-flight
@@ -144,6 +152,10 @@ async fn serve<S: Stores, C: Clock + Clone>(
             .with_max_skew(config.max_event_skew),
     );
     let stores = Arc::new(stores);
+    let metrics_server = match config.metrics_listen {
+        None => None,
+        Some(addr) => Some(serve_metrics(addr).await?),
+    };
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let (reporter, health_service) = health::service(phase.clone()).await;
     let checker = tokio::spawn(health::watch_store(
@@ -189,8 +201,10 @@ async fn serve<S: Stores, C: Clock + Clone>(
         let _ = phase_tx.send(Phase::Draining);
     };
     // Health and reflection stay outside the bound: probes must answer
-    // even while meterd refuses calls. Tokens are checked before a call
-    // takes a place in the bound; health is always open (probes send none).
+    // even while meterd refuses calls. Inside the bound, each admitted call
+    // is observed (request id, span, metrics) and its token checked; a call
+    // refused at the bound costs nothing more (load_shed counts it).
+    // Health is always open (probes send none).
     let in_flight = InFlight::new(config.max_in_flight);
     let tokens = &config.tokens;
     if tokens.is_empty() {
@@ -202,7 +216,7 @@ async fn serve<S: Stores, C: Clock + Clone>(
     }
     macro_rules! guard {
         ($service:expr) => {
-            Guarded::new(in_flight.bound($service), Arc::clone(tokens))
+            in_flight.bound(Observed::new(Guarded::new($service, Arc::clone(tokens))))
         };
     }
     let reflection_tokens = if config.auth_reflection {
@@ -212,7 +226,11 @@ async fn serve<S: Stores, C: Clock + Clone>(
     };
     macro_rules! reflect {
         ($service:expr) => {
-            Guarded::with_scope($service, Arc::clone(&reflection_tokens), Scope::Read)
+            Observed::new(Guarded::with_scope(
+                $service,
+                Arc::clone(&reflection_tokens),
+                Scope::Read,
+            ))
         };
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -251,6 +269,38 @@ async fn serve<S: Stores, C: Clock + Clone>(
         }
     };
     stores.close().await;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     tracing::info!("meterd stopped");
     Ok(served?)
+}
+
+/// Serves `GET /metrics` (the Prometheus text of every metric) on `addr`
+/// until the task is aborted.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::MetricsListen { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "serving Prometheus metrics on /metrics");
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    meter_metrics::CONTENT_TYPE,
+                )],
+                meter_metrics::metrics().encode(),
+            )
+        }),
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "the metrics server stopped");
+        }
+    }))
 }

@@ -462,3 +462,83 @@ fn a_malformed_tokens_file_stops_the_binary_naming_file_entry_and_problem() {
     assert!(stderr.contains("neither read nor write"), "{stderr}");
     assert!(!stderr.contains(secret), "no token in the output: {stderr}");
 }
+
+#[tokio::test]
+async fn every_call_answers_its_request_id() {
+    let meterd = Meterd::memory().await;
+    let mut credits = meterd.credits();
+    let mut request = tonic::Request::new(meter_api::v1::GetBalanceRequest {
+        account_id: "org_rid".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-from-caller-1".parse().expect("ascii"));
+    let answered = credits.get_balance(request).await.expect("balance");
+    assert_eq!(
+        answered
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-from-caller-1"),
+        "the caller's id comes back"
+    );
+    let refused = credits
+        .get_balance(meter_api::v1::GetBalanceRequest {
+            account_id: "bad id with spaces".into(),
+        })
+        .await
+        .expect_err("invalid");
+    let made = refused
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(made.len(), 24, "a new id, on errors too: {made:?}");
+    assert!(made.chars().all(|c| c.is_ascii_hexdigit()), "{made}");
+}
+
+#[test]
+fn json_logs_carry_the_request_id_and_method_of_each_call() {
+    let mut meterd = MeterdProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--log-filter",
+            "meter_grpc=debug,info",
+        ],
+        &[],
+    );
+    meterd.wait_for_log("store answers");
+    let addr = meterd.addr();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut request = tonic::Request::new(meter_api::v1::GetBalanceRequest {
+            account_id: "org_log".into(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-request-id", "req-json-1".parse().expect("ascii"));
+        meter_api::v1::credits_service_client::CreditsServiceClient::new(channel)
+            .get_balance(request)
+            .await
+            .expect("balance");
+    });
+    meterd.wait_for_log("req-json-1");
+    let log = meterd.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("call finished"))
+        .unwrap_or_else(|| panic!("a line per call: {log}"));
+    assert!(line.starts_with('{'), "{line}");
+    assert!(line.contains("\"request_id\":\"req-json-1\""), "{line}");
+    assert!(line.contains("\"method\":\"GetBalance\""), "{line}");
+}

@@ -1,0 +1,178 @@
+//! `GET /metrics` over real HTTP while meterd serves real gRPC: the text
+//! passes `promtool check metrics`, and the counters move by exactly the
+//! calls made. One test in this file: the metrics are the process'.
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use meter_api::v1::{
+    CheckQuotaRequest, DeductRequest, GrantRequest, RecordUsageRequest, UsageEvent,
+    usage_service_client::UsageServiceClient,
+};
+use meter_testkit::http::http_get as get;
+use meterd::StoreConfig;
+use support::{Meterd, config};
+use tokio::net::TcpStream;
+use tonic::Code;
+
+/// Every sample of the text: `name{labels}` → value.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    samples.get(name).copied().unwrap_or(0.0)
+}
+
+/// `promtool check metrics` on `text`; fails saying how to install it.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) => panic!(
+            "promtool is needed to check /metrics ({error}): `sudo apt-get install -y \
+             --no-install-recommends prometheus` (Debian/Ubuntu), or `make test-deps`"
+        ),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let output = child.wait_with_output().expect("promtool runs");
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_count_exactly_the_calls_made() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let meterd = Meterd::start(meterd::Config {
+        metrics_listen: Some(addr),
+        ..config(StoreConfig::Memory)
+    })
+    .await;
+    let mut before = None;
+    for _ in 0..100 {
+        match TcpStream::connect(addr).await {
+            Ok(_) => {
+                before = Some(samples(&get(addr, "/metrics").await.1));
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let before = before.expect("/metrics answers");
+
+    let mut credits = meterd.credits();
+    credits
+        .grant(GrantRequest {
+            account_id: "org_metrics".into(),
+            amount: 50,
+            idempotency_key: "pack-1".into(),
+            ..GrantRequest::default()
+        })
+        .await
+        .expect("grant");
+    let deduct = |key: &str, amount: i64| DeductRequest {
+        account_id: "org_metrics".into(),
+        amount,
+        idempotency_key: key.into(),
+        ..DeductRequest::default()
+    };
+    for (key, amount) in [("d-1", 5), ("d-2", 7), ("d-1", 5)] {
+        credits.deduct(deduct(key, amount)).await.expect("deduct");
+    }
+    let bad = credits
+        .deduct(deduct("d-3", 0))
+        .await
+        .expect_err("an amount of 0 is refused");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let mut usage = UsageServiceClient::new(meterd.channel());
+    let event = |id: &str| UsageEvent {
+        account_id: "org_metrics".into(),
+        metric: "api_request".into(),
+        value: 1,
+        event_id: id.into(),
+        ..UsageEvent::default()
+    };
+    usage
+        .record_usage(RecordUsageRequest {
+            events: vec![event("e-1"), event("e-2"), event("e-1")],
+        })
+        .await
+        .expect("record");
+    let denied = usage
+        .check_quota(CheckQuotaRequest {
+            account_id: "org_metrics".into(),
+            metric: "api_request".into(),
+            amount: 1_000_000,
+            consume: false,
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("quota")
+        .into_inner();
+    assert!(!denied.allowed);
+
+    let (status, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    promtool_check(&text);
+    let after = samples(&text);
+    let moved = |name: &str| value(&after, name) - value(&before, name);
+    let calls = |method: &str, code: &str| {
+        moved(&format!(
+            "meter_grpc_requests_total{{service=\"meter.v1.CreditsService\",method=\"{method}\",code=\"{code}\"}}"
+        ))
+    };
+    assert_eq!(calls("Deduct", "OK"), 3.0, "{text}");
+    assert_eq!(calls("Deduct", "INVALID_ARGUMENT"), 1.0);
+    assert_eq!(calls("Grant", "OK"), 1.0);
+    assert_eq!(
+        moved(
+            "meter_grpc_request_duration_seconds_count{service=\"meter.v1.CreditsService\",method=\"Deduct\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        moved("meter_credits_deducted_total"),
+        12.0,
+        "the replay is not counted twice"
+    );
+    assert_eq!(moved("meter_credits_granted_total"), 50.0);
+    assert_eq!(
+        moved(
+            "meter_idempotent_replays_total{service=\"meter.v1.CreditsService\",method=\"Deduct\"}"
+        ),
+        1.0
+    );
+    assert_eq!(moved("meter_usage_events_total{outcome=\"recorded\"}"), 2.0);
+    assert_eq!(
+        moved("meter_usage_events_total{outcome=\"duplicate\"}"),
+        1.0
+    );
+    assert_eq!(moved("meter_quota_denials_total"), 1.0);
+    assert_eq!(value(&after, "meter_grpc_in_flight"), 0.0);
+    assert_eq!(value(&after, "meter_store_serving"), 1.0);
+    assert_eq!(get(addr, "/nothing").await.0, 404);
+}
