@@ -4,8 +4,9 @@
 #   docker run --rm -p 50051:50051 meter:0.1.0                      # meterd, embedded store
 #   docker run --rm -p 8080:8080 --entrypoint /usr/local/bin/meter-stripe-bridge meter:0.1.0 --help
 
-# Build: the release binaries, with the dependencies compiled in a layer of
-# their own so that a change to the code does not rebuild them.
+# Build: the release binaries. BuildKit's cache mounts keep the registry and
+# target/ between builds, so a change to the code does not rebuild every
+# dependency.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./

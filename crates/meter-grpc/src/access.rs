@@ -1,7 +1,7 @@
 //! Access control: bearer tokens, each with a name and a scope. A `read`
-//! token may call what only reads (`Get*`, `List*`, `Top*`, `Check*`
-//! without `consume`, Envoy's `ShouldRateLimit`); a `write` token may call
-//! everything. [`Guarded`] checks the `authorization: Bearer <token>`
+//! token may call the methods that only read ([`READ_METHODS`], and
+//! `CheckQuota` without `consume`); a `write` token may call everything,
+//! the rate limit checks included (they count). [`Guarded`] checks the `authorization: Bearer <token>`
 //! metadata of every call before the service sees it and hands the
 //! service the [`Caller`] (for the checks that depend on the request, as
 //! `CheckQuota` with `consume`). Tokens are compared by their SHA-256
@@ -119,7 +119,7 @@ impl Tokens {
         } else {
             text.lines()
                 .enumerate()
-                .map(|(i, line)| (i + 1, line.split('#').next().unwrap_or_default()))
+                .map(|(i, line)| (i + 1, without_comment(line)))
                 .filter(|(_, line)| !line.trim().is_empty())
                 .map(|(i, line)| (i, line.split_whitespace().collect()))
                 .collect()
@@ -142,26 +142,31 @@ impl Tokens {
                     parts.len()
                 )));
             };
+            // A field out of place may be the secret: errors name the
+            // token only by a valid name shorter than any secret, and only
+            // once the third field looks like a secret.
+            if token.chars().count() < MIN_TOKEN_CHARS || token.chars().any(char::is_control) {
+                return Err(fail(format!(
+                    "the token (third field) must be at least {MIN_TOKEN_CHARS} printable \
+                     characters (e.g. `openssl rand -hex 32`)"
+                )));
+            }
             if name.is_empty()
+                || name.len() >= MIN_TOKEN_CHARS
                 || !name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 return Err(fail(format!(
-                    "name {name:?} must be letters, digits, '-', '_' or '.'"
+                    "the name (first field) must be 1 to {} letters, digits, '-', '_' or '.'",
+                    MIN_TOKEN_CHARS - 1
                 )));
             }
             let scope = Scope::parse(scope).ok_or_else(|| {
                 fail(format!(
-                    "token {name}: scope {scope:?} is neither read nor write"
+                    "token {name}: the scope (second field) is neither read nor write"
                 ))
             })?;
-            if token.chars().count() < MIN_TOKEN_CHARS || token.chars().any(char::is_control) {
-                return Err(fail(format!(
-                    "token {name}: must be at least {MIN_TOKEN_CHARS} printable characters \
-                     (e.g. `openssl rand -hex 32`)"
-                )));
-            }
             let digest = digest(token.as_bytes());
             if tokens.0.iter().any(|t| &*t.name == name) {
                 return Err(fail(format!("token name {name} is used twice")));
@@ -182,13 +187,20 @@ impl Tokens {
 
     /// The tokens of both lists.
     pub fn merge(mut self, other: Self) -> Result<Self, TokensError> {
-        for token in other.0 {
+        for (i, token) in other.0.into_iter().enumerate() {
+            let fail = |problem: String| TokensError {
+                origin: "the second token list".into(),
+                entry: i + 1,
+                problem,
+            };
             if self.0.iter().any(|t| t.name == token.name) {
-                return Err(TokensError {
-                    origin: "the token lists".into(),
-                    entry: 1,
-                    problem: format!("token name {} is used twice", token.name),
-                });
+                return Err(fail(format!("token name {} is in both lists", token.name)));
+            }
+            if self.0.iter().any(|t| t.digest == token.digest) {
+                return Err(fail(format!(
+                    "token {} has the same secret as a token of the first list",
+                    token.name
+                )));
             }
             self.0.push(token);
         }
@@ -226,24 +238,45 @@ impl Tokens {
     }
 }
 
-/// The scope a method needs, by its name: reads for `Get*`, `List*`,
-/// `Top*`, `Check*` (a `CheckQuota` that consumes is checked by its
-/// handler) and `ShouldRateLimit`; writes for everything else.
+/// The methods a `read` token may call: they change nothing. (`CheckQuota`
+/// with `consume` is refused to read tokens by its handler.) Every other
+/// method, one added later included, needs `write`.
+pub const READ_METHODS: &[&str] = &[
+    "GetBalance",
+    "ListHistory",
+    "ListPlans",
+    "GetAccount",
+    "GetSubscription",
+    "FindAccount",
+    "GetStats",
+    "GetUsage",
+    "CheckQuota",
+    "ComputeBill",
+    "TopConsumers",
+    "ListUsageEvents",
+];
+
+/// The scope a method needs: `read` for [`READ_METHODS`], `write` for
+/// every other (the rate limit checks count, so they are writes).
 pub fn scope_of(method: &str) -> Scope {
-    let reads = [
-        "Get",
-        "List",
-        "Top",
-        "Check",
-        "Find",
-        "Compute",
-        "ShouldRateLimit",
-    ];
-    if reads.iter().any(|prefix| method.starts_with(prefix)) {
+    if READ_METHODS.contains(&method) {
         Scope::Read
     } else {
         Scope::Write
     }
+}
+
+/// `line` up to a `#` that starts it or follows a space (a `#` inside a
+/// token is part of it).
+fn without_comment(line: &str) -> &str {
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        if c == '#' && previous.is_whitespace() {
+            return &line[..i];
+        }
+        previous = c;
+    }
+    line
 }
 
 /// A refusal of a call whose caller may not make it: `PERMISSION_DENIED`
@@ -397,7 +430,20 @@ mod tests {
                 .to_string()
         };
         assert!(bad(&format!("web admin {A}"), false).contains("neither read nor write"));
+        for misplaced in [format!("web {A} write"), format!("{A} web write")] {
+            let error = bad(&misplaced, false);
+            assert!(!error.contains(A), "the secret is never repeated: {error}");
+        }
+        let hashed = Tokens::parse(&format!("web write {A}#{B} # a comment"), "t", false)
+            .expect("a # inside a token is part of it");
+        assert!(hashed.caller(&format!("{A}#{B}")).is_some());
+        assert!(hashed.caller(A).is_none());
+        let twice = Tokens::parse(&format!("web write {A}"), "f", false)
+            .expect("file")
+            .merge(Tokens::parse(&format!("other:read:{A}"), "env", true).expect("env"));
+        assert!(twice.is_err(), "one secret in both lists");
         assert!(bad("web write short", false).contains("at least 24"));
+        assert!(bad(&format!("{} write {A}", "n".repeat(24)), false).contains("1 to 23"));
         assert!(bad(&format!("web write {A}\nweb read {B}"), false).contains("entry 2"));
         assert!(bad(&format!("web write {A}\nother read {A}"), false).contains("same secret"));
         assert!(bad("web:write", true).contains("NAME:SCOPE:TOKEN"));
@@ -409,16 +455,7 @@ mod tests {
 
     #[test]
     fn methods_need_the_scope_their_names_say() {
-        for read in [
-            "GetBalance",
-            "ListPlans",
-            "TopConsumers",
-            "CheckQuota",
-            "CheckRateLimit",
-            "ShouldRateLimit",
-            "FindAccount",
-            "ComputeBill",
-        ] {
+        for read in READ_METHODS {
             assert_eq!(scope_of(read), Scope::Read, "{read}");
         }
         for write in [
@@ -430,8 +467,17 @@ mod tests {
             "RecordUsage",
             "StreamUsage",
             "LinkBillingCustomer",
+            "CheckRateLimit",
+            "ShouldRateLimit",
+            "GetAnythingNew",
+            "ServerReflectionInfo",
         ] {
             assert_eq!(scope_of(write), Scope::Write, "{write}");
+        }
+        // Every read method exists: a rename cannot leave a stale entry.
+        let api = String::from_utf8_lossy(meter_api::FILE_DESCRIPTOR_SET);
+        for read in READ_METHODS {
+            assert!(api.contains(read), "{read} is not a method of meter.v1");
         }
     }
 }

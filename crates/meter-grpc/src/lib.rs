@@ -18,7 +18,7 @@ mod usage;
 pub use access::{Caller, Guarded, Scope, Tokens, TokensError};
 pub use bounds::{Bounded, BoundedCall, InFlight, Slot};
 pub use credits::CreditsGrpc;
-pub use observe::Observed;
+pub use observe::{KnownMethods, Observed};
 pub use ratelimit::{EnvoyRateLimitGrpc, RateLimitGrpc};
 pub use stats::StatsGrpc;
 pub use status::to_status;

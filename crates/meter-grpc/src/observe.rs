@@ -5,15 +5,20 @@
 //! and the call's metrics (count by status code, latency, calls in flight).
 
 use std::{
+    collections::HashSet,
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
 
 use meter_metrics::{CallLabels, MethodLabels, metrics};
+use prost::Message;
 use tonic::{
     Code,
     body::Body,
@@ -27,16 +32,66 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// The longest request id taken from a caller.
 const MAX_REQUEST_ID: usize = 128;
 
+/// The methods meterd serves, `package.Service/Method`: metrics label a
+/// call by them, and any other path (a typo, a probe, an attack) as
+/// `unknown`, so a caller cannot grow the number of series.
+#[derive(Debug, Default)]
+pub struct KnownMethods(HashSet<String>);
+
+impl KnownMethods {
+    /// Every method of the services the encoded descriptor `sets` describe.
+    pub fn from_descriptor_sets(sets: &[&[u8]]) -> Self {
+        let mut known = HashSet::new();
+        for set in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let service_name = service.name.unwrap_or_default();
+                    for method in service.method {
+                        known.insert(format!(
+                            "{package}.{service_name}/{}",
+                            method.name.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+        Self(known)
+    }
+
+    /// The service and method labels of a request path.
+    fn labels(&self, path: &str) -> MethodLabels {
+        let path = path.trim_start_matches('/');
+        match path.split_once('/') {
+            Some((service, method)) if self.0.contains(path) => MethodLabels {
+                service: service.to_owned(),
+                method: method.to_owned(),
+            },
+            _ => MethodLabels {
+                service: "unknown".to_owned(),
+                method: "unknown".to_owned(),
+            },
+        }
+    }
+}
+
 /// A gRPC service whose calls get a request id, a span and metrics.
 #[derive(Clone, Debug)]
 pub struct Observed<S> {
     inner: S,
+    known: Arc<KnownMethods>,
 }
 
 impl<S> Observed<S> {
-    /// Observes `service`'s calls.
-    pub fn new(service: S) -> Self {
-        Self { inner: service }
+    /// Observes `service`'s calls, labelling them by `known` methods.
+    pub fn new(service: S, known: Arc<KnownMethods>) -> Self {
+        Self {
+            inner: service,
+            known,
+        }
     }
 }
 
@@ -44,14 +99,18 @@ impl<S: NamedService> NamedService for Observed<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// The caller's request id when usable (printable ASCII, no spaces, at
-/// most 128 bytes), else a new one.
+/// The caller's request id when usable (1 to 128 of `A-Za-z0-9._:-`, so
+/// that it cannot forge a log field), else a new one.
 fn request_id(headers: &http::HeaderMap) -> String {
     let sent = headers
         .get(REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .filter(|id| {
-            !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.bytes().all(|b| b.is_ascii_graphic())
+            !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
         });
     match sent {
         Some(id) => id.to_owned(),
@@ -133,18 +192,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (service, method) = request
-            .uri()
-            .path()
-            .trim_start_matches('/')
-            .split_once('/')
-            .map(|(s, m)| (s.to_owned(), m.to_owned()))
-            .unwrap_or_default();
+        let labels = self.known.labels(request.uri().path());
         let id = request_id(request.headers());
         let span = tracing::info_span!(
             "call",
             request_id = %id,
-            method = %method,
+            method = %labels.method,
             caller = tracing::field::Empty,
         );
         let mark = InFlightMark::enter();
@@ -155,8 +208,9 @@ where
             call,
             span,
             id,
-            labels: MethodLabels { service, method },
+            labels,
             started: Instant::now(),
+            finished: false,
             _mark: mark,
         }
     }
@@ -169,7 +223,42 @@ pub struct ObservedCall<F> {
     id: String,
     labels: MethodLabels,
     started: Instant,
+    /// Answered; a call dropped before counts as CANCELLED.
+    finished: bool,
     _mark: InFlightMark,
+}
+
+impl<F> ObservedCall<F> {
+    /// Counts the call as ended with `code`.
+    fn record(&mut self, code: Code) -> std::time::Duration {
+        self.finished = true;
+        let elapsed = self.started.elapsed();
+        let m = metrics();
+        m.calls
+            .get_or_create(&CallLabels {
+                service: self.labels.service.clone(),
+                method: self.labels.method.clone(),
+                code: code_name(code).to_owned(),
+            })
+            .inc();
+        m.call_seconds
+            .get_or_create(&self.labels)
+            .observe(elapsed.as_secs_f64());
+        elapsed
+    }
+}
+
+impl<F> Drop for ObservedCall<F> {
+    fn drop(&mut self) {
+        // Dropped unanswered: the caller went away, or its deadline passed
+        // (Bounded answers DEADLINE_EXCEEDED in its place).
+        if !self.finished {
+            let span = self.span.clone();
+            let _entered = span.enter();
+            self.record(Code::Cancelled);
+            tracing::debug!("call dropped before its answer");
+        }
+    }
 }
 
 impl<F> std::fmt::Debug for ObservedCall<F> {
@@ -189,11 +278,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let _entered = this.span.enter();
+        let span = this.span.clone();
+        let _entered = span.enter();
         let Poll::Ready(Ok(mut response)) = Pin::new(&mut this.call).poll(cx) else {
             return Poll::Pending;
         };
-        let elapsed = this.started.elapsed();
         // An answer with a status at once carries it in its headers
         // (trailers-only); one with a body ends OK (unary calls).
         let code = response
@@ -202,17 +291,7 @@ where
             .and_then(|value| value.to_str().ok())
             .and_then(|text| text.parse::<i32>().ok())
             .map_or(Code::Ok, Code::from);
-        let m = metrics();
-        m.calls
-            .get_or_create(&CallLabels {
-                service: this.labels.service.clone(),
-                method: this.labels.method.clone(),
-                code: code_name(code).to_owned(),
-            })
-            .inc();
-        m.call_seconds
-            .get_or_create(&this.labels)
-            .observe(elapsed.as_secs_f64());
+        let elapsed = this.record(code);
         if let Ok(value) = http::HeaderValue::from_str(&this.id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
@@ -285,7 +364,7 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(REQUEST_ID, http::HeaderValue::from_static("req-42"));
         assert_eq!(request_id(&headers), "req-42");
-        headers.insert(REQUEST_ID, http::HeaderValue::from_static("has space"));
+        headers.insert(REQUEST_ID, http::HeaderValue::from_static("a\"b=c"));
         let made = request_id(&headers);
         assert_eq!(made.len(), 24, "{made}");
         let long = "x".repeat(MAX_REQUEST_ID + 1);
@@ -295,5 +374,18 @@ mod tests {
         );
         assert_ne!(request_id(&headers), long);
         assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn only_known_methods_are_labels() {
+        let known = KnownMethods::from_descriptor_sets(&[meter_api::FILE_DESCRIPTOR_SET]);
+        let deduct = known.labels("/meter.v1.CreditsService/Deduct");
+        assert_eq!(
+            (deduct.service.as_str(), deduct.method.as_str()),
+            ("meter.v1.CreditsService", "Deduct")
+        );
+        for path in ["/meter.v1.CreditsService/Nope", "/x.Y/Z", "/", ""] {
+            assert_eq!(known.labels(path).method, "unknown", "{path}");
+        }
     }
 }

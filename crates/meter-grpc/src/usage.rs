@@ -295,12 +295,12 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
         batch.send(&mut in_flight, &self.usage);
         summary.settle(&mut in_flight, 0).await;
         // A store failure first: it is the one that asks for a retry.
+        // Counted whatever the answer: the batches before a failure stand.
+        crate::observe::usage_events(summary.0.recorded, summary.0.duplicates, summary.0.rejected);
         if let Some(status) = summary.1.take().or(failure) {
             return Err(status);
         }
-        let response = summary.finish();
-        crate::observe::usage_events(response.recorded, response.duplicates, response.rejected);
-        Ok(Response::new(response))
+        Ok(Response::new(summary.finish()))
     }
 
     async fn top_consumers(
@@ -403,8 +403,13 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
         if !decision.allowed {
             meter_metrics::metrics().quota_denials.inc();
         }
-        if outcome.consumed == Some(EventOutcome::Duplicate) {
-            crate::observe::replayed("meter.v1.UsageService", "CheckQuota");
+        match &outcome.consumed {
+            Some(EventOutcome::Recorded { .. }) => crate::observe::usage_events(1, 0, 0),
+            Some(EventOutcome::Duplicate) => {
+                crate::observe::usage_events(0, 1, 0);
+                crate::observe::replayed("meter.v1.UsageService", "CheckQuota");
+            }
+            _ => {}
         }
         Ok(Response::new(CheckQuotaResponse {
             allowed: decision.allowed,

@@ -82,7 +82,10 @@ impl RedisStore {
         let value = self
             .send(call.command, Some(call.script), call.slot)
             .await?;
-        value.extract_error().map_err(|e| sort_command_error(&e))
+        value.extract_error().map_err(|e| {
+            count_error("error_reply");
+            sort_command_error(&e)
+        })
     }
 
     /// Runs a script whose reply is an array of strings (`''` and nil are
@@ -102,7 +105,10 @@ impl RedisStore {
         self.ready().await?;
         let slot = Some(key_slot(key.as_bytes()));
         let value = self.send(command, None, slot).await?;
-        value.extract_error().map_err(|e| sort_command_error(&e))
+        value.extract_error().map_err(|e| {
+            count_error("error_reply");
+            sort_command_error(&e)
+        })
     }
 
     /// Sends through the pipeline, timing the round trip and counting failures.
@@ -119,16 +125,12 @@ impl RedisStore {
             .redis_seconds
             .observe(started.elapsed().as_secs_f64());
         if let Err(error) = &reply {
-            let kind = match error {
+            count_error(match error {
                 StoreError::Unavailable(_) => "unavailable",
                 StoreError::OutcomeUnknown(_) => "outcome_unknown",
                 StoreError::Overloaded(_) => "overloaded",
                 _ => "error",
-            };
-            metrics
-                .redis_errors
-                .get_or_create(&meter_metrics::Outcome { outcome: kind })
-                .inc();
+            });
         }
         reply
     }
@@ -186,7 +188,11 @@ impl RedisStore {
 /// The reply `value` of `what` as an array of strings; an error reply sorted.
 fn strings(value: Value, what: &str) -> Result<Vec<Option<String>>, StoreError> {
     let unexpected = |detail: String| StoreError::Protocol(format!("{what} reply: {detail}"));
-    let Value::Array(items) = value.extract_error().map_err(|e| sort_command_error(&e))? else {
+    let Value::Array(items) = value.extract_error().map_err(|e| {
+        count_error("error_reply");
+        sort_command_error(&e)
+    })?
+    else {
         return Err(unexpected("not an array".into()));
     };
     // Straight from the reply's buffers: a bulk string's bytes become the
@@ -202,4 +208,12 @@ fn strings(value: Value, what: &str) -> Result<Vec<Option<String>>, StoreError> 
             other => Err(unexpected(format!("{other:?} in an array of strings"))),
         })
         .collect()
+}
+
+/// Counts a failed Redis round trip of `kind`.
+fn count_error(kind: &'static str) {
+    meter_metrics::metrics()
+        .redis_errors
+        .get_or_create(&meter_metrics::Outcome { outcome: kind })
+        .inc();
 }

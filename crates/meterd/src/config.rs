@@ -78,6 +78,16 @@ pub struct GrpcArgs {
     /// `[::]:9090`. Without it, no metrics port is opened.
     #[arg(long, env = "METERD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key).
+    #[arg(long, env = "METERD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "METERD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificates of the CAs whose client certificates are accepted:
+    /// mutual TLS, every caller must present one.
+    #[arg(long, env = "METERD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Access control: bearer tokens with a scope. Without any, every call is allowed.
@@ -253,6 +263,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Where to serve `GET /metrics`, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS (and mutual TLS) on the gRPC port, if configured.
+    pub tls: Option<TlsFiles>,
     /// The bearer tokens; none: every call is allowed.
     pub tokens: Arc<Tokens>,
     /// Whether reflection needs a token too.
@@ -278,6 +290,7 @@ impl Config {
             shutdown_grace: duration(defaults::SHUTDOWN_GRACE)?,
             max_in_flight: defaults::MAX_IN_FLIGHT,
             metrics_listen: None,
+            tls: None,
             tokens: Arc::default(),
             auth_reflection: false,
         })
@@ -338,6 +351,16 @@ pub enum ConfigError {
         /// `--redis-timeout`.
         response: Duration,
     },
+    /// A TLS file cannot be read.
+    #[error("cannot read {flag} {path}: {source}")]
+    ReadTls {
+        /// The flag naming it.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The tokens file cannot be read.
     #[error("cannot read tokens file {path}: {source}")]
     ReadTokens {
@@ -349,6 +372,12 @@ pub enum ConfigError {
     /// A token list is refused.
     #[error(transparent)]
     Tokens(#[from] TokensError),
+    /// Tokens were asked for and none was found.
+    #[error(
+        "--tokens-file / METERD_TOKENS hold no token: meterd would allow every call; add a \
+         `NAME SCOPE TOKEN` line, or remove the setting to run without access control"
+    )]
+    NoTokens,
     /// A built-in default does not parse (a bug).
     #[error("a built-in default does not parse: {0}")]
     Default(String),
@@ -438,9 +467,54 @@ impl Cli {
             shutdown_grace: self.grpc.shutdown_grace,
             max_in_flight: self.grpc.max_in_flight,
             metrics_listen: self.grpc.metrics_listen,
+            tls: self.grpc.tls()?,
             tokens: Arc::new(tokens),
             auth_reflection: self.access.auth_reflection,
         })
+    }
+}
+
+/// The PEM contents of the TLS files, read at start.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// The CAs of accepted client certificates (mutual TLS), if any.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("mutual", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcArgs {
+    /// The TLS files, read.
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        let read = |flag: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ConfigError::ReadTls {
+                flag,
+                path: path.clone(),
+                source,
+            })
+        };
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        Ok(Some(TlsFiles {
+            cert: read("--tls-cert", cert)?,
+            key: read("--tls-key", key)?,
+            client_ca: self
+                .tls_client_ca
+                .as_ref()
+                .map(|ca| read("--tls-client-ca", ca))
+                .transpose()?,
+        }))
     }
 }
 
@@ -462,7 +536,13 @@ impl AccessArgs {
             None => Tokens::default(),
             Some(list) => Tokens::parse(list.expose(), "--tokens / METERD_TOKENS", true)?,
         };
-        Ok(from_file.merge(from_list)?)
+        let tokens = from_file.merge(from_list)?;
+        // Asked for and empty (a blank Secret): refuse, rather than let
+        // every call in.
+        if tokens.is_empty() && (self.tokens_file.is_some() || self.tokens.is_some()) {
+            return Err(ConfigError::NoTokens);
+        }
+        Ok(tokens)
     }
 }
 

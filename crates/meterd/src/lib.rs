@@ -24,13 +24,13 @@ use meter_api::v1::{
 };
 use meter_core::{ActivityStats, Clock, Credits, Subscriptions, SystemClock, Usage};
 use meter_grpc::{
-    CreditsGrpc, EnvoyRateLimitGrpc, Guarded, InFlight, Observed, RateLimitGrpc, Scope, StatsGrpc,
-    SubscriptionGrpc, Tokens, UsageGrpc,
+    CreditsGrpc, EnvoyRateLimitGrpc, Guarded, InFlight, KnownMethods, Observed, RateLimitGrpc,
+    Scope, StatsGrpc, SubscriptionGrpc, Tokens, UsageGrpc,
 };
 use meter_ratelimit::RateLimiter;
 use meter_redis::RedisStore;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 
 pub use config::{Cli, Config, StoreConfig};
 use health::Phase;
@@ -70,6 +70,9 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The TLS certificate, key or client CA is unusable.
+    #[error("TLS: the certificate, key or client CA is unusable: {0}")]
+    Tls(tonic::transport::Error),
     /// The metrics address cannot be listened on.
     #[error("cannot listen on --metrics-listen {addr}: {source}")]
     MetricsListen {
@@ -214,9 +217,17 @@ async fn serve<S: Stores, C: Clock + Clone>(
     } else {
         tracing::info!(tokens = ?tokens, "bearer tokens required");
     }
+    let known = Arc::new(KnownMethods::from_descriptor_sets(&[
+        meter_api::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]));
     macro_rules! guard {
         ($service:expr) => {
-            in_flight.bound(Observed::new(Guarded::new($service, Arc::clone(tokens))))
+            in_flight.bound(Observed::new(
+                Guarded::new($service, Arc::clone(tokens)),
+                Arc::clone(&known),
+            ))
         };
     }
     let reflection_tokens = if config.auth_reflection {
@@ -226,15 +237,31 @@ async fn serve<S: Stores, C: Clock + Clone>(
     };
     macro_rules! reflect {
         ($service:expr) => {
-            Observed::new(Guarded::with_scope(
-                $service,
-                Arc::clone(&reflection_tokens),
-                Scope::Read,
-            ))
+            Observed::new(
+                Guarded::with_scope($service, Arc::clone(&reflection_tokens), Scope::Read),
+                Arc::clone(&known),
+            )
         };
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let mut settings = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            settings = settings.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(settings).map_err(RunError::Tls)?;
+        tracing::info!(
+            mutual = tls.client_ca.is_some(),
+            "serving gRPC over TLS{}",
+            if tls.client_ca.is_some() {
+                ": every caller presents a certificate of --tls-client-ca"
+            } else {
+                ""
+            }
+        );
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflect!(reflection_v1))
         .add_service(reflect!(reflection_v1alpha))

@@ -6,8 +6,8 @@ mod support;
 use std::sync::Arc;
 
 use meter_api::v1::{
-    CheckQuotaRequest, DeductRequest, GetBalanceRequest, GrantRequest,
-    usage_service_client::UsageServiceClient,
+    CheckQuotaRequest, CheckRateLimitRequest, DeductRequest, GetBalanceRequest, GrantRequest,
+    rate_limit_service_client::RateLimitServiceClient, usage_service_client::UsageServiceClient,
 };
 use meter_grpc::Tokens;
 use meterd::StoreConfig;
@@ -155,6 +155,29 @@ async fn a_read_token_reads_but_cannot_spend_and_no_token_is_turned_away() {
         .check_quota(with(Some(WRITE), quota(true)))
         .await
         .expect("a write token consumes");
+
+    // A rate limit check counts: a read token may not spend a limit.
+    let mut limits = RateLimitServiceClient::new(meterd.channel());
+    let check = || CheckRateLimitRequest {
+        key: "login:org_auth".into(),
+        limit: 5,
+        window: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        ..CheckRateLimitRequest::default()
+    };
+    let denied = limits
+        .check_rate_limit(with(Some(READ), check()))
+        .await
+        .expect_err("a read token cannot count");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let counted = limits
+        .check_rate_limit(with(Some(WRITE), check()))
+        .await
+        .expect("a write token counts")
+        .into_inner();
+    assert_eq!(counted.remaining, 4, "the refused check counted nothing");
 }
 
 fn list_services() -> v1::ServerReflectionRequest {

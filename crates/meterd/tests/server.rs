@@ -542,3 +542,9 @@ fn json_logs_carry_the_request_id_and_method_of_each_call() {
     assert!(line.contains("\"request_id\":\"req-json-1\""), "{line}");
     assert!(line.contains("\"method\":\"GetBalance\""), "{line}");
 }
+
+#[test]
+fn a_tokens_file_without_a_token_stops_the_binary_rather_than_allow_every_call() {
+    let (stderr, _) = refused_at_start("--tokens-file", "# nobody yet\n\n");
+    assert!(stderr.contains("hold no token"), "{stderr}");
+}
