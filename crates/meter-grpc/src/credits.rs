@@ -337,6 +337,8 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
         let recorded = self.credits.reserve(charge, ttl).await.map_err(to_status)?;
         if recorded.replayed {
             observe::replayed(SERVICE, "Reserve");
+        } else if recorded.outcome.hold.is_some() {
+            observe::hold("reserved");
         }
         let hold = recorded.outcome.hold;
         Ok(Response::new(ReserveResponse {
@@ -365,6 +367,7 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
         if replayed {
             observe::replayed(SERVICE, "Commit");
         } else if let Some(settled) = &settlement {
+            observe::hold("committed");
             observe::credits_deducted(settled.amount);
         }
         Ok(Response::new(CommitResponse {
@@ -384,6 +387,8 @@ impl<L: CreditLedger, C: Clock> CreditsService for CreditsGrpc<L, C> {
             .await?;
         if replayed {
             observe::replayed(SERVICE, "Release");
+        } else {
+            observe::hold("released");
         }
         Ok(Response::new(ReleaseResponse {
             settlement,

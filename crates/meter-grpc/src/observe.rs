@@ -341,6 +341,14 @@ pub(crate) fn usage_events(recorded: i64, duplicates: i64, rejected: i64) {
     }
 }
 
+/// Counts a hold reserved, committed or released (first applications).
+pub(crate) fn hold(outcome: &'static str) {
+    metrics()
+        .holds
+        .get_or_create(&meter_metrics::Outcome { outcome })
+        .inc();
+}
+
 /// Counts credits taken by a first Deduct or Commit.
 pub(crate) fn credits_deducted(amount: i64) {
     metrics()

@@ -97,6 +97,9 @@ impl<S: StatsStore, C: Clock> StatsService for StatsGrpc<S, C> {
             .await
             .map_err(to_status)?;
         let login = recorded.outcome;
+        if recorded.replayed {
+            crate::observe::replayed("meter.v1.StatsService", "RecordLogin");
+        }
         Ok(Response::new(RecordLoginResponse {
             first_login_today: login.first_login_today,
             days_active: login.days_active,
@@ -127,6 +130,9 @@ impl<S: StatsStore, C: Clock> StatsService for StatsGrpc<S, C> {
             .await
             .map_err(to_status)?;
         let (counted, view) = recorded.outcome;
+        if recorded.replayed {
+            crate::observe::replayed("meter.v1.StatsService", "RecordConversation");
+        }
         Ok(Response::new(RecordConversationResponse {
             counted,
             stats: Some(stats_message(&who, view)),
@@ -146,6 +152,9 @@ impl<S: StatsStore, C: Clock> StatsService for StatsGrpc<S, C> {
             .set_mood(who.clone(), request.score, key)
             .await
             .map_err(to_status)?;
+        if recorded.replayed {
+            crate::observe::replayed("meter.v1.StatsService", "SetMood");
+        }
         Ok(Response::new(SetMoodResponse {
             stats: Some(stats_message(&who, recorded.outcome)),
             replayed: recorded.replayed,
@@ -164,6 +173,9 @@ impl<S: StatsStore, C: Clock> StatsService for StatsGrpc<S, C> {
             .reset(who.clone(), key)
             .await
             .map_err(to_status)?;
+        if recorded.replayed {
+            crate::observe::replayed("meter.v1.StatsService", "ResetStats");
+        }
         Ok(Response::new(ResetStatsResponse {
             stats: Some(stats_message(&who, recorded.outcome)),
             replayed: recorded.replayed,

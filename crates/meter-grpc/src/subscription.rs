@@ -260,6 +260,9 @@ impl<S: AccountStore, C: Clock> SubscriptionService for SubscriptionGrpc<S, C> {
             .await
             .map_err(to_status)?;
         let (created, view) = &recorded.outcome;
+        if recorded.replayed {
+            crate::observe::replayed("meter.v1.SubscriptionService", "RegisterAccount");
+        }
         Ok(Response::new(RegisterAccountResponse {
             account: Some(account_message(&who, view)),
             created: *created,
@@ -321,6 +324,9 @@ impl<S: AccountStore, C: Clock> SubscriptionService for SubscriptionGrpc<S, C> {
             .await
             .map_err(to_status)?;
         let (subscription, applied, replayed) = change_parts(recorded);
+        if replayed {
+            crate::observe::replayed("meter.v1.SubscriptionService", "UpdateSubscription");
+        }
         Ok(Response::new(UpdateSubscriptionResponse {
             subscription: Some(subscription),
             applied,
@@ -348,6 +354,9 @@ impl<S: AccountStore, C: Clock> SubscriptionService for SubscriptionGrpc<S, C> {
             .await
             .map_err(to_status)?;
         let (subscription, applied, replayed) = change_parts(recorded);
+        if replayed {
+            crate::observe::replayed("meter.v1.SubscriptionService", "CancelSubscription");
+        }
         Ok(Response::new(CancelSubscriptionResponse {
             subscription: Some(subscription),
             applied,
@@ -373,6 +382,9 @@ impl<S: AccountStore, C: Clock> SubscriptionService for SubscriptionGrpc<S, C> {
             .update_profile(who, fields, key)
             .await
             .map_err(to_status)?;
+        if recorded.replayed {
+            crate::observe::replayed("meter.v1.SubscriptionService", "UpdateProfile");
+        }
         Ok(Response::new(UpdateProfileResponse {
             profile: Some(profile(&recorded.outcome)),
             replayed: recorded.replayed,

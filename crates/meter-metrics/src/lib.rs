@@ -67,8 +67,14 @@ pub struct Metrics {
     pub load_shed: Counter,
     /// Redis round trips (scripts and commands), from send to reply.
     pub redis_seconds: Histogram,
-    /// Redis round trips that failed, by kind (`unavailable`, `overloaded`, `error`).
+    /// Redis round trips that failed, by kind (`unavailable`, `outcome_unknown`,
+    /// `overloaded`, `error_reply`, `error`).
     pub redis_errors: Family<Outcome, Counter>,
+    /// Redis commands sent (or queued to be) and not answered yet.
+    pub redis_pending: Gauge,
+    /// Holds by what happened to them (`reserved`, `committed`, `released`;
+    /// first applications only).
+    pub holds: Family<Outcome, Counter>,
     /// Whether the store answers its health check: 1 SERVING, 0 NOT_SERVING.
     pub serving: Gauge,
     /// Calls answered from an idempotency record (a retry), by service and method.
@@ -95,6 +101,8 @@ impl Metrics {
             load_shed: Counter::default(),
             redis_seconds: LatencyBuckets.new_metric(),
             redis_errors: Family::default(),
+            redis_pending: Gauge::default(),
+            holds: Family::default(),
             serving: Gauge::default(),
             replays: Family::default(),
             credits_deducted: Counter::default(),
@@ -135,6 +143,16 @@ impl Metrics {
             "redis_errors",
             "Redis round trips that failed, by kind",
             metrics.redis_errors.clone(),
+        );
+        registry.register(
+            "redis_pending",
+            "Redis commands sent (or queued to be) and not answered yet",
+            metrics.redis_pending.clone(),
+        );
+        registry.register(
+            "holds",
+            "Holds by what happened to them (reserved, committed, released)",
+            metrics.holds.clone(),
         );
         registry.register(
             "store_serving",

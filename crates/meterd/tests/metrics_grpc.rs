@@ -7,7 +7,9 @@ mod support;
 use std::{collections::HashMap, time::Duration};
 
 use meter_api::v1::{
-    CheckQuotaRequest, DeductRequest, GrantRequest, RecordUsageRequest, UsageEvent,
+    CheckQuotaRequest, CommitRequest, DeductRequest, GrantRequest, RecordUsageRequest,
+    RegisterAccountRequest, ReserveRequest, UsageEvent,
+    subscription_service_client::SubscriptionServiceClient,
     usage_service_client::UsageServiceClient,
 };
 use meter_testkit::http::http_get as get;
@@ -108,6 +110,42 @@ async fn metrics_pass_promtool_and_count_exactly_the_calls_made() {
         .await
         .expect_err("an amount of 0 is refused");
     assert_eq!(bad.code(), Code::InvalidArgument);
+    let held = credits
+        .reserve(ReserveRequest {
+            account_id: "org_metrics".into(),
+            amount: 10,
+            ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            idempotency_key: "h-1".into(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .expect("reserve")
+        .into_inner();
+    for _ in 0..2 {
+        credits
+            .commit(CommitRequest {
+                account_id: "org_metrics".into(),
+                hold_id: held.hold_id.clone(),
+                amount: 4,
+                reason: String::new(),
+            })
+            .await
+            .expect("commit (the second answers the first)");
+    }
+    let mut accounts = SubscriptionServiceClient::new(meterd.channel());
+    for _ in 0..2 {
+        accounts
+            .register_account(RegisterAccountRequest {
+                account_id: "org_metrics_2".into(),
+                idempotency_key: "signup".into(),
+                ..RegisterAccountRequest::default()
+            })
+            .await
+            .expect("register");
+    }
     let mut usage = UsageServiceClient::new(meterd.channel());
     let event = |id: &str| UsageEvent {
         account_id: "org_metrics".into(),
@@ -156,9 +194,24 @@ async fn metrics_pass_promtool_and_count_exactly_the_calls_made() {
     );
     assert_eq!(
         moved("meter_credits_deducted_total"),
-        12.0,
-        "the replay is not counted twice"
+        12.0 + 4.0,
+        "two deducts and a commit; replays are not counted twice"
     );
+    assert_eq!(moved("meter_holds_total{outcome=\"reserved\"}"), 1.0);
+    assert_eq!(moved("meter_holds_total{outcome=\"committed\"}"), 1.0);
+    assert_eq!(
+        moved(
+            "meter_idempotent_replays_total{service=\"meter.v1.CreditsService\",method=\"Commit\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            "meter_idempotent_replays_total{service=\"meter.v1.SubscriptionService\",method=\"RegisterAccount\"}"
+        ),
+        1.0
+    );
+    assert!(after.contains_key("meter_redis_pending"), "{text}");
     assert_eq!(moved("meter_credits_granted_total"), 50.0);
     assert_eq!(
         moved(
