@@ -62,6 +62,14 @@ impl KnownMethods {
         Self(known)
     }
 
+    /// Whether some service has a method named `method`.
+    pub fn has_method(&self, method: &str) -> bool {
+        self.0.iter().any(|path| {
+            path.rsplit_once('/')
+                .is_some_and(|(_, name)| name == method)
+        })
+    }
+
     /// The service and method labels of a request path.
     fn labels(&self, path: &str) -> MethodLabels {
         let path = path.trim_start_matches('/');
@@ -255,8 +263,13 @@ impl<F> Drop for ObservedCall<F> {
         if !self.finished {
             let span = self.span.clone();
             let _entered = span.enter();
-            self.record(Code::Cancelled);
-            tracing::debug!("call dropped before its answer");
+            if std::thread::panicking() {
+                self.record(Code::Internal);
+                tracing::error!("the call's handler panicked");
+            } else {
+                self.record(Code::Cancelled);
+                tracing::debug!("call dropped before its answer");
+            }
         }
     }
 }

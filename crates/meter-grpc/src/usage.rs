@@ -405,10 +405,8 @@ impl<S: UsageStore, C: Clock> UsageService for UsageGrpc<S, C> {
         }
         match &outcome.consumed {
             Some(EventOutcome::Recorded { .. }) => crate::observe::usage_events(1, 0, 0),
-            Some(EventOutcome::Duplicate) => {
-                crate::observe::usage_events(0, 1, 0);
-                crate::observe::replayed("meter.v1.UsageService", "CheckQuota");
-            }
+            // A repeated consume is a duplicate event, counted once there.
+            Some(EventOutcome::Duplicate) => crate::observe::usage_events(0, 1, 0),
             _ => {}
         }
         Ok(Response::new(CheckQuotaResponse {

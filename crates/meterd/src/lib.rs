@@ -71,7 +71,7 @@ pub enum RunError {
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     /// The TLS certificate, key or client CA is unusable.
-    #[error("TLS: the certificate, key or client CA is unusable: {0}")]
+    #[error("TLS: the certificate, key or client CA is unusable: {0:?}")]
     Tls(tonic::transport::Error),
     /// The metrics address cannot be listened on.
     #[error("cannot listen on --metrics-listen {addr}: {source}")]
@@ -246,7 +246,11 @@ async fn serve<S: Stores, C: Clock + Clone>(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
-        let mut settings = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        // A connection that does not finish its handshake in time is
+        // closed: no socket is held by a caller that never authenticates.
+        let mut settings = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert, &tls.key))
+            .timeout(std::time::Duration::from_secs(10));
         if let Some(ca) = &tls.client_ca {
             settings = settings.client_ca_root(Certificate::from_pem(ca));
         }

@@ -185,7 +185,11 @@ async fn mutual_tls_refuses_unknown_client_certificates() {
         (Some("stranger"), "a certificate of another CA"),
         (None, "no certificate"),
     ] {
-        let refused = call(&meterd, dir.path(), identity).await;
-        assert!(refused.is_err(), "{what} is refused: {refused:?}");
+        let refused = call(&meterd, dir.path(), identity).await.expect_err(what);
+        // Refused by meterd on the wire, not by the client's own setup.
+        assert!(
+            refused.starts_with("connect:") || refused.starts_with("call:"),
+            "{what}: {refused}"
+        );
     }
 }
