@@ -5,7 +5,7 @@
 //! and the call's metrics (count by status code, latency, calls in flight).
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     convert::Infallible,
     future::Future,
     pin::Pin,
@@ -34,14 +34,16 @@ const MAX_REQUEST_ID: usize = 128;
 
 /// The methods meterd serves, `package.Service/Method`: metrics label a
 /// call by them, and any other path (a typo, a probe, an attack) as
-/// `unknown`, so a caller cannot grow the number of series.
+/// `unknown`, so a caller cannot grow the number of series. The names are
+/// kept for the life of the process (a few dozen), so labelling a call
+/// allocates nothing.
 #[derive(Debug, Default)]
-pub struct KnownMethods(HashSet<String>);
+pub struct KnownMethods(HashMap<String, MethodLabels>);
 
 impl KnownMethods {
     /// Every method of the services the encoded descriptor `sets` describe.
     pub fn from_descriptor_sets(sets: &[&[u8]]) -> Self {
-        let mut known = HashSet::new();
+        let mut known = HashMap::new();
         for set in sets {
             let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
                 continue;
@@ -49,12 +51,17 @@ impl KnownMethods {
             for file in set.file {
                 let package = file.package.unwrap_or_default();
                 for service in file.service {
-                    let service_name = service.name.unwrap_or_default();
+                    let service_name: &'static str =
+                        format!("{package}.{}", service.name.unwrap_or_default()).leak();
                     for method in service.method {
-                        known.insert(format!(
-                            "{package}.{service_name}/{}",
-                            method.name.unwrap_or_default()
-                        ));
+                        let method_name: &'static str = method.name.unwrap_or_default().leak();
+                        known.insert(
+                            format!("{service_name}/{method_name}"),
+                            MethodLabels {
+                                service: service_name,
+                                method: method_name,
+                            },
+                        );
                     }
                 }
             }
@@ -64,25 +71,18 @@ impl KnownMethods {
 
     /// Whether some service has a method named `method`.
     pub fn has_method(&self, method: &str) -> bool {
-        self.0.iter().any(|path| {
-            path.rsplit_once('/')
-                .is_some_and(|(_, name)| name == method)
-        })
+        self.0.values().any(|labels| labels.method == method)
     }
 
     /// The service and method labels of a request path.
     fn labels(&self, path: &str) -> MethodLabels {
-        let path = path.trim_start_matches('/');
-        match path.split_once('/') {
-            Some((service, method)) if self.0.contains(path) => MethodLabels {
-                service: service.to_owned(),
-                method: method.to_owned(),
-            },
-            _ => MethodLabels {
-                service: "unknown".to_owned(),
-                method: "unknown".to_owned(),
-            },
-        }
+        self.0
+            .get(path.trim_start_matches('/'))
+            .cloned()
+            .unwrap_or(MethodLabels {
+                service: "unknown",
+                method: "unknown",
+            })
     }
 }
 
@@ -244,9 +244,9 @@ impl<F> ObservedCall<F> {
         let m = metrics();
         m.calls
             .get_or_create(&CallLabels {
-                service: self.labels.service.clone(),
-                method: self.labels.method.clone(),
-                code: code_name(code).to_owned(),
+                service: self.labels.service,
+                method: self.labels.method,
+                code: code_name(code),
             })
             .inc();
         m.call_seconds
@@ -318,13 +318,10 @@ where
 }
 
 /// Counts a call answered from its idempotency record.
-pub(crate) fn replayed(service: &str, method: &str) {
+pub(crate) fn replayed(service: &'static str, method: &'static str) {
     metrics()
         .replays
-        .get_or_create(&MethodLabels {
-            service: service.to_owned(),
-            method: method.to_owned(),
-        })
+        .get_or_create(&MethodLabels { service, method })
         .inc();
 }
 
@@ -402,7 +399,7 @@ mod tests {
         let known = KnownMethods::from_descriptor_sets(&[meter_api::FILE_DESCRIPTOR_SET]);
         let deduct = known.labels("/meter.v1.CreditsService/Deduct");
         assert_eq!(
-            (deduct.service.as_str(), deduct.method.as_str()),
+            (deduct.service, deduct.method),
             ("meter.v1.CreditsService", "Deduct")
         );
         for path in ["/meter.v1.CreditsService/Nope", "/x.Y/Z", "/", ""] {

@@ -20,20 +20,20 @@ use prometheus_client::{
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     /// The gRPC service, e.g. `meter.v1.CreditsService`.
-    pub service: String,
+    pub service: &'static str,
     /// The method, e.g. `Deduct`.
-    pub method: String,
+    pub method: &'static str,
     /// The status code's name, e.g. `OK`, `INVALID_ARGUMENT`.
-    pub code: String,
+    pub code: &'static str,
 }
 
 /// A call's service and method.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     /// The gRPC service.
-    pub service: String,
+    pub service: &'static str,
     /// The method.
-    pub method: String,
+    pub method: &'static str,
 }
 
 /// One label naming an outcome or a kind.
@@ -255,9 +255,9 @@ mod tests {
         metrics
             .calls
             .get_or_create(&CallLabels {
-                service: "meter.v1.CreditsService".into(),
-                method: "Deduct".into(),
-                code: "OK".into(),
+                service: "meter.v1.CreditsService",
+                method: "Deduct",
+                code: "OK",
             })
             .inc_by(3);
         metrics.credits_deducted.inc_by(7);
