@@ -7,8 +7,8 @@
 use meter_api::v1::{
     CancelSubscriptionRequest, EventStatus, FindAccountRequest, GetAccountRequest, GrantKind,
     GrantRequest, LinkBillingCustomerRequest, ListPlansRequest, RecordUsageRequest,
-    RegisterAccountRequest, SubscriptionStatus, UpdateSubscriptionRequest, UsageEvent,
-    credits_service_client::CreditsServiceClient,
+    RegisterAccountRequest, SubscriptionStatus, UpdateSubscriptionRequest,
+    UpdateSubscriptionResponse, UsageEvent, credits_service_client::CreditsServiceClient,
     subscription_service_client::SubscriptionServiceClient,
     usage_service_client::UsageServiceClient,
 };
@@ -101,6 +101,11 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// The id of a referenced object, empty without one.
+fn id_of(reference: Option<&Expandable>) -> String {
+    reference.map(|r| r.id().to_owned()).unwrap_or_default()
+}
+
 fn timestamp(seconds: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos: 0 }
 }
@@ -174,6 +179,19 @@ impl Bridge {
             }
             other => Ok(Handled::Ignored(format!("{other} is not handled"))),
         }
+    }
+
+    /// UpdateSubscription, its failure sorted for Stripe.
+    async fn update_subscription(
+        &self,
+        request: UpdateSubscriptionRequest,
+    ) -> Result<UpdateSubscriptionResponse, Failure> {
+        self.subscriptions
+            .clone()
+            .update_subscription(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| failure("UpdateSubscription", &s))
     }
 
     /// The plan a price (or else its product) bills, by the catalog's
@@ -281,8 +299,6 @@ impl Bridge {
         let (plan, price) = self.plan_of(&billed).await?;
         let (start, end) = sub.period(&price);
         let reply = self
-            .subscriptions
-            .clone()
             .update_subscription(UpdateSubscriptionRequest {
                 account_id: account.to_owned(),
                 plan: plan.clone(),
@@ -290,19 +306,13 @@ impl Bridge {
                 current_period_start: start.map(timestamp),
                 current_period_end: end.map(timestamp),
                 cancel_at_period_end: sub.cancel_at_period_end,
-                billing_customer_id: sub
-                    .customer
-                    .as_ref()
-                    .map(|c| c.id().to_owned())
-                    .unwrap_or_default(),
+                billing_customer_id: id_of(sub.customer.as_ref()),
                 billing_subscription_id: sub.id.clone(),
                 event_time: Some(timestamp(event.created)),
                 idempotency_key: event.id.clone(),
                 ..UpdateSubscriptionRequest::default()
             })
-            .await
-            .map_err(|s| failure("UpdateSubscription", &s))?
-            .into_inner();
+            .await?;
         Ok(Handled::Applied(format!(
             "UpdateSubscription {account}: plan {plan}, {} (applied {}, replayed {})",
             sub.status, reply.applied, reply.replayed
@@ -389,19 +399,13 @@ impl Bridge {
             )));
         };
         let reply = self
-            .subscriptions
-            .clone()
             .update_subscription(UpdateSubscriptionRequest {
                 account_id: account.to_owned(),
                 plan: plan.clone(),
                 status: SubscriptionStatus::Active.into(),
                 current_period_start: Some(timestamp(period.0)),
                 current_period_end: Some(timestamp(period.1)),
-                billing_customer_id: invoice
-                    .customer
-                    .as_ref()
-                    .map(|c| c.id().to_owned())
-                    .unwrap_or_default(),
+                billing_customer_id: id_of(invoice.customer.as_ref()),
                 billing_subscription_id: subscription.to_owned(),
                 // A second before the invoice was made: the subscription's
                 // own events of the same second (a trial, a cancellation at
@@ -410,9 +414,7 @@ impl Bridge {
                 idempotency_key: invoice.id.clone(),
                 ..UpdateSubscriptionRequest::default()
             })
-            .await
-            .map_err(|s| failure("UpdateSubscription", &s))?
-            .into_inner();
+            .await?;
         Ok(Handled::Applied(format!(
             "invoice {} paid: UpdateSubscription {account}, plan {plan} (applied {}, replayed {})",
             invoice.id, reply.applied, reply.replayed
@@ -643,31 +645,19 @@ impl Bridge {
             _ => SubscriptionStatus::Incomplete,
         };
         let reply = self
-            .subscriptions
-            .clone()
             .update_subscription(UpdateSubscriptionRequest {
                 account_id: account.to_owned(),
                 plan: plan.clone(),
                 status: status.into(),
-                billing_customer_id: session
-                    .customer
-                    .as_ref()
-                    .map(|c| c.id().to_owned())
-                    .unwrap_or_default(),
-                billing_subscription_id: session
-                    .subscription
-                    .as_ref()
-                    .map(|s| s.id().to_owned())
-                    .unwrap_or_default(),
+                billing_customer_id: id_of(session.customer.as_ref()),
+                billing_subscription_id: id_of(session.subscription.as_ref()),
                 // The session's own time: the subscription's events, made
                 // after it, win over it whatever order they come in.
                 event_time: Some(timestamp(session.created)),
                 idempotency_key: event.id.clone(),
                 ..UpdateSubscriptionRequest::default()
             })
-            .await
-            .map_err(|s| failure("UpdateSubscription", &s))?
-            .into_inner();
+            .await?;
         Ok(format!(
             "UpdateSubscription {account}: plan {plan} (applied {}, replayed {})",
             reply.applied, reply.replayed
