@@ -103,12 +103,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let deadline = grpc_timeout(request.headers()).map(|timeout| {
             // Early enough that the answer reaches the caller before its own
             // timer fires (see the module docs): a tenth, at most 50 ms.
             let early = (timeout / 10).min(Duration::from_millis(50));
-            Box::pin(tokio::time::sleep(timeout - early))
+            let at = tokio::time::Instant::now() + (timeout - early);
+            request.extensions_mut().insert(GiveUpAt(at));
+            Box::pin(tokio::time::sleep_until(at))
         });
         match self.in_flight.enter() {
             Some(slot) => BoundedCall::Admitted {
@@ -185,6 +187,11 @@ where
         }
     }
 }
+
+/// When [`Bounded`] answers DEADLINE_EXCEEDED in a call's place unless it
+/// has answered: in the request's extensions of calls with a deadline.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GiveUpAt(pub(crate) tokio::time::Instant);
 
 /// The caller's deadline from the `grpc-timeout` header: 1 to 8 digits and a
 /// unit (`H`, `M`, `S`, `m`, `u`, `n`); `None` when absent or malformed.

@@ -208,6 +208,10 @@ where
             method = %labels.method,
             caller = tracing::field::Empty,
         );
+        let give_up = request
+            .extensions()
+            .get::<crate::bounds::GiveUpAt>()
+            .map(|at| at.0);
         let mark = InFlightMark::enter();
         // Entered while the inner services take the call, so that they can
         // record in the span (the caller's token name).
@@ -218,6 +222,7 @@ where
             id,
             labels,
             started: Instant::now(),
+            give_up,
             finished: false,
             _mark: mark,
         }
@@ -231,7 +236,10 @@ pub struct ObservedCall<F> {
     id: String,
     labels: MethodLabels,
     started: Instant,
-    /// Answered; a call dropped before counts as CANCELLED.
+    /// When `Bounded` gives up on the call for its caller's deadline.
+    give_up: Option<tokio::time::Instant>,
+    /// Answered; a call dropped before counts as CANCELLED, or as
+    /// DEADLINE_EXCEEDED once its deadline passed.
     finished: bool,
     _mark: InFlightMark,
 }
@@ -266,6 +274,12 @@ impl<F> Drop for ObservedCall<F> {
             if std::thread::panicking() {
                 self.record(Code::Internal);
                 tracing::error!("the call's handler panicked");
+            } else if self
+                .give_up
+                .is_some_and(|at| tokio::time::Instant::now() >= at)
+            {
+                self.record(Code::DeadlineExceeded);
+                tracing::debug!("call given up at its deadline");
             } else {
                 self.record(Code::Cancelled);
                 tracing::debug!("call dropped before its answer");

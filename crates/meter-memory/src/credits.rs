@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use meter_core::{
     AccountId, Caller, CreditAccount, CreditBalance, CreditLedger, DeductCredits, DeductOutcome,
-    GrantCredits, GrantOutcome, HistoryEntry, HistoryId, HistoryPage, HistoryQuery,
+    GrantCredits, GrantOutcome, HistoryEntry, HistoryId, HistoryKind, HistoryPage, HistoryQuery,
     HistoryRetention, MeterError, NewGrant, Recorded, ReserveCredits, ReserveOutcome, ResetCredits,
     SettleHold, SettleOutcome, StoreError, Timestamp,
 };
@@ -72,13 +72,15 @@ impl MemoryCreditLedger {
     }
 }
 
-/// Appends `log` with ids that never go backwards, then trims to the retention.
+/// Appends `log` with ids that never go backwards, then trims to the
+/// retention; counts in meterd's metrics what the log settled.
 pub(crate) fn append(
     history: &mut History,
     log: Vec<HistoryEntry>,
     now: Timestamp,
     retention: HistoryRetention,
 ) {
+    count_settled(&log);
     let now_ms = u64::try_from(now.as_millis()).unwrap_or_default();
     for entry in log {
         let id = match history.back() {
@@ -98,6 +100,24 @@ pub(crate) fn append(
         || history.front().is_some_and(|(id, _)| id.millis < oldest)
     {
         history.pop_front();
+    }
+}
+
+/// Counts the credits and holds that expired and the credits period resets
+/// renewed, as the Redis store's scripts report them.
+fn count_settled(log: &[HistoryEntry]) {
+    let (mut expired, mut holds, mut renewed) = (0, 0, 0);
+    for entry in log {
+        let amount = |n: i64| u64::try_from(n).unwrap_or(0);
+        match entry.kind {
+            HistoryKind::Expire => expired += amount(entry.amount),
+            HistoryKind::HoldExpired => holds += 1,
+            HistoryKind::PeriodReset => renewed += amount(entry.change),
+            _ => {}
+        }
+    }
+    if expired + holds + renewed > 0 {
+        meter_metrics::metrics().settled(expired, holds, renewed);
     }
 }
 

@@ -72,8 +72,12 @@ pub struct Metrics {
     pub redis_errors: Family<Outcome, Counter>,
     /// Redis commands sent (or queued to be) and not answered yet.
     pub redis_pending: Gauge,
-    /// Holds by what happened to them (`reserved`, `committed`, `released`;
-    /// first applications only).
+    /// Connections to Redis open now, every node's pool counted.
+    pub redis_connections: Gauge,
+    /// Connections to Redis opened (a rising count means connections break).
+    pub redis_connections_opened: Counter,
+    /// Holds by what happened to them (`reserved`, `committed`, `released`,
+    /// `expired`; first applications only).
     pub holds: Family<Outcome, Counter>,
     /// Whether the store answers its health check: 1 SERVING, 0 NOT_SERVING.
     pub serving: Gauge,
@@ -83,6 +87,11 @@ pub struct Metrics {
     pub credits_deducted: Counter,
     /// Credits added by Grant (first applications only).
     pub credits_granted: Counter,
+    /// Credits of grants that expired unused.
+    pub credits_expired: Counter,
+    /// Credits given back to allowances by period resets (what the ended
+    /// period had used).
+    pub credits_renewed: Counter,
     /// Rate limit checks, by outcome (`allowed`, `denied`, `shadow_denied`, `failed_open`).
     pub rate_limit_checks: Family<Outcome, Counter>,
     /// CheckQuota calls that answered not allowed.
@@ -102,11 +111,15 @@ impl Metrics {
             redis_seconds: LatencyBuckets.new_metric(),
             redis_errors: Family::default(),
             redis_pending: Gauge::default(),
+            redis_connections: Gauge::default(),
+            redis_connections_opened: Counter::default(),
             holds: Family::default(),
             serving: Gauge::default(),
             replays: Family::default(),
             credits_deducted: Counter::default(),
             credits_granted: Counter::default(),
+            credits_expired: Counter::default(),
+            credits_renewed: Counter::default(),
             rate_limit_checks: Family::default(),
             quota_denials: Counter::default(),
             usage_events: Family::default(),
@@ -150,8 +163,18 @@ impl Metrics {
             metrics.redis_pending.clone(),
         );
         registry.register(
+            "redis_connections",
+            "Connections to Redis open now",
+            metrics.redis_connections.clone(),
+        );
+        registry.register(
+            "redis_connections_opened",
+            "Connections to Redis opened since start",
+            metrics.redis_connections_opened.clone(),
+        );
+        registry.register(
             "holds",
-            "Holds by what happened to them (reserved, committed, released)",
+            "Holds by what happened to them (reserved, committed, released, expired)",
             metrics.holds.clone(),
         );
         registry.register(
@@ -175,6 +198,16 @@ impl Metrics {
             metrics.credits_granted.clone(),
         );
         registry.register(
+            "credits_expired",
+            "Credits of grants that expired unused",
+            metrics.credits_expired.clone(),
+        );
+        registry.register(
+            "credits_renewed",
+            "Credits given back to allowances by period resets",
+            metrics.credits_renewed.clone(),
+        );
+        registry.register(
             "rate_limit_checks",
             "Rate limit checks by outcome (allowed, denied, shadow_denied, failed_open)",
             metrics.rate_limit_checks.clone(),
@@ -192,6 +225,18 @@ impl Metrics {
         Self {
             registry,
             ..metrics
+        }
+    }
+
+    /// Counts what a store settled while applying a call: credits of grants
+    /// that expired, holds that expired, credits renewed by period resets.
+    pub fn settled(&self, credits_expired: u64, holds_expired: u64, credits_renewed: u64) {
+        self.credits_expired.inc_by(credits_expired);
+        self.credits_renewed.inc_by(credits_renewed);
+        if holds_expired > 0 {
+            self.holds
+                .get_or_create(&Outcome { outcome: "expired" })
+                .inc_by(holds_expired);
         }
     }
 

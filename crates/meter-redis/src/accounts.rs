@@ -348,7 +348,8 @@ fn parse_account(
         SubscriptionHash::from_values(next()?).map_err(StoreError::Protocol)?,
     )?;
     let credits = CreditsReply::from_values(next()?).map_err(StoreError::Protocol)?;
-    let grants = next()?;
+    let mut grants = next()?;
+    crate::credits::count_settled(&mut grants);
     let balance = parse_balance(account, &credits, &grants)?;
     Ok((
         head,

@@ -45,7 +45,27 @@ struct NodeManager {
 #[derive(Clone)]
 pub(crate) struct NodeConnection {
     pub(crate) connection: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
+    broken: Arc<Broken>,
+}
+
+/// Whether a connection failed; shared by its clones, and counted in
+/// `meter_redis_connections` until the last of them is dropped.
+#[derive(Debug)]
+struct Broken(AtomicBool);
+
+impl Broken {
+    fn new() -> Self {
+        let metrics = meter_metrics::metrics();
+        metrics.redis_connections.inc();
+        metrics.redis_connections_opened.inc();
+        Self(AtomicBool::new(false))
+    }
+}
+
+impl Drop for Broken {
+    fn drop(&mut self) {
+        meter_metrics::metrics().redis_connections.dec();
+    }
 }
 
 impl NodeConnection {
@@ -56,12 +76,12 @@ impl NodeConnection {
             || error.is_unrecoverable_error()
             || error.is_timeout()
         {
-            self.broken.store(true, Ordering::Relaxed);
+            self.broken.0.store(true, Ordering::Relaxed);
         }
     }
 
     fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Relaxed)
+        self.broken.0.load(Ordering::Relaxed)
     }
 }
 
@@ -77,7 +97,7 @@ impl ManageConnection for NodeManager {
         report_eviction_policy(&mut connection).await;
         Ok(NodeConnection {
             connection,
-            broken: Arc::default(),
+            broken: Arc::new(Broken::new()),
         })
     }
 

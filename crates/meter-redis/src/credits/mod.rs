@@ -86,6 +86,28 @@ layout! {
     }
 }
 
+/// Counts in meterd's metrics what a script's call settled, and takes that
+/// trailer (`settled:<credits expired>:<holds expired>:<credits renewed>`,
+/// which `save` in `credits/account.lua` appends after the reply was
+/// remembered) off the end of the reply's grants. A grant's text always
+/// holds a `|`; the trailer never does.
+pub(crate) fn count_settled(grants: &mut Vec<Option<String>>) {
+    let Some(Some(last)) = grants.last() else {
+        return;
+    };
+    let Some(counts) = last.strip_prefix("settled:") else {
+        return;
+    };
+    if last.contains('|') {
+        return;
+    }
+    let mut counts = counts.split(':').map(|n| n.parse::<u64>().unwrap_or(0));
+    let mut next = || counts.next().unwrap_or(0);
+    let (expired, holds, renewed) = (next(), next(), next());
+    meter_metrics::metrics().settled(expired, holds, renewed);
+    grants.pop();
+}
+
 /// `credits/account.lua`: the account in memory, its rules, writes and reply.
 pub(crate) const ACCOUNT: Library = Library {
     name: "credits/account.lua",
@@ -273,7 +295,8 @@ impl RedisCreditLedger {
             ))
             .into());
         }
-        let grants = values.split_off(CreditsReply::NAMES.len());
+        let mut grants = values.split_off(CreditsReply::NAMES.len());
+        count_settled(&mut grants);
         let reply = CreditsReply::from_values(values).map_err(StoreError::Protocol)?;
         let count =
             |text: &Option<String>| text.as_deref().and_then(parse_count).unwrap_or_default();

@@ -129,5 +129,4 @@ local fields = subscription_fields(nxt)
 local out = full_reply('ok', '1', nil, fields, a)
 remember(out)
 write_hash(SK, fields_SUBSCRIPTION_HASH(), fields)
-save(a)
-return out
+return save(a, out)

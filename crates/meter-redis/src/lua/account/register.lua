@@ -40,5 +40,4 @@ else
   write_hash(PK, fields_PROFILE_HASH(), profile)
 end
 if new_subscription then write_hash(SK, fields_SUBSCRIPTION_HASH(), new_subscription) end
-save(a)
-return out
+return save(a, out)

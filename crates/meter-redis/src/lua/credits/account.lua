@@ -404,8 +404,14 @@ end
 -- whole nodes at a time, several times cheaper than exact trimming; reads
 -- never show more) and expires HISTORY_AGE after its newest entry; reads
 -- never show an entry older than that, though it stays until trimmed.
-local function save(a)
-  if not a.dirty then return end
+--
+-- Returns `out`, the call's reply, with one more value at its end when the
+-- call settled something, `settled:<credits expired>:<holds expired>:<credits
+-- renewed by period resets>`, for meterd's metrics. Scripts
+-- remember `out` before they save, so no idempotency record holds it and
+-- no replay answers it.
+local function save(a, out)
+  if not a.dirty then return out end
   -- Only the fields that changed (inline: a helper call per field costs
   -- as much as the check).
   local f, fields, n = a.f, {}, 0
@@ -448,10 +454,11 @@ local function save(a)
   for id, h in pairs(a.holds_dirty) do
     if h then redis.call('HSET', HK, id, hold_rules(a).hold_text(h)) else redis.call('HDEL', HK, id) end
   end
-  if #a.log == 0 then return end
+  if #a.log == 0 then return out end
   -- Ids follow the caller's clock; one behind the newest entry (a clock
   -- that went back) continues after the newest instead.
   local id = int(NOW_MS) .. '-*'
+  local expired, holds_expired, renewed = 0, 0, 0
   for _, e in ipairs(a.log) do
     local added = append(redis.pcall, e, id)
     if type(added) == 'table' and added.err then
@@ -459,8 +466,21 @@ local function save(a)
       id = string.match(top, '^(%d+)-') .. '-*'
       append(redis.call, e, id)
     end
+    local kind = e.kind
+    if kind == 'expire' then
+      expired = expired + e.amount
+    elseif kind == 'hold_expired' then
+      holds_expired = holds_expired + 1
+    elseif kind == 'period_reset' then
+      renewed = renewed + e.change
+    end
   end
   redis.call('PEXPIRE', XK, HISTORY_AGE_TEXT)
+  -- No '|' in it, unlike a grant's text (credits/mod.rs: settled_trailer).
+  if expired + holds_expired + renewed > 0 then
+    out[#out + 1] = string.format('settled:%d:%d:%d', expired, holds_expired, renewed)
+  end
+  return out
 end
 
 -- The reply of a credits script: `status`, whether it `applied`, the

@@ -21,5 +21,4 @@ if a.exists then
 end
 local out = account_reply('ok', applied, a)
 remember(out)
-save(a)
-return out
+return save(a, out)

@@ -41,5 +41,4 @@ e.grant = id
 local out = account_reply('ok', true, a)
 out[CREDITS_REPLY_result] = id
 remember(out)
-save(a)
-return out
+return save(a, out)

@@ -29,5 +29,4 @@ if h then
   out[CREDITS_REPLY_result] = h.id .. '|' .. h.expires
 end
 remember(out)
-save(a)
-return out
+return save(a, out)

@@ -36,5 +36,4 @@ note(a, NOW_TEXT, 'reset', total, 0, ARGV[9], '')
 a.log[#a.log].change = remaining(a) - before
 local out = account_reply('ok', true, a)
 remember(out)
-save(a)
-return out
+return save(a, out)

@@ -31,5 +31,4 @@ local out = account_reply('ok', true, a)
 out[CREDITS_REPLY_result] = string.format('%s|%d|%d', commit and 'commit' or 'release',
   commit or 0, returned)
 remember(out)
-save(a)
-return out
+return save(a, out)
