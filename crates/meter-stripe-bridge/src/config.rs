@@ -24,6 +24,17 @@ pub struct Cli {
     /// A file holding that token, instead of --meterd-token.
     #[arg(long, env = "METERD_TOKEN_FILE")]
     pub meterd_token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates that signed meterd's (meterd with
+    /// --tls-cert); needs an `https://` --meterd.
+    #[arg(long, env = "METERD_CA_FILE")]
+    pub meterd_ca: Option<PathBuf>,
+    /// PEM file of the bridge's client certificate, for meterd with
+    /// --tls-client-ca (mutual TLS); with --meterd-key.
+    #[arg(long, env = "METERD_CLIENT_CERT_FILE", requires = "meterd_key")]
+    pub meterd_cert: Option<PathBuf>,
+    /// PEM file of that certificate's private key.
+    #[arg(long, env = "METERD_CLIENT_KEY_FILE", requires = "meterd_cert")]
+    pub meterd_key: Option<PathBuf>,
     /// The endpoint's signing secrets (`whsec_…`), comma-separated: several
     /// while a secret is rotated.
     #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
@@ -91,6 +102,8 @@ pub struct Config {
     pub meterd: String,
     /// The token sent to meterd, if it requires one.
     pub meterd_token: Option<MeterdToken>,
+    /// TLS to meterd, for an `https://` address.
+    pub meterd_tls: Option<tonic::transport::ClientTlsConfig>,
     /// The signing secrets.
     pub secrets: Secrets,
     /// How far a signature's timestamp may be from now.
@@ -126,6 +139,35 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// A certificate or key file cannot be read.
+    #[error("cannot read {flag} {path}: {source}")]
+    TlsFile {
+        /// The flag naming it.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An `https://` address without the CA to check meterd's certificate by.
+    #[error(
+        "--meterd {0} is https: give --meterd-ca / METERD_CA_FILE, the PEM of the CA that signed meterd's certificate"
+    )]
+    NoCa(String),
+    /// TLS files for a plaintext address.
+    #[error(
+        "--meterd {0} is not https: TLS files (--meterd-ca, --meterd-cert) need an https:// address"
+    )]
+    TlsWithoutHttps(String),
+}
+
+/// Reads the PEM file `path` that `flag` names.
+fn pem(flag: &'static str, path: &PathBuf) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::TlsFile {
+        flag,
+        path: path.clone(),
+        source,
+    })
 }
 
 impl Cli {
@@ -157,9 +199,28 @@ impl Cli {
             }
             None => None,
         };
+        let https = self.meterd.starts_with("https://");
+        let meterd_tls = match (&self.meterd_ca, https) {
+            (None, false) if self.meterd_cert.is_none() => None,
+            (_, false) => return Err(ConfigError::TlsWithoutHttps(self.meterd)),
+            (None, true) => return Err(ConfigError::NoCa(self.meterd)),
+            (Some(ca), true) => {
+                use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+                let mut tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(pem("--meterd-ca", ca)?));
+                if let (Some(cert), Some(key)) = (&self.meterd_cert, &self.meterd_key) {
+                    tls = tls.identity(Identity::from_pem(
+                        pem("--meterd-cert", cert)?,
+                        pem("--meterd-key", key)?,
+                    ));
+                }
+                Some(tls)
+            }
+        };
         Ok(Config {
             meterd: self.meterd,
             meterd_token,
+            meterd_tls,
             secrets,
             tolerance: self.tolerance,
             donation_metric: self.donation_metric.filter(|m| !m.is_empty()),

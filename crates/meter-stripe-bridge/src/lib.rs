@@ -55,6 +55,11 @@ pub enum RunError {
     /// `--meterd` is not a URL.
     #[error("--meterd {0:?} is not a URL such as http://127.0.0.1:50051")]
     MeterdUrl(String),
+    /// The certificates for meterd cannot be used.
+    #[error(
+        "cannot use the TLS files for meterd (--meterd-ca, --meterd-cert, --meterd-key): {0:?}"
+    )]
+    Tls(tonic::transport::Error),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -76,8 +81,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let channel = Endpoint::from_shared(config.meterd.clone())
-        .map_err(|_| RunError::MeterdUrl(config.meterd.clone()))?
+    let tls = config.meterd_tls.is_some();
+    let mut endpoint = Endpoint::from_shared(config.meterd.clone())
+        .map_err(|_| RunError::MeterdUrl(config.meterd.clone()))?;
+    if let Some(tls) = config.meterd_tls.clone() {
+        endpoint = endpoint.tls_config(tls).map_err(RunError::Tls)?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(2))
         .timeout(METERD_CALL_TIMEOUT)
         .connect_lazy();
@@ -94,6 +104,7 @@ pub async fn run(
     tracing::info!(
         addr = %listener.local_addr()?,
         meterd = %config.meterd,
+        tls,
         secrets = app.secrets.len(),
         "meter-stripe-bridge listening on /webhooks/stripe"
     );

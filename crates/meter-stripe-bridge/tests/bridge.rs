@@ -34,6 +34,15 @@ struct Meterd {
 
 impl Meterd {
     async fn start(redis: &RedisServer, addr: SocketAddr) -> Self {
+        Self::start_with_tls(redis, addr, None).await
+    }
+
+    /// meterd serving TLS with `tls`, when given.
+    async fn start_with_tls(
+        redis: &RedisServer,
+        addr: SocketAddr,
+        tls: Option<meterd::config::TlsFiles>,
+    ) -> Self {
         let tokens = format!("bridge write {WRITE_TOKEN}\nreader read {READ_TOKEN}\n");
         let config = meterd::Config {
             health_interval: Duration::from_millis(50),
@@ -41,6 +50,7 @@ impl Meterd {
             tokens: std::sync::Arc::new(
                 meter_grpc::Tokens::parse(&tokens, "test", false).expect("tokens"),
             ),
+            tls,
             ..meterd::Config::new(StoreConfig::Redis(meter_redis_config(redis))).expect("defaults")
         };
         let listener = loop {
@@ -74,6 +84,18 @@ fn meter_redis_config(redis: &RedisServer) -> meter_redis::RedisConfig {
     }
 }
 
+/// The bridge running with `config`: its address.
+async fn spawn_bridge(config: Config) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let bridge = listener.local_addr().expect("addr");
+    tokio::spawn(meter_stripe_bridge::run(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    bridge
+}
+
 /// The bridge and a meterd behind it.
 struct Setup {
     redis: RedisServer,
@@ -100,20 +122,15 @@ impl Setup {
             .and_then(|l| l.local_addr())
             .expect("a free port");
         let meterd = Meterd::start(&redis, meterd_addr).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let bridge = listener.local_addr().expect("addr");
-        let config = Config {
+        let bridge = spawn_bridge(Config {
             meterd: format!("http://{meterd_addr}"),
             secrets: signature::Secrets::parse(&format!("{OLD_SECRET},{SECRET}")).expect("secrets"),
             tolerance: Duration::from_secs(300),
             donation_metric: donation_metric.map(str::to_owned),
             meterd_token: meter_stripe_bridge::config::MeterdToken::new(token),
-        };
-        tokio::spawn(meter_stripe_bridge::run(
-            config,
-            listener,
-            std::future::pending(),
-        ));
+            meterd_tls: None,
+        })
+        .await;
         let channel = Channel::from_shared(format!("http://{meterd_addr}"))
             .expect("uri")
             .connect_lazy();
@@ -799,4 +816,128 @@ async fn a_bridge_without_a_write_token_answers_5xx_so_that_stripe_retries() {
     assert_eq!(code, 503, "{answer}");
     assert!(answer.contains("--meterd-token"), "{answer}");
     assert_eq!(setup.subscription("org_scope").await.plan, "free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_reaches_meterd_over_mutual_tls_with_its_flags() {
+    use clap::Parser;
+    use meter_testkit::tls::{certificates, read};
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+    let certs = certificates();
+    let dir = certs.path();
+    let file = |name: &str| dir.join(name).display().to_string();
+    let redis = RedisServer::start();
+    let meterd_addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let meterd = Meterd::start_with_tls(
+        &redis,
+        meterd_addr,
+        Some(meterd::config::TlsFiles {
+            cert: read(dir, "server.pem"),
+            key: read(dir, "server.key"),
+            client_ca: Some(read(dir, "client-ca.pem")),
+        }),
+    )
+    .await;
+    let url = format!("https://localhost:{}", meterd_addr.port());
+    let bridge = |identity: bool| {
+        let mut args = vec![
+            "meter-stripe-bridge".to_owned(),
+            "--meterd".to_owned(),
+            url.clone(),
+            "--meterd-token".to_owned(),
+            WRITE_TOKEN.to_owned(),
+            "--webhook-secret".to_owned(),
+            SECRET.to_owned(),
+            "--meterd-ca".to_owned(),
+            file("server-ca.pem"),
+        ];
+        if identity {
+            args.extend([
+                "--meterd-cert".to_owned(),
+                file("client.pem"),
+                "--meterd-key".to_owned(),
+                file("client.key"),
+            ]);
+        }
+        meter_stripe_bridge::config::Cli::try_parse_from(args)
+            .expect("flags")
+            .into_config()
+            .expect("config")
+    };
+    let channel = Channel::from_shared(url.clone())
+        .expect("uri")
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read(dir, "server-ca.pem")))
+                .identity(Identity::from_pem(
+                    read(dir, "client.pem"),
+                    read(dir, "client.key"),
+                )),
+        )
+        .expect("tls")
+        .connect_lazy();
+    let setup = Setup {
+        redis,
+        meterd_addr,
+        meterd: Some(meterd),
+        bridge: spawn_bridge(bridge(true)).await,
+        channel,
+    };
+    let created = event(
+        "evt_tls_1",
+        "customer.subscription.created",
+        now(),
+        subscription("org_tls", "active", now() - 3_600, true),
+    );
+    let (code, answer) = setup.deliver(&created).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(setup.subscription("org_tls").await.plan, "pro");
+
+    // Without a client certificate meterd refuses the bridge: Stripe is
+    // answered 503 (it retries) and the bridge is not ready.
+    let refused = Setup {
+        bridge: spawn_bridge(bridge(false)).await,
+        ..setup
+    };
+    let updated = event(
+        "evt_tls_2",
+        "customer.subscription.deleted",
+        now() + 1,
+        subscription("org_tls", "canceled", now() - 3_600, true),
+    );
+    let (code, answer) = refused.deliver(&updated).await;
+    assert_eq!(code, 503, "{answer}");
+    let get = "GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
+    assert_eq!(http(refused.bridge, get).await.0, 503);
+    assert_eq!(refused.subscription("org_tls").await.plan, "pro");
+
+    // The flags refuse TLS files without https, and https without a CA.
+    let plain = meter_stripe_bridge::config::Cli::try_parse_from([
+        "meter-stripe-bridge",
+        "--meterd",
+        "http://127.0.0.1:50051",
+        "--webhook-secret",
+        SECRET,
+        "--meterd-ca",
+        &file("server-ca.pem"),
+    ])
+    .expect("flags")
+    .into_config()
+    .expect_err("a CA for plaintext");
+    assert!(plain.to_string().contains("https://"), "{plain}");
+    let no_ca = meter_stripe_bridge::config::Cli::try_parse_from([
+        "meter-stripe-bridge",
+        "--meterd",
+        &url,
+        "--webhook-secret",
+        SECRET,
+    ])
+    .expect("flags")
+    .into_config()
+    .expect_err("https without a CA");
+    assert!(no_ca.to_string().contains("--meterd-ca"), "{no_ca}");
 }
