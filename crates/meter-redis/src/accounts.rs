@@ -349,7 +349,7 @@ fn parse_account(
     )?;
     let credits = CreditsReply::from_values(next()?).map_err(StoreError::Protocol)?;
     let mut grants = next()?;
-    crate::credits::count_settled(&mut grants);
+    crate::credits::drop_settled(&mut grants);
     let balance = parse_balance(account, &credits, &grants)?;
     Ok((
         head,

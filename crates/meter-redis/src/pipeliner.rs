@@ -85,7 +85,28 @@ struct Call {
     try_again: Option<(Instant, Duration)>,
     reply: oneshot::Sender<Reply>,
     /// Held until the reply is delivered: the bound on pending commands.
+    _permit: Pending,
+}
+
+/// A pending command's permit, counted in `meter_redis_pending` until the
+/// command's reply is delivered (or it fails), whether or not its caller
+/// still waits.
+#[derive(Debug)]
+struct Pending {
     _permit: OwnedSemaphorePermit,
+}
+
+impl Pending {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        meter_metrics::metrics().redis_pending.inc();
+        Self { _permit: permit }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        meter_metrics::metrics().redis_pending.dec();
+    }
 }
 
 /// The queue in front of the driver task.
@@ -170,7 +191,7 @@ impl Pipeliner {
                 redirects: 0,
                 try_again: None,
                 reply,
-                _permit: permit,
+                _permit: Pending::new(permit),
             },
         };
         self.queue
@@ -286,6 +307,17 @@ impl Nodes {
 }
 
 impl Call {
+    /// Hands `reply` to the caller, if it still waits; what a credits
+    /// script settled is counted either way.
+    fn answer(self, reply: Reply) {
+        if let (Some(script), Ok(value)) = (self.script, &reply)
+            && script.settles()
+        {
+            crate::credits::count_settled(value);
+        }
+        let _ = self.reply.send(reply);
+    }
+
     /// Counts one more `TRYAGAIN`: `false` once the command has been tried
     /// again for `patience`, else `true` with the next pause set.
     fn try_again(&mut self, patience: Duration) -> bool {
@@ -356,7 +388,7 @@ async fn send_batch(
         let replies = exchange(&pool, &pipeline, &calls, asking, wait).await;
         let Nodes::Cluster(cluster) = &nodes else {
             for (call, reply) in calls.into_iter().zip(replies) {
-                let _ = call.reply.send(reply);
+                call.answer(reply);
             }
             continue;
         };
@@ -413,7 +445,7 @@ fn follow(
     for ((mut call, reply), command) in calls.into_iter().zip(replies).zip(pipeline.cmd_iter()) {
         let redirect = match redirect(&reply, pool.host()) {
             None => {
-                let _ = call.reply.send(reply);
+                call.answer(reply);
                 continue;
             }
             Some(Redirect::TryAgain) if call.try_again(cluster.patience()) => Redirect::TryAgain,
@@ -425,7 +457,7 @@ fn follow(
             }
             // TRYAGAIN past the patience: Redis's own refusal says it.
             Some(Redirect::TryAgain) => {
-                let _ = call.reply.send(reply);
+                call.answer(reply);
                 continue;
             }
             Some(_) => {
@@ -732,7 +764,7 @@ mod tests {
             redirects: 0,
             try_again: None,
             reply,
-            _permit: permit,
+            _permit: Pending::new(permit),
         };
         let patience = Duration::from_millis(300);
         let mut pauses = Vec::new();

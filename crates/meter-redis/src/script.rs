@@ -131,6 +131,9 @@ pub struct LuaScript {
     source: String,
     hash: String,
     writes: bool,
+    /// Built with `credits/account.lua`, whose `save` may end the reply
+    /// with what the call settled.
+    settles: bool,
 }
 
 /// A layout as a script uses it: its Lua name and its names, from [`Layout`].
@@ -209,11 +212,15 @@ impl LuaScript {
         let source = substitute(&source, &constants, &layouts)
             .unwrap_or_else(|unknown| panic!("{name}: no layout has a position named {unknown}"));
         let hash = redis::Script::new(&source).get_hash().to_owned();
+        let settles = libraries
+            .iter()
+            .any(|library| library.name == crate::credits::ACCOUNT.name);
         Self {
             name,
             source,
             hash,
             writes: true,
+            settles,
         }
     }
 
@@ -228,6 +235,12 @@ impl LuaScript {
     /// Whether the script may write.
     pub fn writes(&self) -> bool {
         self.writes
+    }
+
+    /// Whether its replies may end with what the call settled (a credits
+    /// script that writes; see `count_settled`).
+    pub fn settles(&self) -> bool {
+        self.settles && self.writes
     }
 
     /// The script's name, e.g. `credits/deduct.lua`.

@@ -119,18 +119,8 @@ impl RedisStore {
         slot: Option<u16>,
     ) -> Result<Value, StoreError> {
         let metrics = meter_metrics::metrics();
-        /// Takes the command off the pending gauge however the wait ends.
-        struct Pending(&'static meter_metrics::Metrics);
-        impl Drop for Pending {
-            fn drop(&mut self) {
-                self.0.redis_pending.dec();
-            }
-        }
-        metrics.redis_pending.inc();
-        let pending = Pending(metrics);
         let started = std::time::Instant::now();
         let reply = self.inner.pipeliner.send(command, script, slot).await;
-        drop(pending);
         metrics
             .redis_seconds
             .observe(started.elapsed().as_secs_f64());

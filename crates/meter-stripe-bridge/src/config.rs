@@ -149,6 +149,16 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// A certificate or key file without a PEM block of its kind.
+    #[error("{flag} {path} holds no PEM {kind} block (-----BEGIN {kind}-----)")]
+    NotPem {
+        /// The flag naming it.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The block it needs.
+        kind: String,
+    },
     /// An `https://` address without the CA to check meterd's certificate by.
     #[error(
         "--meterd {0} is https: give --meterd-ca / METERD_CA_FILE, the PEM of the CA that signed meterd's certificate"
@@ -161,13 +171,29 @@ pub enum ConfigError {
     TlsWithoutHttps(String),
 }
 
-/// Reads the PEM file `path` that `flag` names.
-fn pem(flag: &'static str, path: &PathBuf) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|source| ConfigError::TlsFile {
+/// Reads the PEM file `path` that `flag` names, which must hold a `kind`
+/// block (`CERTIFICATE`, `PRIVATE KEY`): a file without one would only fail
+/// the first handshake.
+fn pem(flag: &'static str, path: &PathBuf, kind: &str) -> Result<Vec<u8>, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::TlsFile {
         flag,
         path: path.clone(),
         source,
-    })
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let has = text.lines().any(|line| {
+        line.strip_prefix("-----BEGIN ")
+            .is_some_and(|rest| rest.trim_end().ends_with(&format!("{kind}-----")))
+    });
+    if has {
+        Ok(bytes)
+    } else {
+        Err(ConfigError::NotPem {
+            flag,
+            path: path.clone(),
+            kind: kind.to_owned(),
+        })
+    }
 }
 
 impl Cli {
@@ -199,24 +225,26 @@ impl Cli {
             }
             None => None,
         };
-        let https = self.meterd.starts_with("https://");
-        let meterd_tls = match (&self.meterd_ca, https) {
-            (None, false) if self.meterd_cert.is_none() => None,
-            (_, false) => return Err(ConfigError::TlsWithoutHttps(self.meterd)),
-            (None, true) => return Err(ConfigError::NoCa(self.meterd)),
-            (Some(ca), true) => {
-                use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-                let mut tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(pem("--meterd-ca", ca)?));
-                if let (Some(cert), Some(key)) = (&self.meterd_cert, &self.meterd_key) {
-                    tls = tls.identity(Identity::from_pem(
-                        pem("--meterd-cert", cert)?,
-                        pem("--meterd-key", key)?,
+        let https = self.meterd.to_ascii_lowercase().starts_with("https://");
+        let meterd_tls =
+            match (&self.meterd_ca, https) {
+                (None, false) if self.meterd_cert.is_none() => None,
+                (_, false) => return Err(ConfigError::TlsWithoutHttps(self.meterd)),
+                (None, true) => return Err(ConfigError::NoCa(self.meterd)),
+                (Some(ca), true) => {
+                    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+                    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
+                        pem("--meterd-ca", ca, "CERTIFICATE")?,
                     ));
+                    if let (Some(cert), Some(key)) = (&self.meterd_cert, &self.meterd_key) {
+                        tls = tls.identity(Identity::from_pem(
+                            pem("--meterd-cert", cert, "CERTIFICATE")?,
+                            pem("--meterd-key", key, "PRIVATE KEY")?,
+                        ));
+                    }
+                    Some(tls)
                 }
-                Some(tls)
-            }
-        };
+            };
         Ok(Config {
             meterd: self.meterd,
             meterd_token,

@@ -911,6 +911,7 @@ async fn the_bridge_reaches_meterd_over_mutual_tls_with_its_flags() {
     );
     let (code, answer) = refused.deliver(&updated).await;
     assert_eq!(code, 503, "{answer}");
+    assert!(answer.contains("CancelSubscription"), "{answer}");
     let get = "GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
     assert_eq!(http(refused.bridge, get).await.0, 503);
     assert_eq!(refused.subscription("org_tls").await.plan, "pro");
@@ -940,4 +941,20 @@ async fn the_bridge_reaches_meterd_over_mutual_tls_with_its_flags() {
     .into_config()
     .expect_err("https without a CA");
     assert!(no_ca.to_string().contains("--meterd-ca"), "{no_ca}");
+    let not_a_ca = meter_stripe_bridge::config::Cli::try_parse_from([
+        "meter-stripe-bridge",
+        "--meterd",
+        &url,
+        "--webhook-secret",
+        SECRET,
+        "--meterd-ca",
+        &file("server.key"),
+    ])
+    .expect("flags")
+    .into_config()
+    .expect_err("a key given as the CA");
+    assert!(
+        not_a_ca.to_string().contains("no PEM CERTIFICATE"),
+        "{not_a_ca}"
+    );
 }

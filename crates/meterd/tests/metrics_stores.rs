@@ -9,7 +9,10 @@ mod support;
 
 use std::{collections::HashMap, time::Duration};
 
-use meter_api::v1::{DeductRequest, GrantRequest, ReserveRequest, ResetRequest};
+use meter_api::v1::{
+    DeductRequest, GrantRequest, ReserveRequest, ResetRequest, SubscriptionStatus,
+    UpdateSubscriptionRequest, subscription_service_client::SubscriptionServiceClient,
+};
 use meter_testkit::{FixedClock, RedisServer, http::http_get as get};
 use meterd::StoreConfig;
 use support::{Meterd, config, redis, ts};
@@ -58,6 +61,7 @@ async fn store_events_and_deadlines_are_counted() {
             .and_then(|l| l.local_addr())
             .expect("a free port");
         let clock = FixedClock::at(NOW);
+        let idle = meter_metrics::metrics().redis_connections.get();
         let meterd = Meterd::start_with_clock(
             meterd::Config {
                 metrics_listen: Some(addr),
@@ -96,6 +100,16 @@ async fn store_events_and_deadlines_are_counted() {
             })
             .await
             .expect("grant");
+        // A pack that never expires: its grant text comes before the trailer.
+        credits
+            .grant(GrantRequest {
+                account_id: account.clone(),
+                amount: 20,
+                idempotency_key: "pack-2".into(),
+                ..GrantRequest::default()
+            })
+            .await
+            .expect("grant");
         let deduct = |key: &str, amount: i64| DeductRequest {
             account_id: account.clone(),
             amount,
@@ -130,7 +144,12 @@ async fn store_events_and_deadlines_are_counted() {
                 .expect("deduct")
                 .into_inner();
             assert!(answer.applied, "{name}");
-            assert_eq!(answer.balance.expect("balance").remaining, 99, "{name}");
+            let balance = answer.balance.expect("balance");
+            assert_eq!(
+                balance.remaining, 119,
+                "{name}: 99 of the period and 20 of pack-2"
+            );
+            assert_eq!(balance.grants.len(), 1, "{name}: {balance:?}");
         }
         credits.deduct(deduct("d-3", 1)).await.expect("deduct");
 
@@ -139,6 +158,29 @@ async fn store_events_and_deadlines_are_counted() {
         assert_eq!(moved(EXPIRED), 30.0, "{name}: the pack's 30, once");
         assert_eq!(moved(HOLDS_EXPIRED), 1.0, "{name}");
         assert_eq!(moved(RENEWED), 15.0, "{name}: the 10 deducted and 5 held");
+
+        // An account script (UpdateSubscription) settles the next period's
+        // reset (the 2 deducted since) before its own change.
+        clock.advance(Duration::from_secs(40 * 24 * 3600));
+        let update = SubscriptionServiceClient::new(meterd.channel())
+            .update_subscription(UpdateSubscriptionRequest {
+                account_id: account.clone(),
+                plan: "pro".into(),
+                status: SubscriptionStatus::Active.into(),
+                event_time: Some(ts("2026-05-01T00:00:00.000Z")),
+                idempotency_key: "evt_upgrade".into(),
+                ..UpdateSubscriptionRequest::default()
+            })
+            .await
+            .expect("update")
+            .into_inner();
+        assert!(update.applied, "{name}");
+        let renewed = read(addr, &names).await;
+        assert_eq!(
+            renewed[RENEWED] - after[RENEWED],
+            2.0,
+            "{name}: {renewed:?}"
+        );
         if name == "redis" {
             assert!(after[CONNECTIONS] >= 1.0, "{name}: {after:?}");
             assert!(after[OPENED] >= after[CONNECTIONS], "{name}: {after:?}");
@@ -151,10 +193,22 @@ async fn store_events_and_deadlines_are_counted() {
             redis_server.thaw();
             assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
             let given_up = read(addr, &names).await;
-            let moved = |metric: &str| given_up[metric] - after[metric];
+            let moved = |metric: &str| given_up[metric] - renewed[metric];
             assert_eq!(moved(DEDUCT_DEADLINE), 1.0, "{given_up:?}");
             assert_eq!(moved(DEDUCT_CANCELLED), 0.0, "{given_up:?}");
         }
         meterd.stop().await.expect("meterd stops");
+        if name == "redis" {
+            // Every connection closed with the store: none leaks in the gauge.
+            let mut open = -1;
+            for _ in 0..100 {
+                open = meter_metrics::metrics().redis_connections.get();
+                if open == idle {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(open, idle, "{name}: connections left counted");
+        }
     }
 }

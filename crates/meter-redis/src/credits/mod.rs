@@ -53,7 +53,8 @@ layout! {
 }
 
 layout! {
-    /// What every credits script answers (then one text per live grant),
+    /// What every credits script answers (then one text per live grant,
+    /// and perhaps the settled trailer: `count_settled`),
     /// and what an idempotency record keeps.
     pub struct CreditsReply as "CREDITS_REPLY" {
         /// `ok`, `conflict` (key reused with other arguments), `overflow`,
@@ -86,26 +87,42 @@ layout! {
     }
 }
 
-/// Counts in meterd's metrics what a script's call settled, and takes that
-/// trailer (`settled:<credits expired>:<holds expired>:<credits renewed>`,
-/// which `save` in `credits/account.lua` appends after the reply was
-/// remembered) off the end of the reply's grants. A grant's text always
-/// holds a `|`; the trailer never does.
-pub(crate) fn count_settled(grants: &mut Vec<Option<String>>) {
-    let Some(Some(last)) = grants.last() else {
-        return;
-    };
-    let Some(counts) = last.strip_prefix("settled:") else {
-        return;
-    };
-    if last.contains('|') {
-        return;
+/// The counts of a settled trailer: `settled:<credits expired>:<holds
+/// expired>:<credits renewed>`, which `save` in `credits/account.lua`
+/// appends to a reply after it was remembered (so never to a replay). A
+/// grant's text always holds a `|`; the trailer never does.
+fn settled_trailer(text: &[u8]) -> Option<[u64; 3]> {
+    let counts = text.strip_prefix(b"settled:")?;
+    let mut parts = counts.split(|&b| b == b':').map(|part| {
+        std::str::from_utf8(part)
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok())
+    });
+    let counts = [parts.next()??, parts.next()??, parts.next()??];
+    parts.next().is_none().then_some(counts)
+}
+
+/// Counts in meterd's metrics what the call of a credits script settled,
+/// from its reply as it arrives from Redis, whether or not its caller still
+/// waits for it (the pipeline calls this for every reply of a script that
+/// [`settles`](crate::script::LuaScript::settles)).
+pub(crate) fn count_settled(reply: &Value) {
+    if let Value::Array(items) = reply
+        && let Some(Value::BulkString(last)) = items.last()
+        && let Some([expired, holds, renewed]) = settled_trailer(last)
+    {
+        meter_metrics::metrics().settled(expired, holds, renewed);
     }
-    let mut counts = counts.split(':').map(|n| n.parse::<u64>().unwrap_or(0));
-    let mut next = || counts.next().unwrap_or(0);
-    let (expired, holds, renewed) = (next(), next(), next());
-    meter_metrics::metrics().settled(expired, holds, renewed);
-    grants.pop();
+}
+
+/// Takes the settled trailer (counted by [`count_settled`]) off the end of
+/// a reply's grants.
+pub(crate) fn drop_settled(grants: &mut Vec<Option<String>>) {
+    if let Some(Some(last)) = grants.last()
+        && settled_trailer(last.as_bytes()).is_some()
+    {
+        grants.pop();
+    }
 }
 
 /// `credits/account.lua`: the account in memory, its rules, writes and reply.
@@ -296,7 +313,7 @@ impl RedisCreditLedger {
             .into());
         }
         let mut grants = values.split_off(CreditsReply::NAMES.len());
-        count_settled(&mut grants);
+        drop_settled(&mut grants);
         let reply = CreditsReply::from_values(values).map_err(StoreError::Protocol)?;
         let count =
             |text: &Option<String>| text.as_deref().and_then(parse_count).unwrap_or_default();
@@ -749,6 +766,28 @@ fn parse_history(key: &str, reply: Value) -> Result<Vec<(HistoryId, HistoryEntry
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_settled_trailer_is_never_a_grant() {
+        assert_eq!(settled_trailer(b"settled:30:1:15"), Some([30, 1, 15]));
+        for not in [
+            "settled:1:2:3|paid|5|5|0|2026-03-10T12:00:00.000Z|",
+            "settled:1:2",
+            "settled:1:2:3:4",
+            "settled:1:-2:3",
+            "g1|paid|5|5|0|2026-03-10T12:00:00.000Z|",
+        ] {
+            assert_eq!(settled_trailer(not.as_bytes()), None, "{not}");
+        }
+        let mut grants = vec![
+            Some("g1|paid|5|5|0|2026-03-10T12:00:00.000Z|".to_owned()),
+            Some("settled:0:0:2".to_owned()),
+        ];
+        drop_settled(&mut grants);
+        assert_eq!(grants.len(), 1);
+        drop_settled(&mut grants);
+        assert_eq!(grants.len(), 1, "a grant stays");
+    }
 
     #[test]
     fn stored_counts_are_plain_integers_only() {

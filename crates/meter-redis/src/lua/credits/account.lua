@@ -484,7 +484,8 @@ local function save(a, out)
 end
 
 -- The reply of a credits script: `status`, whether it `applied`, the
--- allowance and aggregates, then one text per live grant after the layout.
+-- allowance and aggregates, then one text per live grant after the layout
+-- (and save may add what the call settled).
 local function account_reply(status, applied, a)
   local out = new_CREDITS_REPLY()
   out[CREDITS_REPLY_status] = status
