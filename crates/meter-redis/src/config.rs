@@ -30,6 +30,43 @@ pub struct RedisConfig {
     /// How long a batch of changes waits for the replicas. Short: while it
     /// waits, later commands on the same connection wait too.
     pub wait_timeout: Duration,
+    /// Certificates for a `rediss://` URL beyond the system's CAs.
+    pub tls: Option<RedisTls>,
+}
+
+/// PEM certificates for TLS to Redis, read at start.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// The CA certificates to trust instead of the system's (a private CA,
+    /// such as a Memorystore instance's server CA).
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its key, for Redis with `tls-auth-clients yes`.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// The certificates as the Redis client takes them.
+    pub(crate) fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        }
+    }
 }
 
 impl RedisConfig {
@@ -43,6 +80,7 @@ impl RedisConfig {
             max_pending: 2048,
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(50),
+            tls: None,
         }
     }
 }

@@ -125,7 +125,11 @@ impl NodePool {
         // until the previous reply's ACK: tens of ms per call at low load.
         let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));
         let address = Arc::from(info.addr().to_string());
-        let client = Client::open(info).map_err(invalid)?;
+        let client = match &config.tls {
+            None => Client::open(info),
+            Some(tls) => Client::build_with_tls(info, tls.certificates()),
+        }
+        .map_err(invalid)?;
         // Chosen here, not inherited: redis-rs would otherwise time every
         // request (a whole pipelined batch) out after its own 500 ms.
         let connection_config = AsyncConnectionConfig::new()

@@ -24,7 +24,7 @@ mod store;
 pub mod usage;
 
 pub use accounts::RedisAccounts;
-pub use config::{InvalidRedisUrl, RedisConfig};
+pub use config::{InvalidRedisUrl, RedisConfig, RedisTls};
 pub use credits::RedisCreditLedger;
 pub use ratelimit::RedisRateLimits;
 pub use stats::RedisStats;

@@ -8,7 +8,7 @@ use meter_core::{
 };
 use meter_grpc::{Tokens, TokensError};
 use meter_ratelimit::{LimitsConfig, LimitsError};
-use meter_redis::RedisConfig;
+use meter_redis::{RedisConfig, RedisTls};
 
 /// The plan catalog used when `--plans` is not given: `deploy/plans.toml`.
 pub const EXAMPLE_PLANS: &str = include_str!("../../../deploy/plans.toml");
@@ -143,6 +143,17 @@ pub struct RedisArgs {
     /// short, later commands on the same connection wait behind it.
     #[arg(long, env = "METERD_REDIS_WAIT_TIMEOUT", default_value = defaults::REDIS_WAIT_TIMEOUT, value_parser = parse_duration)]
     pub redis_wait_timeout: Duration,
+    /// PEM certificates of the CA that signed Redis's, trusted instead of
+    /// the system's CAs (a `rediss://` URL).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca: Option<PathBuf>,
+    /// PEM client certificate for Redis with `tls-auth-clients yes` (with
+    /// --redis-client-key).
+    #[arg(long, env = "REDIS_CLIENT_CERT_FILE", requires = "redis_client_key")]
+    pub redis_client_cert: Option<PathBuf>,
+    /// PEM private key of --redis-client-cert.
+    #[arg(long, env = "REDIS_CLIENT_KEY_FILE", requires = "redis_client_cert")]
+    pub redis_client_key: Option<PathBuf>,
 }
 
 /// Service behaviour.
@@ -351,6 +362,21 @@ pub enum ConfigError {
         /// `--redis-timeout`.
         response: Duration,
     },
+    /// A TLS file holds no PEM block of the kind it must.
+    #[error("{flag} {path} holds no PEM {kind} block (-----BEGIN {kind}-----)")]
+    NotPem {
+        /// The flag naming it.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The block it needs.
+        kind: &'static str,
+    },
+    /// TLS files for Redis with a URL that is not `rediss://`.
+    #[error(
+        "--redis-ca / --redis-client-cert need a TLS URL (rediss:// or rediss+cluster://);          --redis-url is not one"
+    )]
+    RedisTlsWithoutRediss,
     /// A TLS file cannot be read.
     #[error("cannot read {flag} {path}: {source}")]
     ReadTls {
@@ -435,10 +461,15 @@ impl Cli {
         let usage = self.usage_settings()?;
         let limits = load_limits(self.service.limits.as_ref())?;
         let tokens = self.access.tokens()?;
+        let redis_tls = self.redis.tls()?;
         // `REDIS_URL=` (set but empty, as templates often leave it) means not set.
         let store = match self.redis.redis_url.filter(|url| !url.is_empty()) {
             None => StoreConfig::Memory,
+            Some(url) if redis_tls.is_some() && !url.expose().starts_with("rediss") => {
+                return Err(ConfigError::RedisTlsWithoutRediss);
+            }
             Some(url) => StoreConfig::Redis(RedisConfig {
+                tls: redis_tls,
                 url,
                 connections: self.redis.redis_connections,
                 connect_timeout: self.redis.redis_connect_timeout,
@@ -493,28 +524,69 @@ impl std::fmt::Debug for TlsFiles {
     }
 }
 
+/// The PEM file `path` that `flag` names, which must hold a `kind` block
+/// (`CERTIFICATE`, `PRIVATE KEY`): without one, TLS would fail only at the
+/// first handshake.
+fn read_pem(
+    flag: &'static str,
+    path: &PathBuf,
+    kind: &'static str,
+) -> Result<Vec<u8>, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::ReadTls {
+        flag,
+        path: path.clone(),
+        source,
+    })?;
+    let has_block = String::from_utf8_lossy(&bytes).lines().any(|line| {
+        line.strip_prefix("-----BEGIN ")
+            .and_then(|rest| rest.trim_end().strip_suffix("-----"))
+            .is_some_and(|label| label.ends_with(kind))
+    });
+    if has_block {
+        Ok(bytes)
+    } else {
+        Err(ConfigError::NotPem {
+            flag,
+            path: path.clone(),
+            kind,
+        })
+    }
+}
+
 impl GrpcArgs {
     /// The TLS files, read.
     fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
-        let read = |flag: &'static str, path: &PathBuf| {
-            std::fs::read(path).map_err(|source| ConfigError::ReadTls {
-                flag,
-                path: path.clone(),
-                source,
-            })
-        };
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
         };
         Ok(Some(TlsFiles {
-            cert: read("--tls-cert", cert)?,
-            key: read("--tls-key", key)?,
+            cert: read_pem("--tls-cert", cert, "CERTIFICATE")?,
+            key: read_pem("--tls-key", key, "PRIVATE KEY")?,
             client_ca: self
                 .tls_client_ca
                 .as_ref()
-                .map(|ca| read("--tls-client-ca", ca))
+                .map(|ca| read_pem("--tls-client-ca", ca, "CERTIFICATE"))
                 .transpose()?,
         }))
+    }
+}
+
+impl RedisArgs {
+    /// The certificates for TLS to Redis, read; `None` without any.
+    fn tls(&self) -> Result<Option<RedisTls>, ConfigError> {
+        let ca = self
+            .redis_ca
+            .as_ref()
+            .map(|ca| read_pem("--redis-ca", ca, "CERTIFICATE"))
+            .transpose()?;
+        let client = match (&self.redis_client_cert, &self.redis_client_key) {
+            (Some(cert), Some(key)) => Some((
+                read_pem("--redis-client-cert", cert, "CERTIFICATE")?,
+                read_pem("--redis-client-key", key, "PRIVATE KEY")?,
+            )),
+            _ => None,
+        };
+        Ok((ca.is_some() || client.is_some()).then_some(RedisTls { ca, client }))
     }
 }
 
@@ -665,6 +737,52 @@ mod tests {
         assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
         assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_duration_or_zero("2s"), Ok(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn redis_tls_files_need_rediss_and_their_pem_blocks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = dir.path().join("ca.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        std::fs::write(
+            &key,
+            "-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let parse = |url: &str, ca: &std::path::Path| {
+            Cli::try_parse_from(
+                ["meterd", "--redis-url", url, "--redis-ca"]
+                    .iter()
+                    .copied()
+                    .chain([ca.to_str().expect("utf-8")]),
+            )
+            .expect("parses")
+            .into_config()
+        };
+        let plain = parse("redis://cache:6379", &ca).expect_err("TLS files need rediss");
+        assert!(
+            matches!(plain, ConfigError::RedisTlsWithoutRediss),
+            "{plain}"
+        );
+        let not_a_ca = parse("rediss://cache:6380", &key).expect_err("a key as the CA");
+        assert!(
+            not_a_ca.to_string().contains("no PEM CERTIFICATE block"),
+            "{not_a_ca}"
+        );
+        let config = parse("rediss+cluster://a:6380,b:6380", &ca).expect("a CA for TLS");
+        let StoreConfig::Redis(redis) = config.store else {
+            panic!("a Redis store");
+        };
+        assert!(
+            redis
+                .tls
+                .is_some_and(|tls| tls.ca.is_some() && tls.client.is_none())
+        );
     }
 
     #[test]

@@ -5,11 +5,9 @@ mod support;
 use std::time::Duration;
 
 use meter_api::v1::{
-    BillingInterval, CancelSubscriptionRequest, CommitRequest, CreditPeriod, DeductRequest,
-    DeleteAccountRequest, FindAccountRequest, GetAccountRequest, GetSubscriptionRequest,
-    GrantRequest, LinkBillingCustomerRequest, ListPlansRequest, Profile, RecordConversationRequest,
-    RecordLoginRequest, RegisterAccountRequest, ReserveRequest, ResetRequest, SubscriptionStatus,
-    UpdateProfileRequest, UpdateSubscriptionRequest, stats_service_client::StatsServiceClient,
+    BillingInterval, CancelSubscriptionRequest, CreditPeriod, DeductRequest, DeleteAccountRequest,
+    FindAccountRequest, GetAccountRequest, GetSubscriptionRequest, ListPlansRequest, Profile,
+    RegisterAccountRequest, SubscriptionStatus, UpdateProfileRequest, UpdateSubscriptionRequest,
     subscription_service_client::SubscriptionServiceClient,
 };
 use meter_testkit::{FixedClock, RedisServer};
@@ -421,111 +419,10 @@ async fn keys_of(redis: &RedisServer, account: &str) -> Vec<String> {
 async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others() {
     let redis = RedisServer::start();
     let meterd = Meterd::redis(redis.url()).await;
-    let mut credits = meterd.credits();
     for account in ["org_del", "org_stay"] {
-        credits
-            .reset(ResetRequest {
-                account_id: account.into(),
-                total: Some(100),
-                idempotency_key: "plan-start".into(),
-            })
-            .await
-            .expect("reset");
-        credits
-            .grant(GrantRequest {
-                account_id: account.into(),
-                amount: 50,
-                idempotency_key: "pack-1".into(),
-                ..GrantRequest::default()
-            })
-            .await
-            .expect("grant");
-        credits
-            .deduct(DeductRequest {
-                account_id: account.into(),
-                amount: 120,
-                idempotency_key: "msg-1".into(),
-                ..DeductRequest::default()
-            })
-            .await
-            .expect("deduct");
-        let held = credits
-            .reserve(ReserveRequest {
-                account_id: account.into(),
-                amount: 10,
-                ttl: Some(prost_types::Duration {
-                    seconds: 60,
-                    nanos: 0,
-                }),
-                idempotency_key: "call-1".into(),
-                ..ReserveRequest::default()
-            })
-            .await
-            .expect("reserve")
-            .into_inner();
-        credits
-            .commit(CommitRequest {
-                account_id: account.into(),
-                hold_id: held.hold_id,
-                amount: 4,
-                reason: String::new(),
-            })
-            .await
-            .expect("commit");
+        support::fill_account(&meterd, account).await;
     }
     let mut client = accounts(&meterd);
-    for account in ["org_del", "org_stay"] {
-        let mut request = register(account, "owner@example.com");
-        request.idempotency_key = "signup".into();
-        client.register_account(request).await.expect("register");
-        client
-            .update_subscription(yearly(
-                account,
-                "2026-01-01T00:00:00.000Z",
-                "2027-01-01T00:00:00.000Z",
-                "2026-01-01T00:00:00.000Z",
-                "evt_1",
-            ))
-            .await
-            .expect("subscribe");
-        client
-            .update_profile(UpdateProfileRequest {
-                account_id: account.into(),
-                role: Some("admin".into()),
-                idempotency_key: "role-1".into(),
-                ..UpdateProfileRequest::default()
-            })
-            .await
-            .expect("profile");
-        client
-            .link_billing_customer(LinkBillingCustomerRequest {
-                account_id: account.into(),
-                billing_customer_id: format!("cus_{account}"),
-                event_time: None,
-            })
-            .await
-            .expect("link");
-    }
-    let mut stats = StatsServiceClient::new(meterd.channel());
-    for account in ["org_del", "org_stay"] {
-        stats
-            .record_login(RecordLoginRequest {
-                account_id: account.into(),
-                idempotency_key: "login-1".into(),
-                ..RecordLoginRequest::default()
-            })
-            .await
-            .expect("login");
-        stats
-            .record_conversation(RecordConversationRequest {
-                account_id: account.into(),
-                conversation_id: "conv-1".into(),
-                title: "Hello".into(),
-                ..RecordConversationRequest::default()
-            })
-            .await
-            .expect("conversation");
-    }
     let before = keys_of(&redis, "org_del").await;
     for part in [
         "credits",

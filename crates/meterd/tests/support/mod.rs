@@ -292,3 +292,130 @@ impl Drop for MeterdProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Gives `account` a key of every kind meterd keeps for an account: an
+/// allowance, a grant, a deduct and a committed hold (credits, grants,
+/// holds, history), a profile, a subscription with its billing customer
+/// linked, stats with a recent conversation, and idempotency records.
+pub async fn fill_account(meterd: &Meterd, account: &str) {
+    use meter_api::v1::{
+        CommitRequest, DeductRequest, GrantRequest, LinkBillingCustomerRequest, Profile,
+        RecordConversationRequest, RecordLoginRequest, RegisterAccountRequest, ReserveRequest,
+        ResetRequest, SubscriptionStatus, UpdateProfileRequest, UpdateSubscriptionRequest,
+        stats_service_client::StatsServiceClient,
+        subscription_service_client::SubscriptionServiceClient,
+    };
+    let mut credits = meterd.credits();
+    credits
+        .reset(ResetRequest {
+            account_id: account.into(),
+            total: Some(100),
+            idempotency_key: "plan-start".into(),
+        })
+        .await
+        .expect("reset");
+    credits
+        .grant(GrantRequest {
+            account_id: account.into(),
+            amount: 50,
+            idempotency_key: "pack-1".into(),
+            ..GrantRequest::default()
+        })
+        .await
+        .expect("grant");
+    credits
+        .deduct(DeductRequest {
+            account_id: account.into(),
+            amount: 120,
+            idempotency_key: "msg-1".into(),
+            ..DeductRequest::default()
+        })
+        .await
+        .expect("deduct");
+    let held = credits
+        .reserve(ReserveRequest {
+            account_id: account.into(),
+            amount: 10,
+            ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            idempotency_key: "call-1".into(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .expect("reserve")
+        .into_inner();
+    credits
+        .commit(CommitRequest {
+            account_id: account.into(),
+            hold_id: held.hold_id,
+            amount: 4,
+            reason: String::new(),
+        })
+        .await
+        .expect("commit");
+    let mut accounts = SubscriptionServiceClient::new(meterd.channel());
+    accounts
+        .register_account(RegisterAccountRequest {
+            account_id: account.into(),
+            profile: Some(Profile {
+                email: "owner@example.com".into(),
+                name: "Ada".into(),
+                ..Profile::default()
+            }),
+            idempotency_key: "signup".into(),
+        })
+        .await
+        .expect("register");
+    accounts
+        .update_subscription(UpdateSubscriptionRequest {
+            account_id: account.into(),
+            plan: "pro-yearly".into(),
+            status: SubscriptionStatus::Active.into(),
+            current_period_start: Some(ts("2026-01-01T00:00:00.000Z")),
+            current_period_end: Some(ts("2027-01-01T00:00:00.000Z")),
+            billing_customer_id: "cus_NffrFeUfNV2Hib".into(),
+            billing_subscription_id: "sub_1MowQVLkdIwHu7ixeRlqHVzs".into(),
+            event_time: Some(ts("2026-01-01T00:00:00.000Z")),
+            idempotency_key: "evt_1".into(),
+            ..UpdateSubscriptionRequest::default()
+        })
+        .await
+        .expect("subscribe");
+    accounts
+        .update_profile(UpdateProfileRequest {
+            account_id: account.into(),
+            role: Some("admin".into()),
+            idempotency_key: "role-1".into(),
+            ..UpdateProfileRequest::default()
+        })
+        .await
+        .expect("profile");
+    accounts
+        .link_billing_customer(LinkBillingCustomerRequest {
+            account_id: account.into(),
+            billing_customer_id: format!("cus_{account}"),
+            event_time: None,
+        })
+        .await
+        .expect("link");
+    let mut stats = StatsServiceClient::new(meterd.channel());
+    stats
+        .record_login(RecordLoginRequest {
+            account_id: account.into(),
+            idempotency_key: "login-1".into(),
+            ..RecordLoginRequest::default()
+        })
+        .await
+        .expect("login");
+    stats
+        .record_conversation(RecordConversationRequest {
+            account_id: account.into(),
+            conversation_id: "conv-1".into(),
+            title: "Hello".into(),
+            ..RecordConversationRequest::default()
+        })
+        .await
+        .expect("conversation");
+}
