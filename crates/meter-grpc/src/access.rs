@@ -12,7 +12,7 @@ use std::{
     convert::Infallible,
     fmt,
     future::{Ready, ready},
-    sync::Arc,
+    sync::{Arc, PoisonError, RwLock},
     task::{Context, Poll},
 };
 
@@ -61,6 +61,7 @@ pub struct Caller {
 }
 
 /// One configured token: its name, scope and digest.
+#[derive(PartialEq, Eq)]
 struct Token {
     name: Arc<str>,
     scope: Scope,
@@ -68,7 +69,7 @@ struct Token {
 }
 
 /// The configured tokens; printed without their secrets.
-#[derive(Default)]
+#[derive(Default, PartialEq, Eq)]
 pub struct Tokens(Vec<Token>);
 
 impl fmt::Debug for Tokens {
@@ -299,12 +300,35 @@ pub fn may_write<T>(request: &tonic::Request<T>, what: &str) -> Result<(), Statu
     }
 }
 
+/// The tokens in force, shared by every guarded service and replaced whole
+/// when the tokens file changes: a call is checked against the tokens of
+/// the moment it arrives.
+#[derive(Clone, Debug, Default)]
+pub struct TokenStore(Arc<RwLock<Arc<Tokens>>>);
+
+impl TokenStore {
+    /// A store holding `tokens`.
+    pub fn new(tokens: Arc<Tokens>) -> Self {
+        Self(Arc::new(RwLock::new(tokens)))
+    }
+
+    /// The tokens in force.
+    pub fn current(&self) -> Arc<Tokens> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts `tokens` in force for every call from now on.
+    pub fn replace(&self, tokens: Arc<Tokens>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = tokens;
+    }
+}
+
 /// A gRPC service whose calls need a token of the method's scope, when
 /// tokens are configured.
 #[derive(Clone, Debug)]
 pub struct Guarded<S> {
     inner: S,
-    tokens: Arc<Tokens>,
+    tokens: TokenStore,
     /// The scope every method needs, instead of its name's.
     scope: Option<Scope>,
 }
@@ -312,7 +336,7 @@ pub struct Guarded<S> {
 impl<S> Guarded<S> {
     /// `service` behind `tokens` (none: every call passes), each method
     /// needing the scope its name says.
-    pub fn new(service: S, tokens: Arc<Tokens>) -> Self {
+    pub fn new(service: S, tokens: TokenStore) -> Self {
         Self {
             inner: service,
             tokens,
@@ -321,7 +345,7 @@ impl<S> Guarded<S> {
     }
 
     /// `service` behind `tokens`, every method needing `scope`.
-    pub fn with_scope(service: S, tokens: Arc<Tokens>, scope: Scope) -> Self {
+    pub fn with_scope(service: S, tokens: TokenStore, scope: Scope) -> Self {
         Self {
             inner: service,
             tokens,
@@ -379,10 +403,11 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if self.tokens.is_empty() {
+        let tokens = self.tokens.current();
+        if tokens.is_empty() {
             return Either::Left(self.inner.call(request));
         }
-        match admit(&self.tokens, self.scope, &request) {
+        match admit(&tokens, self.scope, &request) {
             Ok(caller) => {
                 tracing::Span::current().record("caller", &*caller.name);
                 request.extensions_mut().insert(caller);

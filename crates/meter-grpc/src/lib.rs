@@ -15,7 +15,7 @@ mod subscription;
 mod throttle;
 mod usage;
 
-pub use access::{Caller, Guarded, Scope, Tokens, TokensError};
+pub use access::{Caller, Guarded, Scope, TokenStore, Tokens, TokensError};
 pub use bounds::{Bounded, BoundedCall, InFlight, Slot};
 pub use credits::CreditsGrpc;
 pub use observe::{KnownMethods, Observed};

@@ -95,8 +95,8 @@ pub struct GrpcArgs {
 pub struct AccessArgs {
     /// A file of bearer tokens, one per line: `NAME SCOPE TOKEN`, scope
     /// `read` (Get*, List*, Top*, Check* without consume) or `write`
-    /// (everything). With no token here or in METERD_TOKENS, every call is
-    /// allowed.
+    /// (everything); read again every 10 s. With no token here or in
+    /// METERD_TOKENS, every call is allowed.
     #[arg(long, env = "METERD_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
     /// Bearer tokens as `NAME:SCOPE:TOKEN[,…]`, besides --tokens-file.
@@ -278,6 +278,12 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// The bearer tokens; none: every call is allowed.
     pub tokens: Arc<Tokens>,
+    /// Where the tokens came from, read again every
+    /// `tokens_reload_interval` (only with a tokens file): a changed file
+    /// is put in force without a restart.
+    pub token_sources: Option<TokenSources>,
+    /// How often the tokens file is read again.
+    pub tokens_reload_interval: Duration,
     /// Whether reflection needs a token too.
     pub auth_reflection: bool,
 }
@@ -303,6 +309,8 @@ impl Config {
             metrics_listen: None,
             tls: None,
             tokens: Arc::default(),
+            token_sources: None,
+            tokens_reload_interval: TOKENS_RELOAD_INTERVAL,
             auth_reflection: false,
         })
     }
@@ -500,6 +508,11 @@ impl Cli {
             metrics_listen: self.grpc.metrics_listen,
             tls: self.grpc.tls()?,
             tokens: Arc::new(tokens),
+            token_sources: self.access.tokens_file.clone().map(|file| TokenSources {
+                file,
+                list: self.access.tokens.clone(),
+            }),
+            tokens_reload_interval: TOKENS_RELOAD_INTERVAL,
             auth_reflection: self.access.auth_reflection,
         })
     }
@@ -590,31 +603,61 @@ impl RedisArgs {
     }
 }
 
+/// How often meterd reads the tokens file again.
+pub const TOKENS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where meterd's tokens come from: the tokens file and the list beside it.
+#[derive(Clone, Debug)]
+pub struct TokenSources {
+    /// `--tokens-file`.
+    pub file: PathBuf,
+    /// `--tokens` / `METERD_TOKENS`, merged with the file's.
+    pub list: Option<Secret>,
+}
+
+impl TokenSources {
+    /// The tokens of `text` (the file's contents) and of the list, checked:
+    /// none at all is refused, rather than every call let in.
+    pub fn tokens(&self, text: &str) -> Result<Tokens, ConfigError> {
+        tokens_of(Some((&self.file, text)), self.list.as_ref())
+    }
+}
+
+/// The tokens of a file's `text` and of a `list`, checked; none at all,
+/// when either was given, is refused.
+fn tokens_of(file: Option<(&PathBuf, &str)>, list: Option<&Secret>) -> Result<Tokens, ConfigError> {
+    let from_file = match file {
+        None => Tokens::default(),
+        Some((path, text)) => Tokens::parse(text, &path.display().to_string(), false)?,
+    };
+    let from_list = match list {
+        None => Tokens::default(),
+        Some(list) => Tokens::parse(list.expose(), "--tokens / METERD_TOKENS", true)?,
+    };
+    let tokens = from_file.merge(from_list)?;
+    // Asked for and empty (a blank Secret): refuse, rather than let
+    // every call in.
+    if tokens.is_empty() && (file.is_some() || list.is_some()) {
+        return Err(ConfigError::NoTokens);
+    }
+    Ok(tokens)
+}
+
 impl AccessArgs {
     /// The tokens of the file and the list, checked.
     fn tokens(&self) -> Result<Tokens, ConfigError> {
-        let from_file = match &self.tokens_file {
-            None => Tokens::default(),
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadTokens {
+        let text =
+            match &self.tokens_file {
+                None => None,
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
+                    ConfigError::ReadTokens {
                         path: path.clone(),
                         source,
-                    })?;
-                Tokens::parse(&text, &path.display().to_string(), false)?
-            }
-        };
-        let from_list = match &self.tokens {
-            None => Tokens::default(),
-            Some(list) => Tokens::parse(list.expose(), "--tokens / METERD_TOKENS", true)?,
-        };
-        let tokens = from_file.merge(from_list)?;
-        // Asked for and empty (a blank Secret): refuse, rather than let
-        // every call in.
-        if tokens.is_empty() && (self.tokens_file.is_some() || self.tokens.is_some()) {
-            return Err(ConfigError::NoTokens);
-        }
-        Ok(tokens)
+                    }
+                })?),
+            };
+        let file = self.tokens_file.as_ref().zip(text.as_deref());
+        tokens_of(file, self.tokens.as_ref())
     }
 }
 

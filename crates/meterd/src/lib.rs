@@ -9,6 +9,7 @@ pub mod config;
 mod health;
 pub mod logging;
 pub mod stores;
+mod tokens;
 
 use std::{future::Future, sync::Arc};
 
@@ -25,7 +26,7 @@ use meter_api::v1::{
 use meter_core::{ActivityStats, Clock, Credits, Subscriptions, SystemClock, Usage};
 use meter_grpc::{
     CreditsGrpc, EnvoyRateLimitGrpc, Guarded, InFlight, KnownMethods, Observed, RateLimitGrpc,
-    Scope, StatsGrpc, SubscriptionGrpc, Tokens, UsageGrpc,
+    Scope, StatsGrpc, SubscriptionGrpc, TokenStore, UsageGrpc,
 };
 use meter_ratelimit::RateLimiter;
 use meter_redis::RedisStore;
@@ -209,14 +210,21 @@ async fn serve<S: Stores, C: Clock + Clone>(
     // refused at the bound costs nothing more (load_shed counts it).
     // Health is always open (probes send none).
     let in_flight = InFlight::new(config.max_in_flight);
-    let tokens = &config.tokens;
-    if tokens.is_empty() {
+    if config.tokens.is_empty() {
         tracing::warn!(
             "no bearer tokens configured (--tokens-file, METERD_TOKENS): every call is allowed"
         );
     } else {
-        tracing::info!(tokens = ?tokens, "bearer tokens required");
+        tracing::info!(tokens = ?config.tokens, "bearer tokens required");
     }
+    let tokens = &TokenStore::new(Arc::clone(&config.tokens));
+    let reloader = config.token_sources.clone().map(|sources| {
+        tokio::spawn(tokens::reload(
+            sources,
+            tokens.clone(),
+            config.tokens_reload_interval,
+        ))
+    });
     let known = Arc::new(KnownMethods::from_descriptor_sets(&[
         meter_api::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
@@ -225,20 +233,20 @@ async fn serve<S: Stores, C: Clock + Clone>(
     macro_rules! guard {
         ($service:expr) => {
             in_flight.bound(Observed::new(
-                Guarded::new($service, Arc::clone(tokens)),
+                Guarded::new($service, tokens.clone()),
                 Arc::clone(&known),
             ))
         };
     }
     let reflection_tokens = if config.auth_reflection {
-        Arc::clone(tokens)
+        tokens.clone()
     } else {
-        Arc::new(Tokens::default())
+        TokenStore::default()
     };
     macro_rules! reflect {
         ($service:expr) => {
             Observed::new(
-                Guarded::with_scope($service, Arc::clone(&reflection_tokens), Scope::Read),
+                Guarded::with_scope($service, reflection_tokens.clone(), Scope::Read),
                 Arc::clone(&known),
             )
         };
@@ -302,6 +310,9 @@ async fn serve<S: Stores, C: Clock + Clone>(
     stores.close().await;
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
+    }
+    if let Some(reloader) = reloader {
+        reloader.abort();
     }
     tracing::info!("meterd stopped");
     Ok(served?)

@@ -209,3 +209,68 @@ async fn reflection_is_open_unless_asked_to_need_a_token() {
         .await
         .expect("a read token lists");
 }
+
+#[tokio::test]
+async fn a_changed_tokens_file_is_in_force_without_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("tokens");
+    let old = format!("billing write {WRITE}\n");
+    std::fs::write(&file, &old).expect("write");
+    let sources = meterd::config::TokenSources {
+        file: file.clone(),
+        list: None,
+    };
+    let meterd = Meterd::start(meterd::Config {
+        tokens: Arc::new(sources.tokens(&old).expect("tokens")),
+        token_sources: Some(sources),
+        tokens_reload_interval: std::time::Duration::from_millis(20),
+        ..config(StoreConfig::Memory)
+    })
+    .await;
+    let mut credits = meterd.credits();
+    let code = |result: Result<
+        tonic::Response<meter_api::v1::GetBalanceResponse>,
+        tonic::Status,
+    >| { result.map_or_else(|status| status.code(), |_| Code::Ok) };
+    assert_eq!(
+        code(credits.get_balance(with(Some(WRITE), balance())).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(credits.get_balance(with(Some(READ), balance())).await),
+        Code::Unauthenticated
+    );
+
+    // Rotated: the new token in, the old one out.
+    std::fs::write(&file, format!("dashboard read {READ}\n")).expect("write");
+    let mut rotated = false;
+    for _ in 0..200 {
+        if code(credits.get_balance(with(Some(READ), balance())).await) == Code::Ok {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(rotated, "the new token was never accepted");
+    assert_eq!(
+        code(credits.get_balance(with(Some(WRITE), balance())).await),
+        Code::Unauthenticated,
+        "the old token is revoked"
+    );
+
+    // A broken or empty file leaves the tokens in force as they are.
+    for broken in ["dashboard sudo short\n", "# nothing\n"] {
+        std::fs::write(&file, broken).expect("write");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            code(credits.get_balance(with(Some(READ), balance())).await),
+            Code::Ok,
+            "{broken:?}"
+        );
+        assert_eq!(
+            code(credits.get_balance(with(None, balance())).await),
+            Code::Unauthenticated,
+            "{broken:?}: never every call let in"
+        );
+    }
+}
