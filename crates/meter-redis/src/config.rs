@@ -30,7 +30,8 @@ pub struct RedisConfig {
     /// How long a batch of changes waits for the replicas. Short: while it
     /// waits, later commands on the same connection wait too.
     pub wait_timeout: Duration,
-    /// Certificates for a `rediss://` URL beyond the system's CAs.
+    /// Certificates for a `rediss://` URL: a CA trusted instead of the
+    /// system's, a client certificate.
     pub tls: Option<RedisTls>,
 }
 
@@ -54,6 +55,34 @@ impl std::fmt::Debug for RedisTls {
 }
 
 impl RedisTls {
+    /// Whether the Redis client can use the certificates: `Err` names the
+    /// part (`ca`, `client`) that it cannot, and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let build = |certificates| {
+            redis::Client::build_with_tls("rediss://127.0.0.1:6380", certificates)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        if let Some(ca) = &self.ca {
+            build(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            })
+            .map_err(|e| ("ca", e))?;
+        }
+        if self.client.is_some() {
+            build(
+                Self {
+                    ca: None,
+                    client: self.client.clone(),
+                }
+                .certificates(),
+            )
+            .map_err(|e| ("client", e))?;
+        }
+        Ok(())
+    }
+
     /// The certificates as the Redis client takes them.
     pub(crate) fn certificates(&self) -> redis::TlsCertificates {
         redis::TlsCertificates {
@@ -97,6 +126,16 @@ pub(crate) enum Deployment {
 }
 
 impl RedisConfig {
+    /// Whether [`RedisConfig::url`] speaks TLS (`rediss://`,
+    /// `rediss+cluster://`, any spelling the client takes as TLS).
+    pub fn uses_tls(&self) -> Result<bool, InvalidRedisUrl> {
+        let tls = |info: &ConnectionInfo| matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        Ok(match self.deployment()? {
+            Deployment::Node(info) => tls(&info),
+            Deployment::Cluster(seeds) => seeds.iter().all(tls),
+        })
+    }
+
     /// Where [`RedisConfig::url`] points; `Err` says why it does not parse.
     pub(crate) fn deployment(&self) -> Result<Deployment, InvalidRedisUrl> {
         let url = self.url.expose();

@@ -181,9 +181,16 @@ fn pem(flag: &'static str, path: &PathBuf, kind: &str) -> Result<Vec<u8>, Config
         source,
     })?;
     let text = String::from_utf8_lossy(&bytes);
+    // The labels rustls reads: a certificate, or an unencrypted key.
+    let labels: &[&str] = if kind == "CERTIFICATE" {
+        &["CERTIFICATE"]
+    } else {
+        &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"]
+    };
     let has = text.lines().any(|line| {
         line.strip_prefix("-----BEGIN ")
-            .is_some_and(|rest| rest.trim_end().ends_with(&format!("{kind}-----")))
+            .and_then(|rest| rest.trim_end().strip_suffix("-----"))
+            .is_some_and(|label| labels.contains(&label))
     });
     if has {
         Ok(bytes)
@@ -225,7 +232,10 @@ impl Cli {
             }
             None => None,
         };
-        let https = self.meterd.to_ascii_lowercase().starts_with("https://");
+        let https = self
+            .meterd
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
         let meterd_tls =
             match (&self.meterd_ca, https) {
                 (None, false) if self.meterd_cert.is_none() => None,

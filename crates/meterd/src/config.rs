@@ -380,9 +380,18 @@ pub enum ConfigError {
         /// The block it needs.
         kind: &'static str,
     },
+    /// A certificate or key for Redis that the Redis client cannot use.
+    #[error("{flags}: the Redis client cannot use it: {detail}")]
+    RedisTls {
+        /// The flags naming the files.
+        flags: &'static str,
+        /// Why.
+        detail: String,
+    },
     /// TLS files for Redis with a URL that is not `rediss://`.
     #[error(
-        "--redis-ca / --redis-client-cert need a TLS URL (rediss:// or rediss+cluster://);          --redis-url is not one"
+        "--redis-ca / --redis-client-cert need a TLS --redis-url (rediss:// or \
+         rediss+cluster://)"
     )]
     RedisTlsWithoutRediss,
     /// A TLS file cannot be read.
@@ -472,10 +481,8 @@ impl Cli {
         let redis_tls = self.redis.tls()?;
         // `REDIS_URL=` (set but empty, as templates often leave it) means not set.
         let store = match self.redis.redis_url.filter(|url| !url.is_empty()) {
+            None if redis_tls.is_some() => return Err(ConfigError::RedisTlsWithoutRediss),
             None => StoreConfig::Memory,
-            Some(url) if redis_tls.is_some() && !url.expose().starts_with("rediss") => {
-                return Err(ConfigError::RedisTlsWithoutRediss);
-            }
             Some(url) => StoreConfig::Redis(RedisConfig {
                 tls: redis_tls,
                 url,
@@ -487,6 +494,13 @@ impl Cli {
                 wait_timeout: self.redis.redis_wait_timeout,
             }),
         };
+        // A URL that does not parse is reported when the store opens.
+        if let StoreConfig::Redis(redis) = &store
+            && redis.tls.is_some()
+            && redis.uses_tls().is_ok_and(|tls| !tls)
+        {
+            return Err(ConfigError::RedisTlsWithoutRediss);
+        }
         Ok(Config {
             store,
             catalog: Arc::new(catalog),
@@ -537,13 +551,18 @@ impl std::fmt::Debug for TlsFiles {
     }
 }
 
-/// The PEM file `path` that `flag` names, which must hold a `kind` block
-/// (`CERTIFICATE`, `PRIVATE KEY`): without one, TLS would fail only at the
-/// first handshake.
+/// The PEM labels of a certificate.
+const CERTIFICATE: &[&str] = &["CERTIFICATE"];
+/// The PEM labels of an unencrypted private key (PKCS#8, PKCS#1, SEC1).
+const PRIVATE_KEY: &[&str] = &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"];
+
+/// The PEM file `path` that `flag` names, which must hold a block of one of
+/// `labels` (the first names it in errors): without one, TLS would fail
+/// only at the first handshake.
 fn read_pem(
     flag: &'static str,
     path: &PathBuf,
-    kind: &'static str,
+    labels: &'static [&'static str],
 ) -> Result<Vec<u8>, ConfigError> {
     let bytes = std::fs::read(path).map_err(|source| ConfigError::ReadTls {
         flag,
@@ -553,8 +572,9 @@ fn read_pem(
     let has_block = String::from_utf8_lossy(&bytes).lines().any(|line| {
         line.strip_prefix("-----BEGIN ")
             .and_then(|rest| rest.trim_end().strip_suffix("-----"))
-            .is_some_and(|label| label.ends_with(kind))
+            .is_some_and(|label| labels.contains(&label))
     });
+    let kind = labels[0];
     if has_block {
         Ok(bytes)
     } else {
@@ -573,12 +593,12 @@ impl GrpcArgs {
             return Ok(None);
         };
         Ok(Some(TlsFiles {
-            cert: read_pem("--tls-cert", cert, "CERTIFICATE")?,
-            key: read_pem("--tls-key", key, "PRIVATE KEY")?,
+            cert: read_pem("--tls-cert", cert, CERTIFICATE)?,
+            key: read_pem("--tls-key", key, PRIVATE_KEY)?,
             client_ca: self
                 .tls_client_ca
                 .as_ref()
-                .map(|ca| read_pem("--tls-client-ca", ca, "CERTIFICATE"))
+                .map(|ca| read_pem("--tls-client-ca", ca, CERTIFICATE))
                 .transpose()?,
         }))
     }
@@ -590,16 +610,29 @@ impl RedisArgs {
         let ca = self
             .redis_ca
             .as_ref()
-            .map(|ca| read_pem("--redis-ca", ca, "CERTIFICATE"))
+            .map(|ca| read_pem("--redis-ca", ca, CERTIFICATE))
             .transpose()?;
         let client = match (&self.redis_client_cert, &self.redis_client_key) {
             (Some(cert), Some(key)) => Some((
-                read_pem("--redis-client-cert", cert, "CERTIFICATE")?,
-                read_pem("--redis-client-key", key, "PRIVATE KEY")?,
+                read_pem("--redis-client-cert", cert, CERTIFICATE)?,
+                read_pem("--redis-client-key", key, PRIVATE_KEY)?,
             )),
             _ => None,
         };
-        Ok((ca.is_some() || client.is_some()).then_some(RedisTls { ca, client }))
+        if ca.is_none() && client.is_none() {
+            return Ok(None);
+        }
+        let tls = RedisTls { ca, client };
+        tls.check()
+            .map_err(|(part, detail)| ConfigError::RedisTls {
+                flags: if part == "ca" {
+                    "--redis-ca"
+                } else {
+                    "--redis-client-cert / --redis-client-key"
+                },
+                detail,
+            })?;
+        Ok(Some(tls))
     }
 }
 
@@ -634,13 +667,12 @@ fn tokens_of(file: Option<(&PathBuf, &str)>, list: Option<&Secret>) -> Result<To
         None => Tokens::default(),
         Some(list) => Tokens::parse(list.expose(), "--tokens / METERD_TOKENS", true)?,
     };
-    let tokens = from_file.merge(from_list)?;
-    // Asked for and empty (a blank Secret): refuse, rather than let
-    // every call in.
-    if tokens.is_empty() && (file.is_some() || list.is_some()) {
+    // A file or list given and empty (a blank Secret, a truncated file):
+    // refused, rather than let every call in or drop the file's tokens.
+    if (file.is_some() && from_file.is_empty()) || (list.is_some() && from_list.is_empty()) {
         return Err(ConfigError::NoTokens);
     }
-    Ok(tokens)
+    Ok(from_file.merge(from_list)?)
 }
 
 impl AccessArgs {
@@ -783,18 +815,34 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_tokens_file_is_refused_even_beside_a_list() {
+        let sources = TokenSources {
+            file: PathBuf::from("tokens"),
+            list: Some(Secret::from(format!(
+                "ci:write:{}",
+                "t".repeat(meter_grpc::access::MIN_TOKEN_CHARS)
+            ))),
+        };
+        let empty = sources
+            .tokens("# rotated, nothing yet\n")
+            .expect_err("empty file");
+        assert!(matches!(empty, ConfigError::NoTokens), "{empty}");
+        let both = sources
+            .tokens(&format!("app read {}\n", "r".repeat(32)))
+            .expect("the file's and the list's");
+        assert_eq!(both.len(), 2);
+    }
+
+    #[test]
     fn redis_tls_files_need_rediss_and_their_pem_blocks() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let ca = dir.path().join("ca.pem");
-        let key = dir.path().join("key.pem");
+        let certs = meter_testkit::tls::certificates();
+        let dir = certs.path();
+        let ca = dir.join("server-ca.pem");
+        let key = dir.join("server.key");
+        let broken = dir.join("broken.pem");
         std::fs::write(
-            &ca,
+            &broken,
             "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
-        )
-        .expect("write");
-        std::fs::write(
-            &key,
-            "-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n",
         )
         .expect("write");
         let parse = |url: &str, ca: &std::path::Path| {
@@ -817,6 +865,19 @@ mod tests {
             not_a_ca.to_string().contains("no PEM CERTIFICATE block"),
             "{not_a_ca}"
         );
+        let unusable = parse("rediss://cache:6380", &broken).expect_err("not a certificate");
+        assert!(
+            matches!(
+                unusable,
+                ConfigError::RedisTls {
+                    flags: "--redis-ca",
+                    ..
+                }
+            ),
+            "{unusable}"
+        );
+        let upper = parse("REDISS://cache:6380", &ca);
+        assert!(upper.is_ok(), "any spelling of TLS: {upper:?}");
         let config = parse("rediss+cluster://a:6380,b:6380", &ca).expect("a CA for TLS");
         let StoreConfig::Redis(redis) = config.store else {
             panic!("a Redis store");

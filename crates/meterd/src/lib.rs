@@ -156,9 +156,9 @@ async fn serve<S: Stores, C: Clock + Clone>(
             .with_max_skew(config.max_event_skew),
     );
     let stores = Arc::new(stores);
-    let metrics_server = match config.metrics_listen {
+    let _metrics_server = match config.metrics_listen {
         None => None,
-        Some(addr) => Some(serve_metrics(addr).await?),
+        Some(addr) => Some(AbortOnDrop(serve_metrics(addr).await?)),
     };
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let (reporter, health_service) = health::service(phase.clone()).await;
@@ -218,12 +218,12 @@ async fn serve<S: Stores, C: Clock + Clone>(
         tracing::info!(tokens = ?config.tokens, "bearer tokens required");
     }
     let tokens = &TokenStore::new(Arc::clone(&config.tokens));
-    let reloader = config.token_sources.clone().map(|sources| {
-        tokio::spawn(tokens::reload(
+    let _reloader = config.token_sources.clone().map(|sources| {
+        AbortOnDrop(tokio::spawn(tokens::reload(
             sources,
             tokens.clone(),
             config.tokens_reload_interval,
-        ))
+        )))
     });
     let known = Arc::new(KnownMethods::from_descriptor_sets(&[
         meter_api::FILE_DESCRIPTOR_SET,
@@ -308,14 +308,17 @@ async fn serve<S: Stores, C: Clock + Clone>(
         }
     };
     stores.close().await;
-    if let Some(metrics_server) = metrics_server {
-        metrics_server.abort();
-    }
-    if let Some(reloader) = reloader {
-        reloader.abort();
-    }
     tracing::info!("meterd stopped");
     Ok(served?)
+}
+
+/// A background task of one `serve`, ended however `serve` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Serves `GET /metrics` (the Prometheus text of every metric) on `addr`

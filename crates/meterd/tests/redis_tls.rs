@@ -201,4 +201,10 @@ async fn every_service_works_over_tls_as_the_documented_acl_user() {
         .await
         .expect_err("no client certificate");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{{{account}}}*"))
+        .query_async(&mut admin)
+        .await
+        .expect("KEYS");
+    assert!(keys.is_empty(), "nothing applied: {keys:?}");
 }
