@@ -21,7 +21,7 @@ use meter_testkit::{
     tls::{certificates, read},
 };
 use meterd::StoreConfig;
-use support::{Meterd, config, fill_account};
+use support::{Meterd, config, fill_account, keys_of};
 use tonic::Code;
 
 const PASSWORD: &str = "meterd-acl-test-password";
@@ -172,11 +172,7 @@ async fn every_service_works_over_tls_as_the_documented_acl_user() {
         .expect("DeleteAccount")
         .into_inner();
     assert!(deleted.deleted);
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("*{{{account}}}*"))
-        .query_async(&mut admin)
-        .await
-        .expect("KEYS");
+    let keys = keys_of(&redis, account).await;
     assert!(keys.is_empty(), "left after DeleteAccount: {keys:?}");
     meterd.stop().await.expect("meterd stops");
 
@@ -201,10 +197,6 @@ async fn every_service_works_over_tls_as_the_documented_acl_user() {
         .await
         .expect_err("no client certificate");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("*{{{account}}}*"))
-        .query_async(&mut admin)
-        .await
-        .expect("KEYS");
+    let keys = keys_of(&redis, account).await;
     assert!(keys.is_empty(), "nothing applied: {keys:?}");
 }

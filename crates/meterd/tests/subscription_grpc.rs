@@ -391,30 +391,6 @@ async fn list_plans_answers_the_catalog_as_configured_with_prices_and_billing_id
     assert_eq!(gpt.credits, 3);
 }
 
-/// Every key of the account on the real Redis (`SCAN` by its hash tag).
-async fn keys_of(redis: &RedisServer, account: &str) -> Vec<String> {
-    let mut conn = redis.connection().await;
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("*{{{account}}}*"))
-            .arg("COUNT")
-            .arg(1_000)
-            .query_async(&mut conn)
-            .await
-            .expect("scan");
-        keys.extend(batch);
-        if next == 0 {
-            keys.sort();
-            return keys;
-        }
-        cursor = next;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others() {
     let redis = RedisServer::start();
@@ -423,7 +399,7 @@ async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others
         support::fill_account(&meterd, account).await;
     }
     let mut client = accounts(&meterd);
-    let before = keys_of(&redis, "org_del").await;
+    let before = support::keys_of(&redis, "org_del").await;
     for part in [
         "credits",
         "grants",
@@ -445,14 +421,17 @@ async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others
         before.len() >= 14,
         "the account's keys and 8 idempotency records: {before:?}"
     );
-    let kept_before = keys_of(&redis, "org_stay").await;
+    let kept_before = support::keys_of(&redis, "org_stay").await;
     let mut accounts = SubscriptionServiceClient::new(meterd.channel());
     let delete = || DeleteAccountRequest {
         account_id: "org_del".into(),
     };
     let first = accounts.delete_account(delete()).await.expect("delete");
     assert!(first.into_inner().deleted);
-    assert_eq!(keys_of(&redis, "org_del").await, Vec::<String>::new());
+    assert_eq!(
+        support::keys_of(&redis, "org_del").await,
+        Vec::<String>::new()
+    );
     let gone = client
         .get_account(GetAccountRequest {
             account_id: "org_del".into(),
@@ -460,7 +439,7 @@ async fn delete_account_leaves_no_key_of_the_account_and_every_key_of_the_others
         .await
         .expect_err("deleted");
     assert_eq!(gone.code(), Code::NotFound);
-    assert_eq!(keys_of(&redis, "org_stay").await, kept_before);
+    assert_eq!(support::keys_of(&redis, "org_stay").await, kept_before);
     let find = |customer: &str| FindAccountRequest {
         billing_customer_id: customer.into(),
     };

@@ -419,3 +419,27 @@ pub async fn fill_account(meterd: &Meterd, account: &str) {
         .await
         .expect("conversation");
 }
+
+/// Every key of the account on the real Redis (`SCAN` by its hash tag).
+pub async fn keys_of(redis: &meter_testkit::RedisServer, account: &str) -> Vec<String> {
+    let mut conn = redis.connection().await;
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("*{{{account}}}*"))
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(&mut conn)
+            .await
+            .expect("scan");
+        keys.extend(batch);
+        if next == 0 {
+            keys.sort();
+            return keys;
+        }
+        cursor = next;
+    }
+}
