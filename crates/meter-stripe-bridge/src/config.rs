@@ -171,22 +171,25 @@ pub enum ConfigError {
     TlsWithoutHttps(String),
 }
 
-/// Reads the PEM file `path` that `flag` names, which must hold a `kind`
-/// block (`CERTIFICATE`, `PRIVATE KEY`): a file without one would only fail
-/// the first handshake.
-fn pem(flag: &'static str, path: &PathBuf, kind: &str) -> Result<Vec<u8>, ConfigError> {
+/// The PEM labels rustls reads as a certificate.
+const CERTIFICATE: &[&str] = &["CERTIFICATE"];
+/// The PEM labels of an unencrypted private key (PKCS#8, PKCS#1, SEC1).
+const PRIVATE_KEY: &[&str] = &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"];
+
+/// Reads the PEM file `path` that `flag` names, which must hold a block of
+/// one of `labels` (the first names it in errors): a file without one would
+/// only fail the first handshake.
+fn pem(
+    flag: &'static str,
+    path: &PathBuf,
+    labels: &'static [&'static str],
+) -> Result<Vec<u8>, ConfigError> {
     let bytes = std::fs::read(path).map_err(|source| ConfigError::TlsFile {
         flag,
         path: path.clone(),
         source,
     })?;
     let text = String::from_utf8_lossy(&bytes);
-    // The labels rustls reads: a certificate, or an unencrypted key.
-    let labels: &[&str] = if kind == "CERTIFICATE" {
-        &["CERTIFICATE"]
-    } else {
-        &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"]
-    };
     let has = text.lines().any(|line| {
         line.strip_prefix("-----BEGIN ")
             .and_then(|rest| rest.trim_end().strip_suffix("-----"))
@@ -198,7 +201,7 @@ fn pem(flag: &'static str, path: &PathBuf, kind: &str) -> Result<Vec<u8>, Config
         Err(ConfigError::NotPem {
             flag,
             path: path.clone(),
-            kind: kind.to_owned(),
+            kind: labels[0].to_owned(),
         })
     }
 }
@@ -244,12 +247,12 @@ impl Cli {
                 (Some(ca), true) => {
                     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
                     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
-                        pem("--meterd-ca", ca, "CERTIFICATE")?,
+                        pem("--meterd-ca", ca, CERTIFICATE)?,
                     ));
                     if let (Some(cert), Some(key)) = (&self.meterd_cert, &self.meterd_key) {
                         tls = tls.identity(Identity::from_pem(
-                            pem("--meterd-cert", cert, "CERTIFICATE")?,
-                            pem("--meterd-key", key, "PRIVATE KEY")?,
+                            pem("--meterd-cert", cert, CERTIFICATE)?,
+                            pem("--meterd-key", key, PRIVATE_KEY)?,
                         ));
                     }
                     Some(tls)

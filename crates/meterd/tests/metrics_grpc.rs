@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use meter_api::v1::{
     CheckQuotaRequest, CommitRequest, DeductRequest, GrantRequest, RecordUsageRequest,
@@ -14,20 +14,8 @@ use meter_api::v1::{
 };
 use meter_testkit::http::http_get as get;
 use meterd::StoreConfig;
-use support::{Meterd, config};
-use tokio::net::TcpStream;
+use support::{Meterd, config, scrape};
 use tonic::Code;
-
-/// Every sample of the text: `name{labels}` → value.
-fn samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
 
 fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
     samples.get(name).copied().unwrap_or(0.0)
@@ -74,17 +62,7 @@ async fn metrics_pass_promtool_and_count_exactly_the_calls_made() {
         ..config(StoreConfig::Memory)
     })
     .await;
-    let mut before = None;
-    for _ in 0..100 {
-        match TcpStream::connect(addr).await {
-            Ok(_) => {
-                before = Some(samples(&get(addr, "/metrics").await.1));
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let before = before.expect("/metrics answers");
+    let before = scrape(addr).await.1;
 
     let mut credits = meterd.credits();
     credits
@@ -173,10 +151,8 @@ async fn metrics_pass_promtool_and_count_exactly_the_calls_made() {
         .into_inner();
     assert!(!denied.allowed);
 
-    let (status, text) = get(addr, "/metrics").await;
-    assert_eq!(status, 200);
+    let (text, after) = scrape(addr).await;
     promtool_check(&text);
-    let after = samples(&text);
     let moved = |name: &str| value(&after, name) - value(&before, name);
     let calls = |method: &str, code: &str| {
         moved(&format!(

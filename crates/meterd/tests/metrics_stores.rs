@@ -13,33 +13,19 @@ use meter_api::v1::{
     DeductRequest, GrantRequest, ReserveRequest, ResetRequest, SubscriptionStatus,
     UpdateSubscriptionRequest, subscription_service_client::SubscriptionServiceClient,
 };
-use meter_testkit::{FixedClock, RedisServer, http::http_get as get};
+use meter_testkit::{FixedClock, RedisServer};
 use meterd::StoreConfig;
-use support::{Meterd, config, redis, ts};
-use tokio::net::TcpStream;
+use support::{Meterd, config, redis, scrape, ts};
 
 const NOW: &str = "2026-03-10T12:00:00.000Z";
 
 /// The value of every sample named in `names`, as `/metrics` shows them now.
 async fn read(addr: std::net::SocketAddr, names: &[&str]) -> HashMap<String, f64> {
-    for _ in 0..100 {
-        if TcpStream::connect(addr).await.is_ok() {
-            let (status, text) = get(addr, "/metrics").await;
-            assert_eq!(status, 200);
-            return names
-                .iter()
-                .map(|name| {
-                    let value = text
-                        .lines()
-                        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-                        .map_or(0.0, |v| v.parse().expect("a number"));
-                    ((*name).to_owned(), value)
-                })
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("/metrics does not answer on {addr}");
+    let all = scrape(addr).await.1;
+    names
+        .iter()
+        .map(|name| ((*name).to_owned(), all.get(*name).copied().unwrap_or(0.0)))
+        .collect()
 }
 
 const EXPIRED: &str = "meter_credits_expired_total";

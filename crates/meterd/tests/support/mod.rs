@@ -443,3 +443,28 @@ pub async fn keys_of(redis: &meter_testkit::RedisServer, account: &str) -> Vec<S
         cursor = next;
     }
 }
+
+/// Every sample of a Prometheus text: `name{labels}` → value.
+pub fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `GET /metrics` on `addr` once it listens: the text and its samples.
+pub async fn scrape(addr: SocketAddr) -> (String, std::collections::HashMap<String, f64>) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let (status, text) = meter_testkit::http::http_get(addr, "/metrics").await;
+            assert_eq!(status, 200, "{text}");
+            let samples = samples(&text);
+            return (text, samples);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("/metrics does not answer on {addr}");
+}
